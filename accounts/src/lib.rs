@@ -185,7 +185,12 @@ impl Accounts {
         match inserted {
             Ok(_) => {
                 tx.commit().await?;
-                tracing::info!(user_id, org_id, kind = kind.code(), "organisation signed up");
+                tracing::info!(
+                    user_id,
+                    org_id,
+                    kind = kind.code(),
+                    "organisation signed up"
+                );
                 Ok(SignUpOutcome::Created { user_id })
             }
             Err(e) if db::is_unique_violation(&e) => {
@@ -211,7 +216,14 @@ impl Accounts {
             Some(r) => r.try_get("last_login_ip")?,
             None => None,
         };
-        throttle::check(&self.db, &self.limits, email.as_str(), ip, last_ip.as_deref()).await?;
+        throttle::check(
+            &self.db,
+            &self.limits,
+            email.as_str(),
+            ip,
+            last_ip.as_deref(),
+        )
+        .await?;
 
         let stored = match &row {
             Some(r) => Some(password::PasswordHashString(r.try_get("password_hash")?)),
@@ -241,10 +253,12 @@ impl Accounts {
     }
 
     pub async fn org(&self, org_id: &str) -> Result<Option<Org>, AccountError> {
-        let row = db::sqlx::query(&format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"))
-            .bind(org_id)
-            .fetch_optional(self.db.pool())
-            .await?;
+        let row = db::sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"
+        ))
+        .bind(org_id)
+        .fetch_optional(self.db.pool())
+        .await?;
         row.as_ref().map(org_from_row).transpose()
     }
 
@@ -267,13 +281,15 @@ impl Accounts {
         )
         .await?;
         if !ok {
-            return Err(AccountError::field("current_password", "That is not your current password."));
+            return Err(AccountError::field(
+                "current_password",
+                "That is not your current password.",
+            ));
         }
-        let new = NewPassword::parse(new, &[user.email.as_str()])
-            .map_err(|e| match e {
-                AccountError::Field { message, .. } => AccountError::field("new_password", message),
-                other => other,
-            })?;
+        let new = NewPassword::parse(new, &[user.email.as_str()]).map_err(|e| match e {
+            AccountError::Field { message, .. } => AccountError::field("new_password", message),
+            other => other,
+        })?;
         let hash = password::hash(new.expose().to_string()).await?;
         db::sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash.as_str())
@@ -286,7 +302,11 @@ impl Accounts {
 
     /// Ends every stored session of a user except `keep` (a session id), e.g. after a password
     /// change or when the user is removed.
-    pub async fn end_sessions(&self, user_id: &str, keep: Option<&str>) -> Result<u64, AccountError> {
+    pub async fn end_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+    ) -> Result<u64, AccountError> {
         let done = db::sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
             .bind(user_id)
             .bind(keep.unwrap_or(""))
@@ -438,9 +458,16 @@ impl Accounts {
 
     /// Creates the invited user in the inviting organisation. The invitation is consumed in the
     /// same transaction, so a link works exactly once.
-    pub async fn accept_invitation(&self, token: &str, password: &str) -> Result<User, AccountError> {
+    pub async fn accept_invitation(
+        &self,
+        token: &str,
+        password: &str,
+    ) -> Result<User, AccountError> {
         let preview = self.preview_invitation(token).await?;
-        let password = NewPassword::parse(password, &[preview.email.as_str(), preview.org_name.as_str()])?;
+        let password = NewPassword::parse(
+            password,
+            &[preview.email.as_str(), preview.org_name.as_str()],
+        )?;
         let hash = password::hash(password.expose().to_string()).await?;
 
         let mut tx = self.db.begin_write().await?;
@@ -522,7 +549,11 @@ impl Accounts {
         let (invitation, token) = self
             .create_invitation(&org.id, Some(&actor.id), &email, OrgRole::Owner)
             .await?;
-        tracing::info!(actor = actor.id, org_id = org.id, "partner organisation created");
+        tracing::info!(
+            actor = actor.id,
+            org_id = org.id,
+            "partner organisation created"
+        );
         Ok((org, invitation, token))
     }
 
@@ -594,7 +625,10 @@ impl Accounts {
         match inserted {
             Ok(_) => {}
             Err(e) if db::is_unique_violation(&e) => {
-                return Err(AccountError::field("email", "An account with this email already exists."));
+                return Err(AccountError::field(
+                    "email",
+                    "An account with this email already exists.",
+                ));
             }
             Err(e) => return Err(e.into()),
         }

@@ -60,7 +60,10 @@ pub async fn hash(password: String) -> Result<PasswordHashString, AccountError> 
 
 /// Verifies `password` against `stored`, or against a dummy hash when there is no account.
 /// Returns true only for a real account whose hash matches.
-pub async fn verify(password: String, stored: Option<PasswordHashString>) -> Result<bool, AccountError> {
+pub async fn verify(
+    password: String,
+    stored: Option<PasswordHashString>,
+) -> Result<bool, AccountError> {
     tokio::task::spawn_blocking(move || {
         let (phc, real) = match &stored {
             Some(h) => (h.0.as_str(), true),
@@ -68,7 +71,9 @@ pub async fn verify(password: String, stored: Option<PasswordHashString>) -> Res
         };
         let parsed = PasswordHash::new(phc)
             .map_err(|e| AccountError::Internal(format!("stored hash unreadable: {e}")))?;
-        let ok = argon2().verify_password(password.as_bytes(), &parsed).is_ok();
+        let ok = argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
         Ok(ok && real)
     })
     .await
@@ -87,13 +92,25 @@ mod tests {
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters() {
         let h = hash("a fine passphrase".into()).await.unwrap();
-        assert!(h.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", h.as_str());
-        assert!(verify("a fine passphrase".into(), Some(h.clone())).await.unwrap());
+        assert!(
+            h.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{}",
+            h.as_str()
+        );
+        assert!(
+            verify("a fine passphrase".into(), Some(h.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!verify("a wrong passphrase".into(), Some(h)).await.unwrap());
     }
 
     #[tokio::test]
     async fn an_unknown_account_never_verifies() {
-        assert!(!verify("tokenmill dummy password for timing".into(), None).await.unwrap());
+        assert!(
+            !verify("tokenmill dummy password for timing".into(), None)
+                .await
+                .unwrap()
+        );
     }
 }

@@ -12,7 +12,12 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> Result<Email, AccountError> {
         let email = raw.trim().to_lowercase();
-        let invalid = || AccountError::field("email", "Enter a valid email address, like name@example.com.");
+        let invalid = || {
+            AccountError::field(
+                "email",
+                "Enter a valid email address, like name@example.com.",
+            )
+        };
         if email.is_empty() {
             return Err(AccountError::field("email", "Enter your email address."));
         }
@@ -163,7 +168,9 @@ impl OrgKind {
     pub fn parse_tenant(code: &str) -> Result<OrgKind, AccountError> {
         OrgKind::from_code(code.trim())
             .filter(|k| OrgKind::TENANT_KINDS.contains(k))
-            .ok_or_else(|| AccountError::field("org_kind", "Choose what kind of organisation this is."))
+            .ok_or_else(|| {
+                AccountError::field("org_kind", "Choose what kind of organisation this is.")
+            })
     }
 }
 
@@ -242,7 +249,10 @@ impl OrgName {
         let name = raw.trim();
         let len = name.chars().count();
         if len == 0 {
-            return Err(AccountError::field("org_name", "Enter your organisation's name."));
+            return Err(AccountError::field(
+                "org_name",
+                "Enter your organisation's name.",
+            ));
         }
         if !(2..=100).contains(&len) || name.chars().any(char::is_control) {
             return Err(AccountError::field(
@@ -288,8 +298,20 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(Email::parse("  Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@@example.com", "ada@example..com"] {
+        assert_eq!(
+            Email::parse("  Ada@Example.COM ").unwrap().as_str(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@example..com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -301,8 +323,18 @@ mod tests {
 
     #[test]
     fn common_passwords_are_rejected() {
-        for common in ["password", "password1", "12345678", "qwertyuiop", "iloveyou", "letmein123"] {
-            assert!(NewPassword::parse(common, &[]).is_err(), "{common} accepted");
+        for common in [
+            "password",
+            "password1",
+            "12345678",
+            "qwertyuiop",
+            "iloveyou",
+            "letmein123",
+        ] {
+            assert!(
+                NewPassword::parse(common, &[]).is_err(),
+                "{common} accepted"
+            );
         }
     }
 
@@ -321,7 +353,14 @@ mod tests {
     #[test]
     fn a_64_character_password_is_accepted_whole() {
         let pw: String = "tokenmill-passphrase-".repeat(4).chars().take(64).collect();
-        assert_eq!(NewPassword::parse(&pw, &[]).unwrap().expose().chars().count(), 64);
+        assert_eq!(
+            NewPassword::parse(&pw, &[])
+                .unwrap()
+                .expose()
+                .chars()
+                .count(),
+            64
+        );
     }
 
     #[test]

@@ -1,1 +1,71 @@
-pub fn x(){}
+//! Tokenmill's pages, components and server functions. Built twice: with `ssr` into the server
+//! and with `hydrate` into the WASM that makes the pages interactive.
+
+pub mod api;
+mod components;
+mod error;
+mod pages;
+#[cfg(feature = "ssr")]
+pub mod ssr;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::{
+    SsrMode,
+    components::{ParentRoute, Route, Router, Routes},
+    path,
+};
+
+pub use error::AppError;
+
+/// The HTML document around the app, rendered on the server.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <HydrationScripts options />
+                <MetaTags />
+            </head>
+            <body>
+                <App />
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    // Lets browser tests wait until the page is interactive.
+    Effect::new(move |_| {
+        if let Some(body) = document().body() {
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
+
+    view! {
+        <Stylesheet id="leptos" href="/pkg/tokenmill.css" />
+        <Title text="Tokenmill" />
+        <Router>
+            <Routes fallback=pages::not_found::NotFound>
+                <Route path=path!("/") view=pages::home::Home ssr=SsrMode::Async />
+                <Route path=path!("/signup") view=pages::auth::SignUp ssr=SsrMode::Async />
+                <Route path=path!("/login") view=pages::auth::Login ssr=SsrMode::Async />
+                <Route
+                    path=path!("/invite/:token")
+                    view=pages::auth::AcceptInvitation
+                    ssr=SsrMode::Async
+                />
+                <ParentRoute path=path!("") view=components::shell::Shell ssr=SsrMode::Async>
+                    <Route path=path!("/dashboard") view=pages::dashboard::Dashboard />
+                    <Route path=path!("/members") view=pages::members::Members />
+                    <Route path=path!("/account") view=pages::account::Account />
+                    <Route path=path!("/admin") view=pages::admin::Admin />
+                </ParentRoute>
+            </Routes>
+        </Router>
+    }
+}

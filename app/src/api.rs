@@ -1,0 +1,326 @@
+//! Server functions: the portal's cookie-authenticated API. Each has a fixed endpoint under
+//! `/api/` so that tests and scripts can call it. Server-only code lives in `ssr`.
+
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::AppError;
+#[cfg(feature = "ssr")]
+use crate::ssr::*;
+
+/// The signed-in user and their organisation, as the pages show them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub email: String,
+    pub org_name: String,
+    pub org_kind: String,
+    pub region: String,
+    pub role: String,
+    pub is_owner: bool,
+    pub is_operator: bool,
+    pub is_partner: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: String,
+    pub email: String,
+    pub role: String,
+    pub joined: String,
+    pub is_you: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvitationView {
+    pub id: String,
+    pub email: String,
+    pub role: String,
+    pub expires: String,
+}
+
+/// The members page: who is in the organisation, open invitations, and whether the viewer may
+/// manage them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamView {
+    pub can_manage: bool,
+    pub members: Vec<MemberView>,
+    pub invitations: Vec<InvitationView>,
+}
+
+/// A freshly made invitation link, shown once to pass on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InviteLink {
+    pub email: String,
+    pub link: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvitationPreviewView {
+    pub org_name: String,
+    pub email: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartnerView {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewPartner {
+    pub name: String,
+    pub link: String,
+}
+
+#[cfg(feature = "ssr")]
+fn date(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[server(endpoint = "me")]
+pub async fn me() -> Result<Option<Profile>, AppError> {
+    let Some(user) = current_user().await.map_err(fail)? else {
+        return Ok(None);
+    };
+    let org = state()?
+        .accounts
+        .org(&user.org_id)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| fail(AppError::NotFound))?;
+    Ok(Some(Profile {
+        email: user.email,
+        org_name: org.name,
+        org_kind: org.kind.label().to_string(),
+        region: org.region.label().to_string(),
+        role: user.org_role.code().to_string(),
+        is_owner: user.org_role == accounts::OrgRole::Owner,
+        is_operator: user.is_operator,
+        is_partner: org.kind == accounts::OrgKind::Partner,
+    }))
+}
+
+#[server(endpoint = "sign_up")]
+pub async fn sign_up(
+    email: String,
+    password: String,
+    org_name: String,
+    org_kind: String,
+    region: String,
+) -> Result<(), AppError> {
+    let form = accounts::SignUpForm {
+        email,
+        password,
+        org_name,
+        org_kind,
+        region,
+    };
+    // A new and an already registered email get the same answer (RELIABILITY A4).
+    state()?.accounts.sign_up(form).await.map_err(fail)?;
+    leptos_axum::redirect("/login?signed_up=1");
+    Ok(())
+}
+
+#[server(endpoint = "login")]
+pub async fn login(email: String, password: String) -> Result<(), AppError> {
+    let user = state()?
+        .accounts
+        .login(&email, &password, &client_ip())
+        .await
+        .map_err(fail)?;
+    log_in(&user).await?;
+    leptos_axum::redirect("/dashboard");
+    Ok(())
+}
+
+#[server(endpoint = "logout")]
+pub async fn logout() -> Result<(), AppError> {
+    log_out().await?;
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+#[server(endpoint = "change_password")]
+pub async fn change_password(
+    current_password: String,
+    new_password: String,
+) -> Result<String, AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let st = state()?;
+    st.accounts
+        .change_password(&user, &current_password, &new_password)
+        .await
+        .map_err(fail)?;
+    // End every session of this user, then continue this one under a new id.
+    st.accounts
+        .end_sessions(&user.id, None)
+        .await
+        .map_err(fail)?;
+    log_in(&user).await?;
+    Ok("Password changed. You have been logged out everywhere else.".to_string())
+}
+
+#[server(endpoint = "team")]
+pub async fn team() -> Result<TeamView, AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let accounts = state()?.accounts;
+    let can_manage = user.org_role == accounts::OrgRole::Owner;
+    let members = accounts
+        .members(&user)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .map(|m| MemberView {
+            is_you: m.id == user.id,
+            id: m.id,
+            email: m.email,
+            role: m.org_role.code().to_string(),
+            joined: date(m.created_at),
+        })
+        .collect();
+    let invitations = if can_manage {
+        accounts
+            .invitations(&user)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|i| InvitationView {
+                id: i.id,
+                email: i.email,
+                role: i.role.code().to_string(),
+                expires: date(i.expires_at),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(TeamView {
+        can_manage,
+        members,
+        invitations,
+    })
+}
+
+#[server(endpoint = "invite")]
+pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let role = accounts::OrgRole::from_code(role.trim()).ok_or_else(|| {
+        fail(AppError::Field {
+            field: "role".into(),
+            message: "Choose owner or member.".into(),
+        })
+    })?;
+    let (invitation, token) = state()?
+        .accounts
+        .invite(&user, &email, role)
+        .await
+        .map_err(fail)?;
+    Ok(InviteLink {
+        email: invitation.email,
+        link: format!("{}/invite/{token}", origin()),
+    })
+}
+
+#[server(endpoint = "revoke_invitation")]
+pub async fn revoke_invitation(id: String) -> Result<(), AppError> {
+    let user = require_user().await.map_err(fail)?;
+    state()?
+        .accounts
+        .revoke_invitation(&user, &id)
+        .await
+        .map_err(fail)
+}
+
+#[server(endpoint = "remove_member")]
+pub async fn remove_member(id: String) -> Result<(), AppError> {
+    let user = require_user().await.map_err(fail)?;
+    state()?
+        .accounts
+        .remove_member(&user, &id)
+        .await
+        .map_err(fail)
+}
+
+#[server(endpoint = "invitation")]
+pub async fn invitation(token: String) -> Result<InvitationPreviewView, AppError> {
+    let preview = state()?
+        .accounts
+        .preview_invitation(&token)
+        .await
+        .map_err(fail)?;
+    Ok(InvitationPreviewView {
+        org_name: preview.org_name,
+        email: preview.email,
+        role: preview.role.code().to_string(),
+    })
+}
+
+#[server(endpoint = "accept_invitation")]
+pub async fn accept_invitation(token: String, password: String) -> Result<(), AppError> {
+    let user = state()?
+        .accounts
+        .accept_invitation(&token, &password)
+        .await
+        .map_err(fail)?;
+    log_in(&user).await?;
+    leptos_axum::redirect("/dashboard");
+    Ok(())
+}
+
+#[server(endpoint = "partners")]
+pub async fn partners() -> Result<Vec<PartnerView>, AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let list = state()?.accounts.partners(&user).await.map_err(fail)?;
+    Ok(list
+        .into_iter()
+        .map(|o| PartnerView {
+            id: o.id,
+            name: o.name,
+            region: o.region.label().to_string(),
+            created: date(o.created_at),
+        })
+        .collect())
+}
+
+#[server(endpoint = "create_partner")]
+pub async fn create_partner(
+    name: String,
+    region: String,
+    owner_email: String,
+) -> Result<NewPartner, AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let (org, _, token) = state()?
+        .accounts
+        .create_partner(&user, &name, &region, &owner_email)
+        .await
+        .map_err(fail)?;
+    Ok(NewPartner {
+        name: org.name,
+        link: format!("{}/invite/{token}", origin()),
+    })
+}
+
+#[cfg(all(test, feature = "ssr"))]
+mod tests {
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(super::date(0), "1970-01-01");
+        assert_eq!(super::date(1_795_651_200_000), "2026-11-26");
+        assert_eq!(super::date(951_782_400_000), "2000-02-29");
+    }
+}

@@ -1,0 +1,87 @@
+//! Form helpers: field-level error messages and a password input that can be revealed.
+
+use leptos::prelude::*;
+
+use crate::AppError;
+
+/// The message for `field` from the action's latest result, if any.
+pub fn field_error<T, S>(value: S, field: &'static str) -> Signal<Option<String>>
+where
+    S: With<Value = Option<Result<T, AppError>>> + Copy + Send + Sync + 'static,
+{
+    Signal::derive(move || {
+        value.with(|v| match v {
+            Some(Err(e)) => e.for_field(field),
+            _ => None,
+        })
+    })
+}
+
+/// The message for errors not tied to one field.
+pub fn general_error<T, S>(value: S) -> Signal<Option<String>>
+where
+    S: With<Value = Option<Result<T, AppError>>> + Copy + Send + Sync + 'static,
+{
+    Signal::derive(move || {
+        value.with(|v| match v {
+            Some(Err(e)) => e.general(),
+            _ => None,
+        })
+    })
+}
+
+#[component]
+pub fn FieldError(
+    #[prop(into)] message: Signal<Option<String>>,
+    id: &'static str,
+) -> impl IntoView {
+    view! {
+        <Show when=move || message.get().is_some()>
+            <p class="field-error" id=id role="alert">
+                {move || message.get()}
+            </p>
+        </Show>
+    }
+}
+
+#[component]
+pub fn FormError(#[prop(into)] message: Signal<Option<String>>) -> impl IntoView {
+    view! {
+        <Show when=move || message.get().is_some()>
+            <p class="form-error" role="alert">
+                {move || message.get()}
+            </p>
+        </Show>
+    }
+}
+
+/// A password input with a Show/Hide button (works once the page is hydrated).
+#[component]
+pub fn PasswordInput(
+    name: &'static str,
+    id: &'static str,
+    autocomplete: &'static str,
+) -> impl IntoView {
+    let shown = RwSignal::new(false);
+    view! {
+        <div class="password">
+            <input
+                id=id
+                name=name
+                type=move || if shown.get() { "text" } else { "password" }
+                autocomplete=autocomplete
+                required
+                minlength="8"
+            />
+            <button
+                type="button"
+                class="reveal"
+                aria-controls=id
+                aria-pressed=move || shown.get().to_string()
+                on:click=move |_| shown.update(|s| *s = !*s)
+            >
+                {move || if shown.get() { "Hide" } else { "Show" }}
+            </button>
+        </div>
+    }
+}

@@ -1,0 +1,64 @@
+//! The signed-in layout: header with organisation and role, navigation, and the page.
+//! Anyone not signed in is sent to the login page.
+
+use leptos::prelude::*;
+use leptos_router::components::{A, Outlet, Redirect};
+
+use crate::api::{Logout, Profile, me};
+
+#[component]
+pub fn Shell() -> impl IntoView {
+    let me = Resource::new(|| (), |_| me());
+    view! {
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match me.await {
+                    Ok(Some(me)) => view! { <SignedIn me /> }.into_any(),
+                    _ => view! { <Redirect path="/login" /> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn SignedIn(me: Profile) -> impl IntoView {
+    let logout = ServerAction::<Logout>::new();
+    let role = if me.is_operator {
+        "operator".to_string()
+    } else {
+        me.role.clone()
+    };
+    view! {
+        <div class="console">
+            <header class="topbar">
+                <A href="/dashboard" attr:class="brand">
+                    "Tokenmill"
+                </A>
+                <div class="who">
+                    <span class="org-name" data-testid="org-name">
+                        {me.org_name.clone()}
+                    </span>
+                    <span class="role" data-testid="role">
+                        {role}
+                    </span>
+                    <span class="email">{me.email.clone()}</span>
+                    <ActionForm action=logout attr:class="logout">
+                        <button type="submit">"Log out"</button>
+                    </ActionForm>
+                </div>
+            </header>
+            <nav class="sidebar" aria-label="Main">
+                <A href="/dashboard">"Dashboard"</A>
+                <A href="/members">"Members"</A>
+                <A href="/account">"Account"</A>
+                <Show when=move || me.is_operator>
+                    <A href="/admin">"Admin"</A>
+                </Show>
+            </nav>
+            <main class="content">
+                <Outlet />
+            </main>
+        </div>
+    }
+}

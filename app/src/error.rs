@@ -1,0 +1,98 @@
+//! The one error type that crosses the wire from server functions to the pages.
+
+use leptos::server_fn::{
+    codec::JsonEncoding,
+    error::{FromServerFnError, ServerFnErrorErr},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AppError {
+    /// Bad input in one form field: shown next to that field.
+    #[error("{message}")]
+    Field { field: String, message: String },
+    /// Wrong credentials (no hint which part was wrong).
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("You need to log in to do that.")]
+    NotSignedIn,
+    #[error("You do not have permission to do that.")]
+    Forbidden,
+    #[error("Not found.")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    /// Details are logged on the server, never sent.
+    #[error("Something went wrong on our side. Please try again.")]
+    Internal,
+    /// Transport or encoding failures reported by the server-function machinery.
+    #[error("The request could not be completed: {0}")]
+    Request(String),
+}
+
+impl AppError {
+    /// The message to show next to `field`, if this error is about it.
+    pub fn for_field(&self, name: &str) -> Option<String> {
+        match self {
+            AppError::Field { field, message } if field == name => Some(message.clone()),
+            _ => None,
+        }
+    }
+
+    /// The message to show at the top of a form, for errors not about one field.
+    pub fn general(&self) -> Option<String> {
+        match self {
+            AppError::Field { .. } => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            AppError::Field { .. } | AppError::Invalid(_) | AppError::Request(_) => 400,
+            AppError::Unauthorized(_) | AppError::NotSignedIn => 401,
+            AppError::Forbidden => 403,
+            AppError::NotFound => 404,
+            AppError::RateLimited { .. } => 429,
+            AppError::Internal => 500,
+        }
+    }
+}
+
+impl FromServerFnError for AppError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        AppError::Request(value.to_string())
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<accounts::AccountError> for AppError {
+    fn from(e: accounts::AccountError) -> Self {
+        use accounts::AccountError as E;
+        match e {
+            E::Field { field, message } => AppError::Field {
+                field: field.to_string(),
+                message,
+            },
+            E::InvalidCredentials => AppError::Unauthorized(e.to_string()),
+            E::RateLimited { retry_after_secs } => AppError::RateLimited {
+                message: e.to_string(),
+                retry_after_secs,
+            },
+            E::NotFound => AppError::NotFound,
+            E::Forbidden => AppError::Forbidden,
+            E::InvitationInvalid => AppError::Invalid(e.to_string()),
+            E::Internal(_) | E::Db(_) => {
+                tracing::error!(error = %e, "accounts error");
+                AppError::Internal
+            }
+        }
+    }
+}

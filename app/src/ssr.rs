@@ -1,0 +1,155 @@
+//! Server-side context shared by every server function: the application state, the session,
+//! the signed-in user, and how errors become HTTP statuses.
+
+use accounts::{Accounts, User};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use tower_sessions::Session;
+
+use crate::AppError;
+
+/// Everything a server function needs, provided as Leptos context by the server.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub accounts: Accounts,
+    /// A signed-in session ends this long after login, however active (RELIABILITY A7).
+    pub session_absolute_ms: i64,
+    /// The public origin (`https://console.example.com`), when configured; otherwise links are
+    /// built from the request's `Host`.
+    pub public_url: Option<String>,
+}
+
+/// The client's address as the server determined it (socket peer, or the first
+/// `X-Forwarded-For` hop when a proxy is trusted). Inserted by the server as a request
+/// extension.
+#[derive(Clone, Debug)]
+pub struct ClientIp(pub String);
+
+/// The session key holding who is signed in.
+pub const AUTH_KEY: &str = "auth";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthRecord {
+    pub user_id: String,
+    pub logged_in_at: i64,
+}
+
+pub fn state() -> Result<AppState, AppError> {
+    use_context::<AppState>().ok_or_else(|| {
+        tracing::error!("AppState missing from context");
+        AppError::Internal
+    })
+}
+
+pub async fn session() -> Result<Session, AppError> {
+    leptos_axum::extract::<Session>().await.map_err(|e| {
+        tracing::error!(error = %e, "session layer missing");
+        AppError::Internal
+    })
+}
+
+fn store_error(e: tower_sessions::session::Error) -> AppError {
+    tracing::error!(error = %e, "session store error");
+    AppError::Internal
+}
+
+/// The signed-in user, if any. Ends the session when it has passed its absolute lifetime or the
+/// user no longer exists.
+pub async fn current_user() -> Result<Option<User>, AppError> {
+    let st = state()?;
+    let session = session().await?;
+    let Some(auth) = session
+        .get::<AuthRecord>(AUTH_KEY)
+        .await
+        .map_err(store_error)?
+    else {
+        return Ok(None);
+    };
+    if db::now_ms() - auth.logged_in_at > st.session_absolute_ms {
+        session.flush().await.map_err(store_error)?;
+        return Ok(None);
+    }
+    match st.accounts.user(&auth.user_id).await? {
+        Some(user) => Ok(Some(user)),
+        None => {
+            session.flush().await.map_err(store_error)?;
+            Ok(None)
+        }
+    }
+}
+
+pub async fn require_user() -> Result<User, AppError> {
+    current_user().await?.ok_or(AppError::NotSignedIn)
+}
+
+/// Signs `user` in on this session under a fresh session id (no fixation).
+pub async fn log_in(user: &User) -> Result<(), AppError> {
+    let session = session().await?;
+    session.cycle_id().await.map_err(store_error)?;
+    session
+        .insert(
+            AUTH_KEY,
+            AuthRecord {
+                user_id: user.id.clone(),
+                logged_in_at: db::now_ms(),
+            },
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+pub async fn log_out() -> Result<(), AppError> {
+    session().await?.flush().await.map_err(store_error)
+}
+
+pub fn client_ip() -> String {
+    use_context::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<ClientIp>().cloned())
+        .map(|ip| ip.0)
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The origin links are built with.
+pub fn origin() -> String {
+    if let Ok(st) = state()
+        && let Some(url) = st.public_url
+    {
+        return url.trim_end_matches('/').to_string();
+    }
+    let host = use_context::<http::request::Parts>()
+        .and_then(|p| p.headers.get(http::header::HOST).cloned())
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1:3000".to_string());
+    format!("http://{host}")
+}
+
+/// Whether the request came from a plain HTML form (no JavaScript): those are answered with a
+/// redirect that carries the error, so the status must not be overridden.
+fn is_form_post() -> bool {
+    use_context::<http::request::Parts>()
+        .and_then(|p| p.headers.get(http::header::ACCEPT).cloned())
+        .and_then(|v| v.to_str().ok().map(|s| s.contains("text/html")))
+        .unwrap_or(false)
+}
+
+/// Turns an error into the server function's answer: sets the HTTP status (and `Retry-After`)
+/// for API clients, logs it, and returns it.
+pub fn fail(err: impl Into<AppError>) -> AppError {
+    let err = err.into();
+    if !is_form_post()
+        && let Some(opts) = use_context::<leptos_axum::ResponseOptions>()
+    {
+        let status = http::StatusCode::from_u16(err.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        opts.set_status(status);
+        if let AppError::RateLimited {
+            retry_after_secs, ..
+        } = &err
+            && let Ok(v) = http::HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            opts.insert_header(http::header::RETRY_AFTER, v);
+        }
+    }
+    err
+}

@@ -1,0 +1,131 @@
+//! Configuration from environment variables, each with a default that works on a laptop.
+
+use std::{net::SocketAddr, time::Duration};
+
+use accounts::LoginLimits;
+
+#[derive(Clone)]
+pub struct Config {
+    /// `TOKENMILL_ADDR`, default `127.0.0.1:3000`.
+    pub addr: SocketAddr,
+    /// `DATABASE_URL`, default a SQLite file under `./data`.
+    pub database_url: String,
+    /// `TOKENMILL_PUBLIC_URL`: the origin users reach (e.g. `https://console.example.com`).
+    /// When it is `https`, cookies get `Secure` and the `__Host-` prefix.
+    pub public_url: Option<String>,
+    /// `TOKENMILL_SESSION_IDLE_MINUTES`, default 60.
+    pub session_idle: Duration,
+    /// `TOKENMILL_SESSION_MAX_HOURS`, default 12.
+    pub session_absolute: Duration,
+    /// `TOKENMILL_TRUST_PROXY=1`: take the client address from `X-Forwarded-For`.
+    pub trust_proxy: bool,
+    /// `LEPTOS_SITE_ROOT`, default `target/site`: where the compiled assets are.
+    pub site_root: String,
+    pub login_limits: LoginLimits,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("database_url", &db::redact_url(&self.database_url))
+            .field("public_url", &self.public_url)
+            .field("session_idle", &self.session_idle)
+            .field("session_absolute", &self.session_absolute)
+            .field("trust_proxy", &self.trust_proxy)
+            .field("site_root", &self.site_root)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct ConfigError {
+    name: &'static str,
+    message: String,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/tokenmill.db?mode=rwc";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            database_url: DEFAULT_DATABASE_URL.to_string(),
+            public_url: None,
+            session_idle: Duration::from_secs(60 * 60),
+            session_absolute: Duration::from_secs(12 * 3600),
+            trust_proxy: false,
+            site_root: "target/site".to_string(),
+            login_limits: LoginLimits::default(),
+        }
+    }
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError {
+            name,
+            message: format!("expected a whole number, got {v:?}"),
+        }),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let addr = match var("TOKENMILL_ADDR") {
+            None => d.addr,
+            Some(v) => v.parse().map_err(|_| ConfigError {
+                name: "TOKENMILL_ADDR",
+                message: format!("expected host:port such as 127.0.0.1:3000, got {v:?}"),
+            })?,
+        };
+        let database_url = var("DATABASE_URL").unwrap_or(d.database_url);
+        db::Backend::from_url(&database_url).map_err(|e| ConfigError {
+            name: "DATABASE_URL",
+            message: e.to_string(),
+        })?;
+        let public_url = var("TOKENMILL_PUBLIC_URL");
+        if let Some(url) = &public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                name: "TOKENMILL_PUBLIC_URL",
+                message: format!("expected an http:// or https:// origin, got {url:?}"),
+            });
+        }
+        Ok(Config {
+            addr,
+            database_url,
+            public_url,
+            session_idle: Duration::from_secs(60 * number("TOKENMILL_SESSION_IDLE_MINUTES", 60)?),
+            session_absolute: Duration::from_secs(
+                3600 * number("TOKENMILL_SESSION_MAX_HOURS", 12)?,
+            ),
+            trust_proxy: var("TOKENMILL_TRUST_PROXY").is_some_and(|v| v == "1" || v == "true"),
+            site_root: var("LEPTOS_SITE_ROOT").unwrap_or(d.site_root),
+            login_limits: d.login_limits,
+        })
+    }
+
+    /// Whether users reach the portal over HTTPS (cookies then get `Secure` and `__Host-`).
+    pub fn https(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
+
+    pub fn session_cookie_name(&self) -> &'static str {
+        if self.https() {
+            "__Host-tokenmill_session"
+        } else {
+            "tokenmill_session"
+        }
+    }
+}

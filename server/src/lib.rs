@@ -1,0 +1,195 @@
+//! The Tokenmill server: wires storage, sessions, security layers and the Leptos app into one
+//! axum router. `main.rs` only reads the command line and calls in here; tests do the same.
+
+pub mod cli;
+pub mod config;
+pub mod security;
+pub mod session_store;
+
+use std::{net::SocketAddr, time::Duration};
+
+use accounts::Accounts;
+use anyhow::Context;
+use app::{App, shell, ssr::AppState};
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRef, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use db::Db;
+use leptos::prelude::*;
+use leptos_axum::{LeptosRoutes, generate_route_list, handle_server_fns_with_context};
+use tokio::net::TcpListener;
+use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
+
+pub use config::Config;
+use security::SecurityPolicy;
+use session_store::DbSessionStore;
+
+/// Largest request body accepted, in bytes. Forms here are a few hundred bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// State of the axum router: Leptos' options plus the application state.
+#[derive(Clone, FromRef)]
+struct ServerState {
+    leptos: LeptosOptions,
+    app: AppState,
+}
+
+/// Opens the database (creating and migrating it) and builds the full router.
+pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
+    let db = Db::connect(&config.database_url)
+        .await
+        .with_context(|| format!("opening {}", db::redact_url(&config.database_url)))?;
+    tokio::task::spawn_blocking(accounts::password::warm_up).await?;
+    let router = router(config, db.clone());
+    spawn_session_sweeper(db.clone());
+    Ok((router, db))
+}
+
+fn router(config: &Config, db: Db) -> Router {
+    let app_state = AppState {
+        accounts: Accounts::new(db.clone(), config.login_limits),
+        session_absolute_ms: config.session_absolute.as_millis() as i64,
+        public_url: config.public_url.clone(),
+    };
+    let leptos = LeptosOptions::builder()
+        .output_name("tokenmill")
+        .site_root(config.site_root.as_str())
+        .site_pkg_dir("pkg")
+        .site_addr(config.addr)
+        .build();
+    let state = ServerState {
+        leptos: leptos.clone(),
+        app: app_state.clone(),
+    };
+    let policy = SecurityPolicy {
+        trust_proxy: config.trust_proxy,
+        public_url: config.public_url.clone(),
+    };
+
+    let idle = time::Duration::try_from(config.session_idle).unwrap_or(time::Duration::HOUR);
+    let sessions = SessionManagerLayer::new(DbSessionStore::new(db))
+        .with_name(config.session_cookie_name())
+        .with_secure(config.https())
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_path("/")
+        .with_expiry(Expiry::OnInactivity(idle));
+
+    let routes = generate_route_list(App);
+    let page_state = app_state.clone();
+    let fallback_state = app_state;
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/api/{*fn_name}", post(server_fn_handler))
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_context(page_state.clone()),
+            {
+                let leptos = leptos.clone();
+                move || shell(leptos.clone())
+            },
+        )
+        .fallback(leptos_axum::file_and_error_handler_with_context::<
+            ServerState,
+            _,
+        >(
+            move || provide_context(fallback_state.clone()), shell
+        ))
+        .with_state(state)
+        .layer(middleware::from_fn(request_errors_are_client_errors))
+        .layer(sessions)
+        .layer(middleware::from_fn_with_state(
+            policy.clone(),
+            security::csrf,
+        ))
+        .layer(middleware::from_fn_with_state(policy, security::client_ip))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(middleware::from_fn(security::headers))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn server_fn_handler(State(state): State<ServerState>, req: Request<Body>) -> Response {
+    let app = state.app.clone();
+    handle_server_fns_with_context(move || provide_context(app.clone()), req)
+        .await
+        .into_response()
+}
+
+/// Server functions answer 500 for every error raised before our code runs (a missing or
+/// malformed argument). Those are the client's mistakes: answer 400 with the same body.
+async fn request_errors_are_client_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status() != StatusCode::INTERNAL_SERVER_ERROR
+        || !res.headers().contains_key("serverfnerror")
+    {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+    };
+    if let Ok(app::AppError::Request(_)) = serde_json::from_slice::<app::AppError>(&bytes) {
+        parts.status = StatusCode::BAD_REQUEST;
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Deletes expired sessions once a minute.
+fn spawn_session_sweeper(db: Db) {
+    use tower_sessions::ExpiredDeletion;
+    let store = DbSessionStore::new(db);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.delete_expired().await {
+                tracing::warn!(error = %e, "sweeping expired sessions failed");
+            }
+        }
+    });
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

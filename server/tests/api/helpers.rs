@@ -1,0 +1,154 @@
+use std::time::Duration;
+
+use db::testing::TestDb;
+use reqwest::{Client, Response, StatusCode, redirect::Policy};
+use serde_json::Value;
+use server::Config;
+
+pub const PASSWORD: &str = "lanterns over the harbour";
+
+pub struct TestApp {
+    pub base: String,
+    /// The origin browsers send: the configured public URL, else `base`.
+    pub origin: String,
+    pub test_db: TestDb,
+}
+
+/// One browser: its own cookie jar, sending `Origin` like a browser does on a POST.
+pub struct Browser {
+    pub client: Client,
+    pub base: String,
+    pub origin: String,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let test_db = TestDb::sqlite().await;
+    let mut config = Config {
+        database_url: test_db.url.clone(),
+        trust_proxy: true,
+        ..Config::default()
+    };
+    configure(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    config.addr = addr;
+    let (router, _db) = server::build(&config).await.expect("build app");
+    tokio::spawn(server::serve(listener, router, std::future::pending()));
+    let base = format!("http://{addr}");
+    TestApp {
+        origin: config.public_url.clone().unwrap_or_else(|| base.clone()),
+        base,
+        test_db,
+    }
+}
+
+impl TestApp {
+    pub fn browser(&self) -> Browser {
+        Browser {
+            client: Client::builder()
+                .cookie_store(true)
+                .redirect(Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            base: self.base.clone(),
+            origin: self.origin.clone(),
+        }
+    }
+
+    pub fn db(&self) -> &db::Db {
+        &self.test_db.db
+    }
+
+    /// Signs up an organisation and logs its owner in on a new browser.
+    pub async fn owner(&self, email: &str, org: &str) -> Browser {
+        let b = self.browser();
+        let r = b.sign_up(email, org).await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        let r = b.login(email, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        b
+    }
+}
+
+impl Browser {
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("origin", &self.origin)
+            .header("sec-fetch-site", "same-origin")
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sign_up(&self, email: &str, org: &str) -> Response {
+        self.post(
+            "/api/sign_up",
+            &[
+                ("email", email),
+                ("password", PASSWORD),
+                ("org_name", org),
+                ("org_kind", "startup"),
+                ("region", "europe"),
+            ],
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post("/api/login", &[("email", email), ("password", password)])
+            .await
+    }
+
+    /// The signed-in profile, or `Value::Null` when not signed in.
+    pub async fn me(&self) -> Value {
+        let r = self.post("/api/me", &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    pub async fn json(&self, path: &str, form: &[(&str, &str)]) -> (StatusCode, Value) {
+        let r = self.post(path, form).await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+pub fn location(r: &Response) -> String {
+    r.headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+pub fn session_cookie(r: &Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.contains("tokenmill_session="))
+}
+
+/// The `name=value` part of a Set-Cookie header.
+pub fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}

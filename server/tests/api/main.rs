@@ -1,0 +1,6 @@
+//! The integration harness: each test starts the real server on port 0 with a fresh database
+//! and talks to it over HTTP, as a browser would.
+
+mod accounts;
+mod helpers;
+mod security;

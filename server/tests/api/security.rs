@@ -1,0 +1,257 @@
+//! RELIABILITY A3, A5–A8 through the HTTP surface: sessions, cookies, CSRF, login limits.
+
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// A client that sends exactly the cookie given, with no jar.
+fn raw_client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn me_with_cookie(app: &TestApp, cookie: &str) -> Value {
+    raw_client()
+        .post(format!("{}/api/me", app.base))
+        .header("origin", &app.base)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn login_issues_a_new_session_id_and_the_old_one_stops_working() {
+    let app = spawn_app().await;
+    app.owner("ada@example.com", "Acme").await;
+    let b = app.browser();
+    let first = b.login("ada@example.com", PASSWORD).await;
+    let old = cookie_pair(&session_cookie(&first).expect("session cookie"));
+    assert_eq!(me_with_cookie(&app, &old).await["email"], "ada@example.com");
+
+    let second = b.login("ada@example.com", PASSWORD).await;
+    let new = cookie_pair(&session_cookie(&second).expect("a new session cookie"));
+    assert_ne!(old, new);
+    assert_eq!(me_with_cookie(&app, &old).await, Value::Null);
+    assert_eq!(me_with_cookie(&app, &new).await["email"], "ada@example.com");
+    // The id carries at least 128 bits: 16 bytes, base64 without padding.
+    let id = new.split_once('=').unwrap().1;
+    assert!(id.len() >= 22, "{id}");
+}
+
+#[tokio::test]
+async fn logout_deletes_the_session_on_the_server() {
+    let app = spawn_app().await;
+    app.owner("ada@example.com", "Acme").await;
+    let b = app.browser();
+    let r = b.login("ada@example.com", PASSWORD).await;
+    let cookie = cookie_pair(&session_cookie(&r).unwrap());
+    b.post("/api/logout", &[]).await;
+    assert_eq!(me_with_cookie(&app, &cookie).await, Value::Null);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_http_only_and_same_site_lax() {
+    let app = spawn_app().await;
+    app.owner("ada@example.com", "Acme").await;
+    let r = app.browser().login("ada@example.com", PASSWORD).await;
+    let c = session_cookie(&r).unwrap();
+    assert!(c.starts_with("tokenmill_session="), "{c}");
+    assert!(c.contains("HttpOnly"), "{c}");
+    assert!(c.contains("SameSite=Lax"), "{c}");
+    assert!(c.contains("Path=/"), "{c}");
+    assert!(
+        !c.contains("Secure"),
+        "plain HTTP cannot carry a Secure cookie: {c}"
+    );
+}
+
+#[tokio::test]
+async fn over_https_the_cookie_is_secure_with_the_host_prefix() {
+    let app =
+        spawn_app_with(|c| c.public_url = Some("https://console.tokenmill.test".into())).await;
+    let b = app.browser();
+    assert_eq!(
+        b.sign_up("ada@example.com", "Acme").await.status(),
+        StatusCode::OK
+    );
+    let r = b.login("ada@example.com", PASSWORD).await;
+    let c = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("__Host-tokenmill_session="))
+        .expect("a __Host- cookie");
+    assert!(
+        c.contains("Secure") && c.contains("HttpOnly") && c.contains("SameSite=Lax"),
+        "{c}"
+    );
+    assert!(!c.contains("Domain="), "{c}");
+}
+
+#[tokio::test]
+async fn a_cross_origin_post_to_a_server_function_is_refused() {
+    let app = spawn_app().await;
+    let owner = app.owner("ada@example.com", "Acme").await;
+    for (origin, fetch_site) in [
+        (Some("http://evil.example"), None),
+        (None, Some("cross-site")),
+        (Some("http://evil.example"), Some("same-site")),
+        (None, None),
+    ] {
+        let mut req = owner
+            .client
+            .post(format!("{}/api/invite", app.base))
+            .form(&[("email", "mallory@evil.example"), ("role", "owner")]);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(s) = fetch_site {
+            req = req.header("sec-fetch-site", s);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "{origin:?} {fetch_site:?}"
+        );
+    }
+    let (_, team) = owner.json("/api/team", &[]).await;
+    assert_eq!(team["invitations"], Value::Array(vec![]));
+    // Logging in from another site is refused too (login CSRF).
+    let r = app
+        .browser()
+        .client
+        .post(format!("{}/api/login", app.base))
+        .header("origin", "http://evil.example")
+        .form(&[("email", "ada@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn repeated_failures_are_limited_with_retry_after() {
+    let app = spawn_app().await;
+    app.owner("ada@example.com", "Acme").await;
+    let attacker = app.browser();
+    for _ in 0..10 {
+        let r = attacker.login("ada@example.com", "wrong guess here").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = attacker.login("ada@example.com", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 15 * 60, "{retry}");
+    // Another client (another address) is not locked out by it.
+    let other = app.browser();
+    let r = other
+        .client
+        .post(format!("{}/api/login", app.base))
+        .header("origin", &app.base)
+        .header("x-forwarded-for", "203.0.113.9")
+        .form(&[("email", "ada@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn changing_the_password_cycles_this_session_and_ends_the_others() {
+    let app = spawn_app().await;
+    let here = app.owner("ada@example.com", "Acme").await;
+    let elsewhere = app.browser();
+    elsewhere.login("ada@example.com", PASSWORD).await;
+    assert_eq!(elsewhere.me().await["email"], "ada@example.com");
+
+    let (status, body) = here
+        .json(
+            "/api/change_password",
+            &[
+                ("current_password", "wrong"),
+                ("new_password", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["Field"]["field"], "current_password");
+
+    let r = here
+        .post(
+            "/api/change_password",
+            &[
+                ("current_password", PASSWORD),
+                ("new_password", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(session_cookie(&r).is_some(), "the session id is cycled");
+    assert_eq!(here.me().await["email"], "ada@example.com");
+    assert_eq!(elsewhere.me().await, Value::Null);
+    assert_eq!(
+        app.browser()
+            .login("ada@example.com", PASSWORD)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sessions_end_after_the_absolute_lifetime_even_when_active() {
+    let app = spawn_app_with(|c| c.session_absolute = Duration::from_millis(1500)).await;
+    let b = app.owner("ada@example.com", "Acme").await;
+    assert_eq!(b.me().await["email"], "ada@example.com");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(b.me().await["email"], "ada@example.com");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(b.me().await, Value::Null);
+}
+
+#[tokio::test]
+async fn sessions_end_after_the_idle_timeout() {
+    let app = spawn_app_with(|c| c.session_idle = Duration::from_secs(1)).await;
+    let b = app.owner("ada@example.com", "Acme").await;
+    assert_eq!(b.me().await["email"], "ada@example.com");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(b.me().await, Value::Null);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let app = spawn_app().await;
+    let big = "x".repeat(server::BODY_LIMIT + 1);
+    let r = app
+        .browser()
+        .post(
+            "/api/login",
+            &[("email", "ada@example.com"), ("password", &big)],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn pages_forbid_framing_and_sniffing() {
+    let app = spawn_app().await;
+    let r = app.browser().get("/login").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+}
