@@ -1,0 +1,45 @@
+import { defineConfig } from "@playwright/test";
+
+// The portal under test is the built `tokenmill` binary on a throwaway SQLite database.
+// `scripts/test` builds it first; this file only starts it and drives Debian's Chromium.
+const port = Number(process.env.E2E_PORT ?? 3210);
+const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
+
+export default defineConfig({
+  testDir: "./tests",
+  timeout: 60_000,
+  expect: { timeout: 15_000 },
+  fullyParallel: false,
+  workers: 1,
+  retries: 0,
+  reporter: [["list"]],
+  use: {
+    baseURL: `http://127.0.0.1:${port}`,
+    trace: "off",
+    launchOptions: {
+      executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    },
+  },
+  webServer: {
+    command: `rm -rf ${dbDir} && mkdir -p ${dbDir} && ${process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill"}`,
+    url: `http://127.0.0.1:${port}/health`,
+    reuseExistingServer: false,
+    timeout: 60_000,
+    env: {
+      TOKENMILL_ADDR: `127.0.0.1:${port}`,
+      DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
+      LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
+      RUST_LOG: "warn",
+    },
+  },
+});

@@ -1,0 +1,127 @@
+import { expect, test, type Page } from "@playwright/test";
+
+const password = "lanterns over the harbour";
+
+function uniqueEmail(tag: string): string {
+  return `${tag}-${Date.now()}-${Math.floor(Math.random() * 1e6)}@example.com`;
+}
+
+async function hydrated(page: Page) {
+  await expect(page.locator("body[data-hydrated=true]")).toHaveCount(1);
+}
+
+async function signUp(page: Page, email: string, org: string) {
+  await page.goto("/signup");
+  await hydrated(page);
+  await page.getByLabel("Organisation name").fill(org);
+  await page.getByLabel("Kind of organisation").selectOption("startup");
+  await page.getByLabel("Country or region").selectOption("europe");
+  await page.getByLabel("Work email").fill(email);
+  await page.locator("#password").fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+}
+
+async function logIn(page: Page, email: string, pw: string) {
+  await hydrated(page);
+  await page.getByLabel("Email").fill(email);
+  await page.locator("#password").fill(pw);
+  await page.getByRole("button", { name: "Log in" }).click();
+}
+
+test("a startup signs up, sees its name on the dashboard, logs out and back in", async ({ page }) => {
+  const email = uniqueEmail("founder");
+  await signUp(page, email, "Lumen Labs");
+  await expect(page.getByRole("status")).toContainText("sign-up is complete");
+
+  await logIn(page, email, password);
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await expect(page.getByTestId("dashboard-org")).toHaveText("Lumen Labs");
+  await expect(page.getByTestId("org-name")).toHaveText("Lumen Labs");
+  await expect(page.getByTestId("role")).toHaveText("owner");
+
+  await page.getByRole("button", { name: "Log out" }).click();
+  await expect(page).toHaveURL(/\/login$/);
+  await page.goto("/dashboard");
+  await expect(page).toHaveURL(/\/login$/);
+
+  await logIn(page, email, password);
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await expect(page.getByTestId("dashboard-org")).toHaveText("Lumen Labs");
+});
+
+test("a wrong password shows the error and keeps the user on the login page", async ({ page }) => {
+  const email = uniqueEmail("wrong");
+  await signUp(page, email, "Wrong Turn AI");
+  await logIn(page, email, "definitely not the password");
+  await expect(page.getByRole("alert")).toHaveText("Incorrect email or password.");
+  await expect(page).toHaveURL(/\/login/);
+});
+
+test("a field error appears next to the field that caused it", async ({ page }) => {
+  await page.goto("/signup");
+  await hydrated(page);
+  await page.getByLabel("Organisation name").fill("Short Pass Inc");
+  await page.getByLabel("Kind of organisation").selectOption("research");
+  await page.getByLabel("Country or region").selectOption("africa");
+  await page.getByLabel("Work email").fill(uniqueEmail("short"));
+  await page.locator("#password").fill("password1");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page.locator("#password-error")).toContainText("too common");
+  await expect(page).toHaveURL(/\/signup$/);
+});
+
+test("after hydration controls work without a full page reload", async ({ page }) => {
+  const email = uniqueEmail("spa");
+  await signUp(page, email, "Single Page Co");
+  await logIn(page, email, password);
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await hydrated(page);
+  // A marker on window survives only if no full page load happens.
+  await page.evaluate(() => ((window as unknown as { marker: number }).marker = 42));
+
+  await page.getByRole("link", { name: "Account", exact: true }).click();
+  await expect(page).toHaveURL(/\/account$/);
+  const field = page.locator("#current_password");
+  await expect(field).toHaveAttribute("type", "password");
+  await page.getByRole("button", { name: "Show" }).first().click();
+  await expect(field).toHaveAttribute("type", "text");
+
+  await page.getByRole("navigation").getByRole("link", { name: "Members" }).click();
+  await page.getByLabel("Email").fill("teammate@example.com");
+  await page.getByRole("button", { name: "Create invitation" }).click();
+  await expect(page.getByTestId("invite-link")).toContainText("/invite/");
+  await expect(page.getByTestId("invitations")).toContainText("teammate@example.com");
+
+  expect(await page.evaluate(() => (window as unknown as { marker?: number }).marker)).toBe(42);
+});
+
+test("an invited teammate joins the organisation through the link", async ({ page, browser }) => {
+  const email = uniqueEmail("owner");
+  await signUp(page, email, "Invite Works Ltd");
+  await logIn(page, email, password);
+  await page.getByRole("navigation").getByRole("link", { name: "Members" }).click();
+  await hydrated(page);
+  const teammate = uniqueEmail("mate");
+  await page.getByLabel("Email").fill(teammate);
+  await page.getByRole("button", { name: "Create invitation" }).click();
+  const link = (await page.getByTestId("invite-link").textContent())!.trim();
+
+  const other = await browser.newContext();
+  const invitee = await other.newPage();
+  await invitee.goto(link);
+  await expect(invitee.getByRole("heading", { level: 1 })).toHaveText("Join Invite Works Ltd");
+  await hydrated(invitee);
+  await invitee.locator("#password").fill("teammate long passphrase");
+  await invitee.getByRole("button", { name: "Join" }).click();
+  await expect(invitee).toHaveURL(/\/dashboard$/);
+  await expect(invitee.getByTestId("org-name")).toHaveText("Invite Works Ltd");
+  await expect(invitee.getByTestId("role")).toHaveText("member");
+  await other.close();
+});
+
+test("an unknown address shows the 404 page", async ({ page }) => {
+  const response = await page.goto("/no/such/page");
+  expect(response?.status()).toBe(404);
+  await expect(page.getByRole("heading", { name: "Page not found" })).toBeVisible();
+});
