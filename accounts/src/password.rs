@@ -1,6 +1,9 @@
 //! Password hashing with argon2id at OWASP's parameters, always off the async runtime.
 
-use std::sync::LazyLock;
+use std::sync::{
+    LazyLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
@@ -58,6 +61,14 @@ pub async fn hash(password: String) -> Result<PasswordHashString, AccountError> 
     .map_err(|e| AccountError::Internal(format!("hashing task failed: {e}")))?
 }
 
+/// How many password verifications (real or dummy) this process has run: each login attempt
+/// that reaches the password check costs exactly one, whether or not the account exists.
+static VERIFICATIONS: AtomicU64 = AtomicU64::new(0);
+
+pub fn verifications() -> u64 {
+    VERIFICATIONS.load(Ordering::Relaxed)
+}
+
 /// Verifies `password` against `stored`, or against a dummy hash when there is no account.
 /// Returns true only for a real account whose hash matches.
 pub async fn verify(
@@ -74,6 +85,7 @@ pub async fn verify(
         let ok = argon2()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok();
+        VERIFICATIONS.fetch_add(1, Ordering::Relaxed);
         Ok(ok && real)
     })
     .await

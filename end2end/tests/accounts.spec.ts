@@ -125,3 +125,30 @@ test("an unknown address shows the 404 page", async ({ page }) => {
   expect(response?.status()).toBe(404);
   await expect(page.getByRole("heading", { name: "Page not found" })).toBeVisible();
 });
+
+test.describe("without JavaScript", () => {
+  test.use({ javaScriptEnabled: false });
+
+  test("the forms still sign up, show a login error and log in", async ({ page }) => {
+    const email = uniqueEmail("nojs");
+    await page.goto("/signup");
+    await page.getByLabel("Organisation name").fill("Plain Forms Co");
+    await page.getByLabel("Kind of organisation").selectOption("enterprise");
+    await page.getByLabel("Country or region").selectOption("oceania");
+    await page.getByLabel("Work email").fill(email);
+    await page.locator("#password").fill(password);
+    await page.getByRole("button", { name: "Create account" }).click();
+    await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+
+    await page.getByLabel("Email").fill(email);
+    await page.locator("#password").fill("not the password at all");
+    await page.getByRole("button", { name: "Log in" }).click();
+    await expect(page.getByRole("alert")).toHaveText("Incorrect email or password.");
+
+    await page.getByLabel("Email").fill(email);
+    await page.locator("#password").fill(password);
+    await page.getByRole("button", { name: "Log in" }).click();
+    await expect(page).toHaveURL(/\/dashboard$/);
+    await expect(page.getByTestId("dashboard-org")).toHaveText("Plain Forms Co");
+  });
+});

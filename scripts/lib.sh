@@ -1,0 +1,75 @@
+# Shared by scripts/dev and scripts/test: install what is missing, and the build environment.
+# Sourced, not run.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+CARGO_LEPTOS_VERSION="0.3.10"
+
+log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# Build outputs go to one target directory per user, shared by every checkout of Tokenmill
+# (a fresh clone then reuses what an earlier build compiled). Override with CARGO_TARGET_DIR.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmill/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+# cargo-leptos compiles with these variables; every other cargo command here uses the same
+# ones, so that tests and lints reuse its build instead of starting over.
+export RUSTFLAGS="--cfg erase_components"
+export LEPTOS_OUTPUT_NAME=tokenmill LEPTOS_SITE_ROOT=target/site LEPTOS_SITE_PKG_DIR=pkg \
+  LEPTOS_SITE_ADDR=127.0.0.1:3000 LEPTOS_RELOAD_PORT=3001 LEPTOS_LIB_DIR=frontend \
+  LEPTOS_BIN_DIR=server LEPTOS_JS_MINIFY=false LEPTOS_HASH_FILES=false
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_rust_tools() {
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    log "Adding the wasm32 target"
+    rustup target add wasm32-unknown-unknown
+  fi
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+      rustup component add "$component"
+    fi
+  done
+  if ! cargo leptos --version 2>/dev/null | grep -q "$CARGO_LEPTOS_VERSION"; then
+    log "Installing cargo-leptos $CARGO_LEPTOS_VERSION (once; about 15 minutes on 2 cores)"
+    cargo install cargo-leptos --locked --version "$CARGO_LEPTOS_VERSION"
+  fi
+  # The wasm-bindgen CLI must match the wasm-bindgen library in Cargo.lock exactly.
+  local want
+  want="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)"
+  if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$"; then
+    log "Installing wasm-bindgen-cli $want"
+    cargo install wasm-bindgen-cli --version "$want"
+  fi
+}
+
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ]; then
+    log "Installing Debian's Chromium for the browser tests"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+  fi
+}
+
+ensure_node_deps() {
+  if [ ! -d end2end/node_modules/@playwright/test ] ||
+    [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then
+    log "Installing the browser-test packages"
+    (cd end2end && npm ci --no-audit --no-fund)
+  fi
+}
+
+build_portal() {
+  log "Building the portal (server and WASM)"
+  cargo leptos build
+}
+
+portal_bin() {
+  echo "$CARGO_TARGET_DIR/debug/tokenmill"
+}
