@@ -172,3 +172,22 @@ pub fn AcceptInvitation() -> impl IntoView {
         </main>
     }
 }
+
+#[cfg(all(test, feature = "ssr"))]
+mod tests {
+    /// The WASM build cannot link the accounts crate, so the choices are listed here again;
+    /// this keeps the two lists identical.
+    #[test]
+    fn the_choices_offered_are_the_ones_the_server_accepts() {
+        let kinds: Vec<_> = accounts::OrgKind::TENANT_KINDS
+            .iter()
+            .map(|k| (k.code(), k.label()))
+            .collect();
+        assert_eq!(kinds, super::KINDS.to_vec());
+        let regions: Vec<_> = accounts::Region::ALL
+            .iter()
+            .map(|r| (r.code(), r.label()))
+            .collect();
+        assert_eq!(regions, super::REGIONS.to_vec());
+    }
+}
