@@ -12,7 +12,7 @@ log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 # Build outputs go to one target directory per user, shared by every checkout of Tokenmill
 # (a fresh clone then reuses what an earlier build compiled). Override with CARGO_TARGET_DIR.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmill/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
 # cargo-leptos compiles with these variables; every other cargo command here uses the same

@@ -7,7 +7,10 @@ pub mod password;
 mod throttle;
 pub mod types;
 
-use db::{Db, new_id, now_ms, sqlx::Row};
+use db::{
+    Db, new_id, now_ms,
+    sqlx::{AnyConnection, Row},
+};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -138,6 +141,55 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+async fn insert_org(conn: &mut AnyConnection, org: &Org) -> Result<(), AccountError> {
+    db::sqlx::query(
+        "INSERT INTO organizations (id, name, kind, region, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&org.id)
+    .bind(&org.name)
+    .bind(org.kind.code())
+    .bind(org.region.code())
+    .bind(org.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A user row about to be written.
+struct NewUser<'a> {
+    email: &'a str,
+    hash: &'a password::PasswordHashString,
+    org_id: &'a str,
+    role: OrgRole,
+    operator: bool,
+}
+
+/// Inserts a user and returns its id, or `None` when the email is already registered.
+async fn insert_user(
+    conn: &mut AnyConnection,
+    new: NewUser<'_>,
+) -> Result<Option<String>, AccountError> {
+    let id = new_id();
+    let inserted = db::sqlx::query(
+        "INSERT INTO users (id, email, password_hash, org_id, org_role, platform_role, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&id)
+    .bind(new.email)
+    .bind(new.hash.as_str())
+    .bind(new.org_id)
+    .bind(new.role.code())
+    .bind(new.operator.then_some("operator"))
+    .bind(now_ms())
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Some(id)),
+        Err(e) if db::is_unique_violation(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Accounts {
     pub fn new(db: Db, limits: LoginLimits) -> Accounts {
         Accounts { db, limits }
@@ -157,49 +209,39 @@ impl Accounts {
         // Hash before looking at the database: a registered email costs the same time.
         let hash = password::hash(password.expose().to_string()).await?;
 
+        let org = Org {
+            id: new_id(),
+            name: org_name.as_str().to_string(),
+            kind,
+            region,
+            created_at: now_ms(),
+        };
         let mut tx = self.db.begin_write().await?;
-        let now = now_ms();
-        let org_id = new_id();
-        let user_id = new_id();
-        db::sqlx::query(
-            "INSERT INTO organizations (id, name, kind, region, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&org_id)
-        .bind(org_name.as_str())
-        .bind(kind.code())
-        .bind(region.code())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let inserted = db::sqlx::query(
-            "INSERT INTO users (id, email, password_hash, org_id, org_role, created_at) \
-             VALUES ($1, $2, $3, $4, 'owner', $5)",
-        )
-        .bind(&user_id)
-        .bind(email.as_str())
-        .bind(hash.as_str())
-        .bind(&org_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {
+        insert_org(&mut tx, &org).await?;
+        let new = NewUser {
+            email: email.as_str(),
+            hash: &hash,
+            org_id: &org.id,
+            role: OrgRole::Owner,
+            operator: false,
+        };
+        match insert_user(&mut tx, new).await? {
+            Some(user_id) => {
                 tx.commit().await?;
                 tracing::info!(
                     user_id,
-                    org_id,
+                    org_id = org.id,
                     kind = kind.code(),
                     "organisation signed up"
                 );
                 Ok(SignUpOutcome::Created { user_id })
             }
-            Err(e) if db::is_unique_violation(&e) => {
+            None => {
                 // Roll back the organisation too: nothing half-created.
                 tx.rollback().await?;
                 tracing::info!("sign-up for an email that is already registered");
                 Ok(SignUpOutcome::AlreadyRegistered)
             }
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -495,29 +537,19 @@ impl Accounts {
         if consumed.rows_affected() != 1 {
             return Err(AccountError::InvitationInvalid);
         }
-        let user_id = new_id();
-        let inserted = db::sqlx::query(
-            "INSERT INTO users (id, email, password_hash, org_id, org_role, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&user_id)
-        .bind(&email)
-        .bind(hash.as_str())
-        .bind(&org_id)
-        .bind(&role)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => {
-                return Err(AccountError::field(
-                    "password",
-                    "An account with this email already exists. Log in instead, or ask for an invitation to another email.",
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let new = NewUser {
+            email: &email,
+            hash: &hash,
+            org_id: &org_id,
+            role: OrgRole::from_code(&role).ok_or(AccountError::InvitationInvalid)?,
+            operator: false,
+        };
+        let Some(user_id) = insert_user(&mut tx, new).await? else {
+            return Err(AccountError::field(
+                "password",
+                "An account with this email already exists. Log in instead, or ask for an invitation to another email.",
+            ));
+        };
         tx.commit().await?;
         tracing::info!(user_id, org_id, "invitation accepted");
         self.user(&user_id).await?.ok_or(AccountError::NotFound)
@@ -545,7 +577,7 @@ impl Accounts {
             region,
             created_at: now_ms(),
         };
-        self.insert_org(&org).await?;
+        insert_org(&mut *self.db.pool().acquire().await?, &org).await?;
         let (invitation, token) = self
             .create_invitation(&org.id, Some(&actor.id), &email, OrgRole::Owner)
             .await?;
@@ -555,20 +587,6 @@ impl Accounts {
             "partner organisation created"
         );
         Ok((org, invitation, token))
-    }
-
-    async fn insert_org(&self, org: &Org) -> Result<(), AccountError> {
-        db::sqlx::query(
-            "INSERT INTO organizations (id, name, kind, region, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&org.id)
-        .bind(&org.name)
-        .bind(org.kind.code())
-        .bind(org.region.code())
-        .bind(org.created_at)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
     }
 
     /// Partner organisations, for operators.
@@ -594,44 +612,33 @@ impl Accounts {
         let existing = db::sqlx::query("SELECT id FROM organizations WHERE kind = 'platform'")
             .fetch_optional(&mut *tx)
             .await?;
-        let now = now_ms();
         let org_id = match existing {
             Some(row) => row.try_get::<String, _>("id")?,
             None => {
-                let id = new_id();
-                db::sqlx::query(
-                    "INSERT INTO organizations (id, name, kind, region, created_at) \
-                     VALUES ($1, 'Tokenmill platform', 'platform', 'europe', $2)",
-                )
-                .bind(&id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                id
+                let org = Org {
+                    id: new_id(),
+                    name: "Tokenmill platform".to_string(),
+                    kind: OrgKind::Platform,
+                    region: Region::Europe,
+                    created_at: now_ms(),
+                };
+                insert_org(&mut tx, &org).await?;
+                org.id
             }
         };
-        let user_id = new_id();
-        let inserted = db::sqlx::query(
-            "INSERT INTO users (id, email, password_hash, org_id, org_role, platform_role, created_at) \
-             VALUES ($1, $2, $3, $4, 'owner', 'operator', $5)",
-        )
-        .bind(&user_id)
-        .bind(email.as_str())
-        .bind(hash.as_str())
-        .bind(&org_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => {
-                return Err(AccountError::field(
-                    "email",
-                    "An account with this email already exists.",
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let new = NewUser {
+            email: email.as_str(),
+            hash: &hash,
+            org_id: &org_id,
+            role: OrgRole::Owner,
+            operator: true,
+        };
+        let Some(user_id) = insert_user(&mut tx, new).await? else {
+            return Err(AccountError::field(
+                "email",
+                "An account with this email already exists.",
+            ));
+        };
         tx.commit().await?;
         self.user(&user_id).await?.ok_or(AccountError::NotFound)
     }

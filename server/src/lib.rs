@@ -83,7 +83,7 @@ fn router(config: &Config, db: Db) -> Router {
         .with_expiry(Expiry::OnInactivity(idle))
         // Save on every request so that activity pushes the idle deadline back; without this
         // the deadline would count from the last change to the session, not the last request.
-        .with_always_save(false);
+        .with_always_save(true);
 
     let routes = generate_route_list(App);
     let page_state = app_state.clone();

@@ -33,11 +33,11 @@ where
 #[component]
 pub fn FieldError(
     #[prop(into)] message: Signal<Option<String>>,
-    id: &'static str,
+    #[prop(into)] id: String,
 ) -> impl IntoView {
     view! {
         <Show when=move || message.get().is_some()>
-            <p class="field-error" id=id role="alert">
+            <p class="field-error" id=id.clone() role="alert">
                 {move || message.get()}
             </p>
         </Show>
@@ -83,5 +83,27 @@ pub fn PasswordInput(
                 {move || if shown.get() { "Hide" } else { "Show" }}
             </button>
         </div>
+    }
+}
+
+/// A labelled, required `<select>` over (value, label) pairs, with its field error below.
+#[component]
+pub fn Choice(
+    label: &'static str,
+    id: &'static str,
+    name: &'static str,
+    options: &'static [(&'static str, &'static str)],
+    #[prop(into)] error: Signal<Option<String>>,
+) -> impl IntoView {
+    view! {
+        <label for=id>{label}</label>
+        <select id=id name=name required>
+            <option value="">"Choose…"</option>
+            {options
+                .iter()
+                .map(|(code, label)| view! { <option value=*code>{*label}</option> })
+                .collect_view()}
+        </select>
+        <FieldError message=error id=format!("{id}-error") />
     }
 }

@@ -5,7 +5,7 @@ use leptos_meta::Title;
 
 use crate::{
     api::{CreatePartner, partners},
-    components::form::{FieldError, FormError, field_error, general_error},
+    components::form::{Choice, FieldError, FormError, field_error, general_error},
     pages::auth::REGION_OPTIONS,
 };
 
@@ -65,15 +65,13 @@ pub fn Admin() -> impl IntoView {
                 <label for="name">"Partner name"</label>
                 <input id="name" name="name" required />
                 <FieldError message=field_error(value, "org_name") id="name-error" />
-                <label for="region">"Region"</label>
-                <select id="region" name="region" required>
-                    <option value="">"Choose…"</option>
-                    {REGION_OPTIONS
-                        .iter()
-                        .map(|(code, label)| view! { <option value=*code>{*label}</option> })
-                        .collect_view()}
-                </select>
-                <FieldError message=field_error(value, "region") id="region-error" />
+                <Choice
+                    label="Region"
+                    id="region"
+                    name="region"
+                    options=&REGION_OPTIONS
+                    error=field_error(value, "region")
+                />
                 <label for="owner_email">"First user's email"</label>
                 <input id="owner_email" name="owner_email" type="email" required />
                 <FieldError message=field_error(value, "email") id="owner_email-error" />

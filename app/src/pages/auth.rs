@@ -12,7 +12,7 @@ use crate::{
     api::{
         AcceptInvitation as AcceptInvitationFn, Login as LoginFn, SignUp as SignUpFn, invitation,
     },
-    components::form::{FieldError, FormError, PasswordInput, field_error, general_error},
+    components::form::{Choice, FieldError, FormError, PasswordInput, field_error, general_error},
 };
 
 /// Organisation kinds and regions as (code, label): the same codes the server parses.
@@ -54,25 +54,20 @@ pub fn SignUp() -> impl IntoView {
                 <input id="org_name" name="org_name" required autocomplete="organization" />
                 <FieldError message=field_error(value, "org_name") id="org_name-error" />
 
-                <label for="org_kind">"Kind of organisation"</label>
-                <select id="org_kind" name="org_kind" required>
-                    <option value="">"Choose…"</option>
-                    {KINDS
-                        .iter()
-                        .map(|(code, label)| view! { <option value=*code>{*label}</option> })
-                        .collect_view()}
-                </select>
-                <FieldError message=field_error(value, "org_kind") id="org_kind-error" />
-
-                <label for="region">"Country or region"</label>
-                <select id="region" name="region" required>
-                    <option value="">"Choose…"</option>
-                    {REGIONS
-                        .iter()
-                        .map(|(code, label)| view! { <option value=*code>{*label}</option> })
-                        .collect_view()}
-                </select>
-                <FieldError message=field_error(value, "region") id="region-error" />
+                <Choice
+                    label="Kind of organisation"
+                    id="org_kind"
+                    name="org_kind"
+                    options=&KINDS
+                    error=field_error(value, "org_kind")
+                />
+                <Choice
+                    label="Country or region"
+                    id="region"
+                    name="region"
+                    options=&REGIONS
+                    error=field_error(value, "region")
+                />
 
                 <label for="email">"Work email"</label>
                 <input id="email" name="email" type="email" required autocomplete="email" />

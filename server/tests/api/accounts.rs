@@ -131,12 +131,7 @@ async fn an_owner_invites_a_member_who_joins_through_the_link_once() {
     );
 
     let member = app.browser();
-    let r = member
-        .post(
-            "/api/accept_invitation",
-            &[("token", token), ("password", "a member's long passphrase")],
-        )
-        .await;
+    let r = member.accept(token, "a member's long passphrase").await;
     assert_eq!(r.status(), StatusCode::OK);
     let me = member.me().await;
     assert_eq!(me["org_name"], "Org A");
@@ -183,19 +178,7 @@ async fn an_owner_invites_a_member_who_joins_through_the_link_once() {
 async fn an_expired_invitation_is_refused() {
     let app = spawn_app().await;
     let owner = app.owner("owner@a.example", "Org A").await;
-    let (_, invite) = owner
-        .json(
-            "/api/invite",
-            &[("email", "late@a.example"), ("role", "member")],
-        )
-        .await;
-    let token = invite["link"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let token = owner.invite("late@a.example", "member").await;
     db::sqlx::query("UPDATE invitations SET expires_at = $1")
         .bind(db::now_ms() - 1)
         .execute(app.db().pool())
@@ -221,19 +204,7 @@ async fn another_organisation_cannot_see_or_change_members_or_invitations() {
     let app = spawn_app().await;
     let a = app.owner("owner@a.example", "Org A").await;
     let b = app.owner("owner@b.example", "Org B").await;
-    let (_, invite) = a
-        .json(
-            "/api/invite",
-            &[("email", "new@a.example"), ("role", "member")],
-        )
-        .await;
-    let token = invite["link"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let token = a.invite("new@a.example", "member").await;
     let (_, a_team) = a.json("/api/team", &[]).await;
     let invitation_id = a_team["invitations"][0]["id"].as_str().unwrap().to_string();
     let a_owner_id = a_team["members"][0]["id"].as_str().unwrap().to_string();
@@ -257,15 +228,7 @@ async fn another_organisation_cannot_see_or_change_members_or_invitations() {
 
     // A's invitation and owner are untouched.
     let member = app.browser();
-    let r = member
-        .post(
-            "/api/accept_invitation",
-            &[
-                ("token", &token),
-                ("password", "a member's long passphrase"),
-            ],
-        )
-        .await;
+    let r = member.accept(&token, "a member's long passphrase").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(member.me().await["org_name"], "Org A");
     assert_eq!(a.me().await["org_name"], "Org A");
@@ -297,20 +260,9 @@ async fn operators_create_partners_from_admin_and_tenants_cannot() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
-    let token = created["link"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let token = token_of(&created);
     let partner = app.browser();
-    partner
-        .post(
-            "/api/accept_invitation",
-            &[("token", &token), ("password", "partner long passphrase")],
-        )
-        .await;
+    partner.accept(&token, "partner long passphrase").await;
     let me = partner.me().await;
     assert_eq!(me["org_name"], "Nimbus Cloud");
     assert_eq!(me["is_partner"], true);

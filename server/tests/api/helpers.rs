@@ -115,6 +115,24 @@ impl Browser {
             .await
     }
 
+    /// Creates an invitation as this (owner) browser and returns the token from its link.
+    pub async fn invite(&self, email: &str, role: &str) -> String {
+        let (status, body) = self
+            .json("/api/invite", &[("email", email), ("role", role)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        token_of(&body)
+    }
+
+    /// Accepts an invitation on this browser (which is then signed in).
+    pub async fn accept(&self, token: &str, password: &str) -> Response {
+        self.post(
+            "/api/accept_invitation",
+            &[("token", token), ("password", password)],
+        )
+        .await
+    }
+
     /// The signed-in profile, or `Value::Null` when not signed in.
     pub async fn me(&self) -> Value {
         let r = self.post("/api/me", &[]).await;
@@ -151,4 +169,15 @@ pub fn session_cookie(r: &Response) -> Option<String> {
 /// The `name=value` part of a Set-Cookie header.
 pub fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// The token at the end of an invitation link in a JSON answer.
+pub fn token_of(body: &Value) -> String {
+    body["link"]
+        .as_str()
+        .expect("a link")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
