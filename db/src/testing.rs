@@ -60,15 +60,37 @@ impl TestDb {
         dbs
     }
 
-    /// Closes the pool and removes the database.
+    /// Closes the pool, then removes the database (on drop).
     pub async fn finish(self) {
         self.db.close().await;
-        if let Cleanup::Postgres { admin_url, name } = &self.cleanup
-            && let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await
-        {
-            let _ = admin
-                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                .await;
+    }
+}
+
+/// Removes a PostgreSQL test database when the test is done with it, also when the test
+/// panicked or never called [`TestDb::finish`]. Drop cannot await, so a short-lived thread with
+/// its own runtime does the work and is waited for.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                        let _ = admin
+                            .execute(
+                                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                            )
+                            .await;
+                    }
+                });
+            })
+            .join();
         }
     }
 }

@@ -25,8 +25,19 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The database behind the app: SQLite, or PostgreSQL (on `TEST_DATABASE_URL`) when
+/// `TEST_HARNESS_BACKEND=postgres`, so the whole HTTP suite can run on either backend.
+async fn test_db() -> TestDb {
+    match std::env::var("TEST_HARNESS_BACKEND").as_deref() {
+        Ok("postgres") => TestDb::postgres()
+            .await
+            .expect("TEST_HARNESS_BACKEND=postgres needs TEST_DATABASE_URL"),
+        _ => TestDb::sqlite().await,
+    }
+}
+
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    let test_db = TestDb::sqlite().await;
+    let test_db = test_db().await;
     let mut config = Config {
         database_url: test_db.url.clone(),
         trust_proxy: true,
