@@ -8,6 +8,9 @@ cd "$ROOT"
 
 CARGO_LEPTOS_VERSION="0.3.10"
 
+# Tools installed with `cargo install` live here; make sure they are found.
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
+
 log() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 # Build outputs go to one target directory per user, shared by every checkout of Tokenmill

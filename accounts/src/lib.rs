@@ -304,25 +304,31 @@ impl Accounts {
         row.as_ref().map(org_from_row).transpose()
     }
 
-    /// Changes the user's password after checking the current one.
+    /// Changes the user's password after checking the current one. Wrong guesses of the
+    /// current password count against the same limits as failed logins, so a stolen session
+    /// cannot be used to guess it.
     pub async fn change_password(
         &self,
         user: &User,
         current: &str,
         new: &str,
+        ip: &str,
     ) -> Result<(), AccountError> {
-        let stored: String = db::sqlx::query("SELECT password_hash FROM users WHERE id = $1")
+        let row = db::sqlx::query("SELECT password_hash, last_login_ip FROM users WHERE id = $1")
             .bind(&user.id)
             .fetch_optional(self.db.pool())
             .await?
-            .ok_or(AccountError::NotFound)?
-            .try_get("password_hash")?;
+            .ok_or(AccountError::NotFound)?;
+        let stored: String = row.try_get("password_hash")?;
+        let last_ip: Option<String> = row.try_get("last_login_ip")?;
+        throttle::check(&self.db, &self.limits, &user.email, ip, last_ip.as_deref()).await?;
         let ok = password::verify(
             current.to_string(),
             Some(password::PasswordHashString(stored)),
         )
         .await?;
         if !ok {
+            throttle::record_failure(&self.db, &user.email, ip).await?;
             return Err(AccountError::field(
                 "current_password",
                 "That is not your current password.",

@@ -452,7 +452,7 @@ async fn changing_the_password_needs_the_current_one() {
             .unwrap();
         assert!(matches!(
             accounts
-                .change_password(&user, "wrong", "brand new long passphrase")
+                .change_password(&user, "wrong", "brand new long passphrase", "ip")
                 .await,
             Err(AccountError::Field {
                 field: "current_password",
@@ -460,14 +460,16 @@ async fn changing_the_password_needs_the_current_one() {
             })
         ));
         assert!(matches!(
-            accounts.change_password(&user, PASSWORD, "short").await,
+            accounts
+                .change_password(&user, PASSWORD, "short", "ip")
+                .await,
             Err(AccountError::Field {
                 field: "new_password",
                 ..
             })
         ));
         accounts
-            .change_password(&user, PASSWORD, "brand new long passphrase")
+            .change_password(&user, PASSWORD, "brand new long passphrase", "ip")
             .await
             .unwrap();
         assert!(
@@ -480,6 +482,38 @@ async fn changing_the_password_needs_the_current_one() {
             .login("ada@example.com", "brand new long passphrase", "ip")
             .await
             .unwrap();
+    }
+    on_every_backend!(story);
+}
+
+#[tokio::test]
+async fn guessing_the_current_password_on_the_account_page_is_limited_like_logins() {
+    async fn story(accounts: &Accounts) {
+        accounts
+            .sign_up(form("ada@example.com", "Acme"))
+            .await
+            .unwrap();
+        let user = accounts
+            .login("ada@example.com", PASSWORD, "thief")
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            assert!(matches!(
+                accounts
+                    .change_password(&user, "a guess", "brand new long passphrase", "thief")
+                    .await,
+                Err(AccountError::Field {
+                    field: "current_password",
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            accounts
+                .change_password(&user, PASSWORD, "brand new long passphrase", "thief")
+                .await,
+            Err(AccountError::RateLimited { .. })
+        ));
     }
     on_every_backend!(story);
 }

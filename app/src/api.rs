@@ -163,7 +163,7 @@ pub async fn change_password(
     let user = require_user().await.map_err(fail)?;
     let st = state()?;
     st.accounts
-        .change_password(&user, &current_password, &new_password)
+        .change_password(&user, &current_password, &new_password, &client_ip())
         .await
         .map_err(fail)?;
     // End every session of this user, then continue this one under a new id.
