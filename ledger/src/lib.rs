@@ -1,0 +1,317 @@
+//! The double-entry ledger: every movement of money is a transaction whose entries sum to
+//! zero; balances are sums of entries; nothing is updated in place or deleted; each posting
+//! carries an idempotency key and applies at most once; an account that may not go negative
+//! never does, checked in the same statement that debits it (and by a database `CHECK`).
+//!
+//! This crate is the core only: accounts and postings. Wallet buckets, holds and grants are
+//! built on it by the credits layer.
+
+mod money;
+mod posting;
+
+use db::{
+    Db, DbError, new_id, now_ms,
+    sqlx::{AnyConnection, Row},
+};
+
+pub use money::{MoneyError, NANOS_PER_DOLLAR, Nanos};
+pub use posting::{Leg, Posting};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the entries of a transaction must sum to zero")]
+    Unbalanced,
+    #[error("a transaction needs at least two entries, on different accounts, none zero")]
+    MalformedPosting,
+    #[error("amounts must be positive")]
+    NonPositiveAmount,
+    #[error("not enough funds in account {account}")]
+    InsufficientFunds { account: String },
+    #[error("unknown ledger account {0}")]
+    UnknownAccount(String),
+    #[error("idempotency key {0} was already used for a different posting")]
+    IdempotencyConflict(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<db::sqlx::Error> for LedgerError {
+    fn from(e: db::sqlx::Error) -> Self {
+        LedgerError::Db(DbError::Sqlx(e))
+    }
+}
+
+/// What an account is for. Only external counterparties (a payment processor's clearing
+/// account, a sponsor's funding source) may go negative: they represent money outside the
+/// platform. Everything else holds money and stays at or above zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// A tenant's paid credit (top-ups).
+    WalletPaid,
+    /// A tenant's credit from one grant.
+    WalletGrant,
+    /// A credit-support program's remaining budget.
+    ProgramFund,
+    /// Money outside the platform (payment clearing, sponsors).
+    External,
+    /// Earned usage revenue (vendor's or a partner's share).
+    Revenue,
+    /// Grants that expired unused.
+    Expired,
+}
+
+impl AccountKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            AccountKind::WalletPaid => "wallet_paid",
+            AccountKind::WalletGrant => "wallet_grant",
+            AccountKind::ProgramFund => "program_fund",
+            AccountKind::External => "external",
+            AccountKind::Revenue => "revenue",
+            AccountKind::Expired => "expired",
+        }
+    }
+
+    pub fn may_go_negative(self) -> bool {
+        self == AccountKind::External
+    }
+}
+
+/// A ledger account to open. `code` is its stable name (e.g. `org:<id>:paid`).
+#[derive(Debug, Clone)]
+pub struct AccountSpec {
+    pub code: String,
+    pub org_id: Option<String>,
+    pub kind: AccountKind,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub code: String,
+    pub org_id: Option<String>,
+    pub balance: Nanos,
+    pub held: Nanos,
+}
+
+/// The result of a posting: applied now, or applied earlier under the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    Applied { transaction_id: String },
+    Replayed { transaction_id: String },
+}
+
+impl Posted {
+    pub fn transaction_id(&self) -> &str {
+        match self {
+            Posted::Applied { transaction_id } | Posted::Replayed { transaction_id } => {
+                transaction_id
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: Db,
+}
+
+fn account_from_row(row: &db::sqlx::any::AnyRow) -> Result<Account, LedgerError> {
+    Ok(Account {
+        id: row.try_get("id")?,
+        code: row.try_get("code")?,
+        org_id: row.try_get("org_id")?,
+        balance: Nanos::new(row.try_get("balance")?),
+        held: Nanos::new(row.try_get("held")?),
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "id, code, org_id, balance, held";
+
+impl Ledger {
+    pub fn new(db: Db) -> Ledger {
+        Ledger { db }
+    }
+
+    /// Opens the account named by `spec.code`, or returns it if it exists.
+    pub async fn open_account(&self, spec: &AccountSpec) -> Result<Account, LedgerError> {
+        if let Some(account) = self.account_by_code(&spec.code).await? {
+            return Ok(account);
+        }
+        let inserted = db::sqlx::query(
+            "INSERT INTO ledger_accounts (id, code, org_id, kind, may_go_negative, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new_id())
+        .bind(&spec.code)
+        .bind(spec.org_id.as_deref())
+        .bind(spec.kind.code())
+        .bind(i64::from(spec.kind.may_go_negative()))
+        .bind(spec.expires_at)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // Opened concurrently by someone else: theirs is the account.
+            Err(e) if db::is_unique_violation(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.account_by_code(&spec.code)
+            .await?
+            .ok_or_else(|| LedgerError::UnknownAccount(spec.code.clone()))
+    }
+
+    pub async fn account_by_code(&self, code: &str) -> Result<Option<Account>, LedgerError> {
+        let row = db::sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE code = $1"
+        ))
+        .bind(code)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    /// Applies a balanced posting at most once. A repeat with the same key and the same legs
+    /// returns the first transaction; the same key with different legs is refused.
+    pub async fn post(&self, posting: &Posting) -> Result<Posted, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        if let Some(existing) = replay_of(&mut tx, posting).await? {
+            return Ok(existing);
+        }
+        let transaction_id = new_id();
+        let inserted = db::sqlx::query(
+            "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&transaction_id)
+        .bind(posting.key())
+        .bind(posting.kind())
+        .bind(posting.memo())
+        .bind(posting.org_id())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => {
+                // A concurrent posting with this key committed first (PostgreSQL waits on the
+                // unique index for it). Answer as a replay of that one.
+                drop(tx);
+                let mut tx = self.db.begin_write().await?;
+                return replay_of(&mut tx, posting)
+                    .await?
+                    .ok_or_else(|| LedgerError::IdempotencyConflict(posting.key().to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Legs are sorted by account id, so concurrent postings lock rows in one order.
+        for leg in posting.legs() {
+            // The debit and its check are one statement: no read-then-write gap.
+            let updated = db::sqlx::query(
+                "UPDATE ledger_accounts SET balance = balance + $1 \
+                 WHERE id = $2 AND (may_go_negative = 1 OR balance - held + $1 >= 0)",
+            )
+            .bind(leg.amount)
+            .bind(&leg.account_id)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                let exists = db::sqlx::query("SELECT 1 AS one FROM ledger_accounts WHERE id = $1")
+                    .bind(&leg.account_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                return Err(if exists {
+                    LedgerError::InsufficientFunds {
+                        account: leg.account_id.clone(),
+                    }
+                } else {
+                    LedgerError::UnknownAccount(leg.account_id.clone())
+                });
+            }
+            db::sqlx::query(
+                "INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
+            )
+            .bind(&transaction_id)
+            .bind(&leg.account_id)
+            .bind(leg.amount)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Posted::Applied { transaction_id })
+    }
+
+    /// Checks the ledger's invariants over all rows: every transaction sums to zero, every
+    /// cached balance equals the sum of its entries, and no account that may not go negative
+    /// is below zero. Returns the first violation found.
+    pub async fn verify(&self) -> Result<Result<(), String>, LedgerError> {
+        let unbalanced = db::sqlx::query(
+            "SELECT transaction_id FROM ledger_entries GROUP BY transaction_id HAVING SUM(amount) <> 0",
+        )
+        .fetch_optional(self.db.pool())
+        .await?;
+        if let Some(row) = unbalanced {
+            let id: String = row.try_get("transaction_id")?;
+            return Ok(Err(format!("transaction {id} does not sum to zero")));
+        }
+        let drift = db::sqlx::query(
+            "SELECT a.code FROM ledger_accounts a \
+             WHERE a.balance <> COALESCE((SELECT SUM(e.amount) FROM ledger_entries e WHERE e.account_id = a.id), 0)",
+        )
+        .fetch_optional(self.db.pool())
+        .await?;
+        if let Some(row) = drift {
+            let code: String = row.try_get("code")?;
+            return Ok(Err(format!(
+                "account {code}: balance differs from its entries"
+            )));
+        }
+        let negative = db::sqlx::query(
+            "SELECT code FROM ledger_accounts WHERE may_go_negative = 0 AND balance - held < 0",
+        )
+        .fetch_optional(self.db.pool())
+        .await?;
+        if let Some(row) = negative {
+            let code: String = row.try_get("code")?;
+            return Ok(Err(format!("account {code} is below zero")));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// The transaction already posted under this posting's key, if any; an error if that
+/// transaction moved different amounts.
+async fn replay_of(
+    conn: &mut AnyConnection,
+    posting: &Posting,
+) -> Result<Option<Posted>, LedgerError> {
+    let Some(row) =
+        db::sqlx::query("SELECT id FROM ledger_transactions WHERE idempotency_key = $1")
+            .bind(posting.key())
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let transaction_id: String = row.try_get("id")?;
+    let rows = db::sqlx::query(
+        "SELECT account_id, amount FROM ledger_entries WHERE transaction_id = $1 ORDER BY account_id",
+    )
+    .bind(&transaction_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = Vec::with_capacity(rows.len());
+    for r in &rows {
+        stored.push(Leg {
+            account_id: r.try_get("account_id")?,
+            amount: r.try_get("amount")?,
+        });
+    }
+    if stored != posting.legs() {
+        return Err(LedgerError::IdempotencyConflict(posting.key().to_string()));
+    }
+    Ok(Some(Posted::Replayed { transaction_id }))
+}
