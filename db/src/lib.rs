@@ -125,6 +125,16 @@ impl Db {
         Ok(tx)
     }
 
+    /// What to append to a `SELECT` inside [`Db::begin_write`] to lock the rows it reads until
+    /// the transaction ends: `FOR UPDATE` on PostgreSQL; nothing on SQLite, where `BEGIN
+    /// IMMEDIATE` already holds the database's write lock.
+    pub fn lock_rows(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

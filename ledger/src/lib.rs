@@ -6,6 +6,7 @@
 //! This crate is the core only: accounts and postings. Wallet buckets, holds and grants are
 //! built on it by the credits layer.
 
+mod holds;
 mod money;
 mod posting;
 
@@ -14,6 +15,7 @@ use db::{
     sqlx::{AnyConnection, Row},
 };
 
+pub use holds::{Hold, HoldStatus};
 pub use money::{MoneyError, NANOS_PER_DOLLAR, Nanos};
 pub use posting::{Leg, Posting};
 
@@ -31,6 +33,12 @@ pub enum LedgerError {
     UnknownAccount(String),
     #[error("idempotency key {0} was already used for a different posting")]
     IdempotencyConflict(String),
+    #[error("unknown hold {0}")]
+    UnknownHold(String),
+    #[error("this hold was already settled, voided or expired")]
+    HoldNotOpen,
+    #[error("the amount to settle is negative or more than the hold reserved")]
+    SettleExceedsHold,
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -181,19 +189,7 @@ impl Ledger {
             return Ok(existing);
         }
         let transaction_id = new_id();
-        let inserted = db::sqlx::query(
-            "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&transaction_id)
-        .bind(posting.key())
-        .bind(posting.kind())
-        .bind(posting.memo())
-        .bind(posting.org_id())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await;
-        match inserted {
+        match insert_transaction(&mut tx, &transaction_id, posting).await {
             Ok(_) => {}
             Err(e) if db::is_unique_violation(&e) => {
                 // A concurrent posting with this key committed first (PostgreSQL waits on the
@@ -206,40 +202,7 @@ impl Ledger {
             }
             Err(e) => return Err(e.into()),
         }
-        // Legs are sorted by account id, so concurrent postings lock rows in one order.
-        for leg in posting.legs() {
-            // The debit and its check are one statement: no read-then-write gap.
-            let updated = db::sqlx::query(
-                "UPDATE ledger_accounts SET balance = balance + $1 \
-                 WHERE id = $2 AND (may_go_negative = 1 OR balance - held + $1 >= 0)",
-            )
-            .bind(leg.amount)
-            .bind(&leg.account_id)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() != 1 {
-                let exists = db::sqlx::query("SELECT 1 AS one FROM ledger_accounts WHERE id = $1")
-                    .bind(&leg.account_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
-                return Err(if exists {
-                    LedgerError::InsufficientFunds {
-                        account: leg.account_id.clone(),
-                    }
-                } else {
-                    LedgerError::UnknownAccount(leg.account_id.clone())
-                });
-            }
-            db::sqlx::query(
-                "INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
-            )
-            .bind(&transaction_id)
-            .bind(&leg.account_id)
-            .bind(leg.amount)
-            .execute(&mut *tx)
-            .await?;
-        }
+        apply_legs(&mut tx, &transaction_id, posting.legs()).await?;
         tx.commit().await?;
         Ok(Posted::Applied { transaction_id })
     }
@@ -280,6 +243,72 @@ impl Ledger {
         }
         Ok(Ok(()))
     }
+}
+
+async fn insert_transaction(
+    conn: &mut AnyConnection,
+    transaction_id: &str,
+    posting: &Posting,
+) -> Result<(), db::sqlx::Error> {
+    db::sqlx::query(
+        "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(transaction_id)
+    .bind(posting.key())
+    .bind(posting.kind())
+    .bind(posting.memo())
+    .bind(posting.org_id())
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes a transaction's entries and moves the balances, refusing any debit that would take
+/// an account that may not go negative below zero (what it holds for open holds counts as
+/// spoken for).
+async fn apply_legs(
+    tx: &mut AnyConnection,
+    transaction_id: &str,
+    legs: &[Leg],
+) -> Result<(), LedgerError> {
+    let transaction_id = transaction_id.to_string();
+    // Legs are sorted by account id, so concurrent postings lock rows in one order.
+    for leg in legs {
+        // The debit and its check are one statement: no read-then-write gap.
+        let updated = db::sqlx::query(
+            "UPDATE ledger_accounts SET balance = balance + $1 \
+                 WHERE id = $2 AND (may_go_negative = 1 OR balance - held + $1 >= 0)",
+        )
+        .bind(leg.amount)
+        .bind(&leg.account_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            let exists = db::sqlx::query("SELECT 1 AS one FROM ledger_accounts WHERE id = $1")
+                .bind(&leg.account_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return Err(if exists {
+                LedgerError::InsufficientFunds {
+                    account: leg.account_id.clone(),
+                }
+            } else {
+                LedgerError::UnknownAccount(leg.account_id.clone())
+            });
+        }
+        db::sqlx::query(
+            "INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES ($1, $2, $3)",
+        )
+        .bind(&transaction_id)
+        .bind(&leg.account_id)
+        .bind(leg.amount)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The transaction already posted under this posting's key, if any; an error if that

@@ -1,0 +1,391 @@
+//! Holds (RELIABILITY M5): reserve the maximum cost before work runs, spread over the given
+//! accounts in burn order; settle the actual cost (the rest is released); void on failure;
+//! expire by TTL so a crash never leaves money stuck. A hold resolves exactly once.
+
+use db::{
+    new_id, now_ms,
+    sqlx::{AnyConnection, Row},
+};
+
+use crate::{Ledger, LedgerError, Leg, Nanos, Posted, Posting, apply_legs, insert_transaction};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldStatus {
+    Open,
+    Settled,
+    Voided,
+    Expired,
+}
+
+impl HoldStatus {
+    fn code(self) -> &'static str {
+        match self {
+            HoldStatus::Open => "open",
+            HoldStatus::Settled => "settled",
+            HoldStatus::Voided => "voided",
+            HoldStatus::Expired => "expired",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<HoldStatus> {
+        [
+            HoldStatus::Open,
+            HoldStatus::Settled,
+            HoldStatus::Voided,
+            HoldStatus::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub id: String,
+    pub amount: Nanos,
+    pub status: HoldStatus,
+    pub expires_at: i64,
+    /// (account id, amount reserved there), in burn order.
+    pub parts: Vec<(String, i64)>,
+    pub settled_amount: Option<Nanos>,
+}
+
+async fn load_hold(
+    conn: &mut AnyConnection,
+    filter: &str,
+    value: &str,
+    lock: &str,
+) -> Result<Option<Hold>, LedgerError> {
+    let Some(row) = db::sqlx::query(&format!(
+        "SELECT id, amount, status, expires_at, settled_amount FROM ledger_holds WHERE {filter} = $1{lock}"
+    ))
+    .bind(value)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let parts = db::sqlx::query(
+        "SELECT account_id, amount FROM ledger_hold_parts WHERE hold_id = $1 ORDER BY position",
+    )
+    .bind(&id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("account_id")?, r.try_get("amount")?)))
+    .collect::<Result<Vec<(String, i64)>, db::sqlx::Error>>()?;
+    Ok(Some(Hold {
+        id,
+        amount: Nanos::new(row.try_get("amount")?),
+        status: HoldStatus::from_code(&status)
+            .ok_or_else(|| LedgerError::UnknownHold(format!("status {status}")))?,
+        expires_at: row.try_get("expires_at")?,
+        parts,
+        settled_amount: row
+            .try_get::<Option<i64>, _>("settled_amount")?
+            .map(Nanos::new),
+    }))
+}
+
+impl Ledger {
+    pub async fn hold(&self, id: &str) -> Result<Option<Hold>, LedgerError> {
+        let mut conn = self.db.pool().acquire().await?;
+        load_hold(&mut conn, "id", id, "").await
+    }
+
+    /// Reserves `amount` over `sources` (account ids in burn order: the first is drawn on
+    /// first), for `ttl_ms`. All or nothing: when the sources cannot cover the amount together,
+    /// nothing is reserved. Idempotent by `key`.
+    pub async fn reserve(
+        &self,
+        key: &str,
+        org_id: Option<&str>,
+        sources: &[String],
+        amount: Nanos,
+        ttl_ms: i64,
+    ) -> Result<Hold, LedgerError> {
+        if amount.get() <= 0 {
+            return Err(LedgerError::NonPositiveAmount);
+        }
+        let mut tx = self.db.begin_write().await?;
+        if let Some(existing) = load_hold(&mut tx, "idempotency_key", key, "").await? {
+            return Ok(existing);
+        }
+        let now = now_ms();
+        // Lock the sources (PostgreSQL) in id order, then draw on them in burn order.
+        let placeholders: Vec<String> = (0..sources.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT id, balance - held AS available FROM ledger_accounts \
+             WHERE may_go_negative = 0 AND (expires_at IS NULL OR expires_at > $1) \
+             AND id IN ({}) ORDER BY id{}",
+            if placeholders.is_empty() {
+                "NULL".to_string()
+            } else {
+                placeholders.join(", ")
+            },
+            self.db.lock_rows()
+        );
+        let mut query = db::sqlx::query(&sql).bind(now);
+        for s in sources {
+            query = query.bind(s);
+        }
+        let mut available = std::collections::HashMap::new();
+        for row in query.fetch_all(&mut *tx).await? {
+            available.insert(
+                row.try_get::<String, _>("id")?,
+                row.try_get::<i64, _>("available")?,
+            );
+        }
+        let mut remaining = amount.get();
+        let mut parts = Vec::new();
+        for source in sources {
+            let take = available.get(source).copied().unwrap_or(0).min(remaining);
+            if take > 0 && !parts.iter().any(|(id, _)| id == source) {
+                parts.push((source.clone(), take));
+                remaining -= take;
+            }
+            if remaining == 0 {
+                break;
+            }
+        }
+        if remaining > 0 {
+            return Err(LedgerError::InsufficientFunds {
+                account: sources.first().cloned().unwrap_or_default(),
+            });
+        }
+        let hold_id = new_id();
+        let inserted = db::sqlx::query(
+            "INSERT INTO ledger_holds (id, idempotency_key, org_id, amount, status, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, 'open', $5, $6)",
+        )
+        .bind(&hold_id)
+        .bind(key)
+        .bind(org_id)
+        .bind(amount.get())
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => {
+                drop(tx);
+                let mut conn = self.db.pool().acquire().await?;
+                return load_hold(&mut conn, "idempotency_key", key, "")
+                    .await?
+                    .ok_or_else(|| LedgerError::UnknownHold(key.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for (position, (account, part)) in parts.iter().enumerate() {
+            let updated = db::sqlx::query(
+                "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1",
+            )
+            .bind(part)
+            .bind(account)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                return Err(LedgerError::InsufficientFunds {
+                    account: account.clone(),
+                });
+            }
+            db::sqlx::query(
+                "INSERT INTO ledger_hold_parts (hold_id, account_id, position, amount) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&hold_id)
+            .bind(account)
+            .bind(position as i64)
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let hold = load_hold(&mut tx, "id", &hold_id, "")
+            .await?
+            .ok_or_else(|| LedgerError::UnknownHold(hold_id.clone()))?;
+        tx.commit().await?;
+        Ok(hold)
+    }
+
+    /// Charges `actual` (at most the reserved amount; zero when nothing was delivered) from the
+    /// hold's accounts in burn order to `to`, and releases the rest.
+    pub async fn settle(
+        &self,
+        hold_id: &str,
+        actual: Nanos,
+        to: &str,
+        memo: &str,
+    ) -> Result<Hold, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        let hold = self.open_hold(&mut tx, hold_id).await?;
+        if actual.get() < 0 || actual > hold.amount {
+            return Err(LedgerError::SettleExceedsHold);
+        }
+        release(&mut tx, &hold).await?;
+        let mut transaction_id: Option<String> = None;
+        if actual.get() > 0 {
+            let mut remaining = actual.get();
+            let mut legs = vec![Leg {
+                account_id: to.to_string(),
+                amount: actual.get(),
+            }];
+            for (account, part) in &hold.parts {
+                let take = (*part).min(remaining);
+                if take > 0 {
+                    legs.push(Leg {
+                        account_id: account.clone(),
+                        amount: -take,
+                    });
+                    remaining -= take;
+                }
+            }
+            let posting =
+                Posting::new(format!("hold:{hold_id}:settle"), "usage", memo, None, legs)?;
+            let id = new_id();
+            insert_transaction(&mut tx, &id, &posting).await?;
+            apply_legs(&mut tx, &id, posting.legs()).await?;
+            transaction_id = Some(id);
+        }
+        db::sqlx::query(
+            "UPDATE ledger_holds SET status = 'settled', resolved_at = $1, settled_amount = $2, \
+             settle_transaction_id = $3 WHERE id = $4 AND status = 'open'",
+        )
+        .bind(now_ms())
+        .bind(actual.get())
+        .bind(transaction_id)
+        .bind(hold_id)
+        .execute(&mut *tx)
+        .await?;
+        let hold = load_hold(&mut tx, "id", hold_id, "")
+            .await?
+            .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
+        tx.commit().await?;
+        Ok(hold)
+    }
+
+    /// Releases a hold without charging (the work failed before producing anything).
+    pub async fn void(&self, hold_id: &str) -> Result<Hold, LedgerError> {
+        self.resolve_without_charge(hold_id, HoldStatus::Voided)
+            .await
+    }
+
+    /// Releases every open hold whose TTL has passed by `now`. Returns how many.
+    pub async fn expire_holds(&self, now: i64) -> Result<u64, LedgerError> {
+        let ids: Vec<String> = db::sqlx::query(
+            "SELECT id FROM ledger_holds WHERE status = 'open' AND expires_at <= $1",
+        )
+        .bind(now)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+        let mut expired = 0;
+        for id in ids {
+            match self.resolve_without_charge(&id, HoldStatus::Expired).await {
+                Ok(_) => expired += 1,
+                // Settled or voided meanwhile: nothing to do.
+                Err(LedgerError::HoldNotOpen) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn resolve_without_charge(
+        &self,
+        hold_id: &str,
+        status: HoldStatus,
+    ) -> Result<Hold, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        let hold = self.open_hold(&mut tx, hold_id).await?;
+        release(&mut tx, &hold).await?;
+        db::sqlx::query(
+            "UPDATE ledger_holds SET status = $1, resolved_at = $2 WHERE id = $3 AND status = 'open'",
+        )
+        .bind(status.code())
+        .bind(now_ms())
+        .bind(hold_id)
+        .execute(&mut *tx)
+        .await?;
+        let hold = load_hold(&mut tx, "id", hold_id, "")
+            .await?
+            .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
+        tx.commit().await?;
+        Ok(hold)
+    }
+
+    /// The hold, locked for this transaction, if it is still open.
+    async fn open_hold(&self, tx: &mut AnyConnection, hold_id: &str) -> Result<Hold, LedgerError> {
+        let hold = load_hold(tx, "id", hold_id, self.db.lock_rows())
+            .await?
+            .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
+        if hold.status != HoldStatus::Open {
+            return Err(LedgerError::HoldNotOpen);
+        }
+        Ok(hold)
+    }
+
+    /// Moves what is left on an expired account (a lapsed grant) to `to`, through a posted
+    /// transaction. Money reserved by open holds stays until they resolve; a later sweep takes
+    /// what they release. Returns the posting, or `None` when there was nothing to move.
+    pub async fn sweep_expired(
+        &self,
+        account_id: &str,
+        to: &str,
+        now: i64,
+    ) -> Result<Option<Posted>, LedgerError> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(row) = db::sqlx::query(&format!(
+            "SELECT balance - held AS available, expires_at FROM ledger_accounts WHERE id = $1{}",
+            self.db.lock_rows()
+        ))
+        .bind(account_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(LedgerError::UnknownAccount(account_id.to_string()));
+        };
+        let available: i64 = row.try_get("available")?;
+        let expires_at: Option<i64> = row.try_get("expires_at")?;
+        if available <= 0 || expires_at.is_none_or(|e| e > now) {
+            return Ok(None);
+        }
+        let sweeps: i64 = db::sqlx::query(
+            "SELECT COUNT(*) AS n FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id \
+             WHERE e.account_id = $1 AND t.kind = 'expiry'",
+        )
+        .bind(account_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        let posting = Posting::transfer(
+            format!("expire:{account_id}:{sweeps}"),
+            "expiry",
+            "credit expired unused",
+            None,
+            account_id,
+            to,
+            Nanos::new(available),
+        )?;
+        let id = new_id();
+        insert_transaction(&mut tx, &id, &posting).await?;
+        apply_legs(&mut tx, &id, posting.legs()).await?;
+        tx.commit().await?;
+        Ok(Some(Posted::Applied { transaction_id: id }))
+    }
+}
+
+/// Gives back what a hold reserved on each of its accounts.
+async fn release(tx: &mut AnyConnection, hold: &Hold) -> Result<(), LedgerError> {
+    for (account, part) in &hold.parts {
+        db::sqlx::query("UPDATE ledger_accounts SET held = held - $1 WHERE id = $2")
+            .bind(part)
+            .bind(account)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}

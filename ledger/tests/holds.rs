@@ -1,0 +1,312 @@
+//! Holds on real databases: burn order, settle and release, resolve-once, expiry, and
+//! concurrent reservations (RELIABILITY M5, M4).
+
+use db::testing::TestDb;
+use ledger::{AccountKind, AccountSpec, HoldStatus, Ledger, LedgerError, Nanos, Posting};
+
+struct Wallet {
+    ledger: Ledger,
+    stripe: String,
+    program: String,
+    paid: String,
+    grant_soon: String,
+    grant_later: String,
+    revenue: String,
+    expired: String,
+}
+
+const HOUR: i64 = 3_600_000;
+
+async fn open(ledger: &Ledger, code: &str, kind: AccountKind, expires_at: Option<i64>) -> String {
+    ledger
+        .open_account(&AccountSpec {
+            code: code.into(),
+            org_id: Some("org".into()),
+            kind,
+            expires_at,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// A wallet: 100 paid, a grant of 30 expiring in 1 h and one of 50 expiring in 2 h (nano-dollars).
+async fn wallet(t: &TestDb) -> Wallet {
+    let ledger = Ledger::new(t.db.clone());
+    let now = db::now_ms();
+    let w = Wallet {
+        stripe: open(&ledger, "stripe", AccountKind::External, None).await,
+        program: open(&ledger, "program", AccountKind::External, None).await,
+        paid: open(&ledger, "paid", AccountKind::WalletPaid, None).await,
+        grant_soon: open(
+            &ledger,
+            "grant-soon",
+            AccountKind::WalletGrant,
+            Some(now + HOUR),
+        )
+        .await,
+        grant_later: open(
+            &ledger,
+            "grant-later",
+            AccountKind::WalletGrant,
+            Some(now + 2 * HOUR),
+        )
+        .await,
+        revenue: open(&ledger, "revenue", AccountKind::Revenue, None).await,
+        expired: open(&ledger, "expired", AccountKind::Expired, None).await,
+        ledger,
+    };
+    for (key, from, to, amount) in [
+        ("topup", &w.stripe, &w.paid, 100),
+        ("grant-1", &w.program, &w.grant_soon, 30),
+        ("grant-2", &w.program, &w.grant_later, 50),
+    ] {
+        let p = Posting::transfer(key, "test", "", None, from, to, Nanos::new(amount)).unwrap();
+        w.ledger.post(&p).await.unwrap();
+    }
+    w
+}
+
+impl Wallet {
+    /// Burn order: grants that expire soonest first, then paid.
+    fn sources(&self) -> Vec<String> {
+        vec![
+            self.grant_soon.clone(),
+            self.grant_later.clone(),
+            self.paid.clone(),
+        ]
+    }
+
+    async fn balances(&self) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        for code in ["grant-soon", "grant-later", "paid", "revenue"] {
+            let a = self.ledger.account_by_code(code).await.unwrap().unwrap();
+            out.push((a.balance.get(), a.held.get()));
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn a_hold_burns_soonest_expiring_grants_first_and_releases_the_rest() {
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        let hold = w
+            .ledger
+            .reserve("job-1", Some("org"), &w.sources(), Nanos::new(90), HOUR)
+            .await
+            .unwrap();
+        assert_eq!(
+            hold.parts,
+            vec![
+                (w.grant_soon.clone(), 30),
+                (w.grant_later.clone(), 50),
+                (w.paid.clone(), 10)
+            ]
+        );
+        assert_eq!(
+            w.balances().await,
+            vec![(30, 30), (50, 50), (100, 10), (0, 0)]
+        );
+
+        let settled = w
+            .ledger
+            .settle(&hold.id, Nanos::new(45), &w.revenue, "job 1")
+            .await
+            .unwrap();
+        assert_eq!(settled.status, HoldStatus::Settled);
+        assert_eq!(settled.settled_amount, Some(Nanos::new(45)));
+        // 30 from the first grant, 15 from the second; the paid part released.
+        assert_eq!(w.balances().await, vec![(0, 0), (35, 0), (100, 0), (45, 0)]);
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hold_resolves_exactly_once() {
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        let hold = w
+            .ledger
+            .reserve("job-1", None, &w.sources(), Nanos::new(20), HOUR)
+            .await
+            .unwrap();
+        // The same key returns the same hold, reserving nothing more.
+        let again = w
+            .ledger
+            .reserve("job-1", None, &w.sources(), Nanos::new(20), HOUR)
+            .await
+            .unwrap();
+        assert_eq!(again.id, hold.id);
+        w.ledger
+            .settle(&hold.id, Nanos::new(5), &w.revenue, "")
+            .await
+            .unwrap();
+        for result in [
+            w.ledger
+                .settle(&hold.id, Nanos::new(5), &w.revenue, "")
+                .await,
+            w.ledger.void(&hold.id).await,
+        ] {
+            assert!(
+                matches!(result, Err(LedgerError::HoldNotOpen)),
+                "{result:?}"
+            );
+        }
+        assert_eq!(
+            w.ledger
+                .expire_holds(db::now_ms() + 10 * HOUR)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(w.balances().await[3], (5, 0));
+        let over = w
+            .ledger
+            .reserve("job-2", None, &w.sources(), Nanos::new(10), HOUR)
+            .await
+            .unwrap();
+        let too_much = w
+            .ledger
+            .settle(&over.id, Nanos::new(11), &w.revenue, "")
+            .await;
+        assert!(matches!(too_much, Err(LedgerError::SettleExceedsHold)));
+        w.ledger.void(&over.id).await.unwrap();
+        assert_eq!(
+            w.ledger.hold(&over.id).await.unwrap().unwrap().status,
+            HoldStatus::Voided
+        );
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hold_beyond_the_balance_reserves_nothing() {
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        let r = w
+            .ledger
+            .reserve("big", None, &w.sources(), Nanos::new(181), HOUR)
+            .await;
+        assert!(
+            matches!(r, Err(LedgerError::InsufficientFunds { .. })),
+            "{r:?}"
+        );
+        assert_eq!(w.balances().await, vec![(30, 0), (50, 0), (100, 0), (0, 0)]);
+        // Held money cannot be spent by a plain posting either.
+        w.ledger
+            .reserve(
+                "most",
+                None,
+                std::slice::from_ref(&w.paid),
+                Nanos::new(95),
+                HOUR,
+            )
+            .await
+            .unwrap();
+        let spend = Posting::transfer(
+            "spend",
+            "test",
+            "",
+            None,
+            &w.paid,
+            &w.revenue,
+            Nanos::new(6),
+        )
+        .unwrap();
+        assert!(matches!(
+            w.ledger.post(&spend).await,
+            Err(LedgerError::InsufficientFunds { .. })
+        ));
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn expired_holds_release_their_money_and_lapsed_grants_leave_through_a_posting() {
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        let hold = w
+            .ledger
+            .reserve("crashed-job", None, &w.sources(), Nanos::new(40), HOUR)
+            .await
+            .unwrap();
+        // Before its TTL nothing happens; after it, the hold expires once.
+        assert_eq!(w.ledger.expire_holds(db::now_ms()).await.unwrap(), 0);
+        assert_eq!(
+            w.ledger
+                .expire_holds(db::now_ms() + 2 * HOUR)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            w.ledger.hold(&hold.id).await.unwrap().unwrap().status,
+            HoldStatus::Expired
+        );
+        assert_eq!(w.balances().await, vec![(30, 0), (50, 0), (100, 0), (0, 0)]);
+
+        // The soon grant lapses: its balance moves to the expired account, once.
+        let later = db::now_ms() + HOUR + 1;
+        assert!(
+            w.ledger
+                .sweep_expired(&w.grant_soon, &w.expired, db::now_ms())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            w.ledger
+                .sweep_expired(&w.grant_soon, &w.expired, later)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            w.ledger
+                .sweep_expired(&w.grant_soon, &w.expired, later)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let expired = w.ledger.account_by_code("expired").await.unwrap().unwrap();
+        assert_eq!(expired.balance.get(), 30);
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
+
+/// N concurrent reservations of x against a balance B: exactly ⌊B/x⌋ succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_never_overcommit() {
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        let (total, x, n) = (180, 25, 16);
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let ledger = w.ledger.clone();
+                let sources = w.sources();
+                tokio::spawn(async move {
+                    ledger
+                        .reserve(&format!("job-{i}"), None, &sources, Nanos::new(x), HOUR)
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(LedgerError::InsufficientFunds { .. }) => {}
+                Err(e) => panic!("{:?}: {e}", t.db.backend()),
+            }
+        }
+        assert_eq!(ok, total / x, "{:?}", t.db.backend());
+        let held: i64 = w.balances().await.iter().map(|(_, h)| h).sum();
+        assert_eq!(held, (total / x) * x);
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
