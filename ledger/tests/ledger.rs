@@ -1,12 +1,9 @@
 //! The ledger on real databases (SQLite always, PostgreSQL with `TEST_DATABASE_URL`):
-//! balanced postings, no overdraft, idempotency under replay and concurrency, and a property
-//! test against a reference model (RELIABILITY M1, M4).
-
-use std::cell::Cell;
+//! balanced postings, no overdraft, idempotency under replay and concurrency
+//! (RELIABILITY M1, M4). The reference-model property test is in `model.rs`.
 
 use db::testing::TestDb;
 use ledger::{AccountKind, AccountSpec, Ledger, LedgerError, Nanos, Posted, Posting};
-use proptest::{prelude::*, test_runner::TestRunner};
 
 async fn open(ledger: &Ledger, code: &str, kind: AccountKind) -> String {
     ledger
@@ -172,119 +169,5 @@ async fn concurrent_replays_credit_once() {
         assert_eq!(applied, 1, "{:?}", t.db.backend());
         assert_eq!(balance(&ledger, "wallet").await, 2_500);
         t.finish().await;
-    }
-}
-
-/// One step of the property test: a transfer between two of the accounts, or a replay of an
-/// earlier step.
-#[derive(Debug, Clone)]
-enum Op {
-    Transfer { from: usize, to: usize, amount: i64 },
-    Replay(usize),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (0..ACCOUNTS.len(), 0..ACCOUNTS.len(), 1i64..400)
-            .prop_filter("two accounts", |(f, t, _)| f != t)
-            .prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
-        1 => (0usize..64).prop_map(Op::Replay),
-    ]
-}
-
-/// Account 0 is external (may go negative); the others may not.
-const ACCOUNTS: [(&str, AccountKind); 4] = [
-    ("ext", AccountKind::External),
-    ("paid", AccountKind::WalletPaid),
-    ("grant", AccountKind::WalletGrant),
-    ("rev", AccountKind::Revenue),
-];
-
-async fn run_case(ledger: &Ledger, case: &str, ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut ids = Vec::new();
-    for (name, kind) in ACCOUNTS {
-        ids.push(open(ledger, &format!("{case}:{name}"), kind).await);
-    }
-    let mut model = [0i64; 4];
-    // Every posting tried so far, and whether it applied.
-    let mut history: Vec<(Posting, bool)> = Vec::new();
-    for (step, op) in ops.iter().enumerate() {
-        let (posting, replay_of) = match op {
-            Op::Transfer { from, to, amount } => {
-                let key = format!("{case}:{step}");
-                (transfer(&key, &ids[*from], &ids[*to], *amount), None)
-            }
-            Op::Replay(i) if !history.is_empty() => {
-                let i = i % history.len();
-                (history[i].0.clone(), Some(history[i].1))
-            }
-            Op::Replay(_) => continue,
-        };
-        let result = ledger.post(&posting).await;
-        let legs = posting.legs();
-        let from = ids
-            .iter()
-            .position(|id| *id == legs.iter().find(|l| l.amount < 0).unwrap().account_id)
-            .unwrap();
-        let to = ids
-            .iter()
-            .position(|id| *id == legs.iter().find(|l| l.amount > 0).unwrap().account_id)
-            .unwrap();
-        let amount = legs.iter().find(|l| l.amount > 0).unwrap().amount;
-        let affordable = from == 0 || model[from] >= amount;
-        match (replay_of, &result) {
-            // A replay of an applied posting: nothing moves again.
-            (Some(true), Ok(Posted::Replayed { .. })) => {}
-            // A replay of a refused one is a fresh attempt under the same key.
-            (Some(false) | None, Ok(Posted::Applied { .. })) if affordable => {
-                model[from] -= amount;
-                model[to] += amount;
-            }
-            (Some(false) | None, Err(LedgerError::InsufficientFunds { .. })) if !affordable => {}
-            other => {
-                return Err(TestCaseError::fail(format!(
-                    "step {step} {op:?}: {other:?}"
-                )));
-            }
-        }
-        let applied = result.is_ok();
-        match replay_of {
-            Some(_) => {
-                if let Some(h) = history.iter_mut().find(|(p, _)| p.key() == posting.key()) {
-                    h.1 |= applied;
-                }
-            }
-            None => history.push((posting, applied)),
-        }
-        for (i, (name, _)) in ACCOUNTS.iter().enumerate() {
-            prop_assert_eq!(balance(ledger, &format!("{case}:{name}")).await, model[i]);
-        }
-        prop_assert_eq!(ledger.verify().await.unwrap(), Ok(()));
-    }
-    Ok(())
-}
-
-#[test]
-fn random_postings_and_replays_match_a_reference_model() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dbs = rt.block_on(TestDb::all());
-    for t in &dbs {
-        let ledger = Ledger::new(t.db.clone());
-        let mut runner = TestRunner::new(ProptestConfig {
-            cases: 32,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        });
-        // Each run (shrinking included) gets accounts of its own.
-        let case = Cell::new(0u32);
-        runner
-            .run(&prop::collection::vec(op(), 1..40), |ops| {
-                case.set(case.get() + 1);
-                rt.block_on(run_case(&ledger, &format!("case{}", case.get()), &ops))
-            })
-            .unwrap_or_else(|e| panic!("{:?}: {e}", t.db.backend()));
-    }
-    for t in dbs {
-        rt.block_on(t.finish());
     }
 }
