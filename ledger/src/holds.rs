@@ -202,11 +202,7 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         }
-        let hold = load_hold(&mut tx, "id", &hold_id, "")
-            .await?
-            .ok_or_else(|| LedgerError::UnknownHold(hold_id.clone()))?;
-        tx.commit().await?;
-        Ok(hold)
+        commit_with(tx, &hold_id).await
     }
 
     /// Charges `actual` (at most the reserved amount; zero when nothing was delivered) from the
@@ -258,11 +254,7 @@ impl Ledger {
         .bind(hold_id)
         .execute(&mut *tx)
         .await?;
-        let hold = load_hold(&mut tx, "id", hold_id, "")
-            .await?
-            .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
-        tx.commit().await?;
-        Ok(hold)
+        commit_with(tx, hold_id).await
     }
 
     /// Releases a hold without charging (the work failed before producing anything).
@@ -310,11 +302,7 @@ impl Ledger {
         .bind(hold_id)
         .execute(&mut *tx)
         .await?;
-        let hold = load_hold(&mut tx, "id", hold_id, "")
-            .await?
-            .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
-        tx.commit().await?;
-        Ok(hold)
+        commit_with(tx, hold_id).await
     }
 
     /// The hold, locked for this transaction, if it is still open.
@@ -376,6 +364,18 @@ impl Ledger {
         tx.commit().await?;
         Ok(Some(Posted::Applied { transaction_id: id }))
     }
+}
+
+/// Reads the hold back as this transaction left it, then commits.
+async fn commit_with(
+    mut tx: db::sqlx::Transaction<'static, db::sqlx::Any>,
+    hold_id: &str,
+) -> Result<Hold, LedgerError> {
+    let hold = load_hold(&mut tx, "id", hold_id, "")
+        .await?
+        .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
+    tx.commit().await?;
+    Ok(hold)
 }
 
 /// Gives back what a hold reserved on each of its accounts.
