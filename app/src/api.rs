@@ -75,6 +75,31 @@ pub struct NewPartner {
     pub link: String,
 }
 
+/// One wallet bucket, amounts as money.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketView {
+    pub label: String,
+    pub balance: String,
+    pub held: String,
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub date: String,
+    pub kind: String,
+    pub memo: String,
+    pub amount: String,
+}
+
+/// The Credits page: what the organisation holds, bucket by bucket, and what moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsView {
+    pub available: String,
+    pub buckets: Vec<BucketView>,
+    pub history: Vec<HistoryView>,
+}
+
 #[cfg(feature = "ssr")]
 fn date(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -131,9 +156,29 @@ pub async fn sign_up(
         region,
     };
     // A new and an already registered email get the same answer (RELIABILITY A4).
-    state()?.accounts.sign_up(form).await.map_err(fail)?;
+    let st = state()?;
+    if let accounts::SignUpOutcome::Created { user_id } =
+        st.accounts.sign_up(form).await.map_err(fail)?
+    {
+        grant_on_sign_up(&st, &user_id).await;
+    }
     leptos_axum::redirect("/login?signed_up=1");
     Ok(())
+}
+
+/// Credit-support programs that grant automatically on sign-up. A failure here is logged, not
+/// shown: the account exists, and an operator can still grant by hand.
+#[cfg(feature = "ssr")]
+async fn grant_on_sign_up(st: &AppState, user_id: &str) {
+    let org = match st.accounts.user(user_id).await {
+        Ok(Some(user)) => st.accounts.org(&user.org_id).await.ok().flatten(),
+        _ => None,
+    };
+    if let Some(org) = org
+        && let Err(e) = st.credits.grants_on_signup(&org).await
+    {
+        tracing::error!(error = %e, org_id = org.id, "sign-up grants failed");
+    }
 }
 
 #[server(endpoint = "login")]
@@ -312,6 +357,56 @@ pub async fn create_partner(
     Ok(NewPartner {
         name: org.name,
         link: format!("{}/invite/{token}", origin()),
+    })
+}
+
+#[server(endpoint = "credits")]
+pub async fn credits_overview() -> Result<CreditsView, AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let st = state()?;
+    let internal = |e: credits::CreditsError| {
+        tracing::error!(error = %e, "credits");
+        fail(AppError::Internal)
+    };
+    let wallet = st
+        .credits
+        .wallet(&user.org_id, db::now_ms())
+        .await
+        .map_err(internal)?;
+    let history = st
+        .credits
+        .ledger()
+        .wallet_history(&user.org_id, 50)
+        .await
+        .map_err(|e| internal(e.into()))?;
+    Ok(CreditsView {
+        available: wallet.available().to_string(),
+        buckets: wallet
+            .buckets
+            .into_iter()
+            .map(|b| BucketView {
+                label: b.label,
+                balance: b.balance.to_string(),
+                held: b.held.to_string(),
+                expires: b.expires_at.map(date),
+            })
+            .collect(),
+        history: history
+            .into_iter()
+            .map(|h| HistoryView {
+                date: date(h.created_at),
+                kind: match h.kind.as_str() {
+                    "grant" => "Credit grant",
+                    "top_up" => "Top-up",
+                    "usage" => "Usage",
+                    "expiry" => "Expired credit",
+                    _ => "Adjustment",
+                }
+                .to_string(),
+                memo: h.memo,
+                amount: h.amount.to_string(),
+            })
+            .collect(),
     })
 }
 

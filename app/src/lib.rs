@@ -62,6 +62,7 @@ pub fn App() -> impl IntoView {
                 <ParentRoute path=path!("") view=components::shell::Shell ssr=SsrMode::Async>
                     <Route path=path!("/dashboard") view=pages::dashboard::Dashboard />
                     <Route path=path!("/members") view=pages::members::Members />
+                    <Route path=path!("/credits") view=pages::credits::Credits />
                     <Route path=path!("/account") view=pages::account::Account />
                     <Route path=path!("/admin") view=pages::admin::Admin />
                 </ParentRoute>

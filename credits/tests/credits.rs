@@ -101,6 +101,20 @@ async fn grants_go_only_to_eligible_organisations_and_once_per_key() {
                 .remaining,
             Nanos::new(960)
         );
+        let history = credits.ledger().wallet_history("lab", 10).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].kind.as_str(), history[0].amount),
+            ("grant", Nanos::new(40))
+        );
+        assert!(
+            credits
+                .ledger()
+                .wallet_history("startup", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         t.finish().await;
     }
 }

@@ -103,6 +103,17 @@ pub struct Account {
     pub held: Nanos,
 }
 
+/// One transaction as it touched an organisation's wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryLine {
+    pub transaction_id: String,
+    pub created_at: i64,
+    pub kind: String,
+    pub memo: String,
+    /// Net change to the organisation's wallet buckets.
+    pub amount: Nanos,
+}
+
 /// The result of a posting: applied now, or applied earlier under the same key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Posted {
@@ -205,6 +216,39 @@ impl Ledger {
         apply_legs(&mut tx, &transaction_id, posting.legs()).await?;
         tx.commit().await?;
         Ok(Posted::Applied { transaction_id })
+    }
+
+    /// The latest `limit` transactions that moved money in or out of an organisation's wallet,
+    /// newest first, each with its net effect on the wallet.
+    pub async fn wallet_history(
+        &self,
+        org_id: &str,
+        limit: i64,
+    ) -> Result<Vec<HistoryLine>, LedgerError> {
+        let rows = db::sqlx::query(
+            "SELECT t.id, t.created_at, t.kind, t.memo, CAST(SUM(e.amount) AS BIGINT) AS net \
+             FROM ledger_transactions t \
+             JOIN ledger_entries e ON e.transaction_id = t.id \
+             JOIN ledger_accounts a ON a.id = e.account_id \
+             WHERE a.org_id = $1 AND a.kind IN ('wallet_paid', 'wallet_grant') \
+             GROUP BY t.id, t.created_at, t.kind, t.memo \
+             ORDER BY t.created_at DESC, t.id DESC LIMIT $2",
+        )
+        .bind(org_id)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryLine {
+                    transaction_id: r.try_get("id")?,
+                    created_at: r.try_get("created_at")?,
+                    kind: r.try_get("kind")?,
+                    memo: r.try_get("memo")?,
+                    amount: Nanos::new(r.try_get("net")?),
+                })
+            })
+            .collect()
     }
 
     /// Checks the ledger's invariants over all rows: every transaction sums to zero, every

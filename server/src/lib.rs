@@ -49,12 +49,14 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     tokio::task::spawn_blocking(accounts::password::warm_up).await?;
     let router = router(config, db.clone());
     spawn_session_sweeper(db.clone());
+    spawn_money_sweeper(credits::Credits::new(db.clone()));
     Ok((router, db))
 }
 
 fn router(config: &Config, db: Db) -> Router {
     let app_state = AppState {
         accounts: Accounts::new(db.clone(), config.login_limits),
+        credits: credits::Credits::new(db.clone()),
         session_absolute_ms: config.session_absolute.as_millis() as i64,
         public_url: config.public_url.clone(),
     };
@@ -155,6 +157,24 @@ fn spawn_session_sweeper(db: Db) {
             tick.tick().await;
             if let Err(e) = store.delete_expired().await {
                 tracing::warn!(error = %e, "sweeping expired sessions failed");
+            }
+        }
+    });
+}
+
+/// Once a minute: releases holds whose TTL has passed (a crashed job never keeps money
+/// reserved) and moves lapsed grants out of wallets through expiry postings.
+fn spawn_money_sweeper(credits: credits::Credits) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now = db::now_ms();
+            if let Err(e) = credits.ledger().expire_holds(now).await {
+                tracing::warn!(error = %e, "expiring holds failed");
+            }
+            if let Err(e) = credits.expire_grants(now).await {
+                tracing::warn!(error = %e, "expiring grants failed");
             }
         }
     });

@@ -50,6 +50,9 @@ fn SignedIn(me: Profile) -> impl IntoView {
             </header>
             <nav class="sidebar" aria-label="Main">
                 <A href="/dashboard">"Dashboard"</A>
+                <Show when=move || !me.is_operator>
+                    <A href="/credits">"Credits"</A>
+                </Show>
                 <A href="/members">"Members"</A>
                 <A href="/account">"Account"</A>
                 <Show when=move || me.is_operator>

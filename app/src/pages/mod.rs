@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod credits;
 pub mod dashboard;
 pub mod home;
 pub mod members;

@@ -294,3 +294,43 @@ async fn an_unknown_page_is_a_404_page() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(r.text().await.unwrap().contains("Page not found"));
 }
+
+#[tokio::test]
+async fn sign_up_grants_show_on_the_credits_page_of_their_own_organisation_only() {
+    let app = spawn_app().await;
+    let credits = credits::Credits::new(app.db().clone());
+    credits
+        .create_program(&credits::ProgramSpec {
+            name: "Startup launch credit".into(),
+            sponsor_org_id: None,
+            eligible_kinds: vec![accounts::OrgKind::Startup],
+            eligible_regions: vec![],
+            grant_amount: ledger::Nanos::parse_dollars("25").unwrap(),
+            grant_lifetime_days: 90,
+            budget: ledger::Nanos::parse_dollars("30").unwrap(),
+            auto_on_signup: true,
+        })
+        .await
+        .unwrap();
+    let a = app.owner("owner@a.example", "Org A").await;
+    let b = app.owner("owner@b.example", "Org B").await;
+
+    let (status, view) = a.json("/api/credits", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["available"], "$25.00");
+    assert_eq!(view["buckets"][0]["label"], "Startup launch credit");
+    assert_eq!(view["history"].as_array().unwrap().len(), 1);
+    assert_eq!(view["history"][0]["amount"], "$25.00");
+
+    // The budget had room for one grant: B signed up, but got nothing, and sees nothing of A's.
+    let (_, view) = b.json("/api/credits", &[]).await;
+    assert_eq!(view["available"], "$0.00");
+    assert_eq!(view["history"], Value::Array(vec![]));
+    let page = b.get("/credits").await.text().await.unwrap();
+    assert!(page.contains("No credit movements yet"), "{page}");
+    assert!(!page.contains("Startup launch credit"));
+
+    // Not signed in: no credits.
+    let (status, _) = app.browser().json("/api/credits", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
