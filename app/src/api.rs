@@ -160,23 +160,25 @@ pub async fn sign_up(
     if let accounts::SignUpOutcome::Created { user_id } =
         st.accounts.sign_up(form).await.map_err(fail)?
     {
-        grant_on_sign_up(&st, &user_id).await;
+        open_wallet_on_sign_up(&st, &user_id).await;
     }
     leptos_axum::redirect("/login?signed_up=1");
     Ok(())
 }
 
-/// Credit-support programs that grant automatically on sign-up. A failure here is logged, not
-/// shown: the account exists, and an operator can still grant by hand.
+/// A new organisation's wallet, and the grants of programs that grant automatically on
+/// sign-up. A failure here is logged, not shown: the account exists either way.
 #[cfg(feature = "ssr")]
-async fn grant_on_sign_up(st: &AppState, user_id: &str) {
+async fn open_wallet_on_sign_up(st: &AppState, user_id: &str) {
     let org = match st.accounts.user(user_id).await {
         Ok(Some(user)) => st.accounts.org(&user.org_id).await.ok().flatten(),
         _ => None,
     };
-    if let Some(org) = org
-        && let Err(e) = st.credits.grants_on_signup(&org).await
-    {
+    let Some(org) = org else { return };
+    if let Err(e) = st.credits.open_wallet(&org.id).await {
+        tracing::error!(error = %e, org_id = org.id, "opening the wallet failed");
+    }
+    if let Err(e) = st.credits.grants_on_signup(&org).await {
         tracing::error!(error = %e, org_id = org.id, "sign-up grants failed");
     }
 }

@@ -402,6 +402,18 @@ impl Credits {
         }))
     }
 
+    /// Opens a new organisation's wallet: its paid bucket, empty until the first top-up.
+    pub async fn open_wallet(&self, org_id: &str) -> Result<(), CreditsError> {
+        self.open(
+            &paid_code(org_id),
+            Some(org_id),
+            AccountKind::WalletPaid,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The grants of every program that grants automatically on sign-up and that `org` is
     /// eligible for. A program whose budget is used up is skipped.
     pub async fn grants_on_signup(&self, org: &Org) -> Result<Vec<Grant>, CreditsError> {
@@ -459,13 +471,6 @@ impl Credits {
     /// The organisation's buckets in burn order: unexpired grants soonest-expiring first,
     /// then paid.
     pub async fn wallet(&self, org_id: &str, now: i64) -> Result<Wallet, CreditsError> {
-        self.open(
-            &paid_code(org_id),
-            Some(org_id),
-            AccountKind::WalletPaid,
-            None,
-        )
-        .await?;
         let rows = db::sqlx::query(
             "SELECT a.id, a.kind, a.balance, a.held, a.expires_at, p.name AS program \
              FROM ledger_accounts a \
