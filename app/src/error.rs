@@ -27,6 +27,9 @@ pub enum AppError {
     NotFound,
     #[error("{0}")]
     Invalid(String),
+    /// The thing changed state first (decided already, cancelled, …).
+    #[error("{0}")]
+    Conflict(String),
     /// Details are logged on the server, never sent.
     #[error("Something went wrong on our side. Please try again.")]
     Internal,
@@ -58,6 +61,7 @@ impl AppError {
             AppError::Unauthorized(_) | AppError::NotSignedIn => 401,
             AppError::Forbidden => 403,
             AppError::NotFound => 404,
+            AppError::Conflict(_) => 409,
             AppError::RateLimited { .. } => 429,
             AppError::Internal => 500,
         }
@@ -91,6 +95,48 @@ impl From<accounts::AccountError> for AppError {
             E::InvitationInvalid => AppError::Invalid(e.to_string()),
             E::Internal(_) | E::Db(_) => {
                 tracing::error!(error = %e, "accounts error");
+                AppError::Internal
+            }
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<credits::CreditsError> for AppError {
+    fn from(e: credits::CreditsError) -> Self {
+        use credits::CreditsError as E;
+        match e {
+            E::Field { field, message } => AppError::Field {
+                field: field.to_string(),
+                message,
+            },
+            E::BudgetExhausted | E::NotEligible => AppError::Invalid(e.to_string()),
+            E::NotFound => AppError::NotFound,
+            E::Ledger(_) | E::Db(_) => {
+                tracing::error!(error = %e, "credits error");
+                AppError::Internal
+            }
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<compute::ComputeError> for AppError {
+    fn from(e: compute::ComputeError) -> Self {
+        use compute::ComputeError as E;
+        match e {
+            E::Field { field, message } => AppError::Field {
+                field: field.to_string(),
+                message,
+            },
+            E::NotFound => AppError::NotFound,
+            E::Forbidden => AppError::Forbidden,
+            E::Conflict(m) => AppError::Conflict(m),
+            E::BudgetExhausted => AppError::Conflict(e.to_string()),
+            E::Credits(c) => c.into(),
+            E::Accounts(a) => a.into(),
+            E::Db(_) => {
+                tracing::error!(error = %e, "compute error");
                 AppError::Internal
             }
         }

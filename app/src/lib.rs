@@ -63,8 +63,13 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/dashboard") view=pages::dashboard::Dashboard />
                     <Route path=path!("/members") view=pages::members::Members />
                     <Route path=path!("/credits") view=pages::credits::Credits />
+                    <Route path=path!("/compute") view=pages::compute::Compute />
+                    <Route path=path!("/compute/:id") view=pages::compute_detail::ComputeDetail />
+                    <Route path=path!("/approvals") view=pages::approvals::Approvals />
                     <Route path=path!("/account") view=pages::account::Account />
                     <Route path=path!("/admin") view=pages::admin::Admin />
+                    <Route path=path!("/admin/factories") view=pages::admin_factories::AdminFactories />
+                    <Route path=path!("/admin/programs") view=pages::admin_programs::AdminPrograms />
                 </ParentRoute>
             </Routes>
         </Router>

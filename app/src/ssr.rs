@@ -13,6 +13,7 @@ use crate::AppError;
 pub struct AppState {
     pub accounts: Accounts,
     pub credits: credits::Credits,
+    pub compute: compute::Compute,
     /// A signed-in session ends this long after login, however active (RELIABILITY A7).
     pub session_absolute_ms: i64,
     /// The public origin (`https://console.example.com`), when configured; otherwise links are

@@ -402,6 +402,43 @@ impl Credits {
         }))
     }
 
+    /// The organisation's paid bucket (opened if need be).
+    pub async fn paid_account(&self, org_id: &str) -> Result<String, CreditsError> {
+        self.open(
+            &paid_code(org_id),
+            Some(org_id),
+            AccountKind::WalletPaid,
+            None,
+        )
+        .await
+    }
+
+    /// Money that came in through the payment processor (the counterpart of paid credit).
+    pub async fn clearing_account(&self) -> Result<String, CreditsError> {
+        self.open(PAYMENTS_ACCOUNT, None, AccountKind::External, None)
+            .await
+    }
+
+    /// What the organisation owes (refunds its wallet could not cover): negative while owed.
+    pub async fn receivable_account(&self, org_id: &str) -> Result<String, CreditsError> {
+        self.open(
+            &format!("org:{org_id}:owed"),
+            Some(org_id),
+            AccountKind::Receivable,
+            None,
+        )
+        .await
+    }
+
+    /// How much the organisation owes, if anything.
+    pub async fn owed(&self, org_id: &str) -> Result<Nanos, CreditsError> {
+        let account = self
+            .ledger
+            .account_by_code(&format!("org:{org_id}:owed"))
+            .await?;
+        Ok(Nanos::new(account.map_or(0, |a| -a.balance.get()).max(0)))
+    }
+
     /// Opens a new organisation's wallet: its paid bucket, empty until the first top-up.
     pub async fn open_wallet(&self, org_id: &str) -> Result<(), CreditsError> {
         self.open(

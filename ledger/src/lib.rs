@@ -66,6 +66,9 @@ pub enum AccountKind {
     Revenue,
     /// Grants that expired unused.
     Expired,
+    /// What an organisation owes the platform (a refund its wallet could not cover): below
+    /// zero while the debt is open.
+    Receivable,
 }
 
 impl AccountKind {
@@ -77,11 +80,12 @@ impl AccountKind {
             AccountKind::External => "external",
             AccountKind::Revenue => "revenue",
             AccountKind::Expired => "expired",
+            AccountKind::Receivable => "receivable",
         }
     }
 
     pub fn may_go_negative(self) -> bool {
-        self == AccountKind::External
+        matches!(self, AccountKind::External | AccountKind::Receivable)
     }
 }
 
@@ -216,6 +220,45 @@ impl Ledger {
         apply_legs(&mut tx, &transaction_id, posting.legs()).await?;
         tx.commit().await?;
         Ok(Posted::Applied { transaction_id })
+    }
+
+    /// Applies a posting inside the caller's transaction, so that it commits together with the
+    /// caller's own rows (a payment event's id, for example). A replay under the same key is
+    /// answered as on [`Ledger::post`]. Nothing is committed here; on an error the caller rolls
+    /// back.
+    pub async fn post_in(
+        &self,
+        conn: &mut AnyConnection,
+        posting: &Posting,
+    ) -> Result<Posted, LedgerError> {
+        if let Some(existing) = replay_of(conn, posting).await? {
+            return Ok(existing);
+        }
+        let transaction_id = new_id();
+        insert_transaction(conn, &transaction_id, posting).await?;
+        apply_legs(conn, &transaction_id, posting.legs()).await?;
+        Ok(Posted::Applied { transaction_id })
+    }
+
+    /// An account's current balance and what open holds reserve of it, read in the caller's
+    /// transaction (locked on PostgreSQL).
+    pub async fn balance_in(
+        &self,
+        conn: &mut AnyConnection,
+        account_id: &str,
+    ) -> Result<(Nanos, Nanos), LedgerError> {
+        let row = db::sqlx::query(&format!(
+            "SELECT balance, held FROM ledger_accounts WHERE id = $1{}",
+            self.db.lock_rows()
+        ))
+        .bind(account_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| LedgerError::UnknownAccount(account_id.to_string()))?;
+        Ok((
+            Nanos::new(row.try_get("balance")?),
+            Nanos::new(row.try_get("held")?),
+        ))
     }
 
     /// The latest `limit` transactions that moved money in or out of an organisation's wallet,

@@ -47,19 +47,22 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         .await
         .with_context(|| format!("opening {}", db::redact_url(&config.database_url)))?;
     tokio::task::spawn_blocking(accounts::password::warm_up).await?;
-    let router = router(config, db.clone());
-    spawn_session_sweeper(db.clone());
-    spawn_money_sweeper(credits::Credits::new(db.clone()));
-    Ok((router, db))
-}
-
-fn router(config: &Config, db: Db) -> Router {
+    let accounts = Accounts::new(db.clone(), config.login_limits);
+    let credits = credits::Credits::new(db.clone());
     let app_state = AppState {
-        accounts: Accounts::new(db.clone(), config.login_limits),
-        credits: credits::Credits::new(db.clone()),
+        compute: compute::Compute::new(db.clone(), accounts.clone(), credits.clone()),
+        accounts,
+        credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,
         public_url: config.public_url.clone(),
     };
+    let router = router(config, app_state.clone());
+    spawn_session_sweeper(db.clone());
+    spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
+    Ok((router, db))
+}
+
+fn router(config: &Config, app_state: AppState) -> Router {
     let leptos = LeptosOptions::builder()
         .output_name("tokenmill")
         .site_root(config.site_root.as_str())
@@ -163,8 +166,9 @@ fn spawn_session_sweeper(db: Db) {
 }
 
 /// Once a minute: releases holds whose TTL has passed (a crashed job never keeps money
-/// reserved) and moves lapsed grants out of wallets through expiry postings.
-fn spawn_money_sweeper(credits: credits::Credits) {
+/// reserved), moves lapsed grants out of wallets through expiry postings, and moves compute
+/// requests whose dates have come (making any grant an approval still owes).
+fn spawn_money_sweeper(credits: credits::Credits, compute: compute::Compute) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -175,6 +179,9 @@ fn spawn_money_sweeper(credits: credits::Credits) {
             }
             if let Err(e) = credits.expire_grants(now).await {
                 tracing::warn!(error = %e, "expiring grants failed");
+            }
+            if let Err(e) = compute.advance(now).await {
+                tracing::warn!(error = %e, "advancing compute requests failed");
             }
         }
     });

@@ -53,6 +53,12 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 <Show when=move || !me.is_operator>
                     <A href="/credits">"Credits"</A>
                 </Show>
+                <Show when=move || !me.is_operator && !me.is_partner>
+                    <A href="/compute">"Compute"</A>
+                </Show>
+                <Show when=move || me.is_operator || me.is_partner>
+                    <A href="/approvals">"Approvals"</A>
+                </Show>
                 <A href="/members">"Members"</A>
                 <A href="/account">"Account"</A>
                 <Show when=move || me.is_operator>

@@ -2,12 +2,25 @@
 
 use leptos::prelude::*;
 use leptos_meta::Title;
+use leptos_router::components::A;
 
 use crate::{
     api::{CreatePartner, partners},
     components::form::{Choice, FieldError, FormError, field_error, general_error},
     pages::auth::REGION_OPTIONS,
 };
+
+/// Links between the Admin pages.
+#[component]
+pub fn AdminNav() -> impl IntoView {
+    view! {
+        <nav class="tabs" aria-label="Admin">
+            <A href="/admin" exact=true>"Partners"</A>
+            <A href="/admin/factories">"Factories"</A>
+            <A href="/admin/programs">"Programs"</A>
+        </nav>
+    }
+}
 
 #[component]
 pub fn Admin() -> impl IntoView {
@@ -18,6 +31,7 @@ pub fn Admin() -> impl IntoView {
     view! {
         <Title text="Admin · Tokenmill" />
         <h1>"Admin"</h1>
+        <AdminNav />
         <h2>"Partners"</h2>
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {

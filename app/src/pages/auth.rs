@@ -37,7 +37,7 @@ mod accounts_labels {
     ];
 }
 
-pub use accounts_labels::REGIONS as REGION_OPTIONS;
+pub use accounts_labels::{KINDS as KIND_OPTIONS, REGIONS as REGION_OPTIONS};
 
 #[component]
 pub fn SignUp() -> impl IntoView {

@@ -2,7 +2,12 @@
 
 pub mod account;
 pub mod admin;
+pub mod admin_factories;
+pub mod admin_programs;
+pub mod approvals;
 pub mod auth;
+pub mod compute;
+pub mod compute_detail;
 pub mod credits;
 pub mod dashboard;
 pub mod home;

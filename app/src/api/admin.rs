@@ -1,0 +1,202 @@
+//! Server functions of the operators' Admin pages for factories and credit-support programs.
+
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::AppError;
+use crate::api::FactoryView;
+#[cfg(feature = "ssr")]
+use crate::ssr::*;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramView {
+    pub id: String,
+    pub name: String,
+    pub sponsor: String,
+    pub eligible: String,
+    pub grant: String,
+    pub lifetime_days: i64,
+    pub budget: String,
+    pub remaining: String,
+    pub auto_on_signup: bool,
+}
+
+/// The program form: one optional field per kind of organisation (a ticked checkbox sends it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramForm {
+    pub name: String,
+    /// A partner organisation's id, or `vendor`.
+    pub sponsor: String,
+    pub startup: Option<String>,
+    pub model_builder: Option<String>,
+    pub enterprise: Option<String>,
+    pub research: Option<String>,
+    pub regional: Option<String>,
+    /// A region code, or empty for every region.
+    pub region: String,
+    pub grant_amount: String,
+    pub grant_lifetime_days: String,
+    pub budget: String,
+    pub auto_on_signup: Option<String>,
+}
+
+#[cfg(feature = "ssr")]
+async fn require_operator() -> Result<accounts::User, AppError> {
+    let user = require_user().await?;
+    if user.is_operator {
+        Ok(user)
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
+#[server(endpoint = "factories")]
+pub async fn factories() -> Result<Vec<FactoryView>, AppError> {
+    require_user().await.map_err(fail)?;
+    Ok(state()?
+        .compute
+        .factories()
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .map(|f| FactoryView {
+            id: f.id,
+            name: f.name,
+            partner: f.partner_name,
+            region: f.region.label().to_string(),
+            gpu_class: f.gpu_class.code().to_string(),
+            models: f.models,
+        })
+        .collect())
+}
+
+#[server(endpoint = "create_factory")]
+pub async fn create_factory(
+    partner_org_id: String,
+    name: String,
+    region: String,
+    gpu_class: String,
+    models: String,
+) -> Result<(), AppError> {
+    let user = require_user().await.map_err(fail)?;
+    let spec = compute::FactorySpec {
+        partner_org_id,
+        name,
+        region,
+        gpu_class,
+        models,
+    };
+    state()?
+        .compute
+        .create_factory(&user, &spec)
+        .await
+        .map_err(fail)?;
+    Ok(())
+}
+
+#[server(endpoint = "programs")]
+pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
+    require_operator().await.map_err(fail)?;
+    let st = state()?;
+    let mut out = Vec::new();
+    for p in st.credits.programs().await.map_err(fail)? {
+        let sponsor = match &p.sponsor_org_id {
+            Some(org) => st
+                .accounts
+                .org(org)
+                .await
+                .map_err(fail)?
+                .map(|o| o.name)
+                .unwrap_or_else(|| "unknown partner".into()),
+            None => "Vendor".into(),
+        };
+        let kinds: Vec<_> = p.eligible_kinds.iter().map(|k| k.label()).collect();
+        let regions: Vec<_> = p.eligible_regions.iter().map(|r| r.label()).collect();
+        out.push(ProgramView {
+            id: p.id,
+            name: p.name,
+            sponsor,
+            eligible: format!(
+                "{} in {}",
+                kinds.join(", "),
+                if regions.is_empty() {
+                    "every region".to_string()
+                } else {
+                    regions.join(", ")
+                }
+            ),
+            grant: p.grant_amount.to_string(),
+            lifetime_days: p.grant_lifetime_ms / 86_400_000,
+            budget: p.budget.to_string(),
+            remaining: p.remaining.to_string(),
+            auto_on_signup: p.auto_on_signup,
+        });
+    }
+    Ok(out)
+}
+
+#[server(endpoint = "create_program")]
+pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
+    use accounts::{OrgKind, Region};
+    use ledger::Nanos;
+    require_operator().await.map_err(fail)?;
+    let st = state()?;
+    let money = |text: &str, field: &str| {
+        Nanos::parse_dollars(text).map_err(|e| AppError::Field {
+            field: field.into(),
+            message: e.to_string(),
+        })
+    };
+    let sponsor_org_id = match form.sponsor.trim() {
+        "vendor" => None,
+        id => {
+            let org = st.accounts.org(id).await.map_err(fail)?;
+            match org {
+                Some(o) if o.kind == OrgKind::Partner => Some(o.id),
+                _ => {
+                    return Err(fail(AppError::Field {
+                        field: "sponsor".into(),
+                        message: "Choose the vendor or a partner.".into(),
+                    }));
+                }
+            }
+        }
+    };
+    let ticked = [
+        (&form.startup, OrgKind::Startup),
+        (&form.model_builder, OrgKind::ModelBuilder),
+        (&form.enterprise, OrgKind::Enterprise),
+        (&form.research, OrgKind::Research),
+        (&form.regional, OrgKind::Regional),
+    ];
+    let eligible_regions = match form.region.trim() {
+        "" => Vec::new(),
+        code => vec![Region::from_code(code).ok_or_else(|| {
+            fail(AppError::Field {
+                field: "region".into(),
+                message: "Choose a region.".into(),
+            })
+        })?],
+    };
+    let spec = credits::ProgramSpec {
+        name: form.name,
+        sponsor_org_id,
+        eligible_kinds: ticked
+            .iter()
+            .filter(|(on, _)| on.is_some())
+            .map(|(_, k)| *k)
+            .collect(),
+        eligible_regions,
+        grant_amount: money(&form.grant_amount, "grant_amount").map_err(fail)?,
+        grant_lifetime_days: form.grant_lifetime_days.trim().parse().map_err(|_| {
+            fail(AppError::Field {
+                field: "grant_lifetime_days".into(),
+                message: "Enter a whole number of days.".into(),
+            })
+        })?,
+        budget: money(&form.budget, "budget").map_err(fail)?,
+        auto_on_signup: form.auto_on_signup.is_some(),
+    };
+    st.credits.create_program(&spec).await.map_err(fail)?;
+    Ok(())
+}

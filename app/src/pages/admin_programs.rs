@@ -1,0 +1,140 @@
+//! Operators: credit-support programs (sponsor, eligibility, grant, lifetime, budget).
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+use crate::api::{CreateProgram, partners, programs};
+use crate::components::form::{FieldError, FormError, field_error, general_error};
+use crate::pages::admin::AdminNav;
+use crate::pages::auth::{KIND_OPTIONS, REGION_OPTIONS};
+
+#[component]
+pub fn AdminPrograms() -> impl IntoView {
+    let create = ServerAction::<CreateProgram>::new();
+    let value = create.value();
+    let list = Resource::new(move || create.version().get(), |_| programs());
+    let partner_list = Resource::new(|| (), |_| partners());
+    let err = move |name: &'static str| field_error(value, name);
+    view! {
+        <Title text="Programs · Admin · Tokenmill" />
+        <h1>"Credit-support programs"</h1>
+        <AdminNav />
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match list.await {
+                    Ok(list) if list.is_empty() => view! { <p>"No programs yet."</p> }.into_any(),
+                    Ok(list) => {
+                        view! {
+                            <table class="list" data-testid="programs">
+                                <thead>
+                                    <tr>
+                                        <th>"Name"</th>
+                                        <th>"Sponsor"</th>
+                                        <th>"Open to"</th>
+                                        <th>"Grant"</th>
+                                        <th>"Lifetime"</th>
+                                        <th>"Budget"</th>
+                                        <th>"Left"</th>
+                                        <th>"On sign-up"</th>
+                                    </tr>
+                                </thead>
+                                <tbody>
+                                    {list
+                                        .into_iter()
+                                        .map(|p| {
+                                            view! {
+                                                <tr>
+                                                    <td>{p.name}</td>
+                                                    <td>{p.sponsor}</td>
+                                                    <td>{p.eligible}</td>
+                                                    <td>{p.grant}</td>
+                                                    <td>{format!("{} days", p.lifetime_days)}</td>
+                                                    <td>{p.budget}</td>
+                                                    <td>{p.remaining}</td>
+                                                    <td>{if p.auto_on_signup { "yes" } else { "no" }}</td>
+                                                </tr>
+                                            }
+                                        })
+                                        .collect_view()}
+                                </tbody>
+                            </table>
+                        }
+                            .into_any()
+                    }
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+        <section class="panel">
+            <h2>"Add a program"</h2>
+            <p>"The budget moves from the sponsor into the program's fund now; grants draw on it and never beyond it."</p>
+            <ActionForm action=create>
+                <FormError message=general_error(value) />
+                <label for="program_name">"Name"</label>
+                <input id="program_name" name="form[name]" required />
+                <FieldError message=err("name") id="program_name-error" />
+                <label for="sponsor">"Sponsor"</label>
+                <select id="sponsor" name="form[sponsor]" required>
+                    <option value="vendor">"The GPU vendor"</option>
+                    <Transition>
+                        {move || Suspend::new(async move {
+                            partner_list
+                                .await
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|p| view! { <option value=p.id>{p.name}</option> })
+                                .collect_view()
+                        })}
+                    </Transition>
+                </select>
+                <FieldError message=err("sponsor") id="sponsor-error" />
+                <fieldset>
+                    <legend>"Open to"</legend>
+                    {KIND_OPTIONS
+                        .iter()
+                        .map(|(code, label)| {
+                            view! {
+                                <label class="inline">
+                                    <input type="checkbox" name=format!("form[{code}]") value="on" />
+                                    {*label}
+                                </label>
+                            }
+                        })
+                        .collect_view()}
+                </fieldset>
+                <FieldError message=err("eligible_kinds") id="kinds-error" />
+                <label for="program_region">"Region"</label>
+                <select id="program_region" name="form[region]">
+                    <option value="">"Every region"</option>
+                    {REGION_OPTIONS
+                        .iter()
+                        .map(|(code, label)| view! { <option value=*code>{*label}</option> })
+                        .collect_view()}
+                </select>
+                <FieldError message=err("region") id="program_region-error" />
+                <div class="row">
+                    <div>
+                        <label for="program_grant">"Standard grant (USD)"</label>
+                        <input id="program_grant" name="form[grant_amount]" inputmode="decimal" required />
+                        <FieldError message=err("grant_amount") id="program_grant-error" />
+                    </div>
+                    <div>
+                        <label for="program_lifetime">"Grant lifetime (days)"</label>
+                        <input id="program_lifetime" name="form[grant_lifetime_days]" inputmode="numeric" value="90" required />
+                        <FieldError message=err("grant_lifetime_days") id="program_lifetime-error" />
+                    </div>
+                    <div>
+                        <label for="program_budget">"Total budget (USD)"</label>
+                        <input id="program_budget" name="form[budget]" inputmode="decimal" required />
+                        <FieldError message=err("budget") id="program_budget-error" />
+                    </div>
+                </div>
+                <label class="inline">
+                    <input type="checkbox" name="form[auto_on_signup]" value="on" />
+                    "Grant automatically when an eligible organisation signs up"
+                </label>
+                <button type="submit" class="primary">"Create program"</button>
+            </ActionForm>
+        </section>
+    }
+}
