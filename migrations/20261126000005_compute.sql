@@ -38,10 +38,14 @@ CREATE TABLE compute_requests (
     grant_program_id   TEXT REFERENCES credit_programs (id),
     grant_amount       BIGINT CHECK (grant_amount > 0),
     grant_id           TEXT,
+    -- The idempotency key of this approval's grant: one per approval, so a grant undone and
+    -- approved again later is a new grant with its own lifetime.
+    grant_key          TEXT,
     version            BIGINT NOT NULL,
     created_at         BIGINT NOT NULL,
     updated_at         BIGINT NOT NULL,
-    CHECK (ends_at > starts_at),
+    -- Days are inclusive: a request runs from the start of its first day to the end of its last.
+    CHECK (ends_at >= starts_at),
     CHECK ((model IS NULL) <> (gpus IS NULL))
 );
 CREATE INDEX compute_requests_org ON compute_requests (org_id, created_at);

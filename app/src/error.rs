@@ -112,7 +112,7 @@ impl From<credits::CreditsError> for AppError {
             },
             E::BudgetExhausted | E::NotEligible => AppError::Invalid(e.to_string()),
             E::NotFound => AppError::NotFound,
-            E::Ledger(_) | E::Db(_) => {
+            E::Ledger(_) | E::Db(_) | E::Export(_) => {
                 tracing::error!(error = %e, "credits error");
                 AppError::Internal
             }
@@ -137,6 +137,28 @@ impl From<compute::ComputeError> for AppError {
             E::Accounts(a) => a.into(),
             E::Db(_) => {
                 tracing::error!(error = %e, "compute error");
+                AppError::Internal
+            }
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<payments::PaymentsError> for AppError {
+    fn from(e: payments::PaymentsError) -> Self {
+        use payments::PaymentsError as E;
+        match e {
+            E::Field { field, message } => AppError::Field {
+                field: field.to_string(),
+                message,
+            },
+            E::NotConfigured | E::Stripe(_) => {
+                tracing::warn!(error = ?e, "top-up not started");
+                AppError::Invalid(e.to_string())
+            }
+            E::Credits(c) => c.into(),
+            E::Ledger(_) | E::Db(_) => {
+                tracing::error!(error = %e, "payments error");
                 AppError::Internal
             }
         }

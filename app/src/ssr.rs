@@ -14,6 +14,7 @@ pub struct AppState {
     pub accounts: Accounts,
     pub credits: credits::Credits,
     pub compute: compute::Compute,
+    pub payments: payments::Payments,
     /// A signed-in session ends this long after login, however active (RELIABILITY A7).
     pub session_absolute_ms: i64,
     /// The public origin (`https://console.example.com`), when configured; otherwise links are
@@ -58,8 +59,11 @@ fn store_error(e: tower_sessions::session::Error) -> AppError {
 /// The signed-in user, if any. Ends the session when it has passed its absolute lifetime or the
 /// user no longer exists.
 pub async fn current_user() -> Result<Option<User>, AppError> {
-    let st = state()?;
-    let session = session().await?;
+    user_of_session(&state()?, &session().await?).await
+}
+
+/// The user signed in on `session` (also used by plain axum handlers, such as downloads).
+pub async fn user_of_session(st: &AppState, session: &Session) -> Result<Option<User>, AppError> {
     let Some(auth) = session
         .get::<AuthRecord>(AUTH_KEY)
         .await

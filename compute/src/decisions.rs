@@ -12,7 +12,7 @@ use db::now_ms;
 use ledger::Nanos;
 
 use crate::requests::{Actor, SYSTEM, record_event};
-use crate::types::{Day, Status, parse_reason};
+use crate::types::{DAY_MS, Day, Status, parse_reason};
 use crate::{Compute, ComputeError, ComputeRequest, field};
 
 /// What a partner or operator fills in to approve. Text as submitted.
@@ -113,10 +113,10 @@ impl Compute {
             "" => req.ends_at,
             s => Day::parse(s, "ends_on")?,
         };
-        if ends <= starts {
-            return Err(field("ends_on", "The end must be after the start."));
+        if ends < starts {
+            return Err(field("ends_on", "The end cannot be before the start."));
         }
-        if ends <= Day::containing(now) {
+        if ends < Day::containing(now) {
             return Err(field("ends_on", "The allocation would already be over."));
         }
         let grant = self.checked_grant(user, &req, d).await?;
@@ -131,14 +131,18 @@ impl Compute {
             Some((p, _, a)) => (Some(p.as_str()), Some(a.get())),
             None => (None, None),
         };
+        // One key per approval: the version this approval creates.
+        let grant_key = grant
+            .as_ref()
+            .map(|_| format!("compute:{id}:{}", req.version + 1));
         let approved = self
             .change(
                 id,
                 db::sqlx::query(
                     "UPDATE compute_requests SET status = 'approved', reason = NULL, share_weight = $1, \
                      rate_limit_tpm = $2, alloc_starts_at = $3, alloc_ends_at = $4, \
-                     grant_program_id = $5, grant_amount = $6, version = version + 1, updated_at = $7 \
-                     WHERE id = $8 AND version = $9",
+                     grant_program_id = $5, grant_amount = $6, grant_key = $7, grant_id = NULL, \
+                     version = version + 1, updated_at = $8 WHERE id = $9 AND version = $10",
                 )
                 .bind(weight)
                 .bind(tpm)
@@ -146,6 +150,7 @@ impl Compute {
                 .bind(ends.ms())
                 .bind(program)
                 .bind(amount)
+                .bind(grant_key)
                 .bind(now)
                 .bind(id)
                 .bind(req.version),
@@ -155,8 +160,17 @@ impl Compute {
             )
             .await?;
         tracing::info!(request = id, "compute request approved");
-        let approved = self.make_grant(approved, user.into()).await?;
-        self.activate(approved, now).await
+        // The decision is made. What follows (the grant, the dates) may race the background
+        // sweep doing the same; whoever does it, the result is the request as it now stands.
+        let after = match self.make_grant(approved, user.into()).await {
+            Ok(r) => self.activate(r, now).await,
+            Err(e) => Err(e),
+        };
+        match after {
+            Ok(r) => Ok(r),
+            Err(ComputeError::Conflict(_)) => self.load(id).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// The grant an approval asks for, checked before anything is decided.
@@ -213,8 +227,11 @@ impl Compute {
         Ok(Some((program.id, program.name, amount)))
     }
 
-    /// Makes the grant an approval carries, once (keyed by the request). If the program can no
-    /// longer cover it, the approval is undone and the request waits for a new decision.
+    /// Makes the grant an approval carries, once (keyed by the approval). If the program can no
+    /// longer cover it, an approval not yet running is undone and waits for a new decision; a
+    /// running one keeps its allocation without the grant. Errors that a retry cannot mend
+    /// (the organisation no longer eligible, …) drop the grant too, on the timeline; anything
+    /// else is left for [`Compute::advance`] to retry.
     async fn make_grant(
         &self,
         req: ComputeRequest,
@@ -236,39 +253,37 @@ impl Compute {
         let reason = format!("compute request at {}", req.factory_name);
         let made = self
             .credits
-            .grant(
-                &program,
-                &org,
-                Some(g.amount),
-                &reason,
-                &format!("compute:{}", req.id),
-            )
+            .grant(&program, &org, Some(g.amount), &reason, &g.key)
             .await;
+        use credits::CreditsError as E;
         match made {
             Ok(grant) => {
-                self.change(
-                    &req.id,
-                    db::sqlx::query(
-                        "UPDATE compute_requests SET grant_id = $1, version = version + 1 \
-                         WHERE id = $2 AND version = $3",
-                    )
-                    .bind(&grant.id)
-                    .bind(&req.id)
-                    .bind(req.version),
-                    actor,
-                    "credit granted",
-                    &format!("{} from {}", g.amount, program.name),
+                // Linked once, whatever state the request has reached meanwhile.
+                let mut tx = self.db.begin_write().await?;
+                let linked = db::sqlx::query(
+                    "UPDATE compute_requests SET grant_id = $1, version = version + 1 \
+                     WHERE id = $2 AND grant_id IS NULL",
                 )
-                .await
+                .bind(&grant.id)
+                .bind(&req.id)
+                .execute(&mut *tx)
+                .await?;
+                if linked.rows_affected() == 1 {
+                    let detail = format!("{} from {}", g.amount, program.name);
+                    record_event(&mut tx, &req.id, actor, "credit granted", &detail).await?;
+                }
+                tx.commit().await?;
+                self.load(&req.id).await
             }
-            Err(credits::CreditsError::BudgetExhausted) => {
+            Err(E::BudgetExhausted) if req.status == Status::Approved => {
                 self.change(
                     &req.id,
                     db::sqlx::query(
                         "UPDATE compute_requests SET status = 'submitted', share_weight = NULL, \
                          rate_limit_tpm = NULL, alloc_starts_at = NULL, alloc_ends_at = NULL, \
-                         grant_program_id = NULL, grant_amount = NULL, version = version + 1, \
-                         updated_at = $1 WHERE id = $2 AND version = $3",
+                         grant_program_id = NULL, grant_amount = NULL, grant_key = NULL, \
+                         version = version + 1, updated_at = $1 \
+                         WHERE id = $2 AND version = $3 AND status = 'approved' AND grant_id IS NULL",
                     )
                     .bind(now_ms())
                     .bind(&req.id)
@@ -280,12 +295,41 @@ impl Compute {
                 .await?;
                 Err(ComputeError::BudgetExhausted)
             }
-            Err(e) => {
-                // Retried by `advance`; the decision stands.
+            Err(e @ (E::Db(_) | E::Ledger(ledger::LedgerError::Db(_)))) => {
                 tracing::error!(error = %e, request = req.id, "grant failed; will retry");
                 Ok(req)
             }
+            Err(e) => {
+                let why = match e {
+                    E::BudgetExhausted => "the program's budget could not cover it".to_string(),
+                    other => other.to_string(),
+                };
+                self.drop_grant(&req, actor, &why).await
+            }
         }
+    }
+
+    async fn drop_grant(
+        &self,
+        req: &ComputeRequest,
+        actor: Actor<'_>,
+        why: &str,
+    ) -> Result<ComputeRequest, ComputeError> {
+        let mut tx = self.db.begin_write().await?;
+        let dropped = db::sqlx::query(
+            "UPDATE compute_requests SET grant_program_id = NULL, grant_amount = NULL, \
+             grant_key = NULL, version = version + 1 WHERE id = $1 AND grant_id IS NULL \
+             AND grant_program_id IS NOT NULL",
+        )
+        .bind(&req.id)
+        .execute(&mut *tx)
+        .await?;
+        if dropped.rows_affected() == 1 {
+            record_event(&mut tx, &req.id, actor, "grant not made", why).await?;
+            tracing::warn!(request = req.id, why, "approval's grant dropped");
+        }
+        tx.commit().await?;
+        self.load(&req.id).await
     }
 
     /// Approved → active once the allocation's first day has come; → ended once it is over.
@@ -298,9 +342,9 @@ impl Compute {
             return Ok(req);
         };
         let (to, action) = match req.status {
-            Status::Approved if alloc.ends_at.ms() <= now => (Status::Ended, "ended"),
+            Status::Approved if alloc.ends_at.ms() + DAY_MS <= now => (Status::Ended, "ended"),
             Status::Approved if alloc.starts_at.ms() <= now => (Status::Active, "activated"),
-            Status::Active if alloc.ends_at.ms() <= now => (Status::Ended, "ended"),
+            Status::Active if alloc.ends_at.ms() + DAY_MS <= now => (Status::Ended, "ended"),
             _ => return Ok(req),
         };
         let moved = self
@@ -381,8 +425,8 @@ impl Compute {
         .await
     }
 
-    /// The tenant withdraws a request not yet running. An approved request that came with a
-    /// grant stays: the grant has been made, and ending it is the decider's call.
+    /// The tenant withdraws a request not yet running. An approved request that carries a grant
+    /// stays: the grant is (being) made, and ending it is the decider's call.
     pub async fn cancel(
         &self,
         user: &User,
@@ -464,7 +508,7 @@ impl Compute {
             "SELECT id FROM compute_requests WHERE \
              (status IN ('approved', 'active') AND grant_program_id IS NOT NULL AND grant_id IS NULL) \
              OR (status = 'approved' AND alloc_starts_at <= $1) \
-             OR (status = 'active' AND alloc_ends_at <= $1)",
+             OR (status = 'active' AND alloc_ends_at + 86400000 <= $1)",
         )
         .bind(now)
         .fetch_all(self.db.pool())
@@ -474,17 +518,21 @@ impl Compute {
         .collect::<Result<_, _>>()?;
         let mut changed = 0;
         for id in ids {
-            let req = self.load(&id).await?;
-            let before = req.version;
-            let result = match self.make_grant(req, SYSTEM).await {
-                Ok(req) => self.activate(req, now).await,
+            let result = match self.load(&id).await {
+                Ok(req) => {
+                    let before = req.version;
+                    match self.make_grant(req, SYSTEM).await {
+                        Ok(req) => self.activate(req, now).await.map(|r| r.version != before),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match result {
-                Ok(after) if after.version != before => changed += 1,
-                Ok(_) => {}
-                Err(ComputeError::BudgetExhausted | ComputeError::Conflict(_)) => changed += 1,
-                Err(e) => return Err(e),
+                Ok(true) | Err(ComputeError::BudgetExhausted) => changed += 1,
+                Ok(false) | Err(ComputeError::Conflict(_)) => {}
+                // One request's trouble does not hold up the others.
+                Err(e) => tracing::error!(error = %e, request = id, "advancing a request failed"),
             }
         }
         Ok(changed)

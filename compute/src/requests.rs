@@ -4,7 +4,7 @@ use accounts::{OrgKind, User};
 use db::{new_id, now_ms, sqlx::Row};
 use ledger::Nanos;
 
-use crate::types::{Capacity, Commitment, Day, Status};
+use crate::types::{Capacity, Commitment, DAY_MS, Day, Status};
 use crate::{Compute, ComputeError, field};
 
 /// What a tenant fills in. Text as submitted; parsed by [`Compute::submit`].
@@ -32,7 +32,8 @@ pub struct Support {
     pub justification: String,
 }
 
-/// What an approval set: the scheduler's share weight and rate limit, over these days.
+/// What an approval set: the scheduler's share weight and rate limit, over these days (both
+/// inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocation {
     pub share_weight: i64,
@@ -48,6 +49,7 @@ pub struct GrantRef {
     pub amount: Nanos,
     /// `None` while the grant is still being made (it is retried until it is).
     pub grant_id: Option<String>,
+    pub(crate) key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +88,11 @@ impl ComputeRequest {
         user.is_operator || user.org_id == self.org_id || user.org_id == self.partner_org_id
     }
 
-    /// The partner running the factory, or an operator.
+    /// An owner of the partner running the factory (decisions spend the partner's capacity and
+    /// its programs' budgets; members see the queue but do not decide), or an operator.
     pub fn may_decide(&self, user: &User) -> bool {
-        user.is_operator || user.org_id == self.partner_org_id
+        user.is_operator
+            || (user.org_id == self.partner_org_id && user.org_role == accounts::OrgRole::Owner)
     }
 
     pub fn is_requester(&self, user: &User) -> bool {
@@ -153,6 +157,9 @@ pub(crate) fn request_from_row(r: &db::sqlx::any::AnyRow) -> Result<ComputeReque
                 .unwrap_or_default(),
             amount: Nanos::new(r.try_get::<Option<i64>, _>("grant_amount")?.unwrap_or(0)),
             grant_id: r.try_get("grant_id")?,
+            key: r
+                .try_get::<Option<String>, _>("grant_key")?
+                .unwrap_or_default(),
         }),
         None => None,
     };
@@ -260,8 +267,8 @@ impl Compute {
         if starts_at < Day::containing(now) {
             return Err(field("starts_on", "The start cannot be in the past."));
         }
-        if ends_at <= starts_at {
-            return Err(field("ends_on", "The end must be after the start."));
+        if ends_at < starts_at {
+            return Err(field("ends_on", "The end cannot be before the start."));
         }
         if starts_at.days_until(ends_at) > MAX_DAYS {
             return Err(field("ends_on", "One request covers at most three years."));
@@ -510,7 +517,7 @@ impl Compute {
     ) -> Result<Option<Allocation>, ComputeError> {
         let rows = db::sqlx::query(&format!(
             "{REQUEST_SELECT} WHERE r.org_id = $1 AND r.model = $2 AND r.status = 'active' \
-             AND r.alloc_starts_at <= $3 AND r.alloc_ends_at > $3 ORDER BY r.share_weight DESC"
+             AND r.alloc_starts_at <= $3 AND r.alloc_ends_at + {DAY_MS} > $3 ORDER BY r.share_weight DESC"
         ))
         .bind(org_id)
         .bind(model)

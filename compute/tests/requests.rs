@@ -288,8 +288,16 @@ async fn approval_with_a_grant_activates_on_its_start_and_ends_on_its_end() {
             c.cancel(&w.tenant, &r.id, start).await,
             Err(ComputeError::Conflict(_))
         ));
-        let end = compute::Day::parse("2027-03-01", "d").unwrap().ms();
-        assert_eq!(c.advance(end).await.unwrap(), 1);
+        // The last day is included: still active through it, ended after it.
+        let last = compute::Day::parse("2027-03-01", "d").unwrap().ms();
+        assert_eq!(c.advance(last + DAY - 1).await.unwrap(), 0);
+        assert!(
+            c.allocation(&w.tenant.org_id, "tiny/llama", last + DAY - 1)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(c.advance(last + DAY).await.unwrap(), 1);
         assert_eq!(
             c.request(&w.tenant, &r.id).await.unwrap().status,
             Status::Ended
@@ -502,6 +510,26 @@ async fn tenants_and_partners_cannot_cross_into_each_others_requests() {
         ] {
             assert!(matches!(res, Err(ComputeError::NotFound)), "{res:?}");
         }
+        // A member of the right partner sees the request but does not decide it.
+        let (_, token) = w
+            .accounts
+            .invite(
+                &w.partner,
+                "member@savanna-cloud.example",
+                accounts::OrgRole::Member,
+            )
+            .await
+            .unwrap();
+        let member = w
+            .accounts
+            .accept_invitation(&token, PASSWORD)
+            .await
+            .unwrap();
+        assert_eq!(c.request(&member, &a.id).await.unwrap().id, a.id);
+        assert!(matches!(
+            c.approve(&member, &a.id, &decision("", ""), NOW).await,
+            Err(ComputeError::Forbidden)
+        ));
         let ids = |v: Vec<compute::ComputeRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(ids(c.queue(&w.partner).await.unwrap()), vec![a.id.clone()]);
         assert_eq!(

@@ -25,6 +25,8 @@ pub enum CreditsError {
     NotEligible,
     #[error("Not found.")]
     NotFound,
+    #[error("writing the export failed: {0}")]
+    Export(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -506,7 +508,8 @@ impl Credits {
     }
 
     /// The organisation's buckets in burn order: unexpired grants soonest-expiring first,
-    /// then paid.
+    /// then paid. A grant's bucket opened for a grant that did not go through (its program ran
+    /// out) holds nothing and is not shown.
     pub async fn wallet(&self, org_id: &str, now: i64) -> Result<Wallet, CreditsError> {
         let rows = db::sqlx::query(
             "SELECT a.id, a.kind, a.balance, a.held, a.expires_at, p.name AS program \
@@ -515,6 +518,7 @@ impl Credits {
              LEFT JOIN credit_programs p ON p.id = g.program_id \
              WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
              AND (a.expires_at IS NULL OR a.expires_at > $2) \
+             AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) \
              ORDER BY CASE a.kind WHEN 'wallet_grant' THEN 0 ELSE 1 END, a.expires_at, a.id",
         )
         .bind(org_id)
@@ -582,4 +586,67 @@ impl Credits {
         }
         Ok(moved)
     }
+
+    /// The wallet's whole history (of `kind`, if given) as CSV, newest first: one row per
+    /// transaction with its net effect on the wallet, amounts in exact decimal dollars. The
+    /// `amount_usd` column sums to the net the Credits page shows for the same filter.
+    pub async fn history_csv(
+        &self,
+        org_id: &str,
+        kind: Option<&str>,
+    ) -> Result<String, CreditsError> {
+        let lines = self
+            .ledger
+            .wallet_history_page(org_id, kind, 0, i64::MAX)
+            .await?;
+        let mut out = csv::Writer::from_writer(Vec::new());
+        let row = |out: &mut csv::Writer<Vec<u8>>, fields: [&str; 5]| {
+            out.write_record(fields)
+                .map_err(|e| CreditsError::Export(e.to_string()))
+        };
+        row(
+            &mut out,
+            [
+                "date_utc",
+                "transaction_id",
+                "kind",
+                "description",
+                "amount_usd",
+            ],
+        )?;
+        for l in lines {
+            row(
+                &mut out,
+                [
+                    &iso_utc(l.created_at),
+                    &l.transaction_id,
+                    &l.kind,
+                    &l.memo,
+                    &l.amount.decimal(),
+                ],
+            )?;
+        }
+        let bytes = out
+            .into_inner()
+            .map_err(|e| CreditsError::Export(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// `2026-11-26T19:20:05Z` for a Unix time in milliseconds.
+fn iso_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let day = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let date = time::Date::from_julian_day(i32::try_from(day + 2_440_588).unwrap_or(2_440_588))
+        .unwrap_or(time::Date::MIN);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }

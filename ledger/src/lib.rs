@@ -150,6 +150,14 @@ fn account_from_row(row: &db::sqlx::any::AnyRow) -> Result<Account, LedgerError>
     })
 }
 
+/// The entries of an organisation's wallet buckets ($1), of one transaction kind ($2) or all
+/// (`NULL`).
+const WALLET_MOVES: &str = "FROM ledger_transactions t \
+     JOIN ledger_entries e ON e.transaction_id = t.id \
+     JOIN ledger_accounts a ON a.id = e.account_id \
+     WHERE a.org_id = $1 AND a.kind IN ('wallet_paid', 'wallet_grant') \
+     AND (CAST($2 AS TEXT) IS NULL OR t.kind = CAST($2 AS TEXT))";
+
 const ACCOUNT_COLUMNS: &str = "id, code, org_id, balance, held";
 
 impl Ledger {
@@ -268,17 +276,26 @@ impl Ledger {
         org_id: &str,
         limit: i64,
     ) -> Result<Vec<HistoryLine>, LedgerError> {
-        let rows = db::sqlx::query(
+        self.wallet_history_page(org_id, None, 0, limit).await
+    }
+
+    /// One page of the wallet's history, newest first, optionally only transactions of `kind`.
+    pub async fn wallet_history_page(
+        &self,
+        org_id: &str,
+        kind: Option<&str>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<HistoryLine>, LedgerError> {
+        let rows = db::sqlx::query(&format!(
             "SELECT t.id, t.created_at, t.kind, t.memo, CAST(SUM(e.amount) AS BIGINT) AS net \
-             FROM ledger_transactions t \
-             JOIN ledger_entries e ON e.transaction_id = t.id \
-             JOIN ledger_accounts a ON a.id = e.account_id \
-             WHERE a.org_id = $1 AND a.kind IN ('wallet_paid', 'wallet_grant') \
-             GROUP BY t.id, t.created_at, t.kind, t.memo \
-             ORDER BY t.created_at DESC, t.id DESC LIMIT $2",
-        )
+             {WALLET_MOVES} GROUP BY t.id, t.created_at, t.kind, t.memo \
+             ORDER BY t.created_at DESC, t.id DESC LIMIT $3 OFFSET $4"
+        ))
         .bind(org_id)
+        .bind(kind)
         .bind(limit)
+        .bind(offset)
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
@@ -290,6 +307,47 @@ impl Ledger {
                     memo: r.try_get("memo")?,
                     amount: Nanos::new(r.try_get("net")?),
                 })
+            })
+            .collect()
+    }
+
+    /// How many transactions the wallet's history has (of `kind`, if given), and their net sum.
+    pub async fn wallet_history_total(
+        &self,
+        org_id: &str,
+        kind: Option<&str>,
+    ) -> Result<(i64, Nanos), LedgerError> {
+        let row = db::sqlx::query(&format!(
+            "SELECT COUNT(DISTINCT t.id) AS n, CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) AS net \
+             {WALLET_MOVES}"
+        ))
+        .bind(org_id)
+        .bind(kind)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((row.try_get("n")?, Nanos::new(row.try_get("net")?)))
+    }
+
+    /// The organisation's open holds, newest first: (hold id, amount, created, expires).
+    pub async fn open_holds(
+        &self,
+        org_id: &str,
+    ) -> Result<Vec<(String, Nanos, i64, i64)>, LedgerError> {
+        let rows = db::sqlx::query(
+            "SELECT id, amount, created_at, expires_at FROM ledger_holds \
+             WHERE org_id = $1 AND status = 'open' ORDER BY created_at DESC, id DESC",
+        )
+        .bind(org_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    Nanos::new(r.try_get("amount")?),
+                    r.try_get("created_at")?,
+                    r.try_get("expires_at")?,
+                ))
             })
             .collect()
     }

@@ -68,6 +68,12 @@ impl Nanos {
         Ok(Nanos(if negative { -value } else { value }))
     }
 
+    /// The amount as a plain decimal number of dollars (`1234.50`, `-0.00000015`), exact: for
+    /// CSV files and other machine-read output.
+    pub fn decimal(self) -> String {
+        self.to_string().replacen('$', "", 1)
+    }
+
     pub fn checked_add(self, other: Nanos) -> Option<Nanos> {
         self.0.checked_add(other.0).map(Nanos)
     }
@@ -128,6 +134,8 @@ mod tests {
         assert_eq!(Nanos::new(150).to_string(), "$0.00000015");
         assert_eq!(Nanos::new(-1).to_string(), "-$0.000000001");
         assert_eq!(Nanos::ZERO.to_string(), "$0.00");
+        assert_eq!(Nanos::new(-1).decimal(), "-0.000000001");
+        assert_eq!(Nanos::new(1_234_500_000_000).decimal(), "1234.50");
     }
 
     #[test]

@@ -171,3 +171,84 @@ async fn concurrent_replays_credit_once() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn wallet_history_filters_pages_and_totals() {
+    for t in TestDb::all().await {
+        let ledger = Ledger::new(t.db.clone());
+        let open = |code: &str, org: Option<&str>, kind| AccountSpec {
+            code: code.into(),
+            org_id: org.map(str::to_string),
+            kind,
+            expires_at: None,
+        };
+        let ext = ledger
+            .open_account(&open("ext", None, AccountKind::External))
+            .await
+            .unwrap();
+        let paid = ledger
+            .open_account(&open("paid", Some("o1"), AccountKind::WalletPaid))
+            .await
+            .unwrap();
+        let rev = ledger
+            .open_account(&open("rev", None, AccountKind::Revenue))
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let p = Posting::transfer(
+                format!("t{i}"),
+                "top_up",
+                "in",
+                Some("o1".into()),
+                &ext.id,
+                &paid.id,
+                Nanos::new(100),
+            )
+            .unwrap();
+            ledger.post(&p).await.unwrap();
+        }
+        for i in 0..3 {
+            let p = Posting::transfer(
+                format!("u{i}"),
+                "usage",
+                "out",
+                Some("o1".into()),
+                &paid.id,
+                &rev.id,
+                Nanos::new(30),
+            )
+            .unwrap();
+            ledger.post(&p).await.unwrap();
+        }
+        assert_eq!(
+            ledger.wallet_history_total("o1", None).await.unwrap(),
+            (8, Nanos::new(410))
+        );
+        assert_eq!(
+            ledger
+                .wallet_history_total("o1", Some("usage"))
+                .await
+                .unwrap(),
+            (3, Nanos::new(-90))
+        );
+        assert_eq!(
+            ledger.wallet_history_total("o2", None).await.unwrap(),
+            (0, Nanos::ZERO)
+        );
+        let page1 = ledger.wallet_history_page("o1", None, 0, 5).await.unwrap();
+        let page2 = ledger.wallet_history_page("o1", None, 5, 5).await.unwrap();
+        assert_eq!((page1.len(), page2.len()), (5, 3));
+        let all: i64 = page1.iter().chain(&page2).map(|h| h.amount.get()).sum();
+        assert_eq!(all, 410);
+        let usage = ledger
+            .wallet_history_page("o1", Some("usage"), 0, 10)
+            .await
+            .unwrap();
+        assert!(
+            usage
+                .iter()
+                .all(|h| h.kind == "usage" && h.amount == Nanos::new(-30))
+        );
+        t.finish().await;
+    }
+}

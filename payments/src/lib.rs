@@ -6,6 +6,8 @@
 //! whose signature verifies credits the wallet, in the same database transaction that records
 //! the event's id, keyed by the Checkout Session so no payment is ever credited twice.
 
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod webhook;
 
 use credits::Credits;
@@ -265,7 +267,8 @@ async fn create_session(
     use stripe::StripeRequest;
     use stripe_checkout::checkout_session::{
         CreateCheckoutSession, CreateCheckoutSessionLineItems,
-        CreateCheckoutSessionLineItemsPriceData, ProductData,
+        CreateCheckoutSessionLineItemsPriceData, CreateCheckoutSessionPaymentIntentData,
+        ProductData,
     };
     let mut price = CreateCheckoutSessionLineItemsPriceData::new(stripe_types::Currency::USD);
     price.unit_amount = Some(amount.cents());
@@ -277,6 +280,10 @@ async fn create_session(
         ("org_id".to_string(), org_id.to_string()),
         ("checkout_id".to_string(), checkout_id.to_string()),
     ]);
+    // The payment (and so its charge, which a refund event carries) names our checkout too:
+    // a refund can then be matched even when it arrives before the payment's own event.
+    let mut intent = CreateCheckoutSessionPaymentIntentData::new();
+    intent.metadata = Some(metadata.clone());
     let base = return_base.trim_end_matches('/');
     let request = CreateCheckoutSession::new()
         .mode(stripe_checkout::CheckoutSessionMode::Payment)
@@ -287,6 +294,7 @@ async fn create_session(
         .cancel_url(format!("{base}/credits/top-up/cancelled"))
         .client_reference_id(checkout_id)
         .customer_email(user_email)
+        .payment_intent_data(intent)
         .metadata(metadata);
     let key = stripe::IdempotencyKey::new(format!("tokenmill-checkout-{checkout_id}"))
         .map_err(|e| e.to_string())?;

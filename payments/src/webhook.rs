@@ -93,6 +93,14 @@ fn text(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
+/// Our checkout id, carried in the metadata of the payment (and so of its charges).
+fn metadata_checkout(v: &Value) -> Option<String> {
+    v.get("metadata")
+        .and_then(|m| m.get("checkout_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 /// `payment_intent` is an id, or an expanded object with one.
 fn intent_of(v: &Value) -> Option<String> {
     match v.get("payment_intent") {
@@ -193,7 +201,8 @@ impl Payments {
     /// The ledger accounts an event may touch, found from the organisation it concerns (by our
     /// checkout id on a session, by the payment intent on a charge).
     async fn books_for(&self, obj: &Value) -> Result<Option<Books>, WebhookError> {
-        let row = if let Some(ours) = text(obj, "client_reference_id") {
+        let ours = text(obj, "client_reference_id").or_else(|| metadata_checkout(obj));
+        let row = if let Some(ours) = ours {
             db::sqlx::query("SELECT org_id FROM payment_checkouts WHERE id = $1")
                 .bind(ours)
                 .fetch_optional(self.db.pool())
@@ -288,7 +297,8 @@ impl Payments {
         Ok(WebhookOutcome::Credited { org_id, amount })
     }
 
-    /// A state without money: processing, failed or expired. Never moves a paid checkout back.
+    /// A state without money: processing, failed or expired. States only move forward, so a late
+    /// event never undoes a later one (and nothing moves a paid checkout).
     async fn mark(
         &self,
         tx: &mut Tx,
@@ -298,9 +308,13 @@ impl Payments {
         let Some((checkout, _, current)) = self.checkout_of(tx, session).await? else {
             return Ok(WebhookOutcome::Recorded("not one of ours".into()));
         };
-        if current == "paid" {
+        let from: &[&str] = match status {
+            "processing" | "expired" => &["starting", "open"],
+            _ => &["starting", "open", "processing"],
+        };
+        if !from.contains(&current.as_str()) {
             return Ok(WebhookOutcome::Recorded(format!(
-                "{status} after paid: kept paid"
+                "{status} ignored: the checkout is {current}"
             )));
         }
         db::sqlx::query(
@@ -333,26 +347,22 @@ impl Payments {
             .get("amount_refunded")
             .and_then(Value::as_i64)
             .ok_or_else(|| WebhookError::Malformed("amount_refunded missing".into()))?;
+        // By our checkout id in the charge's metadata, else by the payment intent recorded when
+        // the payment was credited.
+        let (column, value) = match metadata_checkout(charge) {
+            Some(ours) => ("id", ours),
+            None => ("payment_intent", intent),
+        };
         let row = db::sqlx::query(&format!(
             "SELECT id, org_id, status, refunded_cents, paid_cents FROM payment_checkouts \
-             WHERE payment_intent = $1{}",
+             WHERE {column} = $1{}",
             self.db.lock_rows()
         ))
-        .bind(&intent)
+        .bind(&value)
         .fetch_optional(&mut **tx)
         .await?;
         let Some(row) = row else {
-            // A refund can overtake the event that tells us a payment's intent only while that
-            // payment is still open here; with none open, the charge is not one of ours.
-            let pending = db::sqlx::query(
-                "SELECT id FROM payment_checkouts WHERE status IN ('open', 'processing') LIMIT 1",
-            )
-            .fetch_optional(&mut **tx)
-            .await?;
-            return match pending {
-                Some(_) => Err(WebhookError::NotYet),
-                None => Ok(WebhookOutcome::Recorded("not one of ours".into())),
-            };
+            return Ok(WebhookOutcome::Recorded("not one of ours".into()));
         };
         let checkout: String = row.try_get("id")?;
         let org_id: String = row.try_get("org_id")?;
@@ -361,7 +371,8 @@ impl Payments {
         let paid_cents: i64 = row.try_get("paid_cents")?;
         match status.as_str() {
             "paid" => {}
-            "open" | "processing" => return Err(WebhookError::NotYet),
+            // Ours, with the payment's own event still on the way.
+            "starting" | "open" | "processing" => return Err(WebhookError::NotYet),
             _ => {
                 return Ok(WebhookOutcome::Recorded(
                     "refund of an unpaid checkout".into(),
@@ -381,7 +392,18 @@ impl Payments {
             books.owed.clone(),
             books.clearing.clone(),
         );
-        let (balance, held) = self.credits.ledger().balance_in(tx, &paid).await?;
+        // Lock the three accounts in id order (the order postings lock them in), then read.
+        let mut ids = [paid.clone(), owed_account.clone(), clearing.clone()];
+        ids.sort();
+        let ledger = self.credits.ledger();
+        let mut balance = (Nanos::ZERO, Nanos::ZERO);
+        for id in &ids {
+            let read = ledger.balance_in(tx, id).await?;
+            if *id == paid {
+                balance = read;
+            }
+        }
+        let (balance, held) = balance;
         let covered = amount.get().min((balance.get() - held.get()).max(0));
         let owed = amount.get() - covered;
         let mut legs = vec![Leg {

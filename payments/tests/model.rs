@@ -4,17 +4,15 @@
 //! wallet's paid balance and what the organisation owes equal the model's, and the ledger's
 //! invariants hold. Runs on SQLite, and on PostgreSQL when `TEST_DATABASE_URL` is set.
 
-mod support;
-
 use std::cell::Cell;
 
 use accounts::{Accounts, SignUpForm, SignUpOutcome};
 use credits::Credits;
 use db::testing::TestDb;
 use ledger::{AccountKind, AccountSpec, LedgerError, Nanos, Posting};
+use payments::testing::*;
 use payments::{NANOS_PER_CENT, Payments, StripeConfig, TopUpAmount, WebhookOutcome};
 use proptest::{prelude::*, test_runner::TestRunner};
-use support::*;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -119,12 +117,14 @@ impl Case<'_> {
                     return Ok(());
                 }
                 let k = n % m.checkouts.len();
-                let (_, intent, cents, refunded) = m.checkouts[k].clone();
+                let (ours, intent, cents, refunded) = m.checkouts[k].clone();
+                // Matched by our id in the charge's metadata, or by the payment intent.
+                let tagged = (i % 2 == 0).then_some(ours.as_str());
                 let total = cents * i64::from(*permille) / 1000;
                 let payload = event(
                     &format!("evt_{}_r{i}", self.name),
                     "charge.refunded",
-                    charge(&format!("ch_{intent}"), &intent, cents, total),
+                    charge(&format!("ch_{intent}"), &intent, cents, total, tagged),
                 );
                 let out = self.deliver(m, payload).await;
                 if total <= refunded {

@@ -3,14 +3,12 @@
 //! local stand-in, and signed webhook payloads: valid, bad signature, stale, replayed,
 //! concurrent, out of order, refunded.
 
-mod support;
-
 use accounts::{Accounts, SignUpForm, SignUpOutcome};
 use credits::Credits;
 use db::testing::TestDb;
 use ledger::Nanos;
+use payments::testing::*;
 use payments::{Payments, PaymentsError, StripeConfig, TopUpAmount, WebhookError, WebhookOutcome};
-use support::*;
 
 struct Setup {
     payments: Payments,
@@ -144,6 +142,7 @@ async fn checkout_sessions_are_created_through_the_real_client() {
             "http://portal.test/credits/top-up/cancelled"
         );
         let ours = &f["client_reference_id"];
+        assert_eq!(&f["payment_intent_data[metadata][checkout_id]"], ours);
         assert_eq!(
             seen.idempotency_key.as_deref(),
             Some(format!("tokenmill-checkout-{ours}").as_str())
@@ -237,7 +236,7 @@ async fn webhooks_are_verified_applied_once_and_in_any_order() {
         let early_refund = event(
             "evt_r0",
             "charge.refunded",
-            charge("ch_1", "pi_1", 10_000, 2_500),
+            charge("ch_1", "pi_1", 10_000, 2_500, Some(&ours)),
         );
         assert!(matches!(
             s.deliver(&early_refund).await,
@@ -306,7 +305,7 @@ async fn webhooks_are_verified_applied_once_and_in_any_order() {
         let stale_refund = event(
             "evt_r_old",
             "charge.refunded",
-            charge("ch_1", "pi_1", 10_000, 1_000),
+            charge("ch_1", "pi_1", 10_000, 1_000, None),
         );
         assert!(matches!(
             s.deliver(&stale_refund).await.unwrap(),
@@ -340,7 +339,7 @@ async fn webhooks_are_verified_applied_once_and_in_any_order() {
         let full = event(
             "evt_r1",
             "charge.refunded",
-            charge("ch_1", "pi_1", 10_000, 10_000),
+            charge("ch_1", "pi_1", 10_000, 10_000, Some(&ours)),
         );
         assert_eq!(
             s.deliver(&full).await.unwrap(),
@@ -353,11 +352,29 @@ async fn webhooks_are_verified_applied_once_and_in_any_order() {
         assert_eq!(s.paid_balance().await, Nanos::ZERO);
         assert_eq!(s.credits.owed(&s.org_id).await.unwrap(), dollars(60));
         assert_eq!(s.deliver(&full).await.unwrap(), WebhookOutcome::Duplicate);
-        // With no payment of ours open, a refund of an unknown charge is someone else's.
+        // A delayed payment method that fails, its events in reverse order: it stays failed.
+        let (ours2, cs2) = s.checkout("50").await;
+        let failed = event(
+            "evt_f1",
+            "checkout.session.async_payment_failed",
+            session(&cs2, &ours2, 5_000, "unpaid", "pi_2"),
+        );
+        let pending = event(
+            "evt_f0",
+            "checkout.session.completed",
+            session(&cs2, &ours2, 5_000, "unpaid", "pi_2"),
+        );
+        s.deliver(&failed).await.unwrap();
+        s.deliver(&pending).await.unwrap();
+        let listed = s.payments.checkouts(&s.org_id, 10).await.unwrap();
+        assert_eq!(listed[0].status, "failed");
+        assert_eq!(s.paid_balance().await, Nanos::ZERO);
+        // A refund of a charge that is not ours, while one of ours is open, changes nothing.
+        s.checkout("30").await;
         let foreign = event(
             "evt_r9",
             "charge.refunded",
-            charge("ch_9", "pi_9", 5_000, 5_000),
+            charge("ch_9", "pi_9", 5_000, 5_000, None),
         );
         assert!(matches!(
             s.deliver(&foreign).await.unwrap(),

@@ -22,6 +22,9 @@ pub struct Config {
     /// `LEPTOS_SITE_ROOT`, default `target/site`: where the compiled assets are.
     pub site_root: String,
     pub login_limits: LoginLimits,
+    /// `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`, and `STRIPE_API_BASE` (default Stripe's
+    /// own API; tests point it at a local stand-in). Without both secrets, top-ups are off.
+    pub stripe: payments::StripeConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -34,6 +37,8 @@ impl std::fmt::Debug for Config {
             .field("session_absolute", &self.session_absolute)
             .field("trust_proxy", &self.trust_proxy)
             .field("site_root", &self.site_root)
+            .field("stripe_configured", &self.stripe.secret_key.is_some())
+            .field("stripe_api_base", &self.stripe.api_base)
             .finish()
     }
 }
@@ -58,6 +63,7 @@ impl Default for Config {
             trust_proxy: false,
             site_root: "target/site".to_string(),
             login_limits: LoginLimits::default(),
+            stripe: payments::StripeConfig::default(),
         }
     }
 }
@@ -111,6 +117,11 @@ impl Config {
             trust_proxy: var("TOKENMILL_TRUST_PROXY").is_some_and(|v| v == "1" || v == "true"),
             site_root: var("LEPTOS_SITE_ROOT").unwrap_or(d.site_root),
             login_limits: d.login_limits,
+            stripe: payments::StripeConfig {
+                secret_key: var("STRIPE_SECRET_KEY"),
+                webhook_secret: var("STRIPE_WEBHOOK_SECRET"),
+                api_base: var("STRIPE_API_BASE"),
+            },
         })
     }
 

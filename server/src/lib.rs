@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+mod downloads;
 pub mod security;
 pub mod session_store;
 
@@ -33,6 +34,8 @@ use session_store::DbSessionStore;
 
 /// Largest request body accepted, in bytes. Forms here are a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// Largest webhook body accepted: Stripe's events are a few kilobytes.
+pub const WEBHOOK_BODY_LIMIT: usize = 512 * 1024;
 
 /// State of the axum router: Leptos' options plus the application state.
 #[derive(Clone, FromRef)]
@@ -49,20 +52,23 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     tokio::task::spawn_blocking(accounts::password::warm_up).await?;
     let accounts = Accounts::new(db.clone(), config.login_limits);
     let credits = credits::Credits::new(db.clone());
+    let payments = payments::Payments::new(db.clone(), credits.clone(), config.stripe.clone())
+        .context("configuring Stripe (STRIPE_API_BASE)")?;
     let app_state = AppState {
         compute: compute::Compute::new(db.clone(), accounts.clone(), credits.clone()),
+        payments,
         accounts,
         credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,
         public_url: config.public_url.clone(),
     };
-    let router = router(config, app_state.clone());
+    let router = router(config, db.clone(), app_state.clone());
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok((router, db))
 }
 
-fn router(config: &Config, app_state: AppState) -> Router {
+fn router(config: &Config, db: Db, app_state: AppState) -> Router {
     let leptos = LeptosOptions::builder()
         .output_name("tokenmill")
         .site_root(config.site_root.as_str())
@@ -93,9 +99,16 @@ fn router(config: &Config, app_state: AppState) -> Router {
     let routes = generate_route_list(App);
     let page_state = app_state.clone();
     let fallback_state = app_state;
+    // Stripe calls the webhook from its servers: no session, no Origin, and a signature of its
+    // own; it stays outside the session and CSRF layers. Its events can exceed a form's size.
+    let webhooks = Router::new()
+        .route("/webhooks/stripe", post(downloads::stripe_webhook))
+        .with_state(fallback_state.payments.clone())
+        .layer(RequestBodyLimitLayer::new(WEBHOOK_BODY_LIMIT));
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/api/{*fn_name}", post(server_fn_handler))
+        .route("/credits/history.csv", get(downloads::history_csv))
         .leptos_routes_with_context(
             &state,
             routes,
@@ -120,6 +133,7 @@ fn router(config: &Config, app_state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(policy, security::client_ip))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .merge(webhooks)
         .layer(middleware::from_fn(security::headers))
         .layer(TraceLayer::new_for_http())
 }

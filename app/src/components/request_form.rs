@@ -87,12 +87,12 @@ where
         <FieldError message=err("amount") id="amount-error" />
         <div class="row">
             <div>
-                <label for="starts_on">"Start (UTC)"</label>
+                <label for="starts_on">"First day (UTC)"</label>
                 <input id="starts_on" name="terms[starts_on]" type="date" required value=initial.starts_on />
                 <FieldError message=err("starts_on") id="starts_on-error" />
             </div>
             <div>
-                <label for="ends_on">"End (UTC, exclusive)"</label>
+                <label for="ends_on">"Last day (UTC)"</label>
                 <input id="ends_on" name="terms[ends_on]" type="date" required value=initial.ends_on />
                 <FieldError message=err("ends_on") id="ends_on-error" />
             </div>

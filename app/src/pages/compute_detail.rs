@@ -165,12 +165,12 @@ fn Approve(d: RequestDetail, action: ServerAction<ApproveCompute>) -> impl IntoV
                 </div>
                 <div class="row">
                     <div>
-                        <label for="alloc_starts_on">"Start (empty: as requested)"</label>
+                        <label for="alloc_starts_on">"First day (empty: as requested)"</label>
                         <input id="alloc_starts_on" name="starts_on" type="date" />
                         <FieldError message=err("starts_on") id="alloc_starts_on-error" />
                     </div>
                     <div>
-                        <label for="alloc_ends_on">"End (empty: as requested)"</label>
+                        <label for="alloc_ends_on">"Last day (empty: as requested)"</label>
                         <input id="alloc_ends_on" name="ends_on" type="date" />
                         <FieldError message=err("ends_on") id="alloc_ends_on-error" />
                     </div>

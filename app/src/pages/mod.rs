@@ -13,3 +13,4 @@ pub mod dashboard;
 pub mod home;
 pub mod members;
 pub mod not_found;
+pub mod top_up;

@@ -2,5 +2,7 @@
 //! and talks to it over HTTP, as a browser would.
 
 mod accounts;
+mod compute;
 mod helpers;
+mod payments;
 mod security;

@@ -1,8 +1,6 @@
-//! A local stand-in for Stripe's API (what the real async-stripe client talks to in tests),
-//! webhook payloads as Stripe sends them, and signatures made here with HMAC-SHA256 (not with
-//! the crate that verifies them).
-
-#![allow(dead_code)]
+//! Test support (feature `test-util`): a local stand-in for Stripe's API (what the real
+//! async-stripe client talks to in tests), webhook payloads shaped as Stripe sends them, and
+//! signatures made here with HMAC-SHA256, not with the crate that verifies them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -141,12 +139,23 @@ pub fn session(
     })
 }
 
-/// A Charge object after a refund (`amount_refunded` is cumulative).
-pub fn charge(charge_id: &str, intent: &str, cents: i64, refunded: i64) -> Value {
+/// A Charge object after a refund (`amount_refunded` is cumulative). `ours` is the checkout id
+/// the payment carried in its metadata, if any.
+pub fn charge(
+    charge_id: &str,
+    intent: &str,
+    cents: i64,
+    refunded: i64,
+    ours: Option<&str>,
+) -> Value {
+    let metadata = match ours {
+        Some(id) => json!({"checkout_id": id}),
+        None => json!({}),
+    };
     json!({
         "id": charge_id, "object": "charge", "amount": cents, "amount_captured": cents,
         "amount_refunded": refunded, "billing_details": {}, "captured": true, "created": 1_790_000_000,
-        "currency": "usd", "disputed": false, "livemode": false, "metadata": {}, "paid": true,
+        "currency": "usd", "disputed": false, "livemode": false, "metadata": metadata, "paid": true,
         "refunded": refunded == cents, "status": "succeeded", "payment_intent": intent
     })
 }

@@ -1,0 +1,110 @@
+//! Plain HTTP endpoints next to the pages: the Credits history as CSV (a download, so not a
+//! server function), and Stripe's webhook.
+
+use app::ssr::{AppState, user_of_session};
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use payments::{Payments, WebhookError};
+use serde::Deserialize;
+use tower_sessions::Session;
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    kind: String,
+}
+
+/// `GET /credits/history.csv[?kind=usage]`: the signed-in organisation's wallet history.
+pub async fn history_csv(
+    State(st): State<AppState>,
+    session: Session,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let user = match user_of_session(&st, &session).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return (StatusCode::UNAUTHORIZED, "Log in to download your history.").into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "history export: session");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let kind = app::api::HISTORY_KINDS
+        .iter()
+        .map(|(code, _)| *code)
+        .find(|code| !code.is_empty() && *code == q.kind.trim());
+    match st.credits.history_csv(&user.org_id, kind).await {
+        Ok(csv) => {
+            let name = format!(
+                "attachment; filename=\"tokenmill-credits-{}.csv\"",
+                kind.unwrap_or("all")
+            );
+            let mut res = csv.into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&name) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "history export");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// `POST /webhooks/stripe`: verified against `Stripe-Signature`, applied once, answered fast.
+/// A 409 makes Stripe retry an event that arrived before the payment it refers to.
+pub async fn stripe_webhook(
+    State(payments): State<Payments>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match payments.handle_webhook(&body, signature).await {
+        Ok(outcome) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "received": true, "outcome": format!("{outcome:?}") })),
+        )
+            .into_response(),
+        Err(e) => {
+            let status = match &e {
+                WebhookError::BadSignature | WebhookError::Stale | WebhookError::Malformed(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                WebhookError::NotYet => StatusCode::CONFLICT,
+                WebhookError::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+                WebhookError::Internal(detail) => {
+                    tracing::error!(error = detail, "Stripe webhook failed");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            if status != StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::warn!(error = %e, "Stripe webhook refused");
+            }
+            let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+                "internal error".to_string()
+            } else {
+                e.to_string()
+            };
+            (
+                status,
+                Json(serde_json::json!({ "error": { "message": message } })),
+            )
+                .into_response()
+        }
+    }
+}
