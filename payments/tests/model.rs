@@ -119,7 +119,7 @@ impl Case<'_> {
                 let k = n % m.checkouts.len();
                 let (ours, intent, cents, refunded) = m.checkouts[k].clone();
                 // Matched by our id in the charge's metadata, or by the payment intent.
-                let tagged = (i % 2 == 0).then_some(ours.as_str());
+                let tagged = i.is_multiple_of(2).then_some(ours.as_str());
                 let total = cents * i64::from(*permille) / 1000;
                 let payload = event(
                     &format!("evt_{}_r{i}", self.name),
