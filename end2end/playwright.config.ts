@@ -4,6 +4,9 @@ import { defineConfig } from "@playwright/test";
 // `scripts/test` builds it first; this file only starts it and drives Debian's Chromium.
 const port = Number(process.env.E2E_PORT ?? 3210);
 const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
+// A stand-in for Stripe, started by the top-up test (tests/stripe-stand-in.ts), on this port.
+export const stripePort = Number(process.env.E2E_STRIPE_PORT ?? 3211);
+export const stripeWebhookSecret = "whsec_e2e_secret";
 
 export default defineConfig({
   testDir: "./tests",
@@ -40,6 +43,9 @@ export default defineConfig({
       DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
       LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
       RUST_LOG: "warn",
+      STRIPE_SECRET_KEY: "sk_test_e2e",
+      STRIPE_WEBHOOK_SECRET: stripeWebhookSecret,
+      STRIPE_API_BASE: `http://127.0.0.1:${stripePort}/`,
     },
   },
 });
