@@ -67,6 +67,9 @@ impl Bucket {
     }
 }
 
+/// A hold: its id, its parts as (bucket index, amount), whether it is open.
+type ModelHold = (String, Vec<(usize, i64)>, bool);
+
 struct Model {
     /// Index 0 is paid credit; then the grants, oldest (so soonest-expiring) first.
     buckets: Vec<Bucket>,
@@ -74,8 +77,7 @@ struct Model {
     /// (our id, payment intent, cents, refunded cents)
     checkouts: Vec<(String, String, i64, i64)>,
     delivered: Vec<String>,
-    /// (hold id, parts as (bucket index, amount), open)
-    holds: Vec<(String, Vec<(usize, i64)>, bool)>,
+    holds: Vec<ModelHold>,
 }
 
 impl Model {
