@@ -32,8 +32,16 @@ pub struct ProgramForm {
     pub enterprise: Option<String>,
     pub research: Option<String>,
     pub regional: Option<String>,
-    /// A region code, or empty for every region.
-    pub region: String,
+    /// One optional field per region (a ticked checkbox sends it); none ticked: every region.
+    pub north_america: Option<String>,
+    pub latin_america: Option<String>,
+    pub europe: Option<String>,
+    pub middle_east: Option<String>,
+    pub africa: Option<String>,
+    pub south_asia: Option<String>,
+    pub east_asia: Option<String>,
+    pub southeast_asia: Option<String>,
+    pub oceania: Option<String>,
     pub grant_amount: String,
     pub grant_lifetime_days: String,
     pub budget: String,
@@ -169,15 +177,22 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
         (&form.research, OrgKind::Research),
         (&form.regional, OrgKind::Regional),
     ];
-    let eligible_regions = match form.region.trim() {
-        "" => Vec::new(),
-        code => vec![Region::from_code(code).ok_or_else(|| {
-            fail(AppError::Field {
-                field: "region".into(),
-                message: "Choose a region.".into(),
-            })
-        })?],
-    };
+    let regions = [
+        (&form.north_america, Region::NorthAmerica),
+        (&form.latin_america, Region::LatinAmerica),
+        (&form.europe, Region::Europe),
+        (&form.middle_east, Region::MiddleEast),
+        (&form.africa, Region::Africa),
+        (&form.south_asia, Region::SouthAsia),
+        (&form.east_asia, Region::EastAsia),
+        (&form.southeast_asia, Region::SoutheastAsia),
+        (&form.oceania, Region::Oceania),
+    ];
+    let eligible_regions = regions
+        .iter()
+        .filter(|(on, _)| on.is_some())
+        .map(|(_, r)| *r)
+        .collect();
     let spec = credits::ProgramSpec {
         name: form.name,
         sponsor_org_id,

@@ -103,15 +103,20 @@ pub fn AdminPrograms() -> impl IntoView {
                         .collect_view()}
                 </fieldset>
                 <FieldError message=err("eligible_kinds") id="kinds-error" />
-                <label for="program_region">"Region"</label>
-                <select id="program_region" name="form[region]">
-                    <option value="">"Every region"</option>
+                <fieldset>
+                    <legend>"In regions (none ticked: every region)"</legend>
                     {REGION_OPTIONS
                         .iter()
-                        .map(|(code, label)| view! { <option value=*code>{*label}</option> })
+                        .map(|(code, label)| {
+                            view! {
+                                <label class="inline">
+                                    <input type="checkbox" name=format!("form[{code}]") value="on" />
+                                    {*label}
+                                </label>
+                            }
+                        })
                         .collect_view()}
-                </select>
-                <FieldError message=err("region") id="program_region-error" />
+                </fieldset>
                 <div class="row">
                     <div>
                         <label for="program_grant">"Standard grant (USD)"</label>

@@ -112,7 +112,8 @@ async fn a_startup_requests_compute_and_the_operator_approves_with_a_grant() {
                 ("form[name]", "Startup support"),
                 ("form[sponsor]", "vendor"),
                 ("form[startup]", "on"),
-                ("form[region]", ""),
+                ("form[europe]", "on"),
+                ("form[north_america]", "on"),
                 ("form[grant_amount]", "100"),
                 ("form[grant_lifetime_days]", "90"),
                 ("form[budget]", "1000"),
@@ -120,8 +121,29 @@ async fn a_startup_requests_compute_and_the_operator_approves_with_a_grant() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // A program for African startups only: not offered to a European one.
+    let (status, body) = ops
+        .json(
+            "/api/create_program",
+            &[
+                ("form[name]", "Africa first"),
+                ("form[sponsor]", &savanna_id),
+                ("form[startup]", "on"),
+                ("form[africa]", "on"),
+                ("form[grant_amount]", "10"),
+                ("form[grant_lifetime_days]", "30"),
+                ("form[budget]", "100"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (_, programs) = ops.json("/api/programs", &[]).await;
+    assert_eq!(
+        by_name(&programs, "Africa first")["sponsor"],
+        "Savanna Cloud"
+    );
     let program = by_name(&programs, "Startup support");
+    assert_eq!(program["eligible"], "Startup in North America, Europe");
     assert_eq!(program["remaining"], "$1000.00");
     assert_eq!(program["auto_on_signup"], false);
     let program_id = program["id"].as_str().unwrap().to_string();
@@ -136,6 +158,7 @@ async fn a_startup_requests_compute_and_the_operator_approves_with_a_grant() {
         by_name(&page["programs"], "Startup support")["id"],
         program_id
     );
+    assert_eq!(page["programs"].as_array().unwrap().len(), 1, "{page}");
 
     // Bad input: a clear field error and nothing stored.
     let (status, err) = tenant
@@ -273,7 +296,6 @@ async fn tenants_cannot_use_the_admin_endpoints() {
                 ("form[name]", "Free money"),
                 ("form[sponsor]", "vendor"),
                 ("form[startup]", "on"),
-                ("form[region]", ""),
                 ("form[grant_amount]", "1000"),
                 ("form[grant_lifetime_days]", "90"),
                 ("form[budget]", "100000"),
