@@ -58,6 +58,7 @@ impl Compute {
         let mut tx = self.db.begin_write().await?;
         let done = query.execute(&mut *tx).await?;
         if done.rows_affected() != 1 {
+            let _ = tx.rollback().await;
             return Err(ComputeError::Conflict(
                 "The request changed meanwhile; reload it and try again.".into(),
             ));

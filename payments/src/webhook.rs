@@ -146,36 +146,18 @@ impl Payments {
         // would wait on the write lock this transaction holds.
         let books = self.books_for(&event.data.object).await?;
         let mut tx = self.db.begin_write().await?;
-        let recorded = db::sqlx::query(
-            "INSERT INTO stripe_events (id, type, outcome, received_at) VALUES ($1, $2, 'applying', $3)",
-        )
-        .bind(&event.id)
-        .bind(&event.kind)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await;
-        match recorded {
-            Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => return Ok(WebhookOutcome::Duplicate),
-            Err(e) => return Err(e.into()),
-        }
-        let obj = &event.data.object;
-        let outcome = match event.kind.as_str() {
-            "checkout.session.completed" => {
-                let paid = text(obj, "payment_status").as_deref() == Some("paid");
-                if paid {
-                    self.credit(&mut tx, obj, books.as_ref()).await?
-                } else {
-                    self.mark(&mut tx, obj, "processing").await?
-                }
+        // Rolled back explicitly on every path that does not commit, so the connection goes
+        // back to the pool with no write lock held.
+        let outcome = match self.apply(&mut tx, &event, books.as_ref()).await {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => {
+                let _ = tx.rollback().await;
+                return Ok(WebhookOutcome::Duplicate);
             }
-            "checkout.session.async_payment_succeeded" => {
-                self.credit(&mut tx, obj, books.as_ref()).await?
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
             }
-            "checkout.session.async_payment_failed" => self.mark(&mut tx, obj, "failed").await?,
-            "checkout.session.expired" => self.mark(&mut tx, obj, "expired").await?,
-            "charge.refunded" => self.refund(&mut tx, obj, books.as_ref()).await?,
-            other => WebhookOutcome::Recorded(format!("ignored {other}")),
         };
         let label = match &outcome {
             WebhookOutcome::Credited { .. } => "credited".to_string(),
@@ -196,6 +178,44 @@ impl Payments {
             "Stripe event"
         );
         Ok(outcome)
+    }
+
+    /// Records the event and applies it inside `tx`; `None` when it was recorded before.
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &Envelope,
+        books: Option<&Books>,
+    ) -> Result<Option<WebhookOutcome>, WebhookError> {
+        let recorded = db::sqlx::query(
+            "INSERT INTO stripe_events (id, type, outcome, received_at) VALUES ($1, $2, 'applying', $3)",
+        )
+        .bind(&event.id)
+        .bind(&event.kind)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await;
+        match recorded {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let obj = &event.data.object;
+        let outcome = match event.kind.as_str() {
+            "checkout.session.completed" => {
+                if text(obj, "payment_status").as_deref() == Some("paid") {
+                    self.credit(tx, obj, books).await?
+                } else {
+                    self.mark(tx, obj, "processing").await?
+                }
+            }
+            "checkout.session.async_payment_succeeded" => self.credit(tx, obj, books).await?,
+            "checkout.session.async_payment_failed" => self.mark(tx, obj, "failed").await?,
+            "checkout.session.expired" => self.mark(tx, obj, "expired").await?,
+            "charge.refunded" => self.refund(tx, obj, books).await?,
+            other => WebhookOutcome::Recorded(format!("ignored {other}")),
+        };
+        Ok(Some(outcome))
     }
 
     /// The ledger accounts an event may touch, found from the organisation it concerns (by our

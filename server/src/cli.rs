@@ -1,4 +1,5 @@
-//! The command line: `tokenmill` (serve) and `tokenmill admin create-operator`.
+//! The command line: `tokenmill` (serve), `tokenmill admin create-operator` and
+//! `tokenmill model fixture`.
 
 use std::io::BufRead;
 
@@ -25,6 +26,34 @@ pub enum Command {
     /// Platform administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Model directories.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Write a Llama-family test model with deterministic random weights, a byte-level BPE
+    /// tokenizer and a chat template, as a Hugging Face directory.
+    Fixture {
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// `tiny` for tests; a real model's shape for benchmarks.
+        #[arg(long, default_value = "tiny", value_parser = ["tiny", "smollm2-135m", "tinyllama-1.1b"])]
+        shape: String,
+        #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "mistral"])]
+        arch: String,
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+        dtype: String,
+        /// Share the embedding matrix with the output layer (default: as the shape has it).
+        #[arg(long)]
+        tied: bool,
+        /// Llama 3 RoPE frequency scaling.
+        #[arg(long)]
+        llama3_rope: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +71,37 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Admin(AdminCommand::CreateOperator { email }) => {
             create_operator(config, &email).await
+        }
+        Command::Model(ModelCommand::Fixture {
+            out,
+            seed,
+            shape,
+            arch,
+            dtype,
+            tied,
+            llama3_rope,
+        }) => {
+            use engine::{Architecture, DType, fixture};
+            let spec = fixture::FixtureSpec {
+                shape: fixture::Shape::parse(&shape).context("unknown shape")?,
+                architecture: match arch.as_str() {
+                    "qwen2" => Architecture::Qwen2,
+                    "mistral" => Architecture::Mistral,
+                    _ => Architecture::Llama,
+                },
+                tie_embeddings: tied.then_some(true),
+                llama3_rope,
+                dtype: match dtype.as_str() {
+                    "bf16" => DType::BF16,
+                    "f16" => DType::F16,
+                    _ => DType::F32,
+                },
+                seed,
+            };
+            let dir = out.clone();
+            tokio::task::spawn_blocking(move || fixture::write_fixture(&dir, &spec)).await??;
+            println!("Model written to {}", out.display());
+            Ok(())
         }
     }
 }

@@ -102,3 +102,30 @@ async fn create_operator_refuses_a_weak_password_and_a_duplicate_email() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     t.finish().await;
 }
+
+#[test]
+fn model_fixture_writes_a_directory_the_engine_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokenmill()
+        .args([
+            "model", "fixture", "--seed", "3", "--arch", "qwen2", "--dtype", "bf16", "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ck = engine::Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(ck.config.architecture, engine::Architecture::Qwen2);
+    assert_eq!(ck.dtype().unwrap(), engine::DType::BF16);
+    let bad = tokenmill()
+        .args(["model", "fixture", "--shape", "gpt-5", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("gpt-5"));
+}
