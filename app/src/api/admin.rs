@@ -67,14 +67,7 @@ pub async fn factories() -> Result<Vec<FactoryView>, AppError> {
         .await
         .map_err(fail)?
         .into_iter()
-        .map(|f| FactoryView {
-            id: f.id,
-            name: f.name,
-            partner: f.partner_name,
-            region: f.region.label().to_string(),
-            gpu_class: f.gpu_class.code().to_string(),
-            models: f.models,
-        })
+        .map(super::compute::convert::factory)
         .collect())
 }
 

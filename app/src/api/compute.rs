@@ -94,7 +94,7 @@ pub struct RequestDetail {
 }
 
 #[cfg(feature = "ssr")]
-mod convert {
+pub(super) mod convert {
     use super::*;
     use compute::{Capacity, ComputeRequest, Factory, Status};
 

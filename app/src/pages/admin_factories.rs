@@ -3,8 +3,9 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use crate::api::{CreateFactory, factories, partners};
+use crate::api::{CreateFactory, factories};
 use crate::components::form::{Choice, FieldError, FormError, field_error, general_error};
+use crate::components::partner_options::PartnerOptions;
 use crate::pages::admin::AdminNav;
 use crate::pages::auth::REGION_OPTIONS;
 
@@ -22,7 +23,6 @@ pub fn AdminFactories() -> impl IntoView {
     let create = ServerAction::<CreateFactory>::new();
     let value = create.value();
     let list = Resource::new(move || create.version().get(), |_| factories());
-    let partner_list = Resource::new(|| (), |_| partners());
     view! {
         <Title text="Factories · Admin · Tokenmill" />
         <h1>"Factories"</h1>
@@ -75,16 +75,7 @@ pub fn AdminFactories() -> impl IntoView {
                 <label for="partner_org_id">"Partner"</label>
                 <select id="partner_org_id" name="partner_org_id" required>
                     <option value="">"Choose…"</option>
-                    <Transition>
-                        {move || Suspend::new(async move {
-                            partner_list
-                                .await
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|p| view! { <option value=p.id>{p.name}</option> })
-                                .collect_view()
-                        })}
-                    </Transition>
+                    <PartnerOptions />
                 </select>
                 <FieldError message=field_error(value, "partner") id="partner_org_id-error" />
                 <label for="factory_name">"Name"</label>

@@ -3,8 +3,9 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use crate::api::{CreateProgram, partners, programs};
+use crate::api::{CreateProgram, programs};
 use crate::components::form::{FieldError, FormError, field_error, general_error};
+use crate::components::partner_options::PartnerOptions;
 use crate::pages::admin::AdminNav;
 use crate::pages::auth::{KIND_OPTIONS, REGION_OPTIONS};
 
@@ -13,7 +14,6 @@ pub fn AdminPrograms() -> impl IntoView {
     let create = ServerAction::<CreateProgram>::new();
     let value = create.value();
     let list = Resource::new(move || create.version().get(), |_| programs());
-    let partner_list = Resource::new(|| (), |_| partners());
     let err = move |name: &'static str| field_error(value, name);
     view! {
         <Title text="Programs · Admin · Tokenmill" />
@@ -76,16 +76,7 @@ pub fn AdminPrograms() -> impl IntoView {
                 <label for="sponsor">"Sponsor"</label>
                 <select id="sponsor" name="form[sponsor]" required>
                     <option value="vendor">"The GPU vendor"</option>
-                    <Transition>
-                        {move || Suspend::new(async move {
-                            partner_list
-                                .await
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|p| view! { <option value=p.id>{p.name}</option> })
-                                .collect_view()
-                        })}
-                    </Transition>
+                    <PartnerOptions />
                 </select>
                 <FieldError message=err("sponsor") id="sponsor-error" />
                 <fieldset>
