@@ -399,6 +399,9 @@ impl Compute {
         if !current.is_requester(user) {
             return Err(ComputeError::Forbidden);
         }
+        if current.status != Status::ChangesRequested {
+            return Err(not_sent_back());
+        }
         let t = self.terms(user, form, now).await?;
         let (model, tpm, gpus) = capacity_columns(&t.capacity);
         let (program, amount, why) = support_columns(&t.support);
@@ -425,9 +428,9 @@ impl Compute {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
-            return Err(ComputeError::Conflict(
-                "Only a request sent back for changes can be submitted again.".into(),
-            ));
+            // Changed since it was read (cancelled meanwhile).
+            let _ = tx.rollback().await;
+            return Err(not_sent_back());
         }
         record_event(&mut tx, id, user.into(), "resubmitted", &describe(&t)).await?;
         tx.commit().await?;
@@ -530,6 +533,10 @@ impl Compute {
             .transpose()?
             .and_then(|r| r.allocation))
     }
+}
+
+fn not_sent_back() -> ComputeError {
+    ComputeError::Conflict("Only a request sent back for changes can be submitted again.".into())
 }
 
 fn capacity_columns(c: &Capacity) -> (Option<&str>, Option<i64>, Option<i64>) {

@@ -22,6 +22,7 @@ async function logIn(page: Page, email: string, pw: string) {
   await page.locator("#password").fill(pw);
   await page.getByRole("button", { name: "Log in" }).click();
   await expect(page).toHaveURL(/\/dashboard$/);
+  await hydrated(page);
 }
 
 async function logOut(page: Page) {

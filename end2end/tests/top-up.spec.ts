@@ -37,6 +37,7 @@ test("a startup tops up by card and sees the credit; a cancelled checkout charge
   await page.locator("#password").fill(password);
   await page.getByRole("button", { name: "Log in" }).click();
   await expect(page).toHaveURL(/\/dashboard$/);
+  await hydrated(page);
 
   await page.getByRole("link", { name: "Credits" }).click();
   await expect(page.getByTestId("available")).toHaveText("$0.00");
@@ -51,6 +52,8 @@ test("a startup tops up by card and sees the credit; a cancelled checkout charge
   await page.getByRole("button", { name: "Pay" }).click();
   await expect(page).toHaveURL(/\/credits\/top-up\/success\?session_id=cs_e2e_/);
   await expect(page.getByTestId("top-up-status")).toHaveText("Top-up of $25.00: credited.");
+  // Stripe's redirect is a full page load: let it hydrate before clicking through.
+  await hydrated(page);
   await page.getByRole("link", { name: "Back to Credits" }).click();
   await expect(page.getByTestId("available")).toHaveText("$25.00");
   await expect(page.getByTestId("history")).toContainText("Top-up by card (Stripe)");
@@ -63,6 +66,7 @@ test("a startup tops up by card and sees the credit; a cancelled checkout charge
   await page.getByRole("link", { name: "Cancel" }).click();
   await expect(page).toHaveURL(/\/credits\/top-up\/cancelled$/);
   await expect(page.getByRole("heading", { name: "Top-up cancelled" })).toBeVisible();
+  await hydrated(page);
   await page.getByRole("link", { name: "Back to Credits" }).click();
   await expect(page.getByTestId("available")).toHaveText("$25.00");
   await expect(page.getByTestId("top-ups")).toContainText("Waiting for payment");

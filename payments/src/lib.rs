@@ -211,25 +211,15 @@ impl Payments {
         org_id: &str,
         limit: i64,
     ) -> Result<Vec<Checkout>, PaymentsError> {
-        let rows = db::sqlx::query(
-            "SELECT id, amount_cents, status, refunded_cents, created_at FROM payment_checkouts \
-             WHERE org_id = $1 AND status <> 'starting' ORDER BY created_at DESC, id DESC LIMIT $2",
-        )
+        let rows = db::sqlx::query(&format!(
+            "{CHECKOUT_SELECT} WHERE org_id = $1 AND status <> 'starting' \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
         .bind(org_id)
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Checkout {
-                    id: r.try_get("id")?,
-                    amount: Nanos::new(r.try_get::<i64, _>("amount_cents")? * NANOS_PER_CENT),
-                    status: r.try_get("status")?,
-                    refunded: Nanos::new(r.try_get::<i64, _>("refunded_cents")? * NANOS_PER_CENT),
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(checkout_from_row).collect()
     }
 
     /// The top-up behind a Checkout Session, if it belongs to `org_id` (the success page).
@@ -238,22 +228,28 @@ impl Payments {
         org_id: &str,
         session_id: &str,
     ) -> Result<Option<Checkout>, PaymentsError> {
-        let id: Option<String> = db::sqlx::query(
-            "SELECT id FROM payment_checkouts WHERE stripe_session_id = $1 AND org_id = $2",
-        )
+        let row = db::sqlx::query(&format!(
+            "{CHECKOUT_SELECT} WHERE stripe_session_id = $1 AND org_id = $2"
+        ))
         .bind(session_id)
         .bind(org_id)
         .fetch_optional(self.db.pool())
-        .await?
-        .map(|r| r.try_get("id"))
-        .transpose()?;
-        let Some(id) = id else { return Ok(None) };
-        Ok(self
-            .checkouts(org_id, 1_000)
-            .await?
-            .into_iter()
-            .find(|c| c.id == id))
+        .await?;
+        row.as_ref().map(checkout_from_row).transpose()
     }
+}
+
+const CHECKOUT_SELECT: &str =
+    "SELECT id, amount_cents, status, refunded_cents, created_at FROM payment_checkouts";
+
+fn checkout_from_row(r: &db::sqlx::any::AnyRow) -> Result<Checkout, PaymentsError> {
+    Ok(Checkout {
+        id: r.try_get("id")?,
+        amount: Nanos::new(r.try_get::<i64, _>("amount_cents")? * NANOS_PER_CENT),
+        status: r.try_get("status")?,
+        refunded: Nanos::new(r.try_get::<i64, _>("refunded_cents")? * NANOS_PER_CENT),
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 async fn create_session(

@@ -79,35 +79,9 @@ pub fn AdminPrograms() -> impl IntoView {
                     <PartnerOptions />
                 </select>
                 <FieldError message=err("sponsor") id="sponsor-error" />
-                <fieldset>
-                    <legend>"Open to"</legend>
-                    {KIND_OPTIONS
-                        .iter()
-                        .map(|(code, label)| {
-                            view! {
-                                <label class="inline">
-                                    <input type="checkbox" name=format!("form[{code}]") value="on" />
-                                    {*label}
-                                </label>
-                            }
-                        })
-                        .collect_view()}
-                </fieldset>
+                <Ticks legend="Open to" options=&KIND_OPTIONS />
                 <FieldError message=err("eligible_kinds") id="kinds-error" />
-                <fieldset>
-                    <legend>"In regions (none ticked: every region)"</legend>
-                    {REGION_OPTIONS
-                        .iter()
-                        .map(|(code, label)| {
-                            view! {
-                                <label class="inline">
-                                    <input type="checkbox" name=format!("form[{code}]") value="on" />
-                                    {*label}
-                                </label>
-                            }
-                        })
-                        .collect_view()}
-                </fieldset>
+                <Ticks legend="In regions (none ticked: every region)" options=&REGION_OPTIONS />
                 <div class="row">
                     <div>
                         <label for="program_grant">"Standard grant (USD)"</label>
@@ -132,5 +106,26 @@ pub fn AdminPrograms() -> impl IntoView {
                 <button type="submit" class="primary">"Create program"</button>
             </ActionForm>
         </section>
+    }
+}
+
+/// A checkbox per option, named `form[<code>]`: the program form's optional fields.
+#[component]
+fn Ticks(legend: &'static str, options: &'static [(&'static str, &'static str)]) -> impl IntoView {
+    view! {
+        <fieldset>
+            <legend>{legend}</legend>
+            {options
+                .iter()
+                .map(|(code, label)| {
+                    view! {
+                        <label class="inline">
+                            <input type="checkbox" name=format!("form[{code}]") value="on" />
+                            {*label}
+                        </label>
+                    }
+                })
+                .collect_view()}
+        </fieldset>
     }
 }

@@ -119,13 +119,8 @@ fn Overview(c: CreditsView) -> impl IntoView {
 fn TopUp(t: TopUpView) -> impl IntoView {
     let start = ServerAction::<StartTopUp>::new();
     let value = start.value();
-    // With JavaScript the action answers with Stripe's URL; go there. Without it, the server's
-    // redirect does the same.
-    Effect::new(move |_| {
-        if let Some(Ok(url)) = value.get() {
-            let _ = window().location().set_href(&url);
-        }
-    });
+    // The server function redirects to Stripe's URL; Leptos follows that redirect in the
+    // browser (and a plain form post follows it without JavaScript).
     if !t.configured {
         return view! {
             <section class="panel" data-testid="top-up">
