@@ -3,9 +3,12 @@
 //! batching. This first part is the model directory: its configuration, its memory-mapped
 //! weights checked against the architecture, and a writer of small deterministic test models.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod fixture;
+pub mod rope;
 
 pub use checkpoint::{Checkpoint, DType, Tensor};
 pub use config::{Architecture, Llama3Scaling, ModelConfig};
@@ -36,6 +39,8 @@ pub enum EngineError {
     Safetensors { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("device: {0}")]
+    Device(String),
 }
 
 pub(crate) fn io_error(path: &std::path::Path, e: std::io::Error) -> EngineError {
