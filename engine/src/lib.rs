@@ -1,17 +1,31 @@
 //! Tokenmill's inference engine. It does not depend on the portal: it loads Hugging Face
-//! Llama-family checkpoints and (in later steps) runs them on CPU or CUDA with continuous
-//! batching. This first part is the model directory: its configuration, its memory-mapped
-//! weights checked against the architecture, and a writer of small deterministic test models.
+//! Llama-family checkpoints (`checkpoint`, `config`), runs them on a backend (`cpu`; the
+//! `Backend` trait), schedules many tenants' sequences with continuous batching over a paged KV
+//! cache (`scheduler`), samples (`sampling`), streams text (`detok`), and serves them from
+//! worker threads (`worker`, `pool`). `fixture` writes small deterministic test models.
 
 pub mod backend;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+pub mod detok;
 pub mod fixture;
+pub mod pool;
+pub mod request;
 pub mod rope;
+pub mod sampling;
+pub mod scheduler;
+pub mod worker;
 
+pub use backend::Device;
+pub use chat::ChatMessage;
 pub use checkpoint::{Checkpoint, DType, Tensor};
 pub use config::{Architecture, Llama3Scaling, ModelConfig};
+pub use pool::{Pool, WorkerStatus};
+pub use request::{Event, Finish, FinishReason, Priority, Prompt, Request, SubmitError};
+pub use sampling::SamplingParams;
+pub use worker::{Generation, Worker, WorkerSpec};
 
 use std::path::PathBuf;
 

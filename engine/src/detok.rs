@@ -1,0 +1,127 @@
+//! Turning a growing list of token ids into text deltas. A byte-level tokenizer can split one
+//! UTF-8 character over several tokens; decoding a sliding window and holding back text that
+//! ends in a replacement character means a delta never carries half a character. Stop strings
+//! are matched across token boundaries, and text that could still become a stop string is held
+//! back until it cannot, so the caller never receives part of one.
+
+use std::sync::Arc;
+
+use tokenizers::Tokenizer;
+
+pub struct Detokenizer {
+    tokenizer: Arc<Tokenizer>,
+    ids: Vec<u32>,
+    /// Start of the window decoded for context (so spacing and merges come out right).
+    prefix: usize,
+    /// Tokens before this one have been turned into text.
+    read: usize,
+    stop: Vec<String>,
+    /// All text produced, and how much of it has been handed to the caller.
+    text: String,
+    sent: usize,
+}
+
+/// What a step of detokenization yields.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// Text that is final (possibly empty while a character or a stop string is incomplete).
+    Text(String),
+    /// A stop string appeared: the text before it, which ends the output.
+    Stopped(String),
+}
+
+impl Detokenizer {
+    /// `context` are the prompt's ids: the window starts in them so the first generated token
+    /// decodes with its left context (a leading space is kept, as the model meant it).
+    pub fn new(tokenizer: Arc<Tokenizer>, context: &[u32], stop: Vec<String>) -> Detokenizer {
+        let keep = context.len().min(5);
+        let ids = context[context.len() - keep..].to_vec();
+        Detokenizer {
+            tokenizer,
+            prefix: 0,
+            read: ids.len(),
+            ids,
+            stop,
+            text: String::new(),
+            sent: 0,
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+
+    pub fn push(&mut self, id: u32) -> Delta {
+        self.ids.push(id);
+        let before = self.decode(&self.ids[self.prefix..self.read]);
+        let after = self.decode(&self.ids[self.prefix..]);
+        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
+            // The new text is what follows the window's earlier text; should that decode
+            // differently now (rare), cut at a character boundary rather than inside one.
+            let common = if after.is_char_boundary(before.len()) {
+                before.len()
+            } else {
+                common_prefix(&before, &after)
+            };
+            self.text.push_str(&after[common..]);
+            self.prefix = self.read;
+            self.read = self.ids.len();
+        }
+        self.release()
+    }
+
+    /// The text produced so far, including any held back.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Flushes what is held back for a possible stop string (the sequence ended otherwise).
+    pub fn finish(&mut self) -> String {
+        let out = self.text[self.sent..].to_string();
+        self.sent = self.text.len();
+        out
+    }
+
+    fn release(&mut self) -> Delta {
+        let longest = self.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        // A stop string can only start where it would overlap the unsent text.
+        let mut from = self.sent.saturating_sub(longest.saturating_sub(1));
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let found = self
+            .stop
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min();
+        if let Some(at) = found {
+            let out = self.text[self.sent..at.max(self.sent)].to_string();
+            self.sent = self.text.len();
+            return Delta::Stopped(out);
+        }
+        // Hold back the longest tail that is the beginning of some stop string.
+        let mut keep = 0;
+        for s in &self.stop {
+            for (i, _) in s.char_indices().skip(1) {
+                if i > keep && self.text.ends_with(&s[..i]) {
+                    keep = i;
+                }
+            }
+        }
+        let end = (self.text.len() - keep).max(self.sent);
+        let out = self.text[self.sent..end].to_string();
+        self.sent = end;
+        Delta::Text(out)
+    }
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    let mut n = 0;
+    for ((i, x), y) in a.char_indices().zip(b.chars()) {
+        if x != y {
+            return i;
+        }
+        n = i + x.len_utf8();
+    }
+    n
+}

@@ -1,0 +1,606 @@
+//! A worker: one model on one device, driven by its own OS thread. Callers validate and submit
+//! on their own threads through a [`Worker`] handle; the thread takes new requests between
+//! steps, plans each step with the scheduler, runs it on the backend, samples, detokenizes and
+//! sends events. A request whose event receiver is dropped, or that is cancelled, leaves the
+//! batch at the next step and its blocks are freed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::backend::{Backend, Device, DeviceInfo, SeqStep};
+use crate::chat::ChatTemplate;
+use crate::cpu::{CpuBackend, CpuConfig};
+use crate::detok::{Delta, Detokenizer};
+use crate::request::{
+    Event, Finish, FinishReason, InvalidRequest, MAX_STOP, MAX_STOP_LEN, Prompt, Request,
+    SubmitError,
+};
+use crate::sampling::{Scratch, SeqSampler};
+use crate::scheduler::{Limits, Planned, Scheduler};
+use crate::{Checkpoint, EngineError, ModelConfig};
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// The model's name in the API.
+    pub model_id: String,
+    pub dir: PathBuf,
+    pub device: Device,
+    /// CPU threads (CPU backend).
+    pub threads: usize,
+    /// KV cache memory on the CPU.
+    pub cpu_kv_bytes: usize,
+    pub block_size: usize,
+    /// Requests accepted but not yet started before `Overloaded`.
+    pub max_waiting: usize,
+    pub max_running: usize,
+    pub step_tokens: usize,
+}
+
+impl WorkerSpec {
+    pub fn new(model_id: impl Into<String>, dir: impl Into<PathBuf>) -> WorkerSpec {
+        WorkerSpec {
+            model_id: model_id.into(),
+            dir: dir.into(),
+            device: Device::Auto,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_kv_bytes: 512 << 20,
+            block_size: 16,
+            max_waiting: 256,
+            max_running: 64,
+            step_tokens: 512,
+        }
+    }
+}
+
+/// What the pool's page and `/metrics` read, updated by the worker thread.
+#[derive(Default)]
+pub struct Counters {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+    pub tokens_generated: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub steps: AtomicU64,
+    pub last_step_micros: AtomicU64,
+    pub preemptions: AtomicU64,
+    /// Set when the thread has stopped (shutdown or a failed step).
+    pub stopped: AtomicBool,
+}
+
+/// What callers need to validate requests: the tokenizer, the template, the limits.
+pub struct ModelInfo {
+    pub model_id: String,
+    pub config: ModelConfig,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<ChatTemplate>,
+    pub device: DeviceInfo,
+    /// Longest sequence (prompt plus output) this worker runs.
+    pub context: usize,
+}
+
+/// A request's event stream and a way to cancel it.
+pub struct Generation {
+    pub id: u64,
+    pub prompt_tokens: usize,
+    pub events: UnboundedReceiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Generation {
+    /// Stops the request; it finishes with `Cancelled` at the next step.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for every event (for callers that do not stream).
+    pub async fn collect(mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(e) = self.events.recv().await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+struct Submission {
+    id: u64,
+    tokens: Vec<u32>,
+    request: Request,
+    max_len: usize,
+    events: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+enum Command {
+    Submit(Box<Submission>),
+    Stop,
+}
+
+pub struct Worker {
+    pub info: Arc<ModelInfo>,
+    pub counters: Arc<Counters>,
+    tx: Mutex<mpsc::Sender<Command>>,
+    next_id: AtomicU64,
+    max_waiting: usize,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open_backend(ck: &Checkpoint, spec: &WorkerSpec) -> Result<Box<dyn Backend>, EngineError> {
+    match spec.device {
+        Device::Cpu | Device::Auto => Ok(Box::new(CpuBackend::new(
+            ck,
+            CpuConfig {
+                threads: spec.threads,
+                kv_bytes: spec.cpu_kv_bytes,
+                block_size: spec.block_size,
+            },
+        )?)),
+        Device::Cuda(n) => Err(EngineError::Device(format!(
+            "cuda:{n} was asked for, but this build has no CUDA backend"
+        ))),
+    }
+}
+
+impl Worker {
+    /// Loads the model on its device on a new thread and waits until it is ready; a load
+    /// failure is returned here.
+    pub fn start(spec: WorkerSpec) -> Result<Worker, EngineError> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
+        let max_waiting = spec.max_waiting;
+        let thread = std::thread::Builder::new()
+            .name(format!("tokenmill-worker-{}", spec.model_id))
+            .spawn(move || {
+                let loaded = (|| {
+                    let ck = Checkpoint::open(&spec.dir)?;
+                    let tokenizer = Arc::new(
+                        Tokenizer::from_bytes(ck.tokenizer_json.as_bytes())
+                            .map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+                    );
+                    let chat_template = match &ck.chat_template {
+                        Some(t) => Some(
+                            ChatTemplate::new(t, ck.bos_token.as_deref(), ck.eos_token.as_deref())
+                                .map_err(EngineError::Config)?,
+                        ),
+                        None => None,
+                    };
+                    let backend = open_backend(&ck, &spec)?;
+                    let capacity = backend.kv_blocks() * backend.block_size();
+                    let info = ModelInfo {
+                        model_id: spec.model_id.clone(),
+                        context: ck.config.max_position_embeddings.min(capacity),
+                        config: ck.config.clone(),
+                        tokenizer,
+                        chat_template,
+                        device: backend.device(),
+                    };
+                    Ok::<_, EngineError>((backend, Arc::new(info)))
+                })();
+                match loaded {
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                    Ok((backend, info)) => {
+                        let _ = ready_tx.send(Ok(info.clone()));
+                        run(backend, &info, &spec, rx, &thread_counters);
+                    }
+                }
+                thread_counters.stopped.store(true, Ordering::Relaxed);
+            })
+            .map_err(|e| EngineError::Device(format!("cannot start a worker thread: {e}")))?;
+        let info = ready_rx
+            .recv()
+            .map_err(|_| EngineError::Device("the worker thread died while loading".into()))??;
+        Ok(Worker {
+            info,
+            counters,
+            tx: Mutex::new(tx),
+            next_id: AtomicU64::new(1),
+            max_waiting,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Validates and tokenizes on the caller's thread, then queues the request.
+    pub fn submit(&self, request: Request) -> Result<Generation, SubmitError> {
+        let tokens = self.tokenize(&request)?;
+        let info = &self.info;
+        if tokens.is_empty() {
+            return Err(InvalidRequest {
+                param: "prompt",
+                message: "the prompt is empty".into(),
+            }
+            .into());
+        }
+        request.sampling.validate()?;
+        if request.stop.len() > MAX_STOP
+            || request
+                .stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_LEN)
+        {
+            return Err(InvalidRequest {
+                param: "stop",
+                message: format!(
+                    "stop takes at most {MAX_STOP} non-empty strings of up to {MAX_STOP_LEN} bytes"
+                ),
+            }
+            .into());
+        }
+        if request.max_tokens == Some(0) {
+            return Err(InvalidRequest {
+                param: "max_tokens",
+                message: "max_tokens must be at least 1".into(),
+            }
+            .into());
+        }
+        let limit = match request.max_tokens {
+            Some(m) if tokens.len() + m > info.context => {
+                return Err(SubmitError::ContextLength {
+                    prompt: tokens.len(),
+                    max_tokens: m,
+                    context: info.context,
+                });
+            }
+            Some(m) => tokens.len() + m,
+            None if tokens.len() >= info.context => {
+                return Err(SubmitError::ContextLength {
+                    prompt: tokens.len(),
+                    max_tokens: 1,
+                    context: info.context,
+                });
+            }
+            None => info.context,
+        };
+        if self.counters.stopped.load(Ordering::Relaxed) {
+            return Err(SubmitError::Unavailable);
+        }
+        // Reserve a place in the waiting queue, or refuse.
+        self.counters
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < self.max_waiting).then_some(w + 1)
+            })
+            .map_err(|_| SubmitError::Overloaded)?;
+        let (events, rx) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let prompt_tokens = tokens.len();
+        let sub = Submission {
+            id,
+            tokens,
+            request,
+            max_len: limit,
+            events,
+            cancel: cancel.clone(),
+            submitted: Instant::now(),
+        };
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| SubmitError::Unavailable)?
+            .send(Command::Submit(Box::new(sub)));
+        if sent.is_err() {
+            self.counters.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Unavailable);
+        }
+        Ok(Generation {
+            id,
+            prompt_tokens,
+            events: rx,
+            cancel,
+        })
+    }
+
+    fn tokenize(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
+        let tok = &self.info.tokenizer;
+        let encode = |text: &str, special: bool| {
+            tok.encode(text, special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| InvalidRequest {
+                    param: "prompt",
+                    message: format!("the prompt cannot be tokenized: {e}"),
+                })
+        };
+        Ok(match &request.prompt {
+            Prompt::Text(t) => encode(t, true)?,
+            Prompt::Tokens(ids) => {
+                let vocab = self.info.config.vocab_size;
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(InvalidRequest {
+                        param: "prompt",
+                        message: format!("token id {bad} is outside the vocabulary of {vocab}"),
+                    }
+                    .into());
+                }
+                ids.clone()
+            }
+            Prompt::Chat(messages) => {
+                let template = self.info.chat_template.as_ref().ok_or(InvalidRequest {
+                    param: "messages",
+                    message: "this model has no chat template; use completions".into(),
+                })?;
+                if messages.is_empty() {
+                    return Err(InvalidRequest {
+                        param: "messages",
+                        message: "messages must not be empty".into(),
+                    }
+                    .into());
+                }
+                // The template writes the special tokens itself.
+                encode(&template.render(messages)?, false)?
+            }
+        })
+    }
+
+    /// Stops the thread after the current step; running requests end as cancelled.
+    pub fn stop(&self) {
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(Command::Stop);
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A sequence's generation state on the worker thread.
+struct Gen {
+    sampler: SeqSampler,
+    detok: Detokenizer,
+    events: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+    max_len: usize,
+    ignore_eos: bool,
+    submitted: Instant,
+    started: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    device_seconds: f64,
+    finished: Option<FinishReason>,
+}
+
+impl Gen {
+    fn gone(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+}
+
+fn finish(s: &crate::scheduler::Seq<Gen>, reason: FinishReason) -> Event {
+    let g = &s.state;
+    let now = Instant::now();
+    Event::Finished(Finish {
+        reason,
+        prompt_tokens: s.prompt_len,
+        completion_tokens: s.tokens.len() - s.prompt_len,
+        queue_time: g.started.unwrap_or(now) - g.submitted,
+        time_to_first_token: g.first_token.map_or(Duration::ZERO, |t| t - g.submitted),
+        decode_time: match (g.first_token, g.last_token) {
+            (Some(a), Some(b)) => b - a,
+            _ => Duration::ZERO,
+        },
+        device_seconds: g.device_seconds,
+        preemptions: s.preemptions,
+    })
+}
+
+fn publish(counters: &Counters, sched: &Scheduler<Gen>) {
+    counters
+        .running
+        .store(sched.running.len(), Ordering::Relaxed);
+    counters
+        .kv_blocks_used
+        .store(sched.blocks.used(), Ordering::Relaxed);
+    counters
+        .preemptions
+        .store(sched.preemptions, Ordering::Relaxed);
+}
+
+fn run(
+    mut backend: Box<dyn Backend>,
+    info: &ModelInfo,
+    spec: &WorkerSpec,
+    rx: mpsc::Receiver<Command>,
+    counters: &Counters,
+) {
+    let mut sched: Scheduler<Gen> = Scheduler::new(
+        Limits {
+            max_running: spec.max_running,
+            step_tokens: spec.step_tokens,
+        },
+        backend.block_size(),
+        backend.kv_blocks(),
+    );
+    counters
+        .kv_blocks_total
+        .store(backend.kv_blocks(), Ordering::Relaxed);
+    let eos = &info.config.eos_token_ids;
+    let vocab = backend.vocab();
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut scratch = Scratch::default();
+    let mut row: Vec<f32> = Vec::with_capacity(vocab);
+    let mut stopping = false;
+    loop {
+        // Take new requests: wait for one when there is nothing to do.
+        loop {
+            let cmd = if sched.is_idle() && !stopping {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(c) => c,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                }
+            };
+            match cmd {
+                Command::Stop => stopping = true,
+                Command::Submit(sub) => {
+                    let sub = *sub;
+                    let r = sub.request;
+                    let state = Gen {
+                        sampler: SeqSampler::new(r.sampling, &sub.tokens),
+                        detok: Detokenizer::new(info.tokenizer.clone(), &sub.tokens, r.stop),
+                        events: sub.events,
+                        cancel: sub.cancel,
+                        max_len: sub.max_len,
+                        ignore_eos: r.ignore_eos,
+                        submitted: sub.submitted,
+                        started: None,
+                        first_token: None,
+                        last_token: None,
+                        device_seconds: 0.0,
+                        finished: None,
+                    };
+                    sched.add(sub.id, r.priority, r.tenant, r.weight, sub.tokens, state);
+                }
+            }
+        }
+        if stopping {
+            for s in &mut sched.running {
+                s.state.finished.get_or_insert(FinishReason::Cancelled);
+            }
+            for s in &mut sched.waiting {
+                s.state.finished.get_or_insert(FinishReason::Cancelled);
+            }
+        }
+        // Leave: finished, cancelled, or nobody listening. The counters show the freed blocks
+        // before the final events go out.
+        let gone = sched.remove_where(|s| s.state.finished.is_some() || s.state.gone());
+        for s in &gone {
+            if !s.started {
+                counters.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        publish(counters, &sched);
+        for s in gone {
+            let reason = s.state.finished.unwrap_or(FinishReason::Cancelled);
+            let _ = s.state.events.send(finish(&s, reason));
+        }
+        if stopping && sched.is_idle() {
+            return;
+        }
+        sched.plan(&mut plan);
+        let now = Instant::now();
+        for p in &plan {
+            let s = &mut sched.running[p.index];
+            if !s.started {
+                s.started = true;
+                s.state.started = Some(now);
+                counters.waiting.fetch_sub(1, Ordering::AcqRel);
+                counters
+                    .prompt_tokens
+                    .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
+            }
+        }
+        publish(counters, &sched);
+        if plan.is_empty() {
+            if sched.is_idle() {
+                continue;
+            }
+            // Waiting sequences that cannot be admitted yet and nothing running: should not
+            // happen (validation bounds a sequence by the cache), but never spin.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let steps: Vec<SeqStep<'_>> = plan
+            .iter()
+            .map(|p| {
+                let s = &sched.running[p.index];
+                SeqStep {
+                    tokens: &s.tokens[s.computed..s.computed + p.tokens],
+                    start: s.computed,
+                    blocks: &s.blocks,
+                    want_logits: s.computed + p.tokens == s.tokens.len(),
+                }
+            })
+            .collect();
+        let wants: Vec<bool> = steps.iter().map(|s| s.want_logits).collect();
+        let started = Instant::now();
+        let logits = match backend.forward(&steps) {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed step leaves the cache in an unknown state: fail everything and stop.
+                drop(steps);
+                let message = format!("the engine failed: {e}");
+                for s in sched.remove_where(|_| true) {
+                    let _ = s.state.events.send(Event::Failed(message.clone()));
+                }
+                return;
+            }
+        };
+        let elapsed = started.elapsed();
+        let step_tokens: usize = plan.iter().map(|p| p.tokens).sum();
+        counters.steps.fetch_add(1, Ordering::Relaxed);
+        counters
+            .last_step_micros
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let done = Instant::now();
+        let mut out = 0;
+        for (p, want) in plan.iter().zip(wants) {
+            let s = &mut sched.running[p.index];
+            s.computed += p.tokens;
+            s.state.device_seconds += elapsed.as_secs_f64() * p.tokens as f64 / step_tokens as f64;
+            if !want {
+                continue;
+            }
+            row.clear();
+            row.extend_from_slice(&logits[out * vocab..(out + 1) * vocab]);
+            out += 1;
+            let g = &mut s.state;
+            let (token, logprob) = g.sampler.sample(&mut row, &mut scratch);
+            g.sampler.record(token);
+            s.tokens.push(token);
+            counters.tokens_generated.fetch_add(1, Ordering::Relaxed);
+            g.first_token.get_or_insert(done);
+            g.last_token = Some(done);
+            let is_eos = !g.ignore_eos && eos.contains(&token);
+            let mut text = String::new();
+            if is_eos {
+                g.finished = Some(FinishReason::Stop);
+            } else {
+                match g.detok.push(token) {
+                    Delta::Text(t) => text = t,
+                    Delta::Stopped(t) => {
+                        text = t;
+                        g.finished = Some(FinishReason::Stop);
+                    }
+                }
+            }
+            if g.finished.is_none() && s.tokens.len() >= g.max_len {
+                g.finished = Some(FinishReason::Length);
+            }
+            if matches!(g.finished, Some(FinishReason::Length)) || is_eos {
+                text.push_str(&g.detok.finish());
+            }
+            let _ = g.events.send(Event::Token {
+                token,
+                text,
+                logprob,
+            });
+        }
+        sched.account(&plan);
+    }
+}
