@@ -34,6 +34,9 @@ pub trait Backend: Send {
     fn block_size(&self) -> usize;
     fn kv_blocks(&self) -> usize;
     fn device(&self) -> DeviceInfo;
+    /// Weight bytes one decode step reads (every layer and the output head; the embedding
+    /// table only when it is the head).
+    fn weight_bytes_per_token(&self) -> u64;
 }
 
 /// Where a model runs: `auto` (a GPU if one is found, else the CPU), `cuda:N` or `cpu`.

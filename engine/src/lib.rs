@@ -5,6 +5,7 @@
 //! worker threads (`worker`, `pool`). `fixture` writes small deterministic test models.
 
 pub mod backend;
+pub mod bench;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;

@@ -82,6 +82,8 @@ pub struct ModelInfo {
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<ChatTemplate>,
     pub device: DeviceInfo,
+    /// Weight bytes read per decode step.
+    pub weight_bytes: u64,
     /// Longest sequence (prompt plus output) this worker runs.
     pub context: usize,
 }
@@ -184,6 +186,7 @@ impl Worker {
                         tokenizer,
                         chat_template,
                         device: backend.device(),
+                        weight_bytes: backend.weight_bytes_per_token(),
                     };
                     Ok::<_, EngineError>((backend, Arc::new(info)))
                 })();

@@ -1,5 +1,5 @@
-//! The command line: `tokenmill` (serve), `tokenmill admin create-operator` and
-//! `tokenmill model fixture`.
+//! The command line: `tokenmill` (serve), `tokenmill admin create-operator`,
+//! `tokenmill model fixture` and `tokenmill bench`.
 
 use std::io::BufRead;
 
@@ -29,6 +29,39 @@ pub enum Command {
     /// Model directories.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Benchmark the inference engine: prefill, time to first token, decode throughput by
+    /// batch size, and the memory bandwidth batch-1 decode achieves.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A Hugging Face model directory. Without it, a model of `--shape` with random weights is
+    /// written under ./data/bench-models and used.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "smollm2-135m", value_parser = ["tiny", "smollm2-135m", "tinyllama-1.1b"])]
+    shape: String,
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// CPU threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Decode batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8,32,64", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Prompt length for time to first token.
+    #[arg(long, default_value_t = 512)]
+    prompt: usize,
+    /// Tokens generated per sequence in the decode runs.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// KV cache memory on the CPU, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    kv_mib: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +105,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::CreateOperator { email }) => {
             create_operator(config, &email).await
         }
+        Command::Bench(args) => bench(args).await,
         Command::Model(ModelCommand::Fixture {
             out,
             seed,
@@ -81,7 +115,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             tied,
             llama3_rope,
         }) => {
-            use engine::{Architecture, DType, fixture};
+            use engine::{Architecture, fixture};
             let spec = fixture::FixtureSpec {
                 shape: fixture::Shape::parse(&shape).context("unknown shape")?,
                 architecture: match arch.as_str() {
@@ -91,11 +125,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 },
                 tie_embeddings: tied.then_some(true),
                 llama3_rope,
-                dtype: match dtype.as_str() {
-                    "bf16" => DType::BF16,
-                    "f16" => DType::F16,
-                    _ => DType::F32,
-                },
+                dtype: dtype_of(&dtype),
                 seed,
             };
             let dir = out.clone();
@@ -104,6 +134,58 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn dtype_of(name: &str) -> engine::DType {
+    match name {
+        "bf16" => engine::DType::BF16,
+        "f16" => engine::DType::F16,
+        _ => engine::DType::F32,
+    }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use engine::fixture;
+    let dir = match args.model {
+        Some(dir) => dir,
+        None => {
+            let dir = std::path::PathBuf::from(format!(
+                "data/bench-models/{}-{}",
+                args.shape, args.dtype
+            ));
+            if !dir.join("model.safetensors").exists() {
+                println!(
+                    "Writing a {} model ({}) to {}",
+                    args.shape,
+                    args.dtype,
+                    dir.display()
+                );
+                let spec = fixture::FixtureSpec {
+                    shape: fixture::Shape::parse(&args.shape).context("unknown shape")?,
+                    dtype: dtype_of(&args.dtype),
+                    ..fixture::FixtureSpec::default()
+                };
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || fixture::write_fixture(&d, &spec)).await??;
+            }
+            dir
+        }
+    };
+    let opts = engine::bench::BenchOptions {
+        dir,
+        device: args.device.parse()?,
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        batches: args.batch,
+        prompt_tokens: args.prompt,
+        decode_tokens: args.tokens.max(2),
+        kv_bytes: args.kv_mib << 20,
+    };
+    println!("Benchmarking {} ...", opts.dir.display());
+    let report = tokio::task::spawn_blocking(move || engine::bench::run(&opts)).await??;
+    print!("{report}");
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

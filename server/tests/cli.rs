@@ -129,3 +129,45 @@ fn model_fixture_writes_a_directory_the_engine_loads() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("gpt-5"));
 }
+
+#[test]
+fn bench_reports_prefill_decode_by_batch_and_bandwidth() {
+    let dir = tempfile::tempdir().unwrap();
+    engine::fixture::write_fixture(dir.path(), &engine::fixture::FixtureSpec::default()).unwrap();
+    let out = tokenmill()
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--batch",
+            "1,3",
+            "--prompt",
+            "20",
+            "--tokens",
+            "5",
+            "--kv-mib",
+            "8",
+            "--model",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["prefill ", "decode batch 1 ", "decode batch 3 ", "% of "] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let bad = tokenmill()
+        .args(["bench", "--device", "cuda:7", "--model"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cuda:7"));
+}

@@ -368,6 +368,25 @@ impl Backend for CpuBackend {
     fn kv_blocks(&self) -> usize {
         self.num_blocks
     }
+    fn weight_bytes_per_token(&self) -> u64 {
+        let w = &self.weights;
+        let layers: usize = w
+            .layers
+            .iter()
+            .map(|l| {
+                l.attn_norm.len()
+                    + l.mlp_norm.len()
+                    + l.wqkv.len()
+                    + l.bqkv.as_ref().map_or(0, Vec::len)
+                    + l.wo.len()
+                    + l.wgu.len()
+                    + l.wdown.len()
+            })
+            .sum();
+        let head = w.lm_head.as_ref().map_or(w.embed.len(), Vec::len);
+        ((layers + head + w.norm.len()) * 4) as u64
+    }
+
     fn device(&self) -> DeviceInfo {
         DeviceInfo {
             id: "cpu".into(),
