@@ -68,6 +68,19 @@ ensure_node_deps() {
   fi
 }
 
+# NVRTC, NVIDIA's runtime CUDA compiler, from PyPI: with it the tests compile every CUDA kernel
+# on a machine without a GPU, so a broken kernel fails here and not on the first GPU.
+ensure_nvrtc() {
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/nvrtc-13"
+  local lib="$dir/nvidia/cu13/lib"
+  if [ ! -e "$lib/libnvrtc.so.13" ]; then
+    log "Installing NVRTC from PyPI (compile checks of the CUDA kernels)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "nvidia-cuda-nvrtc==13.*"
+  fi
+  export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export TOKENMILL_REQUIRE_NVRTC=1
+}
+
 build_portal() {
   log "Building the portal (server and WASM)"
   cargo leptos build

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod detok;
 pub mod fixture;
 pub mod pool;

@@ -16,6 +16,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::backend::{Backend, Device, DeviceInfo, SeqStep};
 use crate::chat::ChatTemplate;
 use crate::cpu::{CpuBackend, CpuConfig};
+use crate::cuda::{self, CudaBackend, CudaConfig};
 use crate::detok::{Delta, Detokenizer};
 use crate::request::{
     Event, Finish, FinishReason, InvalidRequest, MAX_STOP, MAX_STOP_LEN, Prompt, Request,
@@ -36,6 +37,8 @@ pub struct WorkerSpec {
     pub threads: usize,
     /// KV cache memory on the CPU.
     pub cpu_kv_bytes: usize,
+    /// Share of the GPU memory left after loading that the KV cache takes.
+    pub gpu_kv_fraction: f64,
     pub block_size: usize,
     /// Requests accepted but not yet started before `Overloaded`.
     pub max_waiting: usize,
@@ -51,6 +54,7 @@ impl WorkerSpec {
             device: Device::Auto,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_kv_bytes: 512 << 20,
+            gpu_kv_fraction: 0.85,
             block_size: 16,
             max_waiting: 256,
             max_running: 64,
@@ -137,7 +141,21 @@ pub struct Worker {
 }
 
 fn open_backend(ck: &Checkpoint, spec: &WorkerSpec) -> Result<Box<dyn Backend>, EngineError> {
+    let cuda = |ordinal| -> Result<Box<dyn Backend>, EngineError> {
+        Ok(Box::new(CudaBackend::new(
+            ck,
+            CudaConfig {
+                ordinal,
+                block_size: spec.block_size,
+                kv_fraction: spec.gpu_kv_fraction,
+                max_step_tokens: spec.step_tokens,
+                max_seqs: spec.max_running,
+            },
+        )?))
+    };
     match spec.device {
+        Device::Cuda(n) => cuda(n),
+        Device::Auto if cuda::device_count() > 0 => cuda(0),
         Device::Cpu | Device::Auto => Ok(Box::new(CpuBackend::new(
             ck,
             CpuConfig {
@@ -146,9 +164,6 @@ fn open_backend(ck: &Checkpoint, spec: &WorkerSpec) -> Result<Box<dyn Backend>, 
                 block_size: spec.block_size,
             },
         )?)),
-        Device::Cuda(n) => Err(EngineError::Device(format!(
-            "cuda:{n} was asked for, but this build has no CUDA backend"
-        ))),
     }
 }
 
