@@ -2,28 +2,37 @@
 //
 // No #include: NVRTC on a serving machine may not find the toolkit's headers, so bf16 values are
 // `unsigned short` bit patterns converted by hand. Activations and the residual stream are f32;
-// weights and the paged KV cache are bf16. Matrices are row-major. Every kernel computes each
-// output with a fixed order of operations that does not depend on the grid, so a token's
-// result is the same whichever other tokens share the launch (batch invariance).
+// weights and the paged KV cache are bf16. Matrices are row-major. Sizes are 32-bit ints; row
+// offsets are computed in 64 bits so large caches and vocabularies cannot overflow.
 //
-// Launch configurations (T = tokens in the step, H = heads):
-//   embedding        grid T        block 256   shared 0
-//   rms_norm         grid T        block 256   shared 0 (static)
-//   add_rms_norm     grid T        block 256   shared 0 (static)
-//   qkv_rope_cache   grid T        block 128   shared 0
-//   paged_attention  grid (T, H)   block 128   shared 0 (static, head_dim <= 256)
-//   silu_mul         grid T        block 256   shared 0
-// Any block size that is a multiple of 32 up to 1024 works for every kernel.
+// Batch invariance: every output is computed by one block in an order of operations fixed by
+// the kernel (and at most blockDim), never by the grid, so a token's result is the same whichever
+// other tokens share the launch.
+//
+// Launch configurations (T = tokens in the step, H = query heads, R = rows; every block size
+// must be a multiple of 32, at most 1024; 256 / 128 are the sizes the host uses). No kernel
+// uses dynamic shared memory: all shared arrays are static, so shared_mem_bytes = 0 always.
+//   kernel              grid            block       dynamic shared (bytes)
+//   embedding           (T)             256         0
+//   rms_norm            (R)             256         0   (static 264 B)
+//   add_rms_norm        (R)             256         0   (static 264 B)
+//   qkv_rope_cache      (T)             128         0
+//   paged_attention     (T, H)          128         0   (static 1792 B; head_dim <= 256, even)
+//   silu_mul            (T)             256         0
+//   to_bf16             (ceil(n/256))   256         0   (grid-stride: any grid >= 1 works)
+//   argmax_rows         (R)             256         0   (static 256 B)
+//   scale_softmax_rows  (R)             256         0   (static 264 B)
 
 typedef unsigned short bf16;
 
 #define NEG_INF __int_as_float(0xff800000)
+#define FULL_MASK 0xffffffffu
 
 __device__ __forceinline__ float bf2f(bf16 x) {
     return __uint_as_float(((unsigned int)x) << 16);
 }
 
-// Round to nearest, ties to even; NaN stays a (quiet) NaN.
+// Round to nearest, ties to even; NaN stays a (quiet) NaN instead of rounding into infinity.
 __device__ __forceinline__ bf16 f2bf(float f) {
     unsigned int u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) {
@@ -33,26 +42,37 @@ __device__ __forceinline__ bf16 f2bf(float f) {
     return (bf16)(u >> 16);
 }
 
-// Sum over the block, returned to every thread. Warp shuffles, then one warp over the warps'
-// sums; the trailing barrier lets the caller reduce again straight away.
+// Butterfly (xor) reductions: every lane ends with the same bits, because each step adds the
+// same two values on both partners (a + b == b + a in IEEE arithmetic).
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(FULL_MASK, v, o);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    }
+    return v;
+}
+
+// Sum over the block (blockDim a multiple of 32, at most 1024 = 32 warps), returned to every
+// thread. The trailing barrier lets the caller reduce again at once without a race on `total`.
 __device__ float block_sum(float v) {
-    __shared__ float warp_sums[32];
+    __shared__ float warp_part[32];
     __shared__ float total;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
+    v = warp_sum(v);
     if (lane == 0) {
-        warp_sums[warp] = v;
+        warp_part[warp] = v;
     }
     __syncthreads();
     if (warp == 0) {
-        const int warps = blockDim.x >> 5;
-        float w = lane < warps ? warp_sums[lane] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) {
-            w += __shfl_xor_sync(0xffffffffu, w, o);
-        }
+        float w = lane < (int)(blockDim.x >> 5) ? warp_part[lane] : 0.0f;
+        w = warp_sum(w);
         if (lane == 0) {
             total = w;
         }
@@ -63,24 +83,20 @@ __device__ float block_sum(float v) {
     return r;
 }
 
+// Maximum over the block, as block_sum.
 __device__ float block_max(float v) {
-    __shared__ float warp_max[32];
+    __shared__ float warp_part[32];
     __shared__ float total;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    }
+    v = warp_max(v);
     if (lane == 0) {
-        warp_max[warp] = v;
+        warp_part[warp] = v;
     }
     __syncthreads();
     if (warp == 0) {
-        const int warps = blockDim.x >> 5;
-        float w = lane < warps ? warp_max[lane] : NEG_INF;
-        for (int o = 16; o > 0; o >>= 1) {
-            w = fmaxf(w, __shfl_xor_sync(0xffffffffu, w, o));
-        }
+        float w = lane < (int)(blockDim.x >> 5) ? warp_part[lane] : NEG_INF;
+        w = warp_max(w);
         if (lane == 0) {
             total = w;
         }
@@ -91,9 +107,9 @@ __device__ float block_max(float v) {
     return r;
 }
 
-// out[t][:] = table[tokens[t]][:] as f32.
-extern "C" __global__ void embedding(const bf16* table, const int* tokens, float* out,
-                                     int hidden, int n_tokens) {
+// out[t][:] = table[tokens[t]][:] as f32. The host range-checks token ids.
+extern "C" __global__ void embedding(const bf16* table, const int* tokens, float* out, int hidden,
+                                     int n_tokens) {
     const int t = blockIdx.x;
     if (t >= n_tokens) {
         return;
@@ -105,7 +121,8 @@ extern "C" __global__ void embedding(const bf16* table, const int* tokens, float
     }
 }
 
-// out = bf16(x / sqrt(mean(x^2) + eps) * weight), one block per row.
+// out = bf16(weight * (x / sqrt(mean(x^2) + eps))), one block per row, in the CPU backend's
+// order of operations (1/sqrt rather than the approximate rsqrtf, for parity).
 extern "C" __global__ void rms_norm(const float* x, const bf16* weight, bf16* out, int hidden,
                                     float eps) {
     const float* xr = x + (long long)blockIdx.x * hidden;
@@ -114,14 +131,14 @@ extern "C" __global__ void rms_norm(const float* x, const bf16* weight, bf16* ou
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
         ss += xr[i] * xr[i];
     }
-    const float inv = rsqrtf(block_sum(ss) / hidden + eps);
+    const float inv = 1.0f / sqrtf(block_sum(ss) / (float)hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        o[i] = f2bf(xr[i] * inv * bf2f(weight[i]));
+        o[i] = f2bf(bf2f(weight[i]) * (xr[i] * inv));
     }
 }
 
-// residual += delta, then out = rms_norm(residual). Each thread reads back only the elements
-// it wrote, so no barrier is needed between the two passes.
+// residual += delta, then out = rms_norm(residual). Each thread reads back only the elements it
+// wrote itself, so the second pass needs no barrier beyond block_sum's.
 extern "C" __global__ void add_rms_norm(float* residual, const float* delta, const bf16* weight,
                                         bf16* out, int hidden, float eps) {
     float* r = residual + (long long)blockIdx.x * hidden;
@@ -133,15 +150,17 @@ extern "C" __global__ void add_rms_norm(float* residual, const float* delta, con
         r[i] = v;
         ss += v * v;
     }
-    const float inv = rsqrtf(block_sum(ss) / hidden + eps);
+    const float inv = 1.0f / sqrtf(block_sum(ss) / (float)hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        o[i] = f2bf(r[i] * inv * bf2f(weight[i]));
+        o[i] = f2bf(bf2f(weight[i]) * (r[i] * inv));
     }
 }
 
-// For token t: add the q/k/v bias (Qwen2; null otherwise), rotate q and k at positions[t]
-// ("rotate half": element i pairs with i + head_dim/2), write q out in f32 and k, v into the
-// paged cache at slots[t]. Cache layout: [slot][n_kv_heads][head_dim].
+// For token t (one block): add the q/k/v bias (Qwen2; null otherwise), rotate q and k at
+// positions[t] ("rotate half": element i pairs with i + head_dim/2; cos/sin are
+// [max_pos][head_dim/2]), write q out in f32 and k, v into the paged cache at slots[t]
+// (cache layout [slot][n_kv_heads][head_dim], slot = block * block_size + offset). A negative
+// slot skips the cache writes (padding rows).
 extern "C" __global__ void qkv_rope_cache(const float* qkv, const float* bias, const float* cos,
                                           const float* sin, const int* positions,
                                           const int* slots, float* q_out, bf16* k_cache,
@@ -151,121 +170,163 @@ extern "C" __global__ void qkv_rope_cache(const float* qkv, const float* bias, c
     const int half = head_dim / 2;
     const int width = (n_heads + 2 * n_kv_heads) * head_dim;
     const float* row = qkv + (long long)t * width;
-    const float* c = cos + (long long)positions[t] * half;
-    const float* s = sin + (long long)positions[t] * half;
+    // A padding row may carry a negative position: read the tables at 0 rather than before them.
+    const int pos = max(positions[t], 0);
+    const float* c = cos + (long long)pos * half;
+    const float* s = sin + (long long)pos * half;
     const long long slot = slots[t];
+    float* q = q_out + (long long)t * n_heads * head_dim;
 
-    // Rotated pairs of q (heads 0..n_heads) and k (heads n_heads..n_heads + n_kv_heads).
+    // Rotated pairs: heads 0..n_heads are q, n_heads..n_heads + n_kv_heads are k.
     const int pairs = (n_heads + n_kv_heads) * half;
     for (int idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
         const int h = idx / half;
-        const int i = idx % half;
+        const int i = idx - h * half;
         const int a_at = h * head_dim + i;
         const int b_at = a_at + half;
         float a = row[a_at];
         float b = row[b_at];
-        if (bias != 0) {
+        if (bias != nullptr) {
             a += bias[a_at];
             b += bias[b_at];
         }
         const float ra = a * c[i] - b * s[i];
         const float rb = b * c[i] + a * s[i];
         if (h < n_heads) {
-            float* q = q_out + (long long)t * n_heads * head_dim;
             q[a_at] = ra;
             q[b_at] = rb;
-        } else {
+        } else if (slot >= 0) {
             bf16* k = k_cache + (slot * n_kv_heads + (h - n_heads)) * head_dim;
             k[i] = f2bf(ra);
             k[i + half] = f2bf(rb);
         }
     }
-    const int v_base = (n_heads + n_kv_heads) * head_dim;
+    if (slot < 0) {
+        return;
+    }
+    const int v_at = (n_heads + n_kv_heads) * head_dim;
     bf16* v = v_cache + slot * n_kv_heads * head_dim;
     for (int idx = threadIdx.x; idx < n_kv_heads * head_dim; idx += blockDim.x) {
-        float x = row[v_base + idx];
-        if (bias != 0) {
-            x += bias[v_base + idx];
+        float x = row[v_at + idx];
+        if (bias != nullptr) {
+            x += bias[v_at + idx];
         }
         v[idx] = f2bf(x);
     }
 }
 
 #define MAX_HEAD_DIM 256
-#define MAX_BLOCK 1024
+// Positions per tile of the streaming softmax (the CPU backend uses the same 64).
+#define ATT_TILE 64
+// Output dimensions per thread: ceil(MAX_HEAD_DIM / 32) for the smallest block of 32 threads.
+#define ATT_ACC (MAX_HEAD_DIM / 32)
 
-// One block per (query token, head), for prefill and decode alike: token t attends causally to
-// positions 0..=token_pos[t] of sequence token_seq[t], whose keys and values are found through
-// its block table. Positions are taken in tiles of blockDim: each thread scores one position of
-// the tile, the tile's weights are folded into a running (max, sum, accumulator) softmax, and
-// each thread accumulates its own output dimensions over the tile in position order. The order
-// of every sum depends only on the context length and blockDim, never on the launch's size.
+// One block per (query token, head), prefill and decode alike: token t attends causally to
+// positions 0..=token_pos[t] of sequence token_seq[t], whose KV rows are found through its block
+// table. Positions are taken ATT_TILE at a time: a warp scores each position (lanes split
+// head_dim, so K reads are coalesced), then every thread folds the tile into a running
+// (max, sum, accumulator) softmax for the output dimensions it owns, in position order.
+// Every sum's order depends only on the context length, not on the launch (or even blockDim).
+// Requires head_dim even (bf16 pairs are loaded as 32-bit words) and <= MAX_HEAD_DIM.
 extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache,
                                            const bf16* v_cache, const int* block_tables,
                                            int max_blocks_per_seq, const int* token_seq,
                                            const int* token_pos, bf16* out, int n_heads,
                                            int n_kv_heads, int head_dim, int block_size,
                                            float scale) {
-    __shared__ float q_s[MAX_HEAD_DIM];
-    __shared__ float w_s[MAX_BLOCK];
-    __shared__ long long slot_s[MAX_BLOCK];
+    __shared__ float2 q_s[MAX_HEAD_DIM / 2];  // q as (even, odd) pairs, matching the K loads
+    __shared__ float score_s[ATT_TILE];
+    __shared__ float weight_s[ATT_TILE];
+    __shared__ int slot_s[ATT_TILE];
     const int t = blockIdx.x;
     const int h = blockIdx.y;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
     const int kv_h = h / (n_heads / n_kv_heads);
     const int context = token_pos[t] + 1;
+    const long long row_stride = (long long)n_kv_heads * head_dim;  // elements per cache slot
     const int* table = block_tables + (long long)token_seq[t] * max_blocks_per_seq;
+    bf16* o = out + ((long long)t * n_heads + h) * head_dim;
+    if (context <= 0) {
+        // A padding row (negative position): zeros rather than 0/0.
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            o[i] = 0;
+        }
+        return;
+    }
     const float* qr = q + ((long long)t * n_heads + h) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        q_s[i] = qr[i] * scale;
+    for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
+        q_s[i] = make_float2(qr[2 * i], qr[2 * i + 1]);
     }
     __syncthreads();
 
-    // Each thread owns output dimensions threadIdx.x + k * blockDim.x (at most 8 for 128
-    // threads and head_dim 256... at most ceil(256 / 32) = 8 for any block of 32 or more).
-    float acc[8];
-    for (int k = 0; k < 8; k++) {
+    float acc[ATT_ACC];
+#pragma unroll
+    for (int k = 0; k < ATT_ACC; k++) {
         acc[k] = 0.0f;
     }
     float running_max = NEG_INF;
     float running_sum = 0.0f;
-    for (int base = 0; base < context; base += blockDim.x) {
-        const int p = base + threadIdx.x;
-        float score = NEG_INF;
-        if (p < context) {
-            const long long slot = (long long)table[p / block_size] * block_size + p % block_size;
-            slot_s[threadIdx.x] = slot;
-            const bf16* kr = k_cache + (slot * n_kv_heads + kv_h) * head_dim;
+    const int half = head_dim >> 1;
+    for (int base = 0; base < context; base += ATT_TILE) {
+        const int n = min(ATT_TILE, context - base);
+        // Scores: warp w takes tile positions w, w + warps, ...
+        for (int j = warp; j < n; j += warps) {
+            const int p = base + j;
+            const int slot = table[p / block_size] * block_size + p % block_size;
+            const unsigned int* kr =
+                (const unsigned int*)(k_cache + (long long)slot * row_stride +
+                                      (long long)kv_h * head_dim);
             float dot = 0.0f;
-            for (int i = 0; i < head_dim; i++) {
-                dot += q_s[i] * bf2f(kr[i]);
+            for (int i = lane; i < half; i += 32) {
+                const unsigned int kk = kr[i];  // k[2i] in the low half, k[2i+1] in the high
+                const float2 qq = q_s[i];
+                dot += qq.x * __uint_as_float(kk << 16);
+                dot += qq.y * __uint_as_float(kk & 0xffff0000u);
             }
-            score = dot;
+            dot = warp_sum(dot);
+            if (lane == 0) {
+                score_s[j] = dot * scale;
+                slot_s[j] = slot;
+            }
         }
-        const float tile_max = block_max(score);
+        __syncthreads();
+        // Every thread computes the same tile maximum (same values, same order).
+        float tile_max = NEG_INF;
+        for (int j = 0; j < n; j++) {
+            tile_max = fmaxf(tile_max, score_s[j]);
+        }
         const float new_max = fmaxf(running_max, tile_max);
-        const float weight = p < context ? __expf(score - new_max) : 0.0f;
-        w_s[threadIdx.x] = weight;
-        const float tile_sum = block_sum(weight);  // its barriers also publish w_s and slot_s
-        const float rescale = __expf(running_max - new_max);
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            weight_s[j] = expf(score_s[j] - new_max);
+        }
+        __syncthreads();
+        // exp(-inf - finite) = 0 on the first tile, and acc starts at 0, so no NaN.
+        const float rescale = expf(running_max - new_max);
+        float tile_sum = 0.0f;
+        for (int j = 0; j < n; j++) {
+            tile_sum += weight_s[j];
+        }
         running_sum = running_sum * rescale + tile_sum;
         running_max = new_max;
-        const int n = min((int)blockDim.x, context - base);
-        for (int k = 0; k < 8; k++) {
+#pragma unroll
+        for (int k = 0; k < ATT_ACC; k++) {
             const int dim = threadIdx.x + k * blockDim.x;
             if (dim < head_dim) {
+                const bf16* vd = v_cache + (long long)kv_h * head_dim + dim;
                 float a = acc[k] * rescale;
                 for (int j = 0; j < n; j++) {
-                    const bf16* vr = v_cache + (slot_s[j] * n_kv_heads + kv_h) * head_dim;
-                    a += w_s[j] * bf2f(vr[dim]);
+                    a += weight_s[j] * bf2f(vd[(long long)slot_s[j] * row_stride]);
                 }
                 acc[k] = a;
             }
         }
-        __syncthreads();  // the next tile overwrites w_s and slot_s
+        __syncthreads();  // the next tile overwrites score_s, weight_s and slot_s
     }
-    bf16* o = out + ((long long)t * n_heads + h) * head_dim;
     const float inv = 1.0f / running_sum;
-    for (int k = 0; k < 8; k++) {
+#pragma unroll
+    for (int k = 0; k < ATT_ACC; k++) {
         const int dim = threadIdx.x + k * blockDim.x;
         if (dim < head_dim) {
             o[dim] = f2bf(acc[k] * inv);
@@ -273,7 +334,7 @@ extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache,
     }
 }
 
-// out = bf16(silu(gate) * up) for rows laid out as [gate | up].
+// out = bf16(silu(gate) * up) for rows laid out as [gate | up], one block per token.
 extern "C" __global__ void silu_mul(const float* gate_up, bf16* out, int inter, int n_tokens) {
     const int t = blockIdx.x;
     if (t >= n_tokens) {
@@ -285,5 +346,84 @@ extern "C" __global__ void silu_mul(const float* gate_up, bf16* out, int inter, 
     for (int i = threadIdx.x; i < inter; i += blockDim.x) {
         const float x = g[i];
         o[i] = f2bf(x / (1.0f + expf(-x)) * u[i]);
+    }
+}
+
+// out[i] = bf16(x[i]), grid-stride so any grid size covers n.
+extern "C" __global__ void to_bf16(const float* x, bf16* out, int n) {
+    const int stride = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        out[i] = f2bf(x[i]);
+    }
+}
+
+// out[row] = index of the largest logit of the row; ties go to the lowest index, NaNs are
+// skipped (a row of NaNs gives 0), like the CPU sampler's greedy pick.
+extern "C" __global__ void argmax_rows(const float* logits, int vocab, int* out) {
+    __shared__ float best_v[32];
+    __shared__ int best_i[32];
+    const float* l = logits + (long long)blockIdx.x * vocab;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    // Strided scan: a thread's indices increase, so strict > keeps its lowest tied index.
+    float v = NEG_INF;
+    int vi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float x = l[i];
+        if (x > v || (x == v && vi == 0x7fffffff)) {
+            v = x;
+            vi = i;
+        }
+    }
+    // Combine (value, index) pairs: larger value wins, equal values keep the lower index.
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, v, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, vi, o);
+        if (ov > v || (ov == v && oi < vi)) {
+            v = ov;
+            vi = oi;
+        }
+    }
+    if (lane == 0) {
+        best_v[warp] = v;
+        best_i[warp] = vi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? best_v[lane] : NEG_INF;
+        vi = lane < (int)(blockDim.x >> 5) ? best_i[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(FULL_MASK, v, o);
+            const int oi = __shfl_xor_sync(FULL_MASK, vi, o);
+            if (ov > v || (ov == v && oi < vi)) {
+                v = ov;
+                vi = oi;
+            }
+        }
+        if (lane == 0) {
+            out[blockIdx.x] = vi == 0x7fffffff ? 0 : vi;
+        }
+    }
+}
+
+// In place, one block per row: logits = softmax((logits - max) * inv_temperature), the CPU
+// sampler's weights normalised to sum 1 (max subtracted before scaling, as there).
+extern "C" __global__ void scale_softmax_rows(float* logits, int vocab, float inv_temperature) {
+    float* l = logits + (long long)blockIdx.x * vocab;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        m = fmaxf(m, l[i]);
+    }
+    m = block_max(m);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float e = expf((l[i] - m) * inv_temperature);
+        l[i] = e;
+        s += e;
+    }
+    const float inv = 1.0f / block_sum(s);
+    // Each thread rescales only the elements it wrote itself.
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        l[i] *= inv;
     }
 }

@@ -246,7 +246,9 @@ pub fn matmul(
             m0 += m;
         }
     };
-    if blocks == 1 || pool.current_num_threads() == 1 {
+    // Below a few tens of thousands of multiply-adds, handing work to threads costs more than
+    // it saves (tiny models, the last rows of a step).
+    if blocks == 1 || pool.current_num_threads() == 1 || rows * cols * k < 1 << 15 {
         (0..blocks).for_each(run);
     } else {
         use rayon::prelude::*;

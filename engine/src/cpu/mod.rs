@@ -325,7 +325,9 @@ impl Backend for CpuBackend {
                     out,
                 );
             };
-            if self.threads > 1 {
+            // Threads pay off once there is real work: many heads or long contexts.
+            let work = tokens * heads * (s.token_at.last().map_or(0, |t| t.1) + 1) * d;
+            if self.threads > 1 && work >= 1 << 15 {
                 self.pool
                     .install(|| attn.par_chunks_mut(d).enumerate().for_each(task));
             } else {
