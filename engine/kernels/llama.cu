@@ -14,14 +14,11 @@
 // uses dynamic shared memory: all shared arrays are static, so shared_mem_bytes = 0 always.
 //   kernel              grid            block       dynamic shared (bytes)
 //   embedding           (T)             256         0
-//   rms_norm            (R)             256         0   (static 264 B)
-//   add_rms_norm        (R)             256         0   (static 264 B)
+//   rms_norm            (R)             256         0   (static 132 B)
+//   add_rms_norm        (R)             256         0   (static 132 B)
 //   qkv_rope_cache      (T)             128         0
 //   paged_attention     (T, H)          128         0   (static 1792 B; head_dim <= 256, even)
 //   silu_mul            (T)             256         0
-//   to_bf16             (ceil(n/256))   256         0   (grid-stride: any grid >= 1 works)
-//   argmax_rows         (R)             256         0   (static 256 B)
-//   scale_softmax_rows  (R)             256         0   (static 264 B)
 
 typedef unsigned short bf16;
 
@@ -51,13 +48,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    }
-    return v;
-}
-
 // Sum over the block (blockDim a multiple of 32, at most 1024 = 32 warps), returned to every
 // thread. The trailing barrier lets the caller reduce again at once without a race on `total`.
 __device__ float block_sum(float v) {
@@ -73,30 +63,6 @@ __device__ float block_sum(float v) {
     if (warp == 0) {
         float w = lane < (int)(blockDim.x >> 5) ? warp_part[lane] : 0.0f;
         w = warp_sum(w);
-        if (lane == 0) {
-            total = w;
-        }
-    }
-    __syncthreads();
-    const float r = total;
-    __syncthreads();
-    return r;
-}
-
-// Maximum over the block, as block_sum.
-__device__ float block_max(float v) {
-    __shared__ float warp_part[32];
-    __shared__ float total;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    if (lane == 0) {
-        warp_part[warp] = v;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        float w = lane < (int)(blockDim.x >> 5) ? warp_part[lane] : NEG_INF;
-        w = warp_max(w);
         if (lane == 0) {
             total = w;
         }
@@ -228,12 +194,14 @@ extern "C" __global__ void qkv_rope_cache(const float* qkv, const float* bias, c
 // (max, sum, accumulator) softmax for the output dimensions it owns, in position order.
 // Every sum's order depends only on the context length, not on the launch (or even blockDim).
 // Requires head_dim even (bf16 pairs are loaded as 32-bit words) and <= MAX_HEAD_DIM.
-extern "C" __global__ void paged_attention(const float* q, const bf16* k_cache,
-                                           const bf16* v_cache, const int* block_tables,
-                                           int max_blocks_per_seq, const int* token_seq,
-                                           const int* token_pos, bf16* out, int n_heads,
-                                           int n_kv_heads, int head_dim, int block_size,
-                                           float scale) {
+// __launch_bounds__(1024) caps registers at 64 per thread (ptxas: about 44, no spills) so a
+// 1024-thread block fits an SM's 64K registers; unbounded, ptxas used 72 and would fail that
+// launch with "too many resources requested".
+extern "C" __global__ void __launch_bounds__(1024)
+    paged_attention(const float* q, const bf16* k_cache, const bf16* v_cache,
+                    const int* block_tables, int max_blocks_per_seq, const int* token_seq,
+                    const int* token_pos, bf16* out, int n_heads, int n_kv_heads, int head_dim,
+                    int block_size, float scale) {
     __shared__ float2 q_s[MAX_HEAD_DIM / 2];  // q as (even, odd) pairs, matching the K loads
     __shared__ float score_s[ATT_TILE];
     __shared__ float weight_s[ATT_TILE];
@@ -346,84 +314,5 @@ extern "C" __global__ void silu_mul(const float* gate_up, bf16* out, int inter, 
     for (int i = threadIdx.x; i < inter; i += blockDim.x) {
         const float x = g[i];
         o[i] = f2bf(x / (1.0f + expf(-x)) * u[i]);
-    }
-}
-
-// out[i] = bf16(x[i]), grid-stride so any grid size covers n.
-extern "C" __global__ void to_bf16(const float* x, bf16* out, int n) {
-    const int stride = gridDim.x * blockDim.x;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        out[i] = f2bf(x[i]);
-    }
-}
-
-// out[row] = index of the largest logit of the row; ties go to the lowest index, NaNs are
-// skipped (a row of NaNs gives 0), like the CPU sampler's greedy pick.
-extern "C" __global__ void argmax_rows(const float* logits, int vocab, int* out) {
-    __shared__ float best_v[32];
-    __shared__ int best_i[32];
-    const float* l = logits + (long long)blockIdx.x * vocab;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    // Strided scan: a thread's indices increase, so strict > keeps its lowest tied index.
-    float v = NEG_INF;
-    int vi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float x = l[i];
-        if (x > v || (x == v && vi == 0x7fffffff)) {
-            v = x;
-            vi = i;
-        }
-    }
-    // Combine (value, index) pairs: larger value wins, equal values keep the lower index.
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(FULL_MASK, v, o);
-        const int oi = __shfl_xor_sync(FULL_MASK, vi, o);
-        if (ov > v || (ov == v && oi < vi)) {
-            v = ov;
-            vi = oi;
-        }
-    }
-    if (lane == 0) {
-        best_v[warp] = v;
-        best_i[warp] = vi;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < (int)(blockDim.x >> 5) ? best_v[lane] : NEG_INF;
-        vi = lane < (int)(blockDim.x >> 5) ? best_i[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(FULL_MASK, v, o);
-            const int oi = __shfl_xor_sync(FULL_MASK, vi, o);
-            if (ov > v || (ov == v && oi < vi)) {
-                v = ov;
-                vi = oi;
-            }
-        }
-        if (lane == 0) {
-            out[blockIdx.x] = vi == 0x7fffffff ? 0 : vi;
-        }
-    }
-}
-
-// In place, one block per row: logits = softmax((logits - max) * inv_temperature), the CPU
-// sampler's weights normalised to sum 1 (max subtracted before scaling, as there).
-extern "C" __global__ void scale_softmax_rows(float* logits, int vocab, float inv_temperature) {
-    float* l = logits + (long long)blockIdx.x * vocab;
-    float m = NEG_INF;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        m = fmaxf(m, l[i]);
-    }
-    m = block_max(m);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float e = expf((l[i] - m) * inv_temperature);
-        l[i] = e;
-        s += e;
-    }
-    const float inv = 1.0f / block_sum(s);
-    // Each thread rescales only the elements it wrote itself.
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        l[i] *= inv;
     }
 }
