@@ -416,6 +416,34 @@ fn gemm(
     .map_err(|e| err("GEMM", e))
 }
 
+/// `x += proj`, then `xn = RMSNorm(x) · weight`, one block per token.
+fn add_norm(
+    st: &CudaStream,
+    f: &CudaFunction,
+    s: &mut Scratch,
+    weight: &CudaSlice<u16>,
+    tokens: usize,
+    hidden: usize,
+    eps: f32,
+) -> Result<(), EngineError> {
+    let (t32, h32) = (tokens as i32, hidden as i32);
+    // SAFETY: add_rms_norm(float*, const float*, const bf16*, bf16*, int, float) gets exactly
+    // those types; x, proj and xn hold at least tokens × hidden elements (ensure_scratch) and
+    // the weight `hidden`; the grid has one block per token.
+    unsafe {
+        st.launch_builder(f)
+            .arg(&mut s.x)
+            .arg(&s.proj)
+            .arg(weight)
+            .arg(&mut s.xn)
+            .arg(&h32)
+            .arg(&eps)
+            .launch(cfg((t32 as u32, 1), 256, 0))
+    }
+    .map(|_| ())
+    .map_err(|e| err("add_rms_norm", e))
+}
+
 impl CudaBackend {
     fn ensure_scratch(
         &mut self,
@@ -543,20 +571,7 @@ impl CudaBackend {
                 )?;
             } else {
                 // The previous layer's MLP output joins the residual here.
-                launch(
-                    // SAFETY: as stated before the first launch in this function.
-                    unsafe {
-                        st.launch_builder(&k.add_rms_norm)
-                            .arg(&mut s.x)
-                            .arg(&s.proj)
-                            .arg(&layer.attn_norm)
-                            .arg(&mut s.xn)
-                            .arg(&h32)
-                            .arg(&eps)
-                            .launch(cfg((t32 as u32, 1), 256, 0))
-                    },
-                    "add_rms_norm",
-                )?;
+                add_norm(st, &k.add_rms_norm, s, &layer.attn_norm, tokens, h, eps)?;
             }
             gemm(
                 &self.blas,
@@ -622,20 +637,7 @@ impl CudaBackend {
                 h,
                 q_w,
             )?;
-            launch(
-                // SAFETY: as stated before the first launch in this function.
-                unsafe {
-                    st.launch_builder(&k.add_rms_norm)
-                        .arg(&mut s.x)
-                        .arg(&s.proj)
-                        .arg(&layer.mlp_norm)
-                        .arg(&mut s.xn)
-                        .arg(&h32)
-                        .arg(&eps)
-                        .launch(cfg((t32 as u32, 1), 256, 0))
-                },
-                "add_rms_norm",
-            )?;
+            add_norm(st, &k.add_rms_norm, s, &layer.mlp_norm, tokens, h, eps)?;
             gemm(
                 &self.blas,
                 st,
@@ -671,20 +673,7 @@ impl CudaBackend {
             )?;
         }
         // Final residual and norm for every row, then the head on the rows that want logits.
-        launch(
-            // SAFETY: as stated before the first launch in this function.
-            unsafe {
-                st.launch_builder(&k.add_rms_norm)
-                    .arg(&mut s.x)
-                    .arg(&s.proj)
-                    .arg(&self.norm)
-                    .arg(&mut s.xn)
-                    .arg(&h32)
-                    .arg(&eps)
-                    .launch(cfg((t32 as u32, 1), 256, 0))
-            },
-            "add_rms_norm",
-        )?;
+        add_norm(st, &k.add_rms_norm, s, &self.norm, tokens, h, eps)?;
         let mut row = 0;
         let mut o = 0;
         for seq in seqs {
