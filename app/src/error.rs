@@ -144,6 +144,22 @@ impl From<compute::ComputeError> for AppError {
 }
 
 #[cfg(feature = "ssr")]
+#[cfg(feature = "ssr")]
+impl From<keys::KeyError> for AppError {
+    fn from(e: keys::KeyError) -> Self {
+        use keys::KeyError as E;
+        match e {
+            E::BadInput(message) => AppError::Invalid(message),
+            E::NotFound => AppError::NotFound,
+            E::Invalid | E::Revoked | E::Expired => AppError::Unauthorized(e.to_string()),
+            E::Storage(_) => {
+                tracing::error!(error = %e, "API keys error");
+                AppError::Internal
+            }
+        }
+    }
+}
+
 impl From<payments::PaymentsError> for AppError {
     fn from(e: payments::PaymentsError) -> Self {
         use payments::PaymentsError as E;

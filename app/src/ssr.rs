@@ -15,6 +15,7 @@ pub struct AppState {
     pub credits: credits::Credits,
     pub compute: compute::Compute,
     pub payments: payments::Payments,
+    pub keys: keys::ApiKeys,
     /// A signed-in session ends this long after login, however active (RELIABILITY A7).
     pub session_absolute_ms: i64,
     /// The public origin (`https://console.example.com`), when configured; otherwise links are

@@ -57,6 +57,7 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     let app_state = AppState {
         compute: compute::Compute::new(db.clone(), accounts.clone(), credits.clone()),
         payments,
+        keys: keys::ApiKeys::new(db.clone()),
         accounts,
         credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,

@@ -9,11 +9,13 @@ use crate::AppError;
 mod admin;
 mod compute;
 mod credits;
+mod keys;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
 pub use admin::*;
 pub use compute::*;
 pub use credits::*;
+pub use keys::*;
 
 /// The signed-in user and their organisation, as the pages show them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod compute_detail;
 pub mod credits;
 pub mod dashboard;
 pub mod home;
+pub mod keys;
 pub mod members;
 pub mod not_found;
 pub mod top_up;

@@ -2,6 +2,7 @@
 //! and talks to it over HTTP, as a browser would.
 
 mod accounts;
+mod api_keys;
 mod compute;
 mod helpers;
 mod payments;

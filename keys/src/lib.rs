@@ -1,0 +1,274 @@
+//! API keys for the OpenAI-compatible API. A key is `tmk_`, 32 characters drawn uniformly from
+//! 62 (190 random bits) and a 6-character CRC-32 of those, so a mistyped or truncated key is
+//! refused without a database lookup and leaked keys are easy to scan for. Only the key's
+//! SHA-256 is stored, with a display form (`tmk_AbCd…wxyz`) to recognise it by; the secret is
+//! returned once, at creation. Revocation and expiry take effect on the next request.
+
+use db::{
+    Db, new_id, now_ms,
+    sqlx::{Row, any::AnyRow},
+};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+pub const PREFIX: &str = "tmk_";
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const BODY: usize = 32;
+const CHECK: usize = 6;
+/// A key's full length.
+pub const KEY_LEN: usize = PREFIX.len() + BODY + CHECK;
+/// last_used_at is rewritten at most this often per key, so busy keys do not turn every API
+/// call into a database write.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+pub const MAX_NAME_CHARS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Malformed, unknown, or failing its checksum: one answer for all, so nothing is learnt.
+    #[error("the API key is not valid")]
+    Invalid,
+    #[error("the API key has been revoked")]
+    Revoked,
+    #[error("the API key has expired")]
+    Expired,
+    #[error("no such API key")]
+    NotFound,
+    #[error("{0}")]
+    BadInput(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<db::sqlx::Error> for KeyError {
+    fn from(e: db::sqlx::Error) -> Self {
+        KeyError::Storage(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub org_id: String,
+    pub created_by: String,
+    pub name: String,
+    /// `tmk_` and the first and last characters, for lists and logs.
+    pub display: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+/// Who a valid key acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    pub key_id: String,
+    pub org_id: String,
+    pub created_by: String,
+}
+
+fn base62(mut n: u64, width: usize) -> String {
+    let mut out = vec![b'0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn checksum(body: &str) -> String {
+    base62(crc32fast::hash(body.as_bytes()) as u64, CHECK)
+}
+
+/// Whether `key` has the shape and checksum of a Tokenmill key (no database needed).
+pub fn well_formed(key: &str) -> bool {
+    key.len() == KEY_LEN
+        && key.starts_with(PREFIX)
+        && key
+            .bytes()
+            .skip(PREFIX.len())
+            .all(|b| b.is_ascii_alphanumeric())
+        && checksum(&key[PREFIX.len()..PREFIX.len() + BODY]) == key[PREFIX.len() + BODY..]
+}
+
+fn generate() -> String {
+    let mut rng = rand::rng();
+    let body: String = (0..BODY)
+        .map(|_| ALPHABET[rng.random_range(0..62)] as char)
+        .collect();
+    format!("{PREFIX}{body}{}", checksum(&body))
+}
+
+fn hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn display(key: &str) -> String {
+    format!("{}…{}", &key[..PREFIX.len() + 4], &key[KEY_LEN - 4..])
+}
+
+fn from_row(r: &AnyRow) -> Result<ApiKey, KeyError> {
+    Ok(ApiKey {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        created_by: r.try_get("created_by")?,
+        name: r.try_get("name")?,
+        display: r.try_get("display")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+    })
+}
+
+const COLUMNS: &str =
+    "id, org_id, created_by, name, display, created_at, expires_at, revoked_at, last_used_at";
+
+#[derive(Clone, Debug)]
+pub struct ApiKeys {
+    db: Db,
+}
+
+impl ApiKeys {
+    pub fn new(db: Db) -> ApiKeys {
+        ApiKeys { db }
+    }
+
+    /// Creates a key for `org_id`; returns it with the secret, which is not kept.
+    pub async fn create(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        name: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(ApiKey, String), KeyError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(KeyError::BadInput(format!(
+                "Give the key a name of 1 to {MAX_NAME_CHARS} characters."
+            )));
+        }
+        let now = now_ms();
+        if expires_at.is_some_and(|e| e <= now) {
+            return Err(KeyError::BadInput(
+                "The expiry date must be in the future.".into(),
+            ));
+        }
+        let secret = generate();
+        let key = ApiKey {
+            id: new_id(),
+            org_id: org_id.to_string(),
+            created_by: user_id.to_string(),
+            name: name.to_string(),
+            display: display(&secret),
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        db::sqlx::query(
+            "INSERT INTO api_keys (id, org_id, created_by, name, display, key_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&key.id)
+        .bind(&key.org_id)
+        .bind(&key.created_by)
+        .bind(&key.name)
+        .bind(&key.display)
+        .bind(hash(&secret))
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .execute(self.db.pool())
+        .await?;
+        Ok((key, secret))
+    }
+
+    /// The organisation's keys, newest first, revoked ones included (marked).
+    pub async fn list(&self, org_id: &str) -> Result<Vec<ApiKey>, KeyError> {
+        let rows = db::sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(org_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Revokes one of the organisation's keys; another organisation's key is `NotFound`.
+    pub async fn revoke(&self, org_id: &str, key_id: &str) -> Result<(), KeyError> {
+        let done = db::sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND org_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(key_id)
+        .bind(org_id)
+        .execute(self.db.pool())
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        // Already revoked is done; anything else is not this organisation's key.
+        let exists = db::sqlx::query("SELECT 1 AS one FROM api_keys WHERE id = $1 AND org_id = $2")
+            .bind(key_id)
+            .bind(org_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        exists.map(|_| ()).ok_or(KeyError::NotFound)
+    }
+
+    /// The identity behind a presented key, or why it is refused.
+    pub async fn authenticate(&self, presented: &str) -> Result<KeyIdentity, KeyError> {
+        if !well_formed(presented) {
+            return Err(KeyError::Invalid);
+        }
+        let row = db::sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
+        ))
+        .bind(hash(presented))
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or(KeyError::Invalid)?;
+        let key = from_row(&row)?;
+        let now = now_ms();
+        if key.revoked_at.is_some() {
+            return Err(KeyError::Revoked);
+        }
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err(KeyError::Expired);
+        }
+        if key
+            .last_used_at
+            .is_none_or(|t| t < now - LAST_USED_RESOLUTION_MS)
+        {
+            db::sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&key.id)
+                .execute(self.db.pool())
+                .await?;
+        }
+        Ok(KeyIdentity {
+            key_id: key.id,
+            org_id: key.org_id,
+            created_by: key.created_by,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_a_changed_character_is_caught() {
+        let k = generate();
+        assert_eq!(k.len(), KEY_LEN);
+        assert!(well_formed(&k));
+        let mut bytes = k.clone().into_bytes();
+        bytes[10] = if bytes[10] == b'a' { b'b' } else { b'a' };
+        assert!(!well_formed(&String::from_utf8(bytes).unwrap()));
+        assert!(!well_formed(&k[..KEY_LEN - 1]));
+        assert!(!well_formed(&k.replacen("tmk_", "sk-_", 1)));
+        assert_ne!(generate(), k);
+        assert_eq!(display(&k).chars().count(), 4 + 4 + 1 + 4);
+    }
+}
