@@ -144,7 +144,6 @@ impl From<compute::ComputeError> for AppError {
 }
 
 #[cfg(feature = "ssr")]
-#[cfg(feature = "ssr")]
 impl From<keys::KeyError> for AppError {
     fn from(e: keys::KeyError) -> Self {
         use keys::KeyError as E;
@@ -160,6 +159,7 @@ impl From<keys::KeyError> for AppError {
     }
 }
 
+#[cfg(feature = "ssr")]
 impl From<payments::PaymentsError> for AppError {
     fn from(e: payments::PaymentsError) -> Self {
         use payments::PaymentsError as E;
