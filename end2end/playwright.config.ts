@@ -43,6 +43,8 @@ export default defineConfig({
       DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
       LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
       RUST_LOG: "warn",
+      // No page drives the engine yet; the playground's tests will give it a model.
+      TOKENMILL_MODELS: "none",
       STRIPE_SECRET_KEY: "sk_test_e2e",
       STRIPE_WEBHOOK_SECRET: stripeWebhookSecret,
       STRIPE_API_BASE: `http://127.0.0.1:${stripePort}/`,

@@ -1,6 +1,6 @@
 //! Configuration from environment variables, each with a default that works on a laptop.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use accounts::LoginLimits;
 
@@ -25,6 +25,88 @@ pub struct Config {
     /// `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`, and `STRIPE_API_BASE` (default Stripe's
     /// own API; tests point it at a local stand-in). Without both secrets, top-ups are off.
     pub stripe: payments::StripeConfig,
+    pub engine: EngineSettings,
+}
+
+/// The models the worker pool serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// `TOKENMILL_MODELS`: `id=DIR` pairs separated by commas (Hugging Face directories), or
+    /// `none`. Default: the project's test model, written to `data/models/tokenmill-tiny` on
+    /// first start, so a fresh checkout serves tokens out of the box.
+    pub models: Vec<(String, PathBuf)>,
+    /// Write the test model into the first directory if it holds no model yet.
+    pub write_fixture: bool,
+    /// `TOKENMILL_DEVICE`: `auto` (default), `cpu`, `cuda` or `cuda:N`.
+    pub device: engine::Device,
+    /// `TOKENMILL_CPU_KV_MIB`: KV cache memory per model on the CPU, default 256.
+    pub cpu_kv_mib: usize,
+}
+
+pub const DEFAULT_MODEL_ID: &str = "tokenmill-tiny";
+pub const DEFAULT_MODEL_DIR: &str = "data/models/tokenmill-tiny";
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            models: vec![(DEFAULT_MODEL_ID.into(), PathBuf::from(DEFAULT_MODEL_DIR))],
+            write_fixture: true,
+            device: engine::Device::Auto,
+            cpu_kv_mib: 256,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// No engine: the API answers 503 and readiness fails.
+    pub fn off() -> Self {
+        EngineSettings {
+            models: Vec::new(),
+            write_fixture: false,
+            ..EngineSettings::default()
+        }
+    }
+
+    fn from_env() -> Result<EngineSettings, ConfigError> {
+        let mut s = EngineSettings::default();
+        if let Some(list) = var("TOKENMILL_MODELS") {
+            let bad = |message: String| ConfigError {
+                name: "TOKENMILL_MODELS",
+                message,
+            };
+            s.write_fixture = false;
+            s.models = if list.trim() == "none" {
+                Vec::new()
+            } else {
+                list.split(',')
+                    .map(|pair| {
+                        let (id, dir) = pair.split_once('=').ok_or_else(|| {
+                            bad(format!(
+                                "expected id=DIR pairs separated by commas, got {pair:?}"
+                            ))
+                        })?;
+                        let id = id.trim();
+                        if id.is_empty()
+                            || !id
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+                        {
+                            return Err(bad(format!("{id:?} is not a usable model id")));
+                        }
+                        Ok((id.to_string(), PathBuf::from(dir.trim())))
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+        }
+        if let Some(d) = var("TOKENMILL_DEVICE") {
+            s.device = d.parse().map_err(|e: engine::EngineError| ConfigError {
+                name: "TOKENMILL_DEVICE",
+                message: e.to_string(),
+            })?;
+        }
+        s.cpu_kv_mib = number("TOKENMILL_CPU_KV_MIB", s.cpu_kv_mib as u64)? as usize;
+        Ok(s)
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -39,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("site_root", &self.site_root)
             .field("stripe_configured", &self.stripe.secret_key.is_some())
             .field("stripe_api_base", &self.stripe.api_base)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -64,6 +147,7 @@ impl Default for Config {
             site_root: "target/site".to_string(),
             login_limits: LoginLimits::default(),
             stripe: payments::StripeConfig::default(),
+            engine: EngineSettings::default(),
         }
     }
 }
@@ -122,6 +206,7 @@ impl Config {
                 webhook_secret: var("STRIPE_WEBHOOK_SECRET"),
                 api_base: var("STRIPE_API_BASE"),
             },
+            engine: EngineSettings::from_env()?,
         })
     }
 

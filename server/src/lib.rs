@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod config;
 mod downloads;
+pub mod inference;
+pub mod openai;
 pub mod security;
 pub mod session_store;
 
@@ -63,7 +65,14 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         session_absolute_ms: config.session_absolute.as_millis() as i64,
         public_url: config.public_url.clone(),
     };
-    let router = router(config, db.clone(), app_state.clone());
+    let pool = inference::start_pool(&config.engine).await?;
+    let api = openai::ApiState {
+        keys: app_state.keys.clone(),
+        pool: pool.clone(),
+        started: db::now_ms() / 1000,
+    };
+    let router = router(config, db.clone(), app_state.clone())
+        .merge(api_routes(api, inference::Readiness::new(pool)));
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok((router, db))
@@ -135,6 +144,18 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(policy, security::client_ip))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .merge(webhooks)
+        .layer(middleware::from_fn(security::headers))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// `/v1` (bearer keys, OpenAI errors) and `/ready`: no sessions and no CSRF checks, since no
+/// cookie authenticates them.
+fn api_routes(api: openai::ApiState, readiness: inference::Readiness) -> Router {
+    Router::new()
+        .route("/ready", get(inference::ready))
+        .with_state(readiness)
+        .merge(openai::router(api))
+        .layer(RequestBodyLimitLayer::new(openai::BODY_LIMIT))
         .layer(middleware::from_fn(security::headers))
         .layer(TraceLayer::new_for_http())
 }

@@ -38,9 +38,11 @@ async fn test_db() -> TestDb {
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let test_db = test_db().await;
+    // No models unless a test asks: most tests never generate a token.
     let mut config = Config {
         database_url: test_db.url.clone(),
         trust_proxy: true,
+        engine: server::config::EngineSettings::off(),
         ..Config::default()
     };
     configure(&mut config);

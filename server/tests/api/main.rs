@@ -7,3 +7,4 @@ mod compute;
 mod helpers;
 mod payments;
 mod security;
+mod v1;
