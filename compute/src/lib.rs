@@ -11,6 +11,7 @@
 
 mod decisions;
 mod factories;
+mod prices;
 mod requests;
 mod types;
 
@@ -20,6 +21,7 @@ use db::Db;
 
 pub use decisions::Decision;
 pub use factories::{Factory, FactorySpec};
+pub use prices::ModelPrice;
 pub use requests::{Allocation, ComputeRequest, GrantRef, RequestForm, Support, TimelineEvent};
 pub use types::{Capacity, Commitment, Day, GpuClass, Status};
 

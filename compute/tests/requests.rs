@@ -658,3 +658,62 @@ async fn concurrent_approvals_decide_once_and_grant_once() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn operators_price_models_exactly_and_no_one_else_can() {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        let c = &w.compute;
+        let p = c
+            .set_price(&w.operator, "meta/llama-3.1-8b", "0.15", "$0.6")
+            .await
+            .unwrap();
+        assert_eq!(p.input_per_mtok, Nanos::new(150_000_000));
+        assert_eq!(p.output_per_mtok, Nanos::new(600_000_000));
+        // A change replaces the price; a second model keeps its own.
+        c.set_price(&w.operator, "meta/llama-3.1-8b", "0.2", "0.8")
+            .await
+            .unwrap();
+        c.set_price(&w.operator, "tokenmill-tiny", "0", "0.000000001")
+            .await
+            .unwrap();
+        let all = c.prices().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].model_id, "meta/llama-3.1-8b");
+        assert_eq!(all[0].output_per_mtok, Nanos::new(800_000_000));
+        assert_eq!(all[1].output_per_mtok, Nanos::new(1));
+        assert_eq!(
+            c.price("tokenmill-tiny")
+                .await
+                .unwrap()
+                .unwrap()
+                .input_per_mtok,
+            Nanos::new(0)
+        );
+        assert!(c.price("unpriced").await.unwrap().is_none());
+
+        for (model, input, output, bad) in [
+            ("", "1", "1", "model_id"),
+            ("bad model", "1", "1", "model_id"),
+            ("m", "-1", "1", "input_per_mtok"),
+            ("m", "1", "abc", "output_per_mtok"),
+            ("m", "1", "0.0000000001", "output_per_mtok"),
+            ("m", "1001", "1", "input_per_mtok"),
+        ] {
+            match c.set_price(&w.operator, model, input, output).await {
+                Err(ComputeError::Field { field, .. }) => {
+                    assert_eq!(field, bad, "{model} {input} {output}")
+                }
+                other => panic!("{model} {input} {output}: {other:?}"),
+            }
+        }
+        for someone in [&w.tenant, &w.partner] {
+            assert!(matches!(
+                c.set_price(someone, "meta/llama-3.1-8b", "0", "0").await,
+                Err(ComputeError::Forbidden)
+            ));
+        }
+        assert_eq!(c.prices().await.unwrap().len(), 2);
+        t.finish().await;
+    }
+}

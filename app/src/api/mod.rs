@@ -10,12 +10,14 @@ mod admin;
 mod compute;
 mod credits;
 mod keys;
+mod models;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
 pub use admin::*;
 pub use compute::*;
 pub use credits::*;
 pub use keys::*;
+pub use models::*;
 
 /// The signed-in user and their organisation, as the pages show them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -59,6 +59,7 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 <Show when=move || me.is_operator || me.is_partner>
                     <A href="/approvals">"Approvals"</A>
                 </Show>
+                <A href="/models">"Models"</A>
                 <A href="/keys">"API keys"</A>
                 <A href="/members">"Members"</A>
                 <A href="/account">"Account"</A>

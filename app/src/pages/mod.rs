@@ -13,5 +13,6 @@ pub mod dashboard;
 pub mod home;
 pub mod keys;
 pub mod members;
+pub mod models;
 pub mod not_found;
 pub mod top_up;

@@ -312,3 +312,77 @@ async fn tenants_cannot_use_the_admin_endpoints() {
         serde_json::json!([])
     );
 }
+
+#[tokio::test]
+async fn operators_price_models_and_everyone_signed_in_sees_the_catalog() {
+    let app = spawn_app().await;
+    let ops = operator(&app).await;
+    let (_, savanna_id) = partner(&app, &ops, "Savanna Cloud", "owner@savanna.example").await;
+    let (status, body) = ops
+        .json(
+            "/api/create_factory",
+            &[
+                ("partner_org_id", &savanna_id),
+                ("name", "Nairobi 1"),
+                ("region", "africa"),
+                ("gpu_class", "H100"),
+                ("models", "tiny/llama"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = ops
+        .json(
+            "/api/set_model_price",
+            &[
+                ("model_id", "tiny/llama"),
+                ("input_per_mtok", "0.15"),
+                ("output_per_mtok", "0.6"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = ops
+        .json(
+            "/api/set_model_price",
+            &[
+                ("model_id", "tiny/llama"),
+                ("input_per_mtok", "cheap"),
+                ("output_per_mtok", "0.6"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["Field"]["field"], "input_per_mtok");
+
+    let tenant = app.owner("founder@startup.example", "Startup").await;
+    let (status, catalog) = tenant.json("/api/model_catalog", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{catalog}");
+    assert_eq!(catalog[0]["model_id"], "tiny/llama");
+    assert_eq!(catalog[0]["input_per_mtok"], "$0.15");
+    assert_eq!(catalog[0]["output_per_mtok"], "$0.60");
+    assert!(
+        catalog[0]["factories"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Nairobi 1 (Savanna Cloud"),
+        "{catalog}"
+    );
+    let page = tenant.get("/models").await.text().await.unwrap();
+    assert!(page.contains("tiny/llama") && page.contains("$0.60"));
+    assert!(!page.contains("Set a price"));
+    // Only operators set prices.
+    let (status, _) = tenant
+        .json(
+            "/api/set_model_price",
+            &[
+                ("model_id", "tiny/llama"),
+                ("input_per_mtok", "0"),
+                ("output_per_mtok", "0"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, catalog) = tenant.json("/api/model_catalog", &[]).await;
+    assert_eq!(catalog[0]["output_per_mtok"], "$0.60");
+}
