@@ -53,9 +53,18 @@ impl Detokenizer {
 
     pub fn push(&mut self, id: u32) -> Delta {
         self.ids.push(id);
+        self.advance(false);
+        self.release()
+    }
+
+    /// Moves newly decoded text into `text`. A trailing replacement character means a
+    /// character is still incomplete, so it waits, but for at most 4 tokens (the longest UTF-8
+    /// character): after that the bytes are invalid and come out as replacement characters.
+    fn advance(&mut self, force: bool) {
         let before = self.decode(&self.ids[self.prefix..self.read]);
         let after = self.decode(&self.ids[self.prefix..]);
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
+        let complete = !after.ends_with('\u{FFFD}') || self.ids.len() - self.read >= 4;
+        if after.len() > before.len() && (complete || force) {
             // The new text is what follows the window's earlier text; should that decode
             // differently now (rare), cut at a character boundary rather than inside one.
             let common = if after.is_char_boundary(before.len()) {
@@ -67,7 +76,6 @@ impl Detokenizer {
             self.prefix = self.read;
             self.read = self.ids.len();
         }
-        self.release()
     }
 
     /// The text produced so far, including any held back.
@@ -75,8 +83,10 @@ impl Detokenizer {
         &self.text
     }
 
-    /// Flushes what is held back for a possible stop string (the sequence ended otherwise).
+    /// Flushes what is held back for a possible stop string or an incomplete character (the
+    /// sequence ended otherwise).
     pub fn finish(&mut self) -> String {
+        self.advance(true);
         let out = self.text[self.sent..].to_string();
         self.sent = self.text.len();
         out

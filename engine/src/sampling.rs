@@ -44,6 +44,10 @@ impl Default for SamplingParams {
     }
 }
 
+/// Temperatures below this are greedy decoding (as vLLM treats them): dividing by them would
+/// overflow to infinity.
+const GREEDY_BELOW: f32 = 1e-5;
+
 /// The most alternatives a request may ask log-probabilities for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -157,7 +161,7 @@ impl SeqSampler {
             scratch.raw.extend_from_slice(logits);
         }
         self.apply_penalties(logits);
-        let token = if self.params.temperature == 0.0 {
+        let token = if self.params.temperature < GREEDY_BELOW {
             argmax(logits)
         } else {
             self.draw(logits, &mut scratch.cand)
@@ -169,7 +173,12 @@ impl SeqSampler {
     fn apply_penalties(&self, logits: &mut [f32]) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
-            let seen = self.prompt.iter().chain(self.counts.keys());
+            // Each token seen once, whether in the prompt, the output or both.
+            let seen = self.prompt.iter().chain(
+                self.counts
+                    .keys()
+                    .filter(|t| self.prompt.binary_search(t).is_err()),
+            );
             for &t in seen {
                 let l = &mut logits[t as usize];
                 *l = if *l > 0.0 {
@@ -235,15 +244,19 @@ impl SeqSampler {
             // A fixed order, so the same seed draws the same token whatever order selection left.
             cand.sort_unstable_by_key(|c| c.1);
         }
-        let total: f32 = cand.iter().map(|c| c.0).sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for c in cand.iter() {
-            r -= c.0;
-            if r <= 0.0 {
-                return c.1;
-            }
+        // Running sums, then the first candidate whose sum exceeds the draw: one rounding
+        // path, so a draw near 1 cannot fall past the end onto an arbitrary token, and a
+        // zero-weight candidate is never chosen.
+        let mut sum = 0.0f32;
+        for c in cand.iter_mut() {
+            sum += c.0;
+            c.0 = sum;
         }
-        cand.last().map(|c| c.1).unwrap_or(0)
+        let r = self.rng.random::<f32>() * sum;
+        cand.iter()
+            .find(|c| c.0 > r)
+            .or_else(|| cand.iter().rev().find(|c| c.0 > 0.0))
+            .map_or(0, |c| c.1)
     }
 }
 
@@ -285,4 +298,56 @@ fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(seed: u64, params: SamplingParams) -> SeqSampler {
+        SeqSampler::new(
+            SamplingParams {
+                seed: Some(seed),
+                ..params
+            },
+            &[],
+        )
+    }
+
+    #[test]
+    fn a_token_without_probability_is_never_drawn() {
+        let mut scratch = Scratch::default();
+        for seed in 0..2000 {
+            // Two equally likely tokens; the last id (where a draw past the end used to land)
+            // has no probability at all.
+            let mut logits = vec![f32::NEG_INFINITY; 1000];
+            logits[3] = 0.5;
+            logits[7] = 0.5;
+            let (t, _) = sampler(seed, SamplingParams::default()).sample(&mut logits, &mut scratch);
+            assert!(t == 3 || t == 7, "seed {seed}: {t}");
+        }
+    }
+
+    #[test]
+    fn a_vanishing_temperature_is_greedy_and_the_repetition_penalty_applies_once() {
+        let mut scratch = Scratch::default();
+        let tiny = SamplingParams {
+            temperature: 1e-39,
+            ..SamplingParams::default()
+        };
+        assert!(tiny.validate().is_ok());
+        let mut logits = vec![0.0, 2.0, 1.0];
+        assert_eq!(sampler(1, tiny).sample(&mut logits, &mut scratch).0, 1);
+
+        // Token 1 is in the prompt and in the output: divided by 2 once, not twice.
+        let params = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
+        let mut s = SeqSampler::new(params, &[1]);
+        s.record(1);
+        let mut logits = vec![0.0, 4.0, 1.9];
+        s.apply_penalties(&mut logits);
+        assert_eq!(logits[1], 2.0);
+    }
 }

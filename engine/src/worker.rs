@@ -179,6 +179,15 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("tokenmill-worker-{}", spec.model_id))
             .spawn(move || {
+                // Marks the worker stopped however the thread ends, a panic included, so the
+                // pool stops routing to it.
+                struct Stopped(Arc<Counters>);
+                impl Drop for Stopped {
+                    fn drop(&mut self) {
+                        self.0.stopped.store(true, Ordering::Relaxed);
+                    }
+                }
+                let _stopped = Stopped(thread_counters.clone());
                 let loaded = (|| {
                     let ck = Checkpoint::open(&spec.dir)?;
                     let tokenizer = Arc::new(
@@ -214,7 +223,6 @@ impl Worker {
                         run(backend, &info, &spec, rx, &thread_counters);
                     }
                 }
-                thread_counters.stopped.store(true, Ordering::Relaxed);
             })
             .map_err(|e| EngineError::Device(format!("cannot start a worker thread: {e}")))?;
         let info = ready_rx
@@ -264,7 +272,7 @@ impl Worker {
             .into());
         }
         let limit = match request.max_tokens {
-            Some(m) if tokens.len() + m > info.context => {
+            Some(m) if m > info.context.saturating_sub(tokens.len()) => {
                 return Err(SubmitError::ContextLength {
                     prompt: tokens.len(),
                     max_tokens: m,
@@ -321,7 +329,22 @@ impl Worker {
         })
     }
 
+    /// The prompt's token ids, each checked against the model's vocabulary (a tokenizer with
+    /// added tokens beyond the embedding table must not reach the forward pass).
     fn tokenize(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
+        let ids = self.encode(request)?;
+        let vocab = self.info.config.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(InvalidRequest {
+                param: "prompt",
+                message: format!("token id {bad} is outside the model's vocabulary of {vocab}"),
+            }
+            .into());
+        }
+        Ok(ids)
+    }
+
+    fn encode(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
         let tok = &self.info.tokenizer;
         let encode = |text: &str, special: bool| {
             tok.encode(text, special)
@@ -333,17 +356,7 @@ impl Worker {
         };
         Ok(match &request.prompt {
             Prompt::Text(t) => encode(t, true)?,
-            Prompt::Tokens(ids) => {
-                let vocab = self.info.config.vocab_size;
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    return Err(InvalidRequest {
-                        param: "prompt",
-                        message: format!("token id {bad} is outside the vocabulary of {vocab}"),
-                    }
-                    .into());
-                }
-                ids.clone()
-            }
+            Prompt::Tokens(ids) => ids.clone(),
             Prompt::Chat(messages) => {
                 let template = self.info.chat_template.as_ref().ok_or(InvalidRequest {
                     param: "messages",
@@ -563,9 +576,17 @@ fn run(
                 // A failed step leaves the cache in an unknown state: fail everything and stop.
                 drop(steps);
                 let message = format!("the engine failed: {e}");
+                counters.stopped.store(true, Ordering::Relaxed);
                 for s in sched.remove_where(|_| true) {
                     let _ = s.state.events.send(Event::Failed(message.clone()));
                 }
+                // Requests still in the channel were accepted too: each gets its answer.
+                for cmd in rx.try_iter() {
+                    if let Command::Submit(sub) = cmd {
+                        let _ = sub.events.send(Event::Failed(message.clone()));
+                    }
+                }
+                publish(counters, &sched);
                 return;
             }
         };

@@ -268,6 +268,10 @@ async fn bad_requests_are_refused_before_queueing() {
             context: 512
         })
     ));
+    assert!(matches!(
+        pool.submit("tiny", greedy(prompt_of(5, 1), usize::MAX)),
+        Err(SubmitError::ContextLength { prompt: 5, .. })
+    ));
     assert_eq!(
         pool.submit("other", greedy(prompt_of(5, 1), 1)).err(),
         Some(SubmitError::UnknownModel("other".into()))

@@ -43,6 +43,31 @@ fn multi_byte_characters_split_across_tokens_stream_whole() {
     );
 }
 
+fn tok_decode_all_but_last(text: &str) -> String {
+    let tok = tokenizer();
+    let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+    tok.decode(&ids[..ids.len() - 1], true).unwrap()
+}
+
+#[test]
+fn text_of_an_unfinished_character_is_flushed_at_the_end_not_lost() {
+    let tok = tokenizer();
+    let ids = tok.encode(" 日本", false).unwrap().get_ids().to_vec();
+    let mut d = Detokenizer::new(tok, &[], vec![]);
+    let mut out = String::new();
+    // Everything but the last byte-token: the final character is incomplete and held.
+    for &id in &ids[..ids.len() - 1] {
+        let Delta::Text(t) = d.push(id) else { panic!() };
+        out.push_str(&t);
+    }
+    assert!(!out.contains('\u{FFFD}'));
+    let rest = d.finish();
+    assert!(rest.ends_with('\u{FFFD}'), "{out:?} + {rest:?}");
+    // What the held tokens decode to, replacement characters included, comes out at the end.
+    let held = tok_decode_all_but_last(" 日本");
+    assert_eq!(out + &rest, held);
+}
+
 fn stream(stop: &[&str], text: &str) -> (String, bool) {
     let tok = tokenizer();
     let ids = tok.encode(text, false).unwrap().get_ids().to_vec();

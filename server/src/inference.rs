@@ -3,7 +3,6 @@
 //! only while a worker has recently produced a real token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -56,45 +55,58 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
     .await?
 }
 
-/// Readiness: a worker produced a token within the last few seconds, checked again (one real
-/// token per model) when the last success is older than that.
+/// Readiness: a worker produced a token within the last few seconds. One probe at a time
+/// (callers arriving meanwhile wait for its verdict), a success trusted for 10 s and a failure
+/// for 2 s, so probes can never crowd out real requests.
 #[derive(Clone)]
 pub struct Readiness {
     pool: Option<Arc<engine::Pool>>,
-    last_ok_ms: Arc<AtomicI64>,
+    verdict: Arc<tokio::sync::Mutex<Verdict>>,
 }
 
-const FRESH_MS: i64 = 10_000;
+struct Verdict {
+    at_ms: i64,
+    ok: bool,
+}
+
+const FRESH_OK_MS: i64 = 10_000;
+const FRESH_FAILURE_MS: i64 = 2_000;
 
 impl Readiness {
     pub fn new(pool: Option<Arc<engine::Pool>>) -> Readiness {
         Readiness {
             pool,
-            last_ok_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            verdict: Arc::new(tokio::sync::Mutex::new(Verdict {
+                at_ms: i64::MIN,
+                ok: false,
+            })),
         }
     }
 }
 
-pub async fn ready(State(r): State<Readiness>) -> (StatusCode, String) {
+pub async fn ready(State(r): State<Readiness>) -> (StatusCode, &'static str) {
     let Some(pool) = r.pool else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no models configured\n".into(),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "no models configured\n");
     };
+    let mut v = r.verdict.lock().await;
     let now = db::now_ms();
-    if now.saturating_sub(r.last_ok_ms.load(Ordering::Relaxed)) < FRESH_MS {
-        return (StatusCode::OK, "ready\n".into());
+    let fresh = if v.ok { FRESH_OK_MS } else { FRESH_FAILURE_MS };
+    if now.saturating_sub(v.at_ms) >= fresh {
+        let failures = pool.health(Duration::from_secs(5)).await;
+        for (model, error) in &failures {
+            tracing::warn!(%model, %error, "readiness probe failed");
+        }
+        *v = Verdict {
+            at_ms: db::now_ms(),
+            ok: failures.is_empty(),
+        };
     }
-    let failures = pool.health(Duration::from_secs(5)).await;
-    if failures.is_empty() {
-        r.last_ok_ms.store(now, Ordering::Relaxed);
-        (StatusCode::OK, "ready\n".into())
+    if v.ok {
+        (StatusCode::OK, "ready\n")
     } else {
-        let detail: Vec<String> = failures.iter().map(|(m, e)| format!("{m}: {e}")).collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", detail.join("; ")),
+            "not ready: a worker did not produce a token\n",
         )
     }
 }

@@ -48,8 +48,9 @@ pub fn isa_name() -> &'static str {
 /// `xs` and `ws` are row starts; `out` is written for the first `m` x rows and `n` w rows.
 #[inline]
 fn tile(x: &[f32], x_stride: usize, m: usize, w: &[f32], n: usize, k: usize) -> [[f32; NB]; MB] {
-    debug_assert!(m <= MB && n <= NB);
-    debug_assert!(x.len() >= (m - 1) * x_stride + k && w.len() >= n * k);
+    // Real checks, not debug-only: the SIMD path below reads through raw pointers.
+    assert!((1..=MB).contains(&m) && (1..=NB).contains(&n));
+    assert!(x.len() >= (m - 1) * x_stride + k && w.len() >= n * k);
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` returned Avx2Fma only after runtime detection of both features, and
@@ -186,7 +187,7 @@ mod avx2 {
 
 /// One dot product, with the same reduction order as every tile.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len());
     tile(a, a.len(), 1, b, 1, a.len())[0][0]
 }
 
@@ -217,8 +218,9 @@ pub fn matmul(
     out: &mut [f32],
 ) {
     let cols = w.len() / k;
-    debug_assert_eq!(w.len(), cols * k);
-    debug_assert!(x.len() >= rows * k && out.len() >= rows * cols);
+    // The output is written through a raw pointer: these bounds must hold in every build.
+    assert_eq!(w.len(), cols * k);
+    assert!(x.len() >= rows * k && out.len() >= rows * cols);
     // Blocks of w rows small enough to stay in cache while every x row passes over them, and
     // numerous enough to balance the threads.
     let block = (16 * 1024 / k.max(1)).clamp(NB, 64) / NB * NB;
