@@ -60,8 +60,12 @@ async fn require_operator() -> Result<accounts::User, AppError> {
 
 #[server(endpoint = "factories")]
 pub async fn factories() -> Result<Vec<FactoryView>, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     require_user().await.map_err(fail)?;
-    Ok(state()?
+    Ok(app
+        .clone()
         .compute
         .factories()
         .await
@@ -79,6 +83,9 @@ pub async fn create_factory(
     gpu_class: String,
     models: String,
 ) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
     let spec = compute::FactorySpec {
         partner_org_id,
@@ -87,7 +94,7 @@ pub async fn create_factory(
         gpu_class,
         models,
     };
-    state()?
+    app.clone()
         .compute
         .create_factory(&user, &spec)
         .await
@@ -97,8 +104,11 @@ pub async fn create_factory(
 
 #[server(endpoint = "programs")]
 pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     require_operator().await.map_err(fail)?;
-    let st = state()?;
+    let st = app.clone();
     let mut out = Vec::new();
     for p in st.credits.programs().await.map_err(fail)? {
         let sponsor = match &p.sponsor_org_id {
@@ -138,10 +148,13 @@ pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
 
 #[server(endpoint = "create_program")]
 pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     use accounts::{OrgKind, Region};
     use ledger::Nanos;
     require_operator().await.map_err(fail)?;
-    let st = state()?;
+    let st = app.clone();
     let money = |text: &str, field: &str| {
         Nanos::parse_dollars(text).map_err(|e| AppError::Field {
             field: field.into(),

@@ -211,8 +211,11 @@ async fn programs_open_to(st: &AppState, org_id: &str) -> Result<Vec<ProgramOpti
 
 #[server(endpoint = "compute")]
 pub async fn compute_page() -> Result<ComputeView, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let st = state()?;
+    let st = app.clone();
     let org = st
         .accounts
         .org(&user.org_id)
@@ -252,8 +255,12 @@ fn form(t: RequestTerms) -> compute::RequestForm {
 
 #[server(endpoint = "submit_compute")]
 pub async fn submit_compute(terms: RequestTerms) -> Result<String, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let r = state()?
+    let r = app
+        .clone()
         .compute
         .submit(&user, &form(terms), db::now_ms())
         .await
@@ -264,8 +271,12 @@ pub async fn submit_compute(terms: RequestTerms) -> Result<String, AppError> {
 
 #[server(endpoint = "resubmit_compute")]
 pub async fn resubmit_compute(id: String, terms: RequestTerms) -> Result<String, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let r = state()?
+    let r = app
+        .clone()
         .compute
         .resubmit(&user, &id, &form(terms), db::now_ms())
         .await
@@ -275,8 +286,11 @@ pub async fn resubmit_compute(id: String, terms: RequestTerms) -> Result<String,
 
 #[server(endpoint = "compute_request")]
 pub async fn compute_request(id: String) -> Result<RequestDetail, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let st = state()?;
+    let st = app.clone();
     let r = st.compute.request(&user, &id).await.map_err(fail)?;
     let timeline = st.compute.timeline(&user, &id).await.map_err(fail)?;
     let can_decide = r.may_decide(&user) && convert::is_open(r.status);
@@ -377,8 +391,11 @@ fn datetime(ms: i64) -> String {
 
 #[server(endpoint = "cancel_compute")]
 pub async fn cancel_compute(id: String) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    state()?
+    app.clone()
         .compute
         .cancel(&user, &id, db::now_ms())
         .await
@@ -388,8 +405,12 @@ pub async fn cancel_compute(id: String) -> Result<(), AppError> {
 
 #[server(endpoint = "approvals")]
 pub async fn approvals() -> Result<Vec<RequestRow>, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    Ok(state()?
+    Ok(app
+        .clone()
         .compute
         .queue(&user)
         .await
@@ -409,6 +430,9 @@ pub async fn approve_compute(
     grant_program_id: String,
     grant_amount: String,
 ) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
     let decision = compute::Decision {
         share_weight,
@@ -418,7 +442,7 @@ pub async fn approve_compute(
         grant_program_id,
         grant_amount,
     };
-    state()?
+    app.clone()
         .compute
         .approve(&user, &id, &decision, db::now_ms())
         .await
@@ -429,8 +453,11 @@ pub async fn approve_compute(
 /// Rejects, sends back for changes, or ends early: every decision that carries a reason.
 #[server(endpoint = "answer_compute")]
 pub async fn answer_compute(id: String, answer: String, reason: String) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let c = state()?.compute;
+    let c = app.clone().compute;
     let now = db::now_ms();
     match answer.as_str() {
         "reject" => c.reject(&user, &id, &reason, now).await,

@@ -105,10 +105,14 @@ pub(crate) fn date(ms: i64) -> String {
 
 #[server(endpoint = "me")]
 pub async fn me() -> Result<Option<Profile>, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let Some(user) = current_user().await.map_err(fail)? else {
         return Ok(None);
     };
-    let org = state()?
+    let org = app
+        .clone()
         .accounts
         .org(&user.org_id)
         .await
@@ -193,8 +197,11 @@ pub async fn change_password(
     current_password: String,
     new_password: String,
 ) -> Result<String, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let st = state()?;
+    let st = app.clone();
     st.accounts
         .change_password(&user, &current_password, &new_password, &client_ip())
         .await
@@ -210,8 +217,11 @@ pub async fn change_password(
 
 #[server(endpoint = "team")]
 pub async fn team() -> Result<TeamView, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let accounts = state()?.accounts;
+    let accounts = app.clone().accounts;
     let can_manage = user.org_role == accounts::OrgRole::Owner;
     let members = accounts
         .members(&user)
@@ -251,6 +261,9 @@ pub async fn team() -> Result<TeamView, AppError> {
 
 #[server(endpoint = "invite")]
 pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
     let role = accounts::OrgRole::from_code(role.trim()).ok_or_else(|| {
         fail(AppError::Field {
@@ -258,7 +271,8 @@ pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError>
             message: "Choose owner or member.".into(),
         })
     })?;
-    let (invitation, token) = state()?
+    let (invitation, token) = app
+        .clone()
         .accounts
         .invite(&user, &email, role)
         .await
@@ -271,8 +285,11 @@ pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError>
 
 #[server(endpoint = "revoke_invitation")]
 pub async fn revoke_invitation(id: String) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    state()?
+    app.clone()
         .accounts
         .revoke_invitation(&user, &id)
         .await
@@ -281,8 +298,11 @@ pub async fn revoke_invitation(id: String) -> Result<(), AppError> {
 
 #[server(endpoint = "remove_member")]
 pub async fn remove_member(id: String) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    state()?
+    app.clone()
         .accounts
         .remove_member(&user, &id)
         .await
@@ -317,8 +337,11 @@ pub async fn accept_invitation(token: String, password: String) -> Result<(), Ap
 
 #[server(endpoint = "partners")]
 pub async fn partners() -> Result<Vec<PartnerView>, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let list = state()?.accounts.partners(&user).await.map_err(fail)?;
+    let list = app.clone().accounts.partners(&user).await.map_err(fail)?;
     Ok(list
         .into_iter()
         .map(|o| PartnerView {
@@ -336,8 +359,12 @@ pub async fn create_partner(
     region: String,
     owner_email: String,
 ) -> Result<NewPartner, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let (org, _, token) = state()?
+    let (org, _, token) = app
+        .clone()
         .accounts
         .create_partner(&user, &name, &region, &owner_email)
         .await

@@ -21,8 +21,11 @@ pub struct ModelView {
 
 #[server(endpoint = "model_catalog")]
 pub async fn model_catalog() -> Result<Vec<ModelView>, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     require_user().await.map_err(fail)?;
-    let compute = state()?.compute;
+    let compute = app.clone().compute;
     let factories = compute.factories().await.map_err(fail)?;
     Ok(compute
         .prices()
@@ -49,8 +52,11 @@ pub async fn set_model_price(
     input_per_mtok: String,
     output_per_mtok: String,
 ) -> Result<(), AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    state()?
+    app.clone()
         .compute
         .set_price(&user, &model_id, &input_per_mtok, &output_per_mtok)
         .await
