@@ -45,6 +45,35 @@ pub async fn partner(app: &TestApp, ops: &Browser, name: &str, email: &str) -> (
     (b, id)
 }
 
+/// Savanna Cloud's factory in Nairobi (H100) serving `models`, made by the operator.
+async fn nairobi_factory(ops: &Browser, partner_id: &str, models: &str) {
+    let (status, body) = ops
+        .json(
+            "/api/create_factory",
+            &[
+                ("partner_org_id", partner_id),
+                ("name", "Nairobi 1"),
+                ("region", "africa"),
+                ("gpu_class", "H100"),
+                ("models", models),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn set_price(who: &Browser, model: &str, input: &str, output: &str) -> (StatusCode, Value) {
+    who.json(
+        "/api/set_model_price",
+        &[
+            ("model_id", model),
+            ("input_per_mtok", input),
+            ("output_per_mtok", output),
+        ],
+    )
+    .await
+}
+
 fn terms<'a>(factory: &'a str, program: &'a str, ends_on: &'a str) -> Vec<(&'static str, &'a str)> {
     vec![
         ("terms[factory_id]", factory),
@@ -92,19 +121,7 @@ async fn a_startup_requests_compute_and_the_operator_approves_with_a_grant() {
     let ops = operator(&app).await;
     let (savanna, savanna_id) = partner(&app, &ops, "Savanna Cloud", "owner@savanna.example").await;
     let (fjord, _) = partner(&app, &ops, "Fjord Compute", "owner@fjord.example").await;
-    let (status, body) = ops
-        .json(
-            "/api/create_factory",
-            &[
-                ("partner_org_id", &savanna_id),
-                ("name", "Nairobi 1"),
-                ("region", "africa"),
-                ("gpu_class", "H100"),
-                ("models", "tiny/llama\ntiny/qwen"),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    nairobi_factory(&ops, &savanna_id, "tiny/llama\ntiny/qwen").await;
     let (status, body) = ops
         .json(
             "/api/create_program",
@@ -318,40 +335,10 @@ async fn operators_price_models_and_everyone_signed_in_sees_the_catalog() {
     let app = spawn_app().await;
     let ops = operator(&app).await;
     let (_, savanna_id) = partner(&app, &ops, "Savanna Cloud", "owner@savanna.example").await;
-    let (status, body) = ops
-        .json(
-            "/api/create_factory",
-            &[
-                ("partner_org_id", &savanna_id),
-                ("name", "Nairobi 1"),
-                ("region", "africa"),
-                ("gpu_class", "H100"),
-                ("models", "tiny/llama"),
-            ],
-        )
-        .await;
+    nairobi_factory(&ops, &savanna_id, "tiny/llama").await;
+    let (status, body) = set_price(&ops, "tiny/llama", "0.15", "0.6").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = ops
-        .json(
-            "/api/set_model_price",
-            &[
-                ("model_id", "tiny/llama"),
-                ("input_per_mtok", "0.15"),
-                ("output_per_mtok", "0.6"),
-            ],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = ops
-        .json(
-            "/api/set_model_price",
-            &[
-                ("model_id", "tiny/llama"),
-                ("input_per_mtok", "cheap"),
-                ("output_per_mtok", "0.6"),
-            ],
-        )
-        .await;
+    let (status, body) = set_price(&ops, "tiny/llama", "cheap", "0.6").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["Field"]["field"], "input_per_mtok");
 
@@ -372,16 +359,7 @@ async fn operators_price_models_and_everyone_signed_in_sees_the_catalog() {
     assert!(page.contains("tiny/llama") && page.contains("$0.60"));
     assert!(!page.contains("Set a price"));
     // Only operators set prices.
-    let (status, _) = tenant
-        .json(
-            "/api/set_model_price",
-            &[
-                ("model_id", "tiny/llama"),
-                ("input_per_mtok", "0"),
-                ("output_per_mtok", "0"),
-            ],
-        )
-        .await;
+    let (status, _) = set_price(&tenant, "tiny/llama", "0", "0").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, catalog) = tenant.json("/api/model_catalog", &[]).await;
     assert_eq!(catalog[0]["output_per_mtok"], "$0.60");
