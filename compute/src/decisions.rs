@@ -339,7 +339,7 @@ impl Compute {
         req: ComputeRequest,
         now: i64,
     ) -> Result<ComputeRequest, ComputeError> {
-        let Some(alloc) = req.allocation else {
+        let Some(alloc) = req.allocation.clone() else {
             return Ok(req);
         };
         let (to, action) = match req.status {

@@ -34,8 +34,10 @@ pub struct Support {
 
 /// What an approval set: the scheduler's share weight and rate limit, over these days (both
 /// inclusive).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
+    /// The factory whose capacity was allocated (jobs under this allocation run there).
+    pub factory_id: String,
     pub share_weight: i64,
     pub rate_limit_tpm: i64,
     pub starts_at: Day,
@@ -142,6 +144,7 @@ pub(crate) fn request_from_row(r: &db::sqlx::any::AnyRow) -> Result<ComputeReque
         r.try_get::<Option<i64>, _>("alloc_ends_at")?,
     ) {
         (Some(w), Some(tpm), Some(s), Some(e)) => Some(Allocation {
+            factory_id: r.try_get("factory_id")?,
             share_weight: w,
             rate_limit_tpm: tpm,
             starts_at: Day::from_ms(s),

@@ -27,7 +27,7 @@ pub use config::{Architecture, Llama3Scaling, ModelConfig};
 pub use pool::{Pool, WorkerStatus};
 pub use request::{Event, Finish, FinishReason, Priority, Prompt, Request, SubmitError};
 pub use sampling::SamplingParams;
-pub use worker::{Generation, Worker, WorkerSpec};
+pub use worker::{Generation, Prepared, Worker, WorkerSpec};
 
 use std::path::PathBuf;
 

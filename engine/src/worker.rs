@@ -116,6 +116,26 @@ impl Generation {
     }
 }
 
+/// A request that passed validation and was tokenized, not yet queued.
+#[derive(Debug)]
+pub struct Prepared {
+    tokens: Vec<u32>,
+    request: Request,
+    max_len: usize,
+}
+
+impl Prepared {
+    pub fn prompt_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The most tokens this request can generate (its `max_tokens`, or what the context
+    /// leaves after the prompt).
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_len - self.tokens.len()
+    }
+}
+
 struct Submission {
     id: u64,
     tokens: Vec<u32>,
@@ -240,6 +260,13 @@ impl Worker {
 
     /// Validates and tokenizes on the caller's thread, then queues the request.
     pub fn submit(&self, request: Request) -> Result<Generation, SubmitError> {
+        self.enqueue(self.prepare(request)?)
+    }
+
+    /// Validates and tokenizes without queueing anything, so that a caller can pay for the
+    /// request's largest possible size (its prompt and how many tokens it may generate) before
+    /// any work starts.
+    pub fn prepare(&self, request: Request) -> Result<Prepared, SubmitError> {
         let tokens = self.tokenize(&request)?;
         let info = &self.info;
         if tokens.is_empty() {
@@ -271,7 +298,7 @@ impl Worker {
             }
             .into());
         }
-        let limit = match request.max_tokens {
+        let max_len = match request.max_tokens {
             Some(m) if m > info.context.saturating_sub(tokens.len()) => {
                 return Err(SubmitError::ContextLength {
                     prompt: tokens.len(),
@@ -289,6 +316,20 @@ impl Worker {
             }
             None => info.context,
         };
+        Ok(Prepared {
+            tokens,
+            request,
+            max_len,
+        })
+    }
+
+    /// Queues a prepared request, or refuses it when the queue is full or the worker stopped.
+    pub fn enqueue(&self, prepared: Prepared) -> Result<Generation, SubmitError> {
+        let Prepared {
+            tokens,
+            request,
+            max_len,
+        } = prepared;
         if self.counters.stopped.load(Ordering::Relaxed) {
             return Err(SubmitError::Unavailable);
         }
@@ -307,7 +348,7 @@ impl Worker {
             id,
             tokens,
             request,
-            max_len: limit,
+            max_len,
             events,
             cancel: cancel.clone(),
             submitted: Instant::now(),

@@ -39,6 +39,14 @@ impl HoldStatus {
     }
 }
 
+/// What settling a hold charged: the posting (none for a zero charge) and the amount drawn
+/// from each account, in burn order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub transaction_id: Option<String>,
+    pub drawn: Vec<(String, i64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub id: String,
@@ -215,12 +223,29 @@ impl Ledger {
         memo: &str,
     ) -> Result<Hold, LedgerError> {
         let mut tx = self.db.begin_write().await?;
-        let hold = self.open_hold(&mut tx, hold_id).await?;
+        self.settle_in(&mut tx, hold_id, actual, to, memo).await?;
+        commit_with(tx, hold_id).await
+    }
+
+    /// [`Ledger::settle`] inside the caller's write transaction, so that what the charge pays
+    /// for (a usage event) is recorded with it or not at all. Says which accounts paid what.
+    pub async fn settle_in(
+        &self,
+        tx: &mut AnyConnection,
+        hold_id: &str,
+        actual: Nanos,
+        to: &str,
+        memo: &str,
+    ) -> Result<Settled, LedgerError> {
+        let hold = self.open_hold(tx, hold_id).await?;
         if actual.get() < 0 || actual > hold.amount {
             return Err(LedgerError::SettleExceedsHold);
         }
-        release(&mut tx, &hold).await?;
-        let mut transaction_id: Option<String> = None;
+        release(tx, &hold).await?;
+        let mut settled = Settled {
+            transaction_id: None,
+            drawn: Vec::new(),
+        };
         if actual.get() > 0 {
             let mut remaining = actual.get();
             let mut legs = vec![Leg {
@@ -234,15 +259,16 @@ impl Ledger {
                         account_id: account.clone(),
                         amount: -take,
                     });
+                    settled.drawn.push((account.clone(), take));
                     remaining -= take;
                 }
             }
             let posting =
                 Posting::new(format!("hold:{hold_id}:settle"), "usage", memo, None, legs)?;
             let id = new_id();
-            insert_transaction(&mut tx, &id, &posting).await?;
-            apply_legs(&mut tx, &id, posting.legs()).await?;
-            transaction_id = Some(id);
+            insert_transaction(tx, &id, &posting).await?;
+            apply_legs(tx, &id, posting.legs()).await?;
+            settled.transaction_id = Some(id);
         }
         db::sqlx::query(
             "UPDATE ledger_holds SET status = 'settled', resolved_at = $1, settled_amount = $2, \
@@ -250,11 +276,11 @@ impl Ledger {
         )
         .bind(now_ms())
         .bind(actual.get())
-        .bind(transaction_id)
+        .bind(&settled.transaction_id)
         .bind(hold_id)
         .execute(&mut *tx)
         .await?;
-        commit_with(tx, hold_id).await
+        Ok(settled)
     }
 
     /// Releases a hold without charging (the work failed before producing anything).

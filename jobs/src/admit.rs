@@ -1,0 +1,187 @@
+//! Admission: everything that must hold before a job may use the device.
+
+use db::{new_id, now_ms};
+use ledger::{LedgerError, Nanos};
+
+use crate::running::{JobContext, RunningJob};
+use crate::{HOLD_TTL_MS, JobError, JobKind, Jobs, ON_DEMAND_WEIGHT, Principal, Rates};
+
+impl Jobs {
+    /// Admits and queues one generation for `who`. On success the job is running and its
+    /// hold is open; every refusal leaves nothing behind (no job row, no hold).
+    pub async fn start(
+        &self,
+        who: &Principal,
+        kind: JobKind,
+        model: &str,
+        mut request: engine::Request,
+    ) -> Result<RunningJob, JobError> {
+        let inner = &self.inner;
+        let pool = inner.pool.as_ref().ok_or(JobError::Unavailable)?;
+        let unknown = || JobError::UnknownModel(model.to_string());
+        // A model without a list price is not sold, whatever the pool has loaded.
+        let price = inner
+            .compute
+            .price(model)
+            .await
+            .map_err(JobError::storage)?
+            .ok_or_else(unknown)?;
+        let rates = Rates::from(&price);
+        let worker = pool.worker_for(model)?;
+        let now = now_ms();
+        let allocation = inner
+            .compute
+            .allocation(&who.org_id, model, now)
+            .await
+            .map_err(JobError::storage)?;
+        let factory = match &allocation {
+            Some(a) => inner
+                .compute
+                .factory(&a.factory_id)
+                .await
+                .map_err(JobError::storage)?,
+            None => inner
+                .compute
+                .factories()
+                .await
+                .map_err(JobError::storage)?
+                .into_iter()
+                .find(|f| f.serves(model)),
+        }
+        .ok_or_else(unknown)?;
+
+        request.priority = kind.priority();
+        request.tenant = who.org_id.clone();
+        request.weight = allocation
+            .as_ref()
+            .map_or(ON_DEMAND_WEIGHT, |a| a.share_weight.clamp(1, 1_000) as u32);
+        let prepared = worker.prepare(request)?;
+        let prompt_tokens = prepared.prompt_tokens();
+        let max_tokens = prepared.max_new_tokens();
+        let max_cost =
+            rates
+                .cost(prompt_tokens as u64, max_tokens as u64)
+                .ok_or(JobError::Invalid {
+                    param: "max_tokens",
+                    message: "max_tokens is too large".into(),
+                })?;
+
+        let job_id = new_id();
+        let hold_id = if max_cost.get() > 0 {
+            Some(self.reserve(who, &job_id, max_cost, now).await?)
+        } else {
+            None
+        };
+        let ctx = JobContext {
+            id: job_id,
+            who: who.clone(),
+            kind,
+            model: model.to_string(),
+            factory_id: factory.id,
+            partner_org_id: factory.partner_org_id,
+            rates,
+            hold_id,
+            prompt_tokens,
+            max_tokens,
+            created_at: now,
+        };
+        if let Err(e) = self.insert_job(&ctx).await {
+            self.release(&ctx).await;
+            return Err(e);
+        }
+        match worker.enqueue(prepared) {
+            Ok(generation) => Ok(RunningJob::new(self.clone(), ctx, generation)),
+            Err(e) => {
+                let e = JobError::from(e);
+                self.refused(&ctx, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn reserve(
+        &self,
+        who: &Principal,
+        job_id: &str,
+        amount: Nanos,
+        now: i64,
+    ) -> Result<String, JobError> {
+        let credits = &self.inner.credits;
+        let sources = credits
+            .sources(&who.org_id, now)
+            .await
+            .map_err(JobError::storage)?;
+        match credits
+            .ledger()
+            .reserve(
+                &format!("job:{job_id}"),
+                Some(&who.org_id),
+                &sources,
+                amount,
+                HOLD_TTL_MS,
+            )
+            .await
+        {
+            Ok(hold) => Ok(hold.id),
+            Err(LedgerError::InsufficientFunds { .. }) => {
+                let available = credits
+                    .wallet(&who.org_id, now)
+                    .await
+                    .map_err(JobError::storage)?
+                    .available();
+                Err(JobError::InsufficientCredits {
+                    needed: amount,
+                    available,
+                })
+            }
+            Err(e) => Err(JobError::storage(e)),
+        }
+    }
+
+    async fn insert_job(&self, ctx: &JobContext) -> Result<(), JobError> {
+        db::sqlx::query(
+            "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
+             partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12)",
+        )
+        .bind(&ctx.id)
+        .bind(&ctx.who.org_id)
+        .bind(&ctx.who.user_id)
+        .bind(&ctx.who.api_key_id)
+        .bind(ctx.kind.code())
+        .bind(&ctx.model)
+        .bind(&ctx.factory_id)
+        .bind(&ctx.partner_org_id)
+        .bind(&ctx.hold_id)
+        .bind(ctx.prompt_tokens as i64)
+        .bind(ctx.max_tokens as i64)
+        .bind(ctx.created_at)
+        .execute(self.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+        Ok(())
+    }
+
+    /// The queue refused the job after it was recorded: no work was done, so the hold is voided
+    /// and the job row removed (a refusal is not a job).
+    async fn refused(&self, ctx: &JobContext, why: &JobError) {
+        tracing::debug!(job = ctx.id, error = %why, "job refused by the queue");
+        self.release(ctx).await;
+        if let Err(e) = db::sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(&ctx.id)
+            .execute(self.inner.db.pool())
+            .await
+        {
+            tracing::warn!(job = ctx.id, error = %e, "removing a refused job failed");
+        }
+    }
+
+    /// Voids the job's hold (when it has one); a failure is logged and left to the TTL.
+    pub(crate) async fn release(&self, ctx: &JobContext) {
+        if let Some(hold) = &ctx.hold_id
+            && let Err(e) = self.inner.credits.ledger().void(hold).await
+        {
+            tracing::warn!(job = ctx.id, hold, error = %e, "voiding a hold failed; it expires by its TTL");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Jobs: every generation, from admission to its settled usage event.
+//!
+//! Admission ([`Jobs::start`]) validates the request against the model (through the engine's
+//! `prepare`, which tokenizes without queueing), finds what the organisation may use (the list
+//! price, its allocation or the on-demand defaults, the factory that serves it), reserves the
+//! largest possible cost as a hold, records the job, and only then queues it at the job kind's
+//! priority with the tenant's share weight. The [`RunningJob`] handed back streams the
+//! engine's events and settles exactly once: the tokens produced when the job ends, only the
+//! tokens delivered when the client goes away (a partial usage event), nothing when the engine
+//! fails (the hold is voided). Settlement, the usage event and the job's final state are one
+//! database transaction.
+
+mod admit;
+mod pricing;
+mod running;
+
+use std::sync::Arc;
+
+use credits::Credits;
+use db::Db;
+
+pub use pricing::Rates;
+pub use running::{Charged, Receipt, RunningJob};
+
+/// How a job came in; decides its scheduling class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Playground,
+    Production,
+    Batch,
+}
+
+impl JobKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            JobKind::Playground => "playground",
+            JobKind::Production => "production",
+            JobKind::Batch => "batch",
+        }
+    }
+
+    pub fn priority(self) -> engine::Priority {
+        match self {
+            JobKind::Production => engine::Priority::Production,
+            JobKind::Playground => engine::Priority::Playground,
+            JobKind::Batch => engine::Priority::Batch,
+        }
+    }
+}
+
+/// Who a job acts for: always an organisation; a signed-in user (the playground) or an API key
+/// (and the user who made it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub org_id: String,
+    pub user_id: Option<String>,
+    pub api_key_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A parameter is out of range or the prompt is unusable (named as the API names it).
+    #[error("{message}")]
+    Invalid {
+        param: &'static str,
+        message: String,
+    },
+    #[error(
+        "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+        prompt + max_tokens
+    )]
+    ContextLength {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    UnknownModel(String),
+    #[error(
+        "Not enough credits: this request may cost up to ${} and ${} is available. Add credits on the Credits page or lower max_tokens.",
+        needed.decimal(),
+        available.decimal()
+    )]
+    InsufficientCredits {
+        needed: ledger::Nanos,
+        available: ledger::Nanos,
+    },
+    #[error("The server is at capacity; retry shortly.")]
+    Overloaded,
+    #[error("No inference worker is available for this model; try again shortly.")]
+    Unavailable,
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl JobError {
+    fn storage(e: impl std::fmt::Display) -> JobError {
+        JobError::Storage(e.to_string())
+    }
+}
+
+impl From<engine::SubmitError> for JobError {
+    fn from(e: engine::SubmitError) -> JobError {
+        use engine::SubmitError as S;
+        match e {
+            S::Invalid(i) => JobError::Invalid {
+                param: i.param,
+                message: i.message,
+            },
+            S::ContextLength {
+                prompt,
+                max_tokens,
+                context,
+            } => JobError::ContextLength {
+                prompt,
+                max_tokens,
+                context,
+            },
+            S::UnknownModel(m) => JobError::UnknownModel(m),
+            S::Overloaded => JobError::Overloaded,
+            S::Unavailable => JobError::Unavailable,
+        }
+    }
+}
+
+/// How long a hold may stay open: longer than any job runs, short enough that a crash returns
+/// the money within the hour (the sweeper releases expired holds).
+pub const HOLD_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// The share weight of an organisation without an allocation for the model.
+pub const ON_DEMAND_WEIGHT: u32 = 1;
+
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    credits: Credits,
+    compute: compute::Compute,
+    pool: Option<Arc<engine::Pool>>,
+}
+
+impl Jobs {
+    pub fn new(
+        db: Db,
+        credits: Credits,
+        compute: compute::Compute,
+        pool: Option<Arc<engine::Pool>>,
+    ) -> Jobs {
+        Jobs {
+            inner: Arc::new(Inner {
+                db,
+                credits,
+                compute,
+                pool,
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> Option<&Arc<engine::Pool>> {
+        self.inner.pool.as_ref()
+    }
+
+    /// Models a tenant may use: priced, served by a factory, and loaded by a worker here.
+    pub async fn available_models(&self) -> Result<Vec<String>, JobError> {
+        let Some(pool) = &self.inner.pool else {
+            return Ok(Vec::new());
+        };
+        let served = pool.models();
+        let prices = self
+            .inner
+            .compute
+            .prices()
+            .await
+            .map_err(JobError::storage)?;
+        let factories = self
+            .inner
+            .compute
+            .factories()
+            .await
+            .map_err(JobError::storage)?;
+        Ok(served
+            .into_iter()
+            .filter(|m| prices.iter().any(|p| &p.model_id == m))
+            .filter(|m| factories.iter().any(|f| f.serves(m)))
+            .collect())
+    }
+}

@@ -1,0 +1,422 @@
+//! A running job: its engine events, and the one settlement that ends it.
+
+use std::time::Duration;
+
+use db::{new_id, now_ms, sqlx::Row};
+use engine::{Event, Finish, FinishReason, Generation};
+use ledger::{AccountKind, AccountSpec, Nanos};
+
+use crate::{JobError, JobKind, Jobs, Principal, Rates};
+
+/// What admission decided, carried to settlement.
+#[derive(Debug, Clone)]
+pub(crate) struct JobContext {
+    pub id: String,
+    pub who: Principal,
+    pub kind: JobKind,
+    pub model: String,
+    pub factory_id: String,
+    pub partner_org_id: String,
+    pub rates: Rates,
+    pub hold_id: Option<String>,
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub created_at: i64,
+}
+
+/// How a job ended, as far as charging goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charged {
+    /// Ran to its end (a stop or the length limit): every token is charged.
+    Complete,
+    /// Cancelled or abandoned by the client: the prompt (once it was processed) and only the
+    /// tokens delivered are charged; the usage event is marked partial.
+    Partial,
+    /// The engine failed: the hold was voided, nothing charged, no usage event.
+    Failed(String),
+}
+
+/// What settling a job recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub job_id: String,
+    pub charged: Charged,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub amount: Nanos,
+    pub finish_reason: Option<FinishReason>,
+    pub time_to_first_token: Duration,
+    pub decode_time: Duration,
+    pub device_seconds: f64,
+}
+
+pub struct RunningJob {
+    jobs: Jobs,
+    ctx: JobContext,
+    generation: Option<Generation>,
+    /// Tokens handed to the caller (for a stream: sent to the client).
+    delivered: usize,
+    /// Whether handing a token out counts as delivering it (false while a non-streaming
+    /// response is still being assembled: the client has received nothing yet).
+    streaming: bool,
+    end: Option<End>,
+}
+
+#[derive(Debug, Clone)]
+enum End {
+    Finished(Finish),
+    Failed(String),
+}
+
+impl std::fmt::Debug for RunningJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningJob")
+            .field("id", &self.ctx.id)
+            .field("model", &self.ctx.model)
+            .field("delivered", &self.delivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningJob {
+    pub(crate) fn new(jobs: Jobs, ctx: JobContext, generation: Generation) -> RunningJob {
+        RunningJob {
+            jobs,
+            ctx,
+            generation: Some(generation),
+            delivered: 0,
+            streaming: true,
+            end: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.ctx.id
+    }
+
+    pub fn model(&self) -> &str {
+        &self.ctx.model
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.ctx.prompt_tokens
+    }
+
+    /// When the job was admitted (milliseconds since the epoch).
+    pub fn created_at(&self) -> i64 {
+        self.ctx.created_at
+    }
+
+    /// The next engine event; `None` after the last (`Finished` or `Failed`). Tokens count as
+    /// delivered when handed out, unless the response is buffered (see [`RunningJob::collect`]).
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.end.is_some() {
+            return None;
+        }
+        let generation = self.generation.as_mut()?;
+        let event = match generation.events.recv().await {
+            Some(e) => e,
+            // The worker went away without a last event (it stopped).
+            None => Event::Failed("the worker stopped".into()),
+        };
+        match &event {
+            Event::Token { .. } if self.streaming => self.delivered += 1,
+            Event::Token { .. } => {}
+            Event::Finished(f) => self.end = Some(End::Finished(f.clone())),
+            Event::Failed(m) => self.end = Some(End::Failed(m.clone())),
+        }
+        Some(event)
+    }
+
+    /// Stops generating; the job then finishes as cancelled at the engine's next step.
+    pub fn cancel(&self) {
+        if let Some(g) = &self.generation {
+            g.cancel();
+        }
+    }
+
+    /// Runs the job to its end without streaming and settles it. If the caller goes away
+    /// before this returns, the job is cancelled and charged as delivered nothing.
+    pub async fn collect(mut self) -> Result<(Vec<Event>, Receipt), JobError> {
+        self.streaming = false;
+        let mut events = Vec::new();
+        while let Some(e) = self.next().await {
+            events.push(e);
+        }
+        self.delivered = events
+            .iter()
+            .filter(|e| matches!(e, Event::Token { .. }))
+            .count();
+        let receipt = self.settle().await?;
+        Ok((events, receipt))
+    }
+
+    /// Settles after the last event (cancelling and waiting for it first if need be).
+    pub async fn settle(mut self) -> Result<Receipt, JobError> {
+        let generation = self.generation.take();
+        let end = match self.end.take() {
+            Some(end) => end,
+            None => drain(generation).await,
+        };
+        settle(&self.jobs, &self.ctx, end, self.delivered).await
+    }
+}
+
+/// Cancels and waits for the engine's last event (it comes within a step).
+async fn drain(generation: Option<Generation>) -> End {
+    let Some(mut g) = generation else {
+        return End::Failed("no generation".into());
+    };
+    g.cancel();
+    let wait = async {
+        while let Some(e) = g.events.recv().await {
+            match e {
+                Event::Finished(f) => return End::Finished(f),
+                Event::Failed(m) => return End::Failed(m),
+                Event::Token { .. } => {}
+            }
+        }
+        End::Failed("the worker stopped".into())
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| End::Failed("the engine did not confirm the cancellation".into()))
+}
+
+impl Drop for RunningJob {
+    /// A job dropped before it was settled was abandoned (the client went away): cancel it at
+    /// once and settle what was delivered in the background.
+    fn drop(&mut self) {
+        let Some(generation) = self.generation.take() else {
+            return;
+        };
+        generation.cancel();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                job = self.ctx.id,
+                "job dropped outside a runtime; its hold expires by TTL"
+            );
+            return;
+        };
+        let jobs = self.jobs.clone();
+        let ctx = self.ctx.clone();
+        let delivered = self.delivered;
+        let end = self.end.take();
+        runtime.spawn(async move {
+            let end = match end {
+                Some(end) => end,
+                None => drain(Some(generation)).await,
+            };
+            if let Err(e) = settle(&jobs, &ctx, end, delivered).await {
+                tracing::error!(job = ctx.id, error = %e, "settling an abandoned job failed; its hold expires by TTL");
+            }
+        });
+    }
+}
+
+async fn settle(
+    jobs: &Jobs,
+    ctx: &JobContext,
+    end: End,
+    delivered: usize,
+) -> Result<Receipt, JobError> {
+    let f = match end {
+        End::Failed(message) => return fail(jobs, ctx, message).await,
+        End::Finished(f) => f,
+    };
+    let complete = f.reason != FinishReason::Cancelled;
+    let (prompt_tokens, completion_tokens) = if complete {
+        (f.prompt_tokens, f.completion_tokens)
+    } else {
+        // The prompt was processed when the first token came out; only delivered output is
+        // charged.
+        let prompt = if f.completion_tokens > 0 {
+            f.prompt_tokens
+        } else {
+            0
+        };
+        (prompt, delivered.min(f.completion_tokens))
+    };
+    let inner = &jobs.inner;
+    let mut amount = ctx
+        .rates
+        .cost(prompt_tokens as u64, completion_tokens as u64)
+        .unwrap_or(Nanos::new(i64::MAX));
+    let revenue = match &ctx.hold_id {
+        Some(_) => Some(revenue_account(jobs, ctx).await?),
+        None => None,
+    };
+    let mut tx = inner.db.begin_write().await.map_err(JobError::storage)?;
+    let mut drawn = Vec::new();
+    let mut transaction_id = None;
+    if let (Some(hold_id), Some(revenue)) = (&ctx.hold_id, &revenue) {
+        let hold = inner
+            .credits
+            .ledger()
+            .hold(hold_id)
+            .await
+            .map_err(JobError::storage)?;
+        if let Some(hold) = hold
+            && amount > hold.amount
+        {
+            // Cannot happen while the engine keeps to the prepared limits; charge the hold.
+            tracing::error!(job = ctx.id, %amount, held = %hold.amount, "charge above the hold");
+            amount = hold.amount;
+        }
+        let settled = inner
+            .credits
+            .ledger()
+            .settle_in(
+                &mut tx,
+                hold_id,
+                amount,
+                revenue,
+                &format!("{} {} job {}", ctx.kind.code(), ctx.model, ctx.id),
+            )
+            .await
+            .map_err(JobError::storage)?;
+        drawn = settled.drawn;
+        transaction_id = settled.transaction_id;
+    } else {
+        amount = Nanos::new(0);
+    }
+    // Which grants paid: every drawn account that is not a grant's is paid credit.
+    let mut grants = Vec::new();
+    let mut paid = 0i64;
+    for (account, part) in &drawn {
+        let row = db::sqlx::query("SELECT id, program_id FROM credit_grants WHERE account_id = $1")
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(JobError::storage)?;
+        match row {
+            Some(r) => grants.push((
+                r.try_get::<String, _>("id").map_err(JobError::storage)?,
+                r.try_get::<String, _>("program_id")
+                    .map_err(JobError::storage)?,
+                *part,
+            )),
+            None => paid += part,
+        }
+    }
+    let now = now_ms();
+    let event_id = new_id();
+    db::sqlx::query(
+        "INSERT INTO usage_events (id, job_id, org_id, user_id, api_key_id, kind, model, \
+         factory_id, partner_org_id, prompt_tokens, completion_tokens, input_nanos_per_mtok, \
+         output_nanos_per_mtok, amount, paid_amount, device_us, queue_ms, ttft_ms, duration_ms, \
+         partial, finish_reason, transaction_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+    )
+    .bind(&event_id)
+    .bind(&ctx.id)
+    .bind(&ctx.who.org_id)
+    .bind(&ctx.who.user_id)
+    .bind(&ctx.who.api_key_id)
+    .bind(ctx.kind.code())
+    .bind(&ctx.model)
+    .bind(&ctx.factory_id)
+    .bind(&ctx.partner_org_id)
+    .bind(prompt_tokens as i64)
+    .bind(completion_tokens as i64)
+    .bind(ctx.rates.input_nanos_per_mtok)
+    .bind(ctx.rates.output_nanos_per_mtok)
+    .bind(amount.get())
+    .bind(paid)
+    .bind((f.device_seconds * 1e6).round() as i64)
+    .bind(f.queue_time.as_millis() as i64)
+    .bind((f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64))
+    .bind(now - ctx.created_at)
+    .bind(i64::from(!complete))
+    .bind(f.reason.as_str())
+    .bind(&transaction_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(JobError::storage)?;
+    for (grant_id, program_id, part) in &grants {
+        db::sqlx::query(
+            "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&event_id)
+        .bind(grant_id)
+        .bind(program_id)
+        .bind(part)
+        .execute(&mut *tx)
+        .await
+        .map_err(JobError::storage)?;
+    }
+    db::sqlx::query(
+        "UPDATE jobs SET status = $1, completion_tokens = $2, finish_reason = $3, finished_at = $4 \
+         WHERE id = $5 AND status = 'running'",
+    )
+    .bind(if complete { "succeeded" } else { "cancelled" })
+    .bind(completion_tokens as i64)
+    .bind(f.reason.as_str())
+    .bind(now)
+    .bind(&ctx.id)
+    .execute(&mut *tx)
+    .await
+    .map_err(JobError::storage)?;
+    tx.commit().await.map_err(JobError::storage)?;
+    Ok(Receipt {
+        job_id: ctx.id.clone(),
+        charged: if complete {
+            Charged::Complete
+        } else {
+            Charged::Partial
+        },
+        prompt_tokens,
+        completion_tokens,
+        amount,
+        finish_reason: Some(f.reason),
+        time_to_first_token: f.time_to_first_token,
+        decode_time: f.decode_time,
+        device_seconds: f.device_seconds,
+    })
+}
+
+async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt, JobError> {
+    tracing::warn!(job = ctx.id, error = %message, "job failed in the engine; hold voided");
+    jobs.release(ctx).await;
+    db::sqlx::query(
+        "UPDATE jobs SET status = 'failed', error = $1, finished_at = $2 WHERE id = $3 AND status = 'running'",
+    )
+    .bind(&message)
+    .bind(now_ms())
+    .bind(&ctx.id)
+    .execute(jobs.inner.db.pool())
+    .await
+    .map_err(JobError::storage)?;
+    Ok(Receipt {
+        job_id: ctx.id.clone(),
+        charged: Charged::Failed(message),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        amount: Nanos::new(0),
+        finish_reason: None,
+        time_to_first_token: Duration::ZERO,
+        decode_time: Duration::ZERO,
+        device_seconds: 0.0,
+    })
+}
+
+/// The factory's usage revenue account, where settled charges go (statements split it between
+/// the partner and the vendor).
+async fn revenue_account(jobs: &Jobs, ctx: &JobContext) -> Result<String, JobError> {
+    let spec = AccountSpec {
+        code: format!("factory:{}:usage", ctx.factory_id),
+        org_id: Some(ctx.partner_org_id.clone()),
+        kind: AccountKind::Revenue,
+        expires_at: None,
+    };
+    Ok(jobs
+        .inner
+        .credits
+        .ledger()
+        .open_account(&spec)
+        .await
+        .map_err(JobError::storage)?
+        .id)
+}

@@ -1,0 +1,394 @@
+//! Jobs on real databases (SQLite always, PostgreSQL with `TEST_DATABASE_URL`) and the real
+//! engine (the fixture model on the CPU): admission refusals leave nothing behind, a finished
+//! job is charged exactly its tokens at list price and recorded once with its funding split,
+//! a cancelled or abandoned one only what was delivered, and production overtakes batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use accounts::{Accounts, OrgKind, SignUpForm, SignUpOutcome, User};
+use compute::{Compute, FactorySpec};
+use credits::{Credits, ProgramSpec};
+use db::sqlx::Row;
+use db::testing::TestDb;
+use engine::fixture::{FixtureSpec, write_fixture};
+use engine::{Event, Pool, Prompt, Request, SamplingParams, WorkerSpec};
+use jobs::{Charged, JobError, JobKind, Jobs, Principal, Rates};
+use ledger::Nanos;
+
+const PASSWORD: &str = "correct horse battery staple 42";
+const MODEL: &str = "tiny";
+// $2 per million input tokens, $6 per million output tokens.
+const INPUT: &str = "2";
+const OUTPUT: &str = "6";
+const RATES: Rates = Rates {
+    input_nanos_per_mtok: 2_000_000_000,
+    output_nanos_per_mtok: 6_000_000_000,
+};
+
+struct World {
+    _model: tempfile::TempDir,
+    db: db::Db,
+    credits: Credits,
+    jobs: Jobs,
+    tenant: User,
+    operator: User,
+    compute: Compute,
+    factory_id: String,
+}
+
+async fn world(db: &db::Db) -> World {
+    let model = tempfile::tempdir().unwrap();
+    write_fixture(model.path(), &FixtureSpec::default()).unwrap();
+    let mut spec = WorkerSpec::new(MODEL, model.path());
+    spec.device = engine::Device::Cpu;
+    spec.threads = 1;
+    spec.cpu_kv_bytes = 4 << 20;
+    spec.max_waiting = 4;
+    let pool = Arc::new(Pool::start(vec![spec]).unwrap());
+
+    let accounts = Accounts::new(db.clone(), Default::default());
+    let credits = Credits::new(db.clone());
+    let compute = Compute::new(db.clone(), accounts.clone(), credits.clone());
+    let operator = accounts
+        .create_operator("ops@tokenmill.example", PASSWORD)
+        .await
+        .unwrap();
+    let (_, _, token) = accounts
+        .create_partner(
+            &operator,
+            "Savanna Cloud",
+            "africa",
+            "owner@savanna.example",
+        )
+        .await
+        .unwrap();
+    let partner = accounts.accept_invitation(&token, PASSWORD).await.unwrap();
+    let factory = compute
+        .create_factory(
+            &operator,
+            &FactorySpec {
+                partner_org_id: partner.org_id.clone(),
+                name: "Nairobi 1".into(),
+                region: "africa".into(),
+                gpu_class: "H100".into(),
+                models: MODEL.into(),
+            },
+        )
+        .await
+        .unwrap();
+    let form = SignUpForm {
+        email: "dev@startup.example".into(),
+        password: PASSWORD.into(),
+        org_name: "Startup".into(),
+        org_kind: "startup".into(),
+        region: "africa".into(),
+    };
+    let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+        panic!("not created")
+    };
+    let tenant = accounts.user(&user_id).await.unwrap().unwrap();
+    credits.open_wallet(&tenant.org_id).await.unwrap();
+    World {
+        _model: model,
+        db: db.clone(),
+        jobs: Jobs::new(db.clone(), credits.clone(), compute.clone(), Some(pool)),
+        credits,
+        tenant,
+        operator,
+        compute,
+        factory_id: factory.id,
+    }
+}
+
+impl World {
+    fn who(&self) -> Principal {
+        Principal {
+            org_id: self.tenant.org_id.clone(),
+            user_id: Some(self.tenant.id.clone()),
+            api_key_id: None,
+        }
+    }
+
+    async fn price(&self) {
+        self.compute
+            .set_price(&self.operator, MODEL, INPUT, OUTPUT)
+            .await
+            .unwrap();
+    }
+
+    async fn top_up(&self, dollars: i64) {
+        self.credits
+            .credit_paid(
+                &self.tenant.org_id,
+                Nanos::from_dollars(dollars).unwrap(),
+                &format!("topup:{}", db::new_id()),
+                "test top-up",
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn available(&self) -> Nanos {
+        self.credits
+            .wallet(&self.tenant.org_id, db::now_ms())
+            .await
+            .unwrap()
+            .available()
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        db::sqlx::query(sql)
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+            .try_get::<i64, _>(0)
+            .unwrap()
+    }
+
+    async fn open_holds(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM ledger_holds WHERE status = 'open'")
+            .await
+    }
+}
+
+fn request(max_tokens: usize) -> Request {
+    let mut r = Request::new(Prompt::Text("The mill turns".into()));
+    r.sampling = SamplingParams::greedy();
+    r.max_tokens = Some(max_tokens);
+    r.ignore_eos = true;
+    r
+}
+
+async fn each_db(test: impl AsyncFn(&World)) {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        test(&w).await;
+        w.jobs.pool().unwrap().workers()[0].stop();
+        t.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_leave_no_job_and_no_hold() {
+    each_db(async |w: &World| {
+        // Not priced: not sold, whatever the pool serves.
+        let e = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(4))
+            .await;
+        assert!(matches!(e, Err(JobError::UnknownModel(_))), "{e:?}");
+        w.price().await;
+        let e = w
+            .jobs
+            .start(&w.who(), JobKind::Production, "nope", request(4))
+            .await;
+        assert!(matches!(e, Err(JobError::UnknownModel(_))), "{e:?}");
+        // No credit at all.
+        let e = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(4))
+            .await;
+        let Err(JobError::InsufficientCredits { needed, available }) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(available, Nanos::new(0));
+        assert!(needed.get() > 0);
+        // Bad parameters and a request beyond the context are refused before any hold.
+        w.top_up(5).await;
+        let mut bad = request(4);
+        bad.sampling.temperature = -1.0;
+        let e = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, bad)
+            .await;
+        assert!(
+            matches!(
+                e,
+                Err(JobError::Invalid {
+                    param: "temperature",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(1 << 20))
+            .await;
+        assert!(matches!(e, Err(JobError::ContextLength { .. })), "{e:?}");
+        assert_eq!(w.count("SELECT COUNT(*) FROM jobs").await, 0);
+        assert_eq!(w.count("SELECT COUNT(*) FROM ledger_holds").await, 0);
+        assert_eq!(w.available().await, Nanos::from_dollars(5).unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_is_charged_exactly_once_with_its_funding_split() {
+    each_db(async |w: &World| {
+        w.price().await;
+        // A $0.0001 grant burns first, then paid credit.
+        let program = w
+            .credits
+            .create_program(&ProgramSpec {
+                name: "Tiny support".into(),
+                sponsor_org_id: None,
+                eligible_kinds: vec![OrgKind::Startup],
+                eligible_regions: vec![],
+                grant_amount: Nanos::new(100_000),
+                grant_lifetime_days: 30,
+                budget: Nanos::from_dollars(1).unwrap(),
+                auto_on_signup: false,
+            })
+            .await
+            .unwrap();
+        let org = w.credits_org().await;
+        let grant = w
+            .credits
+            .grant(&program, &org, None, "test", "g1")
+            .await
+            .unwrap();
+        w.top_up(1).await;
+        let before = w.available().await;
+        let job = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(12))
+            .await
+            .unwrap();
+        let prompt = job.prompt_tokens();
+        // While it runs, the hold reserves its largest cost.
+        assert_eq!(
+            before.get() - w.available().await.get(),
+            RATES.cost(prompt as u64, 12).unwrap().get()
+        );
+        let (events, receipt) = job.collect().await.unwrap();
+        let Some(Event::Finished(f)) = events.last() else {
+            panic!("no finish")
+        };
+        assert_eq!(receipt.charged, Charged::Complete);
+        assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (f.prompt_tokens, 12));
+        let cost = RATES.cost(prompt as u64, 12).unwrap();
+        assert_eq!(receipt.amount, cost);
+        assert_eq!(before.get() - w.available().await.get(), cost.get());
+        assert_eq!(w.open_holds().await, 0);
+        let e = db::sqlx::query(
+            "SELECT prompt_tokens, completion_tokens, amount, paid_amount, partial, factory_id, device_us \
+             FROM usage_events WHERE job_id = $1",
+        )
+        .bind(&receipt.job_id)
+        .fetch_one(w.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(e.try_get::<i64, _>("prompt_tokens").unwrap(), prompt as i64);
+        assert_eq!(e.try_get::<i64, _>("completion_tokens").unwrap(), 12);
+        assert_eq!(e.try_get::<i64, _>("amount").unwrap(), cost.get());
+        assert_eq!(e.try_get::<i64, _>("partial").unwrap(), 0);
+        assert_eq!(e.try_get::<String, _>("factory_id").unwrap(), w.factory_id);
+        assert!(e.try_get::<i64, _>("device_us").unwrap() > 0);
+        // The grant paid what it could, paid credit the rest.
+        let from_grant = cost.get().min(100_000);
+        assert_eq!(e.try_get::<i64, _>("paid_amount").unwrap(), cost.get() - from_grant);
+        let g = db::sqlx::query("SELECT grant_id, amount FROM usage_event_grants")
+            .fetch_all(w.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].try_get::<String, _>("grant_id").unwrap(), grant.id);
+        assert_eq!(g[0].try_get::<i64, _>("amount").unwrap(), from_grant);
+        let status = db::sqlx::query("SELECT status FROM jobs WHERE id = $1")
+            .bind(&receipt.job_id)
+            .fetch_one(w.db.pool())
+            .await
+            .unwrap()
+            .try_get::<String, _>("status")
+            .unwrap();
+        assert_eq!(status, "succeeded");
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_abandoned_jobs_pay_for_what_was_delivered() {
+    each_db(async |w: &World| {
+        w.price().await;
+        w.top_up(1).await;
+        let before = w.available().await;
+        // Cancelled after three delivered tokens.
+        let mut job = w
+            .jobs
+            .start(&w.who(), JobKind::Playground, MODEL, request(200))
+            .await
+            .unwrap();
+        let prompt = job.prompt_tokens() as u64;
+        let mut seen = 0;
+        while seen < 3 {
+            if let Some(Event::Token { .. }) = job.next().await {
+                seen += 1;
+            }
+        }
+        job.cancel();
+        let receipt = job.settle().await.unwrap();
+        assert_eq!(receipt.charged, Charged::Partial);
+        assert_eq!(receipt.completion_tokens, 3);
+        assert_eq!(receipt.amount, RATES.cost(prompt, 3).unwrap());
+        // Abandoned (dropped, as when a client disconnects) after two tokens.
+        let mut job = w
+            .jobs
+            .start(&w.who(), JobKind::Playground, MODEL, request(200))
+            .await
+            .unwrap();
+        let id = job.id().to_string();
+        let mut seen = 0;
+        while seen < 2 {
+            if let Some(Event::Token { .. }) = job.next().await {
+                seen += 1;
+            }
+        }
+        drop(job);
+        let mut charged = None;
+        for _ in 0..200 {
+            let row = db::sqlx::query(
+                "SELECT completion_tokens, amount, partial FROM usage_events WHERE job_id = $1",
+            )
+            .bind(&id)
+            .fetch_optional(w.db.pool())
+            .await
+            .unwrap();
+            if let Some(r) = row {
+                charged = Some((
+                    r.try_get::<i64, _>("completion_tokens").unwrap(),
+                    r.try_get::<i64, _>("amount").unwrap(),
+                    r.try_get::<i64, _>("partial").unwrap(),
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let expected = RATES.cost(prompt, 2).unwrap();
+        assert_eq!(charged, Some((2, expected.get(), 1)));
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(
+            before.get() - w.available().await.get(),
+            RATES.cost(prompt, 3).unwrap().get() + expected.get()
+        );
+        assert_eq!(
+            w.count("SELECT COUNT(*) FROM jobs WHERE status = 'cancelled'")
+                .await,
+            2
+        );
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+    })
+    .await;
+}
+
+impl World {
+    async fn credits_org(&self) -> accounts::Org {
+        Accounts::new(self.db.clone(), Default::default())
+            .org(&self.tenant.org_id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
