@@ -141,6 +141,25 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The platform organisation's id (operators belong to it), created on first use.
+async fn platform_org(conn: &mut AnyConnection) -> Result<String, AccountError> {
+    let existing = db::sqlx::query("SELECT id FROM organizations WHERE kind = 'platform'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = existing {
+        return Ok(row.try_get::<String, _>("id")?);
+    }
+    let org = Org {
+        id: new_id(),
+        name: "Tokenmill platform".to_string(),
+        kind: OrgKind::Platform,
+        region: Region::Europe,
+        created_at: now_ms(),
+    };
+    insert_org(conn, &org).await?;
+    Ok(org.id)
+}
+
 async fn insert_org(conn: &mut AnyConnection, org: &Org) -> Result<(), AccountError> {
     db::sqlx::query(
         "INSERT INTO organizations (id, name, kind, region, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -570,12 +589,26 @@ impl Accounts {
         region: &str,
         owner_email: &str,
     ) -> Result<(Org, Invitation, String), AccountError> {
+        let email = Email::parse(owner_email)?;
+        let org = self.create_partner_org(actor, name, region).await?;
+        let (invitation, token) = self
+            .create_invitation(&org.id, Some(&actor.id), &email, OrgRole::Owner)
+            .await?;
+        Ok((org, invitation, token))
+    }
+
+    /// A partner organisation without users yet (an operator invites them later).
+    pub async fn create_partner_org(
+        &self,
+        actor: &User,
+        name: &str,
+        region: &str,
+    ) -> Result<Org, AccountError> {
         if !actor.is_operator {
             return Err(AccountError::Forbidden);
         }
         let name = OrgName::parse(name)?;
         let region = Region::parse(region)?;
-        let email = Email::parse(owner_email)?;
         let org = Org {
             id: new_id(),
             name: name.as_str().to_string(),
@@ -584,15 +617,12 @@ impl Accounts {
             created_at: now_ms(),
         };
         insert_org(&mut *self.db.pool().acquire().await?, &org).await?;
-        let (invitation, token) = self
-            .create_invitation(&org.id, Some(&actor.id), &email, OrgRole::Owner)
-            .await?;
         tracing::info!(
             actor = actor.id,
             org_id = org.id,
             "partner organisation created"
         );
-        Ok((org, invitation, token))
+        Ok(org)
     }
 
     /// Partner organisations, for operators.
@@ -608,6 +638,23 @@ impl Accounts {
         rows.iter().map(org_from_row).collect()
     }
 
+    /// The platform acting on its own (what a first start sets up): an operator that is not
+    /// a person and cannot sign in, recorded as `system`. Creates the platform organisation if
+    /// need be.
+    pub async fn system_actor(&self) -> Result<User, AccountError> {
+        let mut tx = self.db.begin_write().await?;
+        let org_id = platform_org(&mut tx).await?;
+        tx.commit().await?;
+        Ok(User {
+            id: "system".into(),
+            email: "system".into(),
+            org_id,
+            org_role: OrgRole::Owner,
+            is_operator: true,
+            created_at: 0,
+        })
+    }
+
     /// Bootstraps an operator (the platform side). Operators belong to the platform
     /// organisation, created on first use.
     pub async fn create_operator(&self, email: &str, password: &str) -> Result<User, AccountError> {
@@ -615,23 +662,7 @@ impl Accounts {
         let password = NewPassword::parse(password, &[email.as_str()])?;
         let hash = password::hash(password.expose().to_string()).await?;
         let mut tx = self.db.begin_write().await?;
-        let existing = db::sqlx::query("SELECT id FROM organizations WHERE kind = 'platform'")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let org_id = match existing {
-            Some(row) => row.try_get::<String, _>("id")?,
-            None => {
-                let org = Org {
-                    id: new_id(),
-                    name: "Tokenmill platform".to_string(),
-                    kind: OrgKind::Platform,
-                    region: Region::Europe,
-                    created_at: now_ms(),
-                };
-                insert_org(&mut tx, &org).await?;
-                org.id
-            }
-        };
+        let org_id = platform_org(&mut tx).await?;
         let new = NewUser {
             email: email.as_str(),
             hash: &hash,

@@ -73,9 +73,11 @@ impl std::fmt::Display for Day {
     }
 }
 
-/// The accelerator a factory is built from.
+/// The accelerator a factory is built from (`Cpu`: no accelerator, as a laptop's local factory
+/// serving the CPU backend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuClass {
+    Cpu,
     A100,
     L40S,
     H100,
@@ -85,7 +87,8 @@ pub enum GpuClass {
 }
 
 impl GpuClass {
-    pub const ALL: [GpuClass; 6] = [
+    pub const ALL: [GpuClass; 7] = [
+        GpuClass::Cpu,
         GpuClass::A100,
         GpuClass::L40S,
         GpuClass::H100,
@@ -96,6 +99,7 @@ impl GpuClass {
 
     pub fn code(self) -> &'static str {
         match self {
+            GpuClass::Cpu => "CPU",
             GpuClass::A100 => "A100",
             GpuClass::L40S => "L40S",
             GpuClass::H100 => "H100",

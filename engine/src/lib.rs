@@ -27,6 +27,8 @@ pub use config::{Architecture, Llama3Scaling, ModelConfig};
 pub use pool::{Pool, WorkerStatus};
 pub use request::{Event, Finish, FinishReason, Priority, Prompt, Request, SubmitError};
 pub use sampling::SamplingParams;
+/// The tokenizer type models load (callers render token ids with it).
+pub use tokenizers::Tokenizer;
 pub use worker::{Generation, Prepared, Worker, WorkerSpec};
 
 use std::path::PathBuf;

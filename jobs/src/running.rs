@@ -151,14 +151,22 @@ impl RunningJob {
         Ok((events, receipt))
     }
 
-    /// Settles after the last event (cancelling and waiting for it first if need be).
+    /// Settles after the last event (cancelling and waiting for it first if need be). The
+    /// settlement runs as a task of its own: a caller that goes away meanwhile (a dropped
+    /// response) cannot cut it in half.
     pub async fn settle(mut self) -> Result<Receipt, JobError> {
         let generation = self.generation.take();
-        let end = match self.end.take() {
-            Some(end) => end,
-            None => drain(generation).await,
-        };
-        settle(&self.jobs, &self.ctx, end, self.delivered).await
+        let end = self.end.take();
+        let (jobs, ctx, delivered) = (self.jobs.clone(), self.ctx.clone(), self.delivered);
+        tokio::spawn(async move {
+            let end = match end {
+                Some(end) => end,
+                None => drain(generation).await,
+            };
+            settle(&jobs, &ctx, end, delivered).await
+        })
+        .await
+        .map_err(JobError::storage)?
     }
 }
 

@@ -26,6 +26,12 @@ pub struct Config {
     /// own API; tests point it at a local stand-in). Without both secrets, top-ups are off.
     pub stripe: payments::StripeConfig,
     pub engine: EngineSettings,
+    /// `TOKENMILL_KEY_RPM`: requests per minute each API key may make, default 600.
+    pub key_rpm: std::num::NonZeroU32,
+    /// `TOKENMILL_BOOTSTRAP=0` switches off what a first start on an empty database creates
+    /// (a local partner and factory serving the configured models, list prices, a starter
+    /// credit program for new startups).
+    pub bootstrap: bool,
 }
 
 /// The models the worker pool serves.
@@ -148,6 +154,8 @@ impl Default for Config {
             login_limits: LoginLimits::default(),
             stripe: payments::StripeConfig::default(),
             engine: EngineSettings::default(),
+            key_rpm: std::num::NonZeroU32::new(600).expect("non-zero"),
+            bootstrap: true,
         }
     }
 }
@@ -207,6 +215,14 @@ impl Config {
                 api_base: var("STRIPE_API_BASE"),
             },
             engine: EngineSettings::from_env()?,
+            key_rpm: std::num::NonZeroU32::new(number("TOKENMILL_KEY_RPM", 600)? as u32).ok_or(
+                ConfigError {
+                    name: "TOKENMILL_KEY_RPM",
+                    message: "expected at least 1".into(),
+                },
+            )?,
+            bootstrap: var("TOKENMILL_BOOTSTRAP")
+                .is_none_or(|v| !matches!(v.trim(), "0" | "false" | "off" | "no")),
         })
     }
 

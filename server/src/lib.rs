@@ -1,6 +1,7 @@
 //! The Tokenmill server: wires storage, sessions, security layers and the Leptos app into one
 //! axum router. `main.rs` only reads the command line and calls in here; tests do the same.
 
+mod bootstrap;
 pub mod cli;
 pub mod config;
 mod downloads;
@@ -66,11 +67,25 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         public_url: config.public_url.clone(),
     };
     let pool = inference::start_pool(&config.engine).await?;
-    let api = openai::ApiState {
-        keys: app_state.keys.clone(),
-        pool: pool.clone(),
-        started: db::now_ms() / 1000,
-    };
+    if let Some(pool) = &pool
+        && config.bootstrap
+    {
+        let first = &pool.workers()[0].info.device;
+        bootstrap::first_start(
+            &app_state,
+            &pool.models(),
+            bootstrap::gpu_class(&first.id, &first.name),
+        )
+        .await
+        .context("setting up the first start (TOKENMILL_BOOTSTRAP=0 skips it)")?;
+    }
+    let jobs = jobs::Jobs::new(
+        db.clone(),
+        app_state.credits.clone(),
+        app_state.compute.clone(),
+        pool.clone(),
+    );
+    let api = openai::ApiState::new(app_state.keys.clone(), jobs, db.clone(), config.key_rpm);
     let router = router(config, db.clone(), app_state.clone())
         .merge(api_routes(api, inference::Readiness::new(pool)));
     spawn_session_sweeper(db.clone());
@@ -154,8 +169,8 @@ fn api_routes(api: openai::ApiState, readiness: inference::Readiness) -> Router 
     Router::new()
         .route("/ready", get(inference::ready))
         .with_state(readiness)
+        // Bodies are limited by the handlers, which answer in OpenAI's error format.
         .merge(openai::router(api))
-        .layer(RequestBodyLimitLayer::new(openai::BODY_LIMIT))
         .layer(middleware::from_fn(security::headers))
         .layer(TraceLayer::new_for_http())
 }

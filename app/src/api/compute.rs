@@ -337,7 +337,7 @@ pub async fn compute_request(id: String) -> Result<RequestDetail, AppError> {
             .map(|s| format!("{} from {}", s.amount, s.program_name)),
         justification: r.support.as_ref().map(|s| s.justification.clone()),
         reason: r.reason.clone(),
-        allocation: r.allocation.map(|a| {
+        allocation: r.allocation.as_ref().map(|a| {
             format!(
                 "share weight {}, up to {} tokens/min, {} → {}",
                 a.share_weight, a.rate_limit_tpm, a.starts_at, a.ends_at

@@ -9,13 +9,14 @@ use crate::components::partner_options::PartnerOptions;
 use crate::pages::admin::AdminNav;
 use crate::pages::auth::REGION_OPTIONS;
 
-const GPU_OPTIONS: [(&str, &str); 6] = [
+const GPU_OPTIONS: [(&str, &str); 7] = [
     ("A100", "NVIDIA A100"),
     ("L40S", "NVIDIA L40S"),
     ("H100", "NVIDIA H100"),
     ("H200", "NVIDIA H200"),
     ("B200", "NVIDIA B200"),
     ("GB200", "NVIDIA GB200"),
+    ("CPU", "CPU only (no accelerator)"),
 ];
 
 #[component]

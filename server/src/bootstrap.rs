@@ -1,0 +1,141 @@
+//! First start on an empty database: so that a newcomer can sign up and use the playground at
+//! once, the platform sets up a local partner ("Local AI cloud") with one factory serving the
+//! configured models, list prices for them, and a starter credit program that grants every new
+//! startup credit at sign-up. Everything is made through the same domain calls an operator's
+//! pages use, by the `system` actor, and can be changed there afterwards. It runs once: not
+//! when any partner exists already, and not with `TOKENMILL_BOOTSTRAP=0`.
+
+use accounts::{OrgKind, User};
+use anyhow::Context;
+use app::ssr::AppState;
+use compute::{FactorySpec, GpuClass};
+use credits::ProgramSpec;
+use db::sqlx::Row;
+use ledger::Nanos;
+
+const MARKER: &str = "local-factory";
+pub const PARTNER_NAME: &str = "Local AI cloud";
+const FACTORY_NAME: &str = "Local factory";
+const REGION: &str = "europe";
+/// List prices of the served models, dollars per million input and output tokens.
+const INPUT_PRICE: &str = "0.20";
+const OUTPUT_PRICE: &str = "0.60";
+const STARTER_GRANT_DOLLARS: i64 = 10;
+const STARTER_BUDGET_DOLLARS: i64 = 10_000;
+const STARTER_LIFETIME_DAYS: u32 = 90;
+
+/// The factory's accelerator class from the device the first worker runs on.
+pub fn gpu_class(device_id: &str, device_name: &str) -> GpuClass {
+    if device_id == "cpu" {
+        return GpuClass::Cpu;
+    }
+    let name = device_name.to_uppercase();
+    // Longest names first: "GB200" contains "B200".
+    for class in [
+        GpuClass::GB200,
+        GpuClass::B200,
+        GpuClass::H200,
+        GpuClass::H100,
+        GpuClass::A100,
+        GpuClass::L40S,
+    ] {
+        if name.contains(class.code()) {
+            return class;
+        }
+    }
+    tracing::warn!(
+        device = device_name,
+        "unknown GPU; the local factory is listed as H100"
+    );
+    GpuClass::H100
+}
+
+/// Sets up the local partner, factory, prices and starter program; `false` when there was
+/// nothing to do.
+pub async fn first_start(app: &AppState, models: &[String], gpu: GpuClass) -> anyhow::Result<bool> {
+    let db = app.accounts.db();
+    let partners: i64 =
+        db::sqlx::query("SELECT COUNT(*) AS n FROM organizations WHERE kind = 'partner'")
+            .fetch_one(db.pool())
+            .await?
+            .try_get("n")?;
+    if partners > 0 || models.is_empty() {
+        return Ok(false);
+    }
+    let claimed = db::sqlx::query("INSERT INTO first_start (name, created_at) VALUES ($1, $2)")
+        .bind(MARKER)
+        .bind(db::now_ms())
+        .execute(db.pool())
+        .await;
+    match claimed {
+        Ok(_) => {}
+        Err(e) if db::is_unique_violation(&e) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let system = app.accounts.system_actor().await?;
+    if let Err(e) = set_up(app, &system, models, gpu).await {
+        // Leave the database as a retry can use: the next start tries again.
+        db::sqlx::query("DELETE FROM first_start WHERE name = $1")
+            .bind(MARKER)
+            .execute(db.pool())
+            .await
+            .ok();
+        return Err(e);
+    }
+    Ok(true)
+}
+
+async fn set_up(
+    app: &AppState,
+    system: &User,
+    models: &[String],
+    gpu: GpuClass,
+) -> anyhow::Result<()> {
+    let partner = app
+        .accounts
+        .create_partner_org(system, PARTNER_NAME, REGION)
+        .await
+        .context("creating the local partner")?;
+    let factory = app
+        .compute
+        .create_factory(
+            system,
+            &FactorySpec {
+                partner_org_id: partner.id.clone(),
+                name: FACTORY_NAME.into(),
+                region: REGION.into(),
+                gpu_class: gpu.code().into(),
+                models: models.join(","),
+            },
+        )
+        .await
+        .context("creating the local factory")?;
+    for model in models {
+        app.compute
+            .set_price(system, model, INPUT_PRICE, OUTPUT_PRICE)
+            .await
+            .with_context(|| format!("pricing {model}"))?;
+    }
+    let program = app
+        .credits
+        .create_program(&ProgramSpec {
+            name: "Starter credits".into(),
+            sponsor_org_id: None,
+            eligible_kinds: vec![OrgKind::Startup],
+            eligible_regions: Vec::new(),
+            grant_amount: Nanos::from_dollars(STARTER_GRANT_DOLLARS).expect("small"),
+            grant_lifetime_days: STARTER_LIFETIME_DAYS,
+            budget: Nanos::from_dollars(STARTER_BUDGET_DOLLARS).expect("small"),
+            auto_on_signup: true,
+        })
+        .await
+        .context("creating the starter credit program")?;
+    tracing::info!(
+        partner = partner.name,
+        factory = factory.name,
+        models = models.join(","),
+        program = program.name,
+        "first start: local partner, factory, prices and starter credits set up"
+    );
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, with the status and
+//! `Retry-After` each kind of refusal gets.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use jobs::JobError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+    /// Seconds after which a retry may succeed (429 and 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// A bad parameter (`"body"`: the body as a whole, reported without a parameter).
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: (param != "body").then_some(param),
+            code: Some("invalid_value"),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+        }
+    }
+
+    pub fn unavailable() -> ApiError {
+        ApiError {
+            code: Some("service_unavailable"),
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "No inference worker is available; try again shortly.",
+            )
+        }
+    }
+
+    pub fn rate_limited(
+        message: impl Into<String>,
+        code: &'static str,
+        retry_after: u64,
+    ) -> ApiError {
+        ApiError {
+            code: Some(code),
+            retry_after: Some(retry_after.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    pub fn not_found(message: impl Into<String>, code: &'static str) -> ApiError {
+        ApiError {
+            code: Some(code),
+            ..ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+        }
+    }
+
+    pub fn conflict(
+        status: StatusCode,
+        message: impl Into<String>,
+        code: &'static str,
+    ) -> ApiError {
+        ApiError {
+            code: Some(code),
+            ..ApiError::new(status, "invalid_request_error", message)
+        }
+    }
+
+    /// The body alone (a streamed response reports a late failure as one more event).
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            JobError::Invalid { param, .. } => ApiError::invalid(param, message),
+            JobError::ContextLength { .. } => ApiError {
+                param: Some("messages"),
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid("messages", message)
+            },
+            JobError::UnknownModel(_) => ApiError {
+                param: Some("model"),
+                ..ApiError::not_found(message, "model_not_found")
+            },
+            JobError::InsufficientCredits { .. } => ApiError {
+                code: Some("insufficient_quota"),
+                ..ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", message)
+            },
+            JobError::Overloaded => ApiError::rate_limited(message, "queue_full", 1),
+            JobError::Unavailable => ApiError {
+                message,
+                ..ApiError::unavailable()
+            },
+            JobError::Storage(detail) => {
+                tracing::error!(error = %detail, "job storage failed");
+                ApiError::internal(
+                    "The request could not be recorded; you were not charged. Try again.",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body())).into_response();
+        let h = r.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}

@@ -1,0 +1,245 @@
+//! The OpenAI-compatible API under `/v1`: bearer API keys (no cookies, so outside the session
+//! and CSRF layers), OpenAI's request bodies and error body, chat and text completions as one
+//! JSON object or a stream of server-sent events, per-key rate limits and `Idempotency-Key`.
+//! Every completion is a production job: admitted, paid for by a hold, settled exactly.
+
+mod error;
+mod idempotency;
+mod limits;
+mod params;
+mod respond;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::{Body, to_bytes},
+    extract::{FromRequestParts, Path, State},
+    http::{HeaderMap, StatusCode, Uri, header, request::Parts},
+    response::Response,
+    routing::{any, get, post},
+};
+use jobs::{JobKind, Jobs, Principal};
+use serde_json::json;
+
+pub use error::ApiError;
+pub use params::{Endpoint, parse};
+pub use respond::generate;
+
+/// Largest request body: a long chat with many messages.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every `/v1` handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub keys: keys::ApiKeys,
+    pub jobs: Jobs,
+    pub db: db::Db,
+    pub limits: Arc<limits::KeyLimits>,
+    /// When the pool started (Unix seconds): the models' `created`.
+    pub started: i64,
+}
+
+impl ApiState {
+    pub fn new(
+        keys: keys::ApiKeys,
+        jobs: Jobs,
+        db: db::Db,
+        requests_per_minute: NonZeroU32,
+    ) -> ApiState {
+        let limits = Arc::new(limits::KeyLimits::per_minute(requests_per_minute));
+        let prune = Arc::downgrade(&limits);
+        // Forget idle keys once a minute, for as long as the state lives.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match prune.upgrade() {
+                    Some(l) => l.prune(),
+                    None => break,
+                }
+            }
+        });
+        ApiState {
+            keys,
+            jobs,
+            db,
+            limits,
+            started: db::now_ms() / 1000,
+        }
+    }
+}
+
+/// The organisation a request's API key acts for.
+pub struct Caller(pub keys::KeyIdentity);
+
+impl Caller {
+    fn principal(&self) -> Principal {
+        Principal {
+            org_id: self.0.org_id.clone(),
+            user_id: Some(self.0.created_by.clone()),
+            api_key_id: Some(self.0.key_id.clone()),
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "You didn't provide an API key. Send it as Authorization: Bearer <key>; keys are made on the API keys page.",
+                )
+            })?;
+        match state.keys.authenticate(presented).await {
+            Ok(identity) => Ok(Caller(identity)),
+            Err(keys::KeyError::Storage(e)) => {
+                tracing::error!(error = %e, "API key lookup failed");
+                Err(ApiError::internal(
+                    "The request could not be authenticated; try again.",
+                ))
+            }
+            Err(e) => Err(ApiError::unauthorized(format!(
+                "Incorrect API key provided: {e}."
+            ))),
+        }
+    }
+}
+
+fn model_object(id: &str, created: i64) -> serde_json::Value {
+    json!({ "id": id, "object": "model", "created": created, "owned_by": "tokenmill" })
+}
+
+async fn models(
+    State(s): State<ApiState>,
+    _caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.jobs.pool().is_none() {
+        return Err(ApiError::unavailable());
+    }
+    let data: Vec<_> = s
+        .jobs
+        .available_models()
+        .await?
+        .iter()
+        .map(|id| model_object(id, s.started))
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+async fn model(
+    State(s): State<ApiState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.jobs.available_models().await?.contains(&id) {
+        Ok(Json(model_object(&id, s.started)))
+    } else {
+        Err(ApiError {
+            param: Some("model"),
+            ..ApiError::not_found(
+                format!("The model `{id}` does not exist or you do not have access to it."),
+                "model_not_found",
+            )
+        })
+    }
+}
+
+async fn chat_completions(
+    State(s): State<ApiState>,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    completion(s, caller, uri, headers, body, Endpoint::Chat).await
+}
+
+async fn completions(
+    State(s): State<ApiState>,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    completion(s, caller, uri, headers, body, Endpoint::Completions).await
+}
+
+async fn completion(
+    s: ApiState,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    use axum::response::IntoResponse;
+    let run = async {
+        s.limits.check(&caller.0.key_id)?;
+        let bytes = to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            ..ApiError::invalid(
+                "body",
+                format!("The request body is larger than {} MiB.", BODY_LIMIT >> 20),
+            )
+        })?;
+        let parsed = params::parse(endpoint, &bytes)?;
+        let who = caller.principal();
+        let key = if parsed.stream {
+            None
+        } else {
+            idempotency::key(&headers)?
+        };
+        let Some(key) = key else {
+            return respond::generate(&s.jobs, &who, JobKind::Production, endpoint, parsed).await;
+        };
+        let hash = idempotency::fingerprint(uri.path(), &bytes);
+        match idempotency::claim(&s.db, &who.org_id, &key, &hash).await? {
+            idempotency::Outcome::Replay(r) => Ok(r),
+            idempotency::Outcome::Run(claim) => {
+                let result =
+                    respond::generate(&s.jobs, &who, JobKind::Production, endpoint, parsed).await;
+                Ok(claim.finish(result).await)
+            }
+        }
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found(
+        "Unknown request URL. See /v1/models, /v1/chat/completions and /v1/completions.",
+        "unknown_url",
+    )
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::not_found("This endpoint takes POST.", "method_not_allowed")
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions).fallback(wrong_method),
+        )
+        .route("/v1/completions", post(completions).fallback(wrong_method))
+        .route("/v1/{*rest}", any(unknown_route))
+        .with_state(state)
+}

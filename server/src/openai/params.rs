@@ -1,0 +1,518 @@
+//! Request bodies of `/v1/chat/completions` and `/v1/completions`, parsed into an engine
+//! request. Everything a client can get wrong is named by the parameter OpenAI names, before
+//! any work or hold: wrong types (with the JSON path), values out of range, features this
+//! server does not offer (several choices, tools, echo).
+
+use engine::{ChatMessage, Prompt, Request, SamplingParams};
+use serde::Deserialize;
+
+use super::error::ApiError;
+
+/// Which endpoint a body came to; decides the response's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// How log-probabilities are reported: chat's `logprobs.content[]` or the legacy
+/// completions' parallel arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logprobs {
+    Off,
+    Chat { top: usize },
+    Legacy { top: usize },
+}
+
+#[derive(Debug)]
+pub struct Parsed {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub logprobs: Logprobs,
+    pub request: Request,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptField {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// The fields both endpoints share, and the ones only one of them has (rejected on the other
+/// by `into_parsed`).
+#[derive(Deserialize)]
+struct Body {
+    model: String,
+    messages: Option<Vec<Message>>,
+    prompt: Option<PromptField>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    n: Option<u64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    stop: Option<Stop>,
+    seed: Option<i64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    /// `true`/`false` on chat, a count (0–5) on completions.
+    logprobs: Option<serde_json::Value>,
+    top_logprobs: Option<u64>,
+    ignore_eos: Option<bool>,
+    // vLLM's sampling extensions.
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    // Features not offered: refused by name rather than silently ignored.
+    echo: Option<bool>,
+    best_of: Option<u64>,
+    suffix: Option<String>,
+    tools: Option<serde_json::Value>,
+    functions: Option<serde_json::Value>,
+    response_format: Option<serde_json::Value>,
+}
+
+fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(param, message)
+}
+
+/// The top-level parameter a JSON path starts with, as a `'static` name for the error body.
+fn param_of(path: &serde_path_to_error::Path) -> &'static str {
+    const KNOWN: [&str; 27] = [
+        "model",
+        "messages",
+        "prompt",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "ignore_eos",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "echo",
+        "best_of",
+        "suffix",
+        "tools",
+        "functions",
+        "response_format",
+        "user",
+    ];
+    let first = path
+        .iter()
+        .next()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    KNOWN.into_iter().find(|k| *k == first).unwrap_or("body")
+}
+
+pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Parsed, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let body: Body = match serde_path_to_error::deserialize(&mut de) {
+        Ok(b) => b,
+        Err(e) => {
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return Err(invalid(
+                    "body",
+                    format!(
+                        "We could not parse the JSON body of your request ({inner}). Send valid JSON with Content-Type: application/json."
+                    ),
+                ));
+            }
+            let param = param_of(e.path());
+            let message = if inner.to_string().starts_with("missing field") {
+                format!("Missing required parameter: {inner}.")
+            } else {
+                format!("Invalid value for '{}': {inner}.", e.path())
+            };
+            return Err(invalid(param, message));
+        }
+    };
+    into_parsed(endpoint, body)
+}
+
+fn into_parsed(endpoint: Endpoint, b: Body) -> Result<Parsed, ApiError> {
+    if b.model.trim().is_empty() {
+        return Err(invalid(
+            "model",
+            "model must name a model; see GET /v1/models.",
+        ));
+    }
+    if b.n.is_some_and(|n| n != 1) {
+        return Err(invalid("n", "Only n = 1 is supported."));
+    }
+    if b.best_of.is_some_and(|n| n != 1) {
+        return Err(invalid("best_of", "Only best_of = 1 is supported."));
+    }
+    if b.echo == Some(true) {
+        return Err(invalid("echo", "echo is not supported."));
+    }
+    if b.suffix.is_some() {
+        return Err(invalid("suffix", "suffix is not supported."));
+    }
+    for (param, value) in [("tools", &b.tools), ("functions", &b.functions)] {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(invalid(
+                param,
+                format!("{param} are not supported by this server."),
+            ));
+        }
+    }
+    if let Some(f) = &b.response_format
+        && !f.is_null()
+        && f.get("type").and_then(|t| t.as_str()) != Some("text")
+    {
+        return Err(invalid(
+            "response_format",
+            "Only response_format {\"type\": \"text\"} is supported.",
+        ));
+    }
+
+    let prompt = match endpoint {
+        Endpoint::Chat => {
+            if b.prompt.is_some() {
+                return Err(invalid(
+                    "prompt",
+                    "prompt belongs to /v1/completions; chat takes messages.",
+                ));
+            }
+            let messages = b
+                .messages
+                .ok_or_else(|| invalid("messages", "Missing required parameter: 'messages'."))?;
+            Prompt::Chat(chat_messages(messages)?)
+        }
+        Endpoint::Completions => {
+            if b.messages.is_some() {
+                return Err(invalid(
+                    "messages",
+                    "messages belong to /v1/chat/completions; completions take a prompt.",
+                ));
+            }
+            match b
+                .prompt
+                .ok_or_else(|| invalid("prompt", "Missing required parameter: 'prompt'."))?
+            {
+                PromptField::Text(t) => Prompt::Text(t),
+                PromptField::Tokens(ids) => Prompt::Tokens(ids),
+                PromptField::Texts(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
+                PromptField::TokenLists(mut v) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
+                _ => {
+                    return Err(invalid(
+                        "prompt",
+                        "Send one prompt per request (a string or a list of token ids).",
+                    ));
+                }
+            }
+        }
+    };
+
+    let logprobs = match endpoint {
+        Endpoint::Chat => {
+            let on = match &b.logprobs {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(on)) => *on,
+                Some(_) => return Err(invalid("logprobs", "logprobs must be true or false.")),
+            };
+            match (on, b.top_logprobs) {
+                (_, Some(t)) if t > 20 => {
+                    return Err(invalid(
+                        "top_logprobs",
+                        "top_logprobs must be between 0 and 20.",
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(invalid(
+                        "top_logprobs",
+                        "top_logprobs needs logprobs set to true.",
+                    ));
+                }
+                (true, t) => Logprobs::Chat {
+                    top: t.unwrap_or(0) as usize,
+                },
+                (false, None) => Logprobs::Off,
+            }
+        }
+        Endpoint::Completions => match &b.logprobs {
+            None | Some(serde_json::Value::Null) => Logprobs::Off,
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= 5 => Logprobs::Legacy { top: n as usize },
+                _ => {
+                    return Err(invalid(
+                        "logprobs",
+                        "logprobs must be an integer between 0 and 5.",
+                    ));
+                }
+            },
+        },
+    };
+
+    let max_tokens = match (b.max_completion_tokens, b.max_tokens) {
+        (Some(m), _) | (None, Some(m)) => {
+            if m == 0 {
+                return Err(invalid("max_tokens", "max_tokens must be at least 1."));
+            }
+            Some(usize::try_from(m).unwrap_or(usize::MAX))
+        }
+        // Legacy completions default to 16 tokens, as OpenAI's do; chat runs to the context.
+        (None, None) if endpoint == Endpoint::Completions => Some(16),
+        (None, None) => None,
+    };
+    let top_k = match b.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(_) => return Err(invalid("top_k", "top_k must be -1 (off) or positive.")),
+    };
+    let stop = match b.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    let sampling = SamplingParams {
+        temperature: b.temperature.unwrap_or(1.0),
+        top_k,
+        top_p: b.top_p.unwrap_or(1.0),
+        min_p: b.min_p.unwrap_or(0.0),
+        repetition_penalty: b.repetition_penalty.unwrap_or(1.0),
+        frequency_penalty: b.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: b.presence_penalty.unwrap_or(0.0),
+        seed: b.seed.map(|s| s as u64),
+        logprobs: match logprobs {
+            Logprobs::Off => None,
+            Logprobs::Chat { top } | Logprobs::Legacy { top } => Some(top),
+        },
+    };
+    let mut request = Request::new(prompt);
+    request.sampling = sampling;
+    request.max_tokens = max_tokens;
+    request.stop = stop;
+    request.ignore_eos = b.ignore_eos.unwrap_or(false);
+    let stream = b.stream.unwrap_or(false);
+    if b.stream_options.is_some() && !stream {
+        return Err(invalid(
+            "stream_options",
+            "stream_options is only allowed when stream is true.",
+        ));
+    }
+    Ok(Parsed {
+        model: b.model,
+        stream,
+        include_usage: b
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        logprobs,
+        request,
+    })
+}
+
+fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(invalid("messages", "messages must not be empty."));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                // OpenAI's newer name for the system role.
+                "developer" | "system" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(invalid(
+                        "messages",
+                        format!(
+                            "messages[{i}].role '{other}' is not supported; use system, developer, user or assistant."
+                        ),
+                    ));
+                }
+            };
+            let content = match m.content {
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(invalid(
+                                    "messages",
+                                    format!(
+                                        "messages[{i}] has a '{kind}' part; only text parts are supported."
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+                None => {
+                    return Err(invalid(
+                        "messages",
+                        format!("messages[{i}].content is missing."),
+                    ));
+                }
+            };
+            Ok(ChatMessage {
+                role: role.to_string(),
+                content,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(json: &str) -> Result<Parsed, ApiError> {
+        parse(Endpoint::Chat, json.as_bytes())
+    }
+
+    #[test]
+    fn a_full_chat_body() {
+        let p = chat(
+            r#"{"model":"m","messages":[{"role":"developer","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
+                "max_completion_tokens":5,"max_tokens":9,"temperature":0.5,"top_p":0.9,"stop":"END",
+                "seed":-1,"presence_penalty":0.1,"frequency_penalty":0.2,"logprobs":true,"top_logprobs":3,
+                "stream":true,"stream_options":{"include_usage":true},"ignore_eos":true,"user":"u1","n":1}"#,
+        )
+        .unwrap();
+        assert_eq!(p.model, "m");
+        assert!(p.stream && p.include_usage);
+        assert_eq!(p.logprobs, Logprobs::Chat { top: 3 });
+        let r = p.request;
+        // max_completion_tokens wins over the deprecated max_tokens.
+        assert_eq!(r.max_tokens, Some(5));
+        assert_eq!(r.stop, vec!["END".to_string()]);
+        assert_eq!(r.sampling.seed, Some(u64::MAX));
+        assert!(r.ignore_eos);
+        let Prompt::Chat(m) = r.prompt else { panic!() };
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[1].content, "hi there");
+    }
+
+    #[test]
+    fn completions_prompts_and_defaults() {
+        let p = parse(Endpoint::Completions, br#"{"model":"m","prompt":["one"]}"#).unwrap();
+        assert_eq!(p.request.prompt, Prompt::Text("one".into()));
+        assert_eq!(p.request.max_tokens, Some(16));
+        let p = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":[1,2,3],"logprobs":2}"#,
+        )
+        .unwrap();
+        assert_eq!(p.request.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        assert_eq!(p.logprobs, Logprobs::Legacy { top: 2 });
+    }
+
+    #[test]
+    fn errors_name_the_parameter() {
+        let cases: [(&str, &str); 12] = [
+            (r#"{"model":"m","messages":[]"#, "body"),
+            (r#"{"messages":[{"role":"user","content":"x"}]}"#, "body"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-3}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                "messages",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "messages",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{}]}"#,
+                "tools",
+            ),
+            (r#"{"model":"m","prompt":"x"}"#, "prompt"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
+                "stream_options",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = chat(body).unwrap_err();
+            assert_eq!(e.param.unwrap_or("body"), param, "{body}: {}", e.message);
+            assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
+        }
+        let e = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":["a","b"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param, Some("prompt"));
+        let e = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":"a","logprobs":9}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param, Some("logprobs"));
+    }
+}

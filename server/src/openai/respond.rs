@@ -1,0 +1,276 @@
+//! Turning a running job into OpenAI's responses: one JSON object, or server-sent events
+//! (`chat.completion.chunk` / `text_completion` chunks, a last chunk with the finish reason,
+//! a usage chunk when asked, then `data: [DONE]`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use engine::Tokenizer;
+use engine::sampling::TokenLogprob;
+use engine::{Event, FinishReason};
+use jobs::{Charged, JobKind, Jobs, Principal, Receipt, RunningJob};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::params::{Endpoint, Logprobs, Parsed};
+
+/// What every chunk of one response repeats.
+struct Shape {
+    endpoint: Endpoint,
+    id: String,
+    created: i64,
+    model: String,
+    logprobs: Logprobs,
+    include_usage: bool,
+    tokenizer: Option<Arc<Tokenizer>>,
+}
+
+impl Shape {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.tokenizer
+            .as_ref()
+            .and_then(|t| t.decode(&[id], false).ok())
+            .unwrap_or_default()
+    }
+
+    fn chat_entry(&self, lp: &TokenLogprob) -> Value {
+        let text = self.token_text(lp.token);
+        json!({
+            "token": text,
+            "logprob": lp.logprob,
+            "bytes": text.as_bytes(),
+            "top_logprobs": lp.top.iter().map(|(id, l)| {
+                let t = self.token_text(*id);
+                json!({ "token": t, "logprob": l, "bytes": t.as_bytes() })
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The `logprobs` of a choice for these tokens, in the endpoint's format; `offset` is
+    /// where the first token's text starts in the completion (legacy `text_offset`).
+    fn logprobs_value(&self, lps: &[TokenLogprob], offset: usize) -> Value {
+        match self.logprobs {
+            Logprobs::Off => Value::Null,
+            Logprobs::Chat { .. } => {
+                json!({ "content": lps.iter().map(|l| self.chat_entry(l)).collect::<Vec<_>>() })
+            }
+            Logprobs::Legacy { .. } => {
+                let mut at = offset;
+                let mut tokens = Vec::new();
+                let mut offsets = Vec::new();
+                for l in lps {
+                    let t = self.token_text(l.token);
+                    offsets.push(at);
+                    at += t.chars().count();
+                    tokens.push(t);
+                }
+                json!({
+                    "tokens": tokens,
+                    "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": lps.iter().map(|l| {
+                        l.top.iter().map(|(id, lp)| (self.token_text(*id), json!(lp)))
+                            .collect::<serde_json::Map<String, Value>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+        }
+    }
+
+    fn choice(&self, text: &str, logprobs: Value, finish: Option<&str>, chunk: bool) -> Value {
+        match self.endpoint {
+            Endpoint::Chat if chunk => json!({
+                "index": 0,
+                "delta": if text.is_empty() && finish.is_some() { json!({}) } else { json!({ "content": text }) },
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": { "role": "assistant", "content": text, "refusal": null },
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+            Endpoint::Completions => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+        }
+    }
+
+    fn envelope(&self, choices: Vec<Value>, usage: Value, chunk: bool) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+            "usage": usage,
+        })
+    }
+}
+
+fn usage(r: &Receipt) -> Value {
+    json!({
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+    })
+}
+
+fn finish_name(reason: Option<FinishReason>) -> &'static str {
+    match reason {
+        Some(FinishReason::Length) => "length",
+        // A cancelled job's client is gone; "stop" is what it would have read.
+        _ => "stop",
+    }
+}
+
+fn failed(message: &str) -> ApiError {
+    ApiError::internal(format!(
+        "The model failed while generating ({message}); you were not charged. Try again."
+    ))
+}
+
+/// Admits the job and answers with the whole completion or a stream of it.
+pub async fn generate(
+    jobs: &Jobs,
+    who: &Principal,
+    kind: JobKind,
+    endpoint: Endpoint,
+    parsed: Parsed,
+) -> Result<Response, ApiError> {
+    let job = jobs.start(who, kind, &parsed.model, parsed.request).await?;
+    let tokenizer = jobs
+        .pool()
+        .and_then(|p| p.worker_for(&parsed.model).ok())
+        .map(|w| w.info.tokenizer.clone());
+    let shape = Shape {
+        endpoint,
+        id: match endpoint {
+            Endpoint::Chat => format!("chatcmpl-{}", job.id()),
+            Endpoint::Completions => format!("cmpl-{}", job.id()),
+        },
+        created: job.created_at() / 1000,
+        model: parsed.model,
+        logprobs: parsed.logprobs,
+        include_usage: parsed.include_usage,
+        tokenizer,
+    };
+    if parsed.stream {
+        Ok(stream(job, shape))
+    } else {
+        complete(job, shape).await
+    }
+}
+
+async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
+    let (events, receipt) = job.collect().await?;
+    if let Charged::Failed(m) = &receipt.charged {
+        return Err(failed(m));
+    }
+    let mut text = String::new();
+    let mut lps = Vec::new();
+    for e in events {
+        if let Event::Token {
+            text: t, logprob, ..
+        } = e
+        {
+            text.push_str(&t);
+            lps.extend(logprob);
+        }
+    }
+    let choice = shape.choice(
+        &text,
+        shape.logprobs_value(&lps, 0),
+        Some(finish_name(receipt.finish_reason)),
+        false,
+    );
+    Ok(Json(shape.envelope(vec![choice], usage(&receipt), false)).into_response())
+}
+
+fn data(v: &Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(v.to_string()))
+}
+
+/// Streams the job. When the client goes away the stream is dropped with the job in it, which
+/// cancels the sequence and settles only what was delivered.
+fn stream(mut job: RunningJob, shape: Shape) -> Response {
+    let events = async_stream::stream! {
+        if shape.endpoint == Endpoint::Chat {
+            let first = json!({
+                "index": 0,
+                "delta": { "role": "assistant", "content": "" },
+                "logprobs": null,
+                "finish_reason": null,
+            });
+            yield data(&strip_usage(shape.envelope(vec![first], Value::Null, true), &shape));
+        }
+        let mut offset = 0usize;
+        while let Some(event) = job.next().await {
+            match event {
+                Event::Token { text, logprob, .. } => {
+                    if text.is_empty() && logprob.is_none() {
+                        continue;
+                    }
+                    let lps: Vec<TokenLogprob> = logprob.into_iter().collect();
+                    let lp = shape.logprobs_value(&lps, offset);
+                    offset += text.chars().count();
+                    let choice = shape.choice(&text, lp, None, true);
+                    yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
+                }
+                Event::Finished(f) => {
+                    let choice = shape.choice("", Value::Null, Some(finish_name(Some(f.reason))), true);
+                    yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
+                }
+                Event::Failed(_) => {}
+            }
+        }
+        match job.settle().await {
+            Ok(receipt) => {
+                if let Charged::Failed(m) = &receipt.charged {
+                    yield data(&failed(m).body());
+                } else if shape.include_usage {
+                    yield data(&shape.envelope(Vec::new(), usage(&receipt), true));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "settling a streamed job failed");
+                yield data(&ApiError::from(e).body());
+            }
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    };
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// With include_usage every chunk carries `"usage": null` and the last one the numbers;
+/// without, chunks have no `usage` key at all (as OpenAI sends them).
+fn strip_usage(mut v: Value, shape: &Shape) -> Value {
+    if !shape.include_usage
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("usage");
+    }
+    v
+}

@@ -1,0 +1,634 @@
+//! Chat and text completions through real HTTP with the fixture model on the CPU, on a portal
+//! set up by its first start (local factory, list prices, starter credits): usage equals the
+//! engine's counts and the ledger's charge; streams; logprobs; stop; seeds; every refusal with
+//! its status and OpenAI's error body, leaving no hold; a client that vanishes mid-stream pays
+//! only for what it was sent; Idempotency-Key; per-key rate limits.
+
+use std::time::Duration;
+
+use db::sqlx::Row;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp, spawn_app_with};
+
+/// The list prices a first start sets: $0.20 and $0.60 per million tokens.
+const INPUT_NANOS_PER_MTOK: i64 = 200_000_000;
+const OUTPUT_NANOS_PER_MTOK: i64 = 600_000_000;
+const MODEL: &str = "tiny-chat";
+
+fn cost(prompt: i64, completion: i64) -> i64 {
+    (prompt * INPUT_NANOS_PER_MTOK + completion * OUTPUT_NANOS_PER_MTOK + 999_999) / 1_000_000
+}
+
+pub struct Api {
+    pub app: TestApp,
+    pub http: reqwest::Client,
+    pub key: String,
+    pub org_id: String,
+    _model: tempfile::TempDir,
+}
+
+pub async fn api_with(configure: impl FnOnce(&mut server::Config)) -> Api {
+    let model = tempfile::tempdir().unwrap();
+    engine::fixture::write_fixture(model.path(), &engine::fixture::FixtureSpec::default()).unwrap();
+    let dir = model.path().to_path_buf();
+    let app = spawn_app_with(move |c| {
+        c.engine.models = vec![(MODEL.into(), dir)];
+        c.engine.write_fixture = false;
+        c.engine.device = engine::Device::Cpu;
+        c.engine.cpu_kv_mib = 8;
+        configure(c);
+    })
+    .await;
+    // A startup: the starter program grants it credit at sign-up.
+    let owner = app.owner("dev@startup.example", "Startup").await;
+    let (status, created) = owner
+        .json(
+            "/api/create_api_key",
+            &[("name", "ci"), ("expires_in_days", "")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let key = created["secret"].as_str().unwrap().to_string();
+    let org_id = keys::ApiKeys::new(app.db().clone())
+        .authenticate(&key)
+        .await
+        .unwrap()
+        .org_id;
+    Api {
+        app,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        key,
+        org_id,
+        _model: model,
+    }
+}
+
+pub async fn api() -> Api {
+    api_with(|_| {}).await
+}
+
+impl Api {
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.app.base))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn ok(&self, path: &str, body: &Value) -> Value {
+        let r = self.post(path, body).await;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// The error body of a refusal with `status`.
+    pub async fn refused(&self, path: &str, body: &Value, status: StatusCode) -> Value {
+        let r = self.post(path, body).await;
+        assert_eq!(r.status(), status);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().len() > 10, "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        v["error"].clone()
+    }
+
+    pub async fn available(&self) -> i64 {
+        credits::Credits::new(self.app.db().clone())
+            .wallet(&self.org_id, db::now_ms())
+            .await
+            .unwrap()
+            .available()
+            .get()
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        db::sqlx::query(sql)
+            .fetch_one(self.app.db().pool())
+            .await
+            .unwrap()
+            .try_get::<i64, _>(0)
+            .unwrap()
+    }
+
+    pub async fn open_holds(&self) -> i64 {
+        self.scalar("SELECT COUNT(*) FROM ledger_holds WHERE status = 'open'")
+            .await
+    }
+
+    /// The usage event of a job (`chatcmpl-<job>` / `cmpl-<job>`), once it is written.
+    pub async fn usage_event(&self, response_id: &str) -> (i64, i64, i64, i64) {
+        let job = response_id.rsplit('-').next().unwrap();
+        for _ in 0..400 {
+            let row = db::sqlx::query(
+                "SELECT prompt_tokens, completion_tokens, amount, partial FROM usage_events WHERE job_id = $1",
+            )
+            .bind(job)
+            .fetch_optional(self.app.db().pool())
+            .await
+            .unwrap();
+            if let Some(r) = row {
+                return (
+                    r.try_get("prompt_tokens").unwrap(),
+                    r.try_get("completion_tokens").unwrap(),
+                    r.try_get("amount").unwrap(),
+                    r.try_get("partial").unwrap(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no usage event for {response_id}")
+    }
+}
+
+/// The `data:` payloads of a server-sent event stream.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": content}],
+        "temperature": 0,
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[tokio::test]
+async fn chat_and_completions_are_charged_exactly_what_the_usage_says() {
+    let api = api().await;
+    let granted = api.available().await;
+    assert_eq!(granted, 10_000_000_000, "the starter grant is $10");
+
+    let v = api
+        .ok(
+            "/v1/chat/completions",
+            &chat("Hello", json!({"max_tokens": 9, "ignore_eos": true})),
+        )
+        .await;
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL);
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let (p, c) = (
+        v["usage"]["prompt_tokens"].as_i64().unwrap(),
+        v["usage"]["completion_tokens"].as_i64().unwrap(),
+    );
+    assert_eq!(c, 9);
+    assert_eq!(v["usage"]["total_tokens"].as_i64().unwrap(), p + c);
+    assert_eq!(
+        api.usage_event(v["id"].as_str().unwrap()).await,
+        (p, c, cost(p, c), 0)
+    );
+    let after_chat = api.available().await;
+    assert_eq!(granted - after_chat, cost(p, c));
+
+    // Text completions: the prompt's count is the tokenizer's own.
+    let prompt = "The mill turns slowly";
+    let tokenizer = engine::Tokenizer::from_file(api._model.path().join("tokenizer.json")).unwrap();
+    let expected_prompt = tokenizer.encode(prompt, true).unwrap().get_ids().len() as i64;
+    let v = api
+        .ok(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": prompt, "max_tokens": 5, "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_i64().unwrap(),
+        expected_prompt
+    );
+    assert_eq!(v["usage"]["completion_tokens"].as_i64().unwrap(), 5);
+    assert!(v["choices"][0]["text"].is_string());
+    assert_eq!(after_chat - api.available().await, cost(expected_prompt, 5));
+    assert_eq!(api.open_holds().await, 0);
+    assert_eq!(
+        ledger::Ledger::new(api.app.db().clone())
+            .verify()
+            .await
+            .unwrap(),
+        Ok(())
+    );
+}
+
+#[tokio::test]
+async fn streams_match_the_whole_answer_and_end_with_usage_and_done() {
+    let api = api().await;
+    let whole = api
+        .ok(
+            "/v1/chat/completions",
+            &chat("Stream me", json!({"max_tokens": 12, "ignore_eos": true})),
+        )
+        .await;
+    let r = api
+        .post(
+            "/v1/chat/completions",
+            &chat(
+                "Stream me",
+                json!({"max_tokens": 12, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = sse_data(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "length");
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    assert_eq!(chunks[n - 1]["usage"], whole["usage"]);
+    assert!(chunks[..n - 1].iter().all(|c| c["usage"].is_null()));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    let (p, c, amount, partial) = api.usage_event(chunks[0]["id"].as_str().unwrap()).await;
+    assert_eq!((c, partial), (12, 0));
+    assert_eq!(amount, cost(p, c));
+
+    // Completions stream too; without include_usage no usage key at all.
+    let r = api
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 4, "stream": true, "ignore_eos": true}),
+        )
+        .await;
+    let events = sse_data(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["object"], "text_completion");
+    assert!(first.get("usage").is_none());
+}
+
+#[tokio::test]
+async fn logprobs_stop_strings_and_seeds() {
+    let api = api().await;
+    let v = api
+        .ok(
+            "/v1/chat/completions",
+            &chat(
+                "Score me",
+                json!({"max_tokens": 6, "ignore_eos": true, "logprobs": true, "top_logprobs": 3}),
+            ),
+        )
+        .await;
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 6);
+    for entry in content {
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["logprob"], entry["logprob"]);
+    }
+    let v = api
+        .ok(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 4, "temperature": 0, "ignore_eos": true, "logprobs": 2}),
+        )
+        .await;
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    assert_eq!(lp["text_offset"][0], 0);
+
+    // A stop string from the middle of the greedy answer cuts it there.
+    let body = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": "Once upon", "max_tokens": 40, "temperature": 0, "ignore_eos": true});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let full = api.ok("/v1/completions", &body(json!({}))).await;
+    let text = full["choices"][0]["text"].as_str().unwrap().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 10, "{text:?}");
+    let stop: String = chars[6..9].iter().collect();
+    let cut = text.find(&stop).unwrap();
+    let v = api
+        .ok("/v1/completions", &body(json!({"stop": [stop]})))
+        .await;
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), &text[..cut]);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    // The same seed samples the same tokens; seeds differ somewhere.
+    let sampled = |seed: i64| body(json!({"temperature": 1.0, "seed": seed, "max_tokens": 16}));
+    let a = api.ok("/v1/completions", &sampled(7)).await;
+    let b = api.ok("/v1/completions", &sampled(7)).await;
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    let mut differs = false;
+    for seed in 8..12 {
+        let c = api.ok("/v1/completions", &sampled(seed)).await;
+        differs |= c["choices"][0]["text"] != a["choices"][0]["text"];
+    }
+    assert!(differs);
+}
+
+#[tokio::test]
+async fn refusals_have_the_right_status_and_leave_no_hold() {
+    let api = api().await;
+    let before = api.available().await;
+    let e = api
+        .refused(
+            "/v1/chat/completions",
+            &chat("x", json!({"model": "no-such-model"})),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    assert_eq!(
+        (e["code"].as_str(), e["param"].as_str()),
+        (Some("model_not_found"), Some("model"))
+    );
+    let e = api
+        .refused(
+            "/v1/chat/completions",
+            &chat("x", json!({"max_tokens": 100_000})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert_eq!(e["code"], "context_length_exceeded");
+    let e = api
+        .refused(
+            "/v1/chat/completions",
+            &chat("x", json!({"temperature": 5})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert_eq!(e["param"], "temperature");
+    let e = api
+        .refused(
+            "/v1/chat/completions",
+            &chat("x", json!({"top_p": "high"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert_eq!(e["param"], "top_p");
+    let e = api
+        .refused(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x", "n": 3}),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert_eq!(e["param"], "n");
+    // Malformed JSON and a body over the limit.
+    let r = api
+        .http
+        .post(format!("{}/v1/chat/completions", api.app.base))
+        .bearer_auth(&api.key)
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let huge = "word ".repeat(300_000);
+    let e = api
+        .refused(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": huge}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+        .await;
+    assert_eq!(e["type"], "invalid_request_error");
+    // A revoked key, then no key.
+    let r = api
+        .http
+        .post(format!("{}/v1/completions", api.app.base))
+        .json(&json!({"model": MODEL, "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // GET on a POST endpoint.
+    let r = api
+        .http
+        .get(format!("{}/v1/chat/completions", api.app.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(api.available().await, before);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM ledger_holds").await, 0);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, 0);
+
+    // An organisation without credit (an enterprise gets no starter grant): 402.
+    let b = api.app.browser();
+    let r = b
+        .post(
+            "/api/sign_up",
+            &[
+                ("email", "cfo@enterprise.example"),
+                ("password", PASSWORD),
+                ("org_name", "Enterprise"),
+                ("org_kind", "enterprise"),
+                ("region", "europe"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    b.login("cfo@enterprise.example", PASSWORD).await;
+    let (_, created) = b
+        .json(
+            "/api/create_api_key",
+            &[("name", "x"), ("expires_in_days", "")],
+        )
+        .await;
+    let r = api
+        .http
+        .post(format!("{}/v1/chat/completions", api.app.base))
+        .bearer_auth(created["secret"].as_str().unwrap())
+        .json(&chat("x", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "insufficient_quota");
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM ledger_holds").await, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_stream_pays_only_for_what_it_was_sent() {
+    let api = api().await;
+    let before = api.available().await;
+    let r = api
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 500, "stream": true, "ignore_eos": true, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut r = r;
+    let mut first = String::new();
+    while !first.contains("\n\n") {
+        first.push_str(&String::from_utf8_lossy(&r.chunk().await.unwrap().unwrap()));
+    }
+    let id = serde_json::from_str::<Value>(&sse_data(&first)[0]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(r);
+    let (p, c, amount, partial) = api.usage_event(&id).await;
+    assert_eq!(partial, 1, "the usage event says it was cut short");
+    assert!((1..500).contains(&c), "charged {c} tokens");
+    assert_eq!(amount, cost(p, c));
+    assert_eq!(before - api.available().await, amount);
+    assert_eq!(api.open_holds().await, 0);
+    let status: String = db::sqlx::query("SELECT status FROM jobs")
+        .fetch_one(api.app.db().pool())
+        .await
+        .unwrap()
+        .try_get("status")
+        .unwrap();
+    assert_eq!(status, "cancelled");
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_first_answer_and_charge_once() {
+    let api = api().await;
+    let body = chat("Once", json!({"max_tokens": 3, "ignore_eos": true}));
+    let send = |body: Value, key: &'static str| {
+        api.http
+            .post(format!("{}/v1/chat/completions", api.app.base))
+            .bearer_auth(&api.key)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone(), "k-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    let again = send(body.clone(), "k-1").await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM usage_events").await, 1);
+    // The same key with another body is refused.
+    let other = send(chat("Twice", json!({"max_tokens": 3})), "k-1")
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Another key runs again.
+    let third: Value = send(body, "k-2").await.unwrap().json().await.unwrap();
+    assert_ne!(third["id"], first["id"]);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM usage_events").await, 2);
+}
+
+#[tokio::test]
+async fn each_key_is_rate_limited_with_retry_after() {
+    let api = api_with(|c| c.key_rpm = std::num::NonZeroU32::new(2).unwrap()).await;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 1});
+    for _ in 0..2 {
+        api.ok("/v1/completions", &body).await;
+    }
+    let r = api.post("/v1/completions", &body).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn the_first_start_sets_up_once_and_can_be_switched_off() {
+    let api = api().await;
+    assert_eq!(
+        api.scalar("SELECT COUNT(*) FROM organizations WHERE kind = 'partner'")
+            .await,
+        1
+    );
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM factories").await, 1);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM model_prices").await, 1);
+    let models: Value = api
+        .http
+        .get(format!("{}/v1/models", api.app.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    // A second start on the same database sets up nothing more.
+    let config = server::Config {
+        database_url: api.app.test_db.url.clone(),
+        engine: server::config::EngineSettings {
+            models: vec![(MODEL.into(), api._model.path().to_path_buf())],
+            write_fixture: false,
+            device: engine::Device::Cpu,
+            cpu_kv_mib: 8,
+        },
+        ..server::Config::default()
+    };
+    let _second = server::build(&config).await.unwrap();
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM factories").await, 1);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM credit_programs").await, 1);
+
+    // Switched off: nothing is set up, so nothing is sold.
+    let off = api_with(|c| c.bootstrap = false).await;
+    assert_eq!(off.scalar("SELECT COUNT(*) FROM factories").await, 0);
+    let models: Value = off
+        .http
+        .get(format!("{}/v1/models", off.app.base))
+        .bearer_auth(&off.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"], json!([]));
+    off.refused(
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "x"}),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
