@@ -16,6 +16,8 @@ pub struct AppState {
     pub compute: compute::Compute,
     pub payments: payments::Payments,
     pub keys: keys::ApiKeys,
+    /// Generation jobs (the playground) and their usage.
+    pub jobs: jobs::Jobs,
     /// A signed-in session ends this long after login, however active (RELIABILITY A7).
     pub session_absolute_ms: i64,
     /// The public origin (`https://console.example.com`), when configured; otherwise links are

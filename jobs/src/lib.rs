@@ -13,6 +13,7 @@
 mod admit;
 mod pricing;
 mod running;
+mod usage;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use db::Db;
 
 pub use pricing::Rates;
 pub use running::{Charged, Receipt, RunningJob};
+pub use usage::UsageEvent;
 
 /// How a job came in; decides its scheduling class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +135,14 @@ pub const ON_DEMAND_WEIGHT: u32 = 1;
 #[derive(Clone)]
 pub struct Jobs {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs")
+            .field("pool", &self.inner.pool.as_ref().map(|p| p.models()))
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {

@@ -7,6 +7,7 @@ pub mod config;
 mod downloads;
 pub mod inference;
 pub mod openai;
+mod playground;
 pub mod security;
 pub mod session_store;
 
@@ -57,16 +58,19 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     let credits = credits::Credits::new(db.clone());
     let payments = payments::Payments::new(db.clone(), credits.clone(), config.stripe.clone())
         .context("configuring Stripe (STRIPE_API_BASE)")?;
+    let compute = compute::Compute::new(db.clone(), accounts.clone(), credits.clone());
+    let pool = inference::start_pool(&config.engine).await?;
+    let jobs = jobs::Jobs::new(db.clone(), credits.clone(), compute.clone(), pool.clone());
     let app_state = AppState {
-        compute: compute::Compute::new(db.clone(), accounts.clone(), credits.clone()),
+        compute,
         payments,
         keys: keys::ApiKeys::new(db.clone()),
+        jobs: jobs.clone(),
         accounts,
         credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,
         public_url: config.public_url.clone(),
     };
-    let pool = inference::start_pool(&config.engine).await?;
     if let Some(pool) = &pool
         && config.bootstrap
     {
@@ -79,12 +83,6 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         .await
         .context("setting up the first start (TOKENMILL_BOOTSTRAP=0 skips it)")?;
     }
-    let jobs = jobs::Jobs::new(
-        db.clone(),
-        app_state.credits.clone(),
-        app_state.compute.clone(),
-        pool.clone(),
-    );
     let api = openai::ApiState::new(app_state.keys.clone(), jobs, db.clone(), config.key_rpm);
     let router = router(config, db.clone(), app_state.clone())
         .merge(api_routes(api, inference::Readiness::new(pool)));
@@ -134,6 +132,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/api/{*fn_name}", post(server_fn_handler))
         .route("/credits/history.csv", get(downloads::history_csv))
+        .route("/playground/chat", post(playground::chat))
         .leptos_routes_with_context(
             &state,
             routes,

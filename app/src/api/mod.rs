@@ -11,6 +11,7 @@ mod compute;
 mod credits;
 mod keys;
 mod models;
+mod playground;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
 pub use admin::*;
@@ -18,6 +19,7 @@ pub use compute::*;
 pub use credits::*;
 pub use keys::*;
 pub use models::*;
+pub use playground::*;
 
 /// The signed-in user and their organisation, as the pages show them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,3 +4,4 @@ pub mod form;
 pub mod partner_options;
 pub mod request_form;
 pub mod shell;
+pub mod stream;

@@ -59,6 +59,9 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 <Show when=move || me.is_operator || me.is_partner>
                     <A href="/approvals">"Approvals"</A>
                 </Show>
+                <Show when=move || !me.is_operator>
+                    <A href="/playground">"Playground"</A>
+                </Show>
                 <A href="/models">"Models"</A>
                 <A href="/keys">"API keys"</A>
                 <A href="/members">"Members"</A>

@@ -15,4 +15,5 @@ pub mod keys;
 pub mod members;
 pub mod models;
 pub mod not_found;
+pub mod playground;
 pub mod top_up;

@@ -7,5 +7,6 @@ mod completions;
 mod compute;
 mod helpers;
 mod payments;
+mod playground;
 mod security;
 mod v1;
