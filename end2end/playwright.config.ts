@@ -7,6 +7,12 @@ const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
 // A stand-in for Stripe, started by the top-up test (tests/stripe-stand-in.ts), on this port.
 export const stripePort = Number(process.env.E2E_STRIPE_PORT ?? 3211);
 export const stripeWebhookSecret = "whsec_e2e_secret";
+// A second portal for the playground: a first start with a model (a SmolLM2-shaped test model,
+// big enough that an answer takes seconds on a CPU, so Stop can be pressed mid-answer), which
+// sets up the local factory, prices and starter credits.
+export const playgroundPort = Number(process.env.E2E_PLAYGROUND_PORT ?? 3212);
+const playgroundDir = process.env.E2E_PLAYGROUND_DIR ?? "/tmp/tokenmill-e2e-playground";
+const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
 
 export default defineConfig({
   testDir: "./tests",
@@ -33,8 +39,8 @@ export default defineConfig({
       ],
     },
   },
-  webServer: {
-    command: `rm -rf ${dbDir} && mkdir -p ${dbDir} && ${process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill"}`,
+  webServer: [{
+    command: `rm -rf ${dbDir} && mkdir -p ${dbDir} && ${bin}`,
     url: `http://127.0.0.1:${port}/health`,
     reuseExistingServer: false,
     timeout: 60_000,
@@ -43,11 +49,24 @@ export default defineConfig({
       DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
       LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
       RUST_LOG: "warn",
-      // No page drives the engine yet; the playground's tests will give it a model.
+      // These tests need no model (and no first-start set-up); the playground has its own.
       TOKENMILL_MODELS: "none",
       STRIPE_SECRET_KEY: "sk_test_e2e",
       STRIPE_WEBHOOK_SECRET: stripeWebhookSecret,
       STRIPE_API_BASE: `http://127.0.0.1:${stripePort}/`,
     },
-  },
+  }, {
+    command: `rm -rf ${playgroundDir} && mkdir -p ${playgroundDir} && ${bin} model fixture --shape smollm2-135m --dtype bf16 --out ${playgroundDir}/model && ${bin}`,
+    url: `http://127.0.0.1:${playgroundPort}/ready`,
+    reuseExistingServer: false,
+    timeout: 120_000,
+    env: {
+      TOKENMILL_ADDR: `127.0.0.1:${playgroundPort}`,
+      DATABASE_URL: `sqlite://${playgroundDir}/tokenmill.db?mode=rwc`,
+      LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
+      RUST_LOG: "warn",
+      TOKENMILL_MODELS: `smollm2-test=${playgroundDir}/model`,
+      TOKENMILL_DEVICE: "cpu",
+    },
+  }],
 });

@@ -66,6 +66,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/keys") view=pages::keys::Keys />
                     <Route path=path!("/models") view=pages::models::Models />
                     <Route path=path!("/playground") view=pages::playground::Playground />
+                    <Route path=path!("/usage") view=pages::usage::Usage />
                     <Route path=path!("/credits/top-up/success") view=pages::top_up::TopUpSuccess />
                     <Route path=path!("/credits/top-up/cancelled") view=pages::top_up::TopUpCancelled />
                     <Route path=path!("/compute") view=pages::compute::Compute />

@@ -22,7 +22,7 @@ use db::Db;
 
 pub use pricing::Rates;
 pub use running::{Charged, Receipt, RunningJob};
-pub use usage::UsageEvent;
+pub use usage::{DailyUsage, UsageEvent};
 
 /// How a job came in; decides its scheduling class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,32 @@ use ledger::Nanos;
 
 use crate::{JobError, Jobs};
 
+const DAY_MS: i64 = 86_400_000;
+
+/// One organisation's use of one model on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyUsage {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub model: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub amount: Nanos,
+}
+
+/// `YYYY-MM-DD` of a UTC day number (days since 1970-01-01).
+fn day_label(day: i64) -> String {
+    let date = time::Date::from_julian_day(i32::try_from(day + 2_440_588).unwrap_or(2_440_588))
+        .unwrap_or(time::Date::MIN);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageEvent {
     pub job_id: String,
@@ -75,5 +101,85 @@ impl Jobs {
             .fetch_optional(self.inner.db.pool())
             .await
             .map_err(JobError::storage)
+    }
+
+    /// Usage per UTC day and model over the `days` days up to and including today, oldest
+    /// first. Days without usage are absent.
+    pub async fn daily_usage(
+        &self,
+        org_id: &str,
+        days: i64,
+        now: i64,
+    ) -> Result<Vec<DailyUsage>, JobError> {
+        let today = now.div_euclid(DAY_MS);
+        let since = (today - days.max(1) + 1) * DAY_MS;
+        // Integer division of a non-negative BIGINT is the day number on both databases.
+        let rows = db::sqlx::query(
+            "SELECT created_at / 86400000 AS day, model, COUNT(*) AS requests, \
+             SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, \
+             SUM(amount) AS amount FROM usage_events WHERE org_id = $1 AND created_at >= $2 \
+             GROUP BY created_at / 86400000, model ORDER BY day, model",
+        )
+        .bind(org_id)
+        .bind(since)
+        .fetch_all(self.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DailyUsage {
+                    day: day_label(r.try_get::<i64, _>("day")?),
+                    model: r.try_get("model")?,
+                    requests: r.try_get("requests")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    amount: Nanos::new(r.try_get("amount")?),
+                })
+            })
+            .collect::<Result<_, db::sqlx::Error>>()
+            .map_err(JobError::storage)
+    }
+
+    /// [`Jobs::daily_usage`] as CSV: `date_utc,model,requests,prompt_tokens,completion_tokens,
+    /// amount_usd` (exact decimal dollars, `.` separator), one line per day and model.
+    pub async fn daily_usage_csv(
+        &self,
+        org_id: &str,
+        days: i64,
+        now: i64,
+    ) -> Result<String, JobError> {
+        let mut out = csv::Writer::from_writer(Vec::new());
+        out.write_record([
+            "date_utc",
+            "model",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "amount_usd",
+        ])
+        .map_err(JobError::storage)?;
+        for d in self.daily_usage(org_id, days, now).await? {
+            out.write_record([
+                d.day,
+                d.model,
+                d.requests.to_string(),
+                d.prompt_tokens.to_string(),
+                d.completion_tokens.to_string(),
+                d.amount.decimal(),
+            ])
+            .map_err(JobError::storage)?;
+        }
+        let bytes = out.into_inner().map_err(JobError::storage)?;
+        String::from_utf8(bytes).map_err(JobError::storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn day_labels_are_utc_dates() {
+        assert_eq!(super::day_label(0), "1970-01-01");
+        // 2026-11-27 is day 20_784.
+        assert_eq!(super::day_label(20_784), "2026-11-27");
     }
 }

@@ -39,28 +39,67 @@ pub async fn history_csv(
         .map(|(code, _)| *code)
         .find(|code| !code.is_empty() && *code == q.kind.trim());
     match st.credits.history_csv(&user.org_id, kind).await {
-        Ok(csv) => {
-            let name = format!(
-                "attachment; filename=\"tokenmill-credits-{}.csv\"",
-                kind.unwrap_or("all")
-            );
-            let mut res = csv.into_response();
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&name) {
-                h.insert(header::CONTENT_DISPOSITION, v);
-            }
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            res
-        }
+        Ok(csv) => csv_download(
+            csv,
+            &format!("tokenmill-credits-{}.csv", kind.unwrap_or("all")),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "history export");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+#[derive(Deserialize)]
+pub struct UsageQuery {
+    days: Option<i64>,
+}
+
+/// `GET /usage.csv?days=7|30|90`: the signed-in organisation's usage per day and model.
+pub async fn usage_csv(
+    State(st): State<AppState>,
+    session: Session,
+    Query(q): Query<UsageQuery>,
+) -> Response {
+    let user = match user_of_session(&st, &session).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return (StatusCode::UNAUTHORIZED, "Log in to download your usage.").into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "usage export: session");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let days = q.days.unwrap_or(30);
+    if !app::api::USAGE_WINDOWS.contains(&days) {
+        return (StatusCode::BAD_REQUEST, "days must be 7, 30 or 90.").into_response();
+    }
+    match st
+        .jobs
+        .daily_usage_csv(&user.org_id, days, db::now_ms())
+        .await
+    {
+        Ok(csv) => csv_download(csv, &format!("tokenmill-usage-{days}d.csv")),
+        Err(e) => {
+            tracing::error!(error = %e, "usage export");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn csv_download(csv: String, filename: &str) -> Response {
+    let mut res = csv.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 /// `POST /webhooks/stripe`: verified against `Stripe-Signature`, applied once, answered fast.

@@ -132,6 +132,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/api/{*fn_name}", post(server_fn_handler))
         .route("/credits/history.csv", get(downloads::history_csv))
+        .route("/usage.csv", get(downloads::usage_csv))
         .route("/playground/chat", post(playground::chat))
         .leptos_routes_with_context(
             &state,

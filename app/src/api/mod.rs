@@ -12,6 +12,7 @@ mod credits;
 mod keys;
 mod models;
 mod playground;
+mod usage;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
 pub use admin::*;
@@ -20,6 +21,7 @@ pub use credits::*;
 pub use keys::*;
 pub use models::*;
 pub use playground::*;
+pub use usage::*;
 
 /// The signed-in user and their organisation, as the pages show them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,3 +17,4 @@ pub mod models;
 pub mod not_found;
 pub mod playground;
 pub mod top_up;
+pub mod usage;

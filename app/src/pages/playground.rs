@@ -127,6 +127,14 @@ struct Stats {
     stopped: bool,
 }
 
+thread_local! {
+    /// The abort controller of the running answer. Browser objects cannot live in reactive
+    /// storage that the server (which renders on many threads) also creates, so the page keeps
+    /// only a flag and the controller lives here, on the browser's one thread.
+    static RUNNING: std::cell::RefCell<Option<web_sys::AbortController>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 fn now_ms() -> f64 {
     web_sys::window()
         .and_then(|w| w.performance())
@@ -156,7 +164,6 @@ pub fn Playground() -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     let stats = RwSignal::new(None::<Stats>);
     let show_code = RwSignal::new(false);
-    let abort = StoredValue::new_local(None::<web_sys::AbortController>);
 
     let first_model = move || {
         models
@@ -194,7 +201,7 @@ pub fn Playground() -> impl IntoView {
         running.set(true);
         let controller = web_sys::AbortController::new().ok();
         let signal = controller.as_ref().map(|c| c.signal());
-        abort.set_value(controller);
+        RUNNING.with(|r| *r.borrow_mut() = controller);
         spawn_local(async move {
             let started = now_ms();
             let mut first_at = None;
@@ -228,7 +235,7 @@ pub fn Playground() -> impl IntoView {
             )
             .await;
             let ended = now_ms();
-            abort.set_value(None);
+            RUNNING.with(|r| *r.borrow_mut() = None);
             let stopped = outcome == Err(StreamError::Aborted);
             if let Err(StreamError::Failed(m)) = outcome {
                 error.set(Some(m));
@@ -267,8 +274,8 @@ pub fn Playground() -> impl IntoView {
         });
     };
     let stop_job = move || {
-        abort.with_value(|c| {
-            if let Some(c) = c {
+        RUNNING.with(|r| {
+            if let Some(c) = r.borrow().as_ref() {
                 c.abort();
             }
         })

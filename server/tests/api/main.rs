@@ -6,6 +6,7 @@ mod api_keys;
 mod completions;
 mod compute;
 mod helpers;
+mod openai_client;
 mod payments;
 mod playground;
 mod security;

@@ -1,0 +1,91 @@
+import { expect, test, type Page } from "@playwright/test";
+import { playgroundPort } from "../playwright.config";
+
+// The playground portal started its first time with a model: a local factory, list prices and
+// starter credits for new startups are set up.
+const base = `http://127.0.0.1:${playgroundPort}`;
+const password = "lanterns over the harbour";
+
+async function hydrated(page: Page) {
+  await expect(page.locator("body[data-hydrated=true]")).toHaveCount(1);
+}
+
+/** "$9.99998" → nano-dollars, exactly. */
+function nanos(text: string): bigint {
+  const m = text.trim().match(/^(-?)\$(\d+)\.(\d+)$/);
+  if (!m) throw new Error(`not an amount: ${text}`);
+  const frac = (m[3] + "000000000").slice(0, 9);
+  const value = BigInt(m[2]) * 1_000_000_000n + BigInt(frac);
+  return m[1] === "-" ? -value : value;
+}
+
+test("a new startup gets starter credits, streams an answer, stops a long one and pays what it was shown", async ({ page }) => {
+  const email = `play-${Date.now()}@example.com`;
+  await page.goto(`${base}/signup`);
+  await hydrated(page);
+  await page.getByLabel("Organisation name").fill("Prompt Foundry");
+  await page.getByLabel("Kind of organisation").selectOption("startup");
+  await page.getByLabel("Country or region").selectOption("europe");
+  await page.getByLabel("Work email").fill(email);
+  await page.locator("#password").fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+  await hydrated(page);
+  await page.getByLabel("Email").fill(email);
+  await page.locator("#password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expect(page).toHaveURL(/\/dashboard$/);
+
+  // The starter grant is in the wallet.
+  await page.goto(`${base}/credits`);
+  await expect(page.getByTestId("buckets")).toContainText("Starter credits");
+  await expect(page.getByTestId("available")).toHaveText("$10.00");
+
+  await page.goto(`${base}/playground`);
+  await hydrated(page);
+  await expect(page.getByLabel("Model")).toContainText("smollm2-test");
+
+  // A short answer runs to its end.
+  await page.getByLabel("Max tokens").fill("8");
+  await page.getByLabel("Message").fill("Say hello.");
+  await page.getByTestId("send").click();
+  await expect(page.getByTestId("stats")).toBeVisible({ timeout: 30_000 });
+  await expect(page.getByTestId("tokens")).toContainText("completion");
+  const firstCost = nanos((await page.getByTestId("cost").textContent()) ?? "");
+  const firstBalance = nanos((await page.getByTestId("balance").textContent()) ?? "");
+  expect(firstCost > 0n).toBeTruthy();
+  expect(firstBalance).toBe(10_000_000_000n - firstCost);
+
+  // A long answer: tokens stream in, then Stop ends it early.
+  await page.getByLabel("Max tokens").fill("1000");
+  await page.getByLabel("Message").fill("Tell me a very long story.");
+  await page.getByTestId("send").click();
+  await expect(page.getByTestId("stop")).toBeEnabled();
+  const answer = page.getByTestId("answer");
+  // Raw length: a test model's text can be mostly whitespace.
+  const shown = async () => ((await answer.textContent()) ?? "").length;
+  await expect.poll(shown, { timeout: 30_000 }).toBeGreaterThan(0);
+  const early = (await answer.textContent()) ?? "";
+  await expect.poll(shown).toBeGreaterThan(early.length);
+  await page.getByTestId("stop").click();
+  await expect(page.getByTestId("stopped")).toBeVisible({ timeout: 30_000 });
+  const tokens = (await page.getByTestId("tokens").textContent()) ?? "";
+  const completion = Number(tokens.match(/(\d+) completion/)?.[1]);
+  expect(completion).toBeGreaterThan(0);
+  expect(completion).toBeLessThan(1000);
+  const cost = nanos((await page.getByTestId("cost").textContent()) ?? "");
+  const balance = nanos((await page.getByTestId("balance").textContent()) ?? "");
+  expect(balance).toBe(firstBalance - cost);
+
+  // The Credits page agrees.
+  await page.goto(`${base}/credits`);
+  await expect(page.getByTestId("available")).not.toHaveText("$10.00");
+  expect(nanos((await page.getByTestId("available").textContent()) ?? "")).toBe(balance);
+
+  // View code repeats the request for the API.
+  await page.goto(`${base}/playground`);
+  await hydrated(page);
+  await page.getByTestId("view-code").click();
+  await expect(page.getByTestId("code-curl")).toContainText("/v1/chat/completions");
+  await expect(page.getByTestId("code-python")).toContainText("from openai import OpenAI");
+});
