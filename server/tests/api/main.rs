@@ -10,4 +10,5 @@ mod openai_client;
 mod payments;
 mod playground;
 mod security;
+mod usage;
 mod v1;

@@ -1,0 +1,73 @@
+//! The Usage page's numbers and CSV through HTTP: per day and model, equal to the usage events
+//! and the ledger's charges, for the organisation's own jobs only (T1).
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::completions::api;
+use crate::helpers::PASSWORD;
+
+#[tokio::test]
+async fn usage_per_day_and_model_matches_the_charges_and_stays_in_its_org() {
+    let api = api().await;
+    let before = api.available().await;
+    for n in [2, 3] {
+        api.ok(
+            "/v1/completions",
+            &json!({"model": "tiny-chat", "prompt": "abc", "max_tokens": n, "ignore_eos": true}),
+        )
+        .await;
+    }
+    let spent = before - api.available().await;
+    let owner = api.app.browser();
+    owner.login("dev@startup.example", PASSWORD).await;
+
+    let r = owner.get("/usage.csv?days=7").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("tokenmill-usage-7d.csv")
+    );
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "date_utc,model,requests,prompt_tokens,completion_tokens,amount_usd"
+    );
+    assert_eq!(lines.len(), 2, "{csv}");
+    let f: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(f[1], "tiny-chat");
+    assert_eq!(f[2], "2");
+    assert_eq!(f[4], "5");
+    assert_eq!(f[5], ledger::Nanos::new(spent).decimal());
+
+    let (status, report) = owner.json("/api/usage_report", &[("days", "7")]).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["per_day"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        report["per_day"][6]["amount_nanos"].as_i64().unwrap(),
+        spent
+    );
+    assert_eq!(report["rows"][0]["requests"], 2);
+    let page = owner.get("/usage?days=7").await.text().await.unwrap();
+    assert!(page.contains("usage-chart"));
+    assert!(page.contains(&ledger::Nanos::new(spent).to_string()));
+
+    // Another organisation sees none of it; bad windows and anonymous downloads are refused.
+    let other = api.app.owner("eve@other.example", "Other").await;
+    let csv = other.get("/usage.csv?days=30").await.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 1, "{csv}");
+    let (_, report) = other.json("/api/usage_report", &[("days", "30")]).await;
+    assert_eq!(report["rows"], json!([]));
+    assert_eq!(
+        other.get("/usage.csv?days=5").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let anonymous = api.app.browser();
+    assert_eq!(
+        anonymous.get("/usage.csv").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
