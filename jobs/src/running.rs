@@ -254,23 +254,29 @@ async fn settle(
         Some(_) => Some(revenue_account(jobs, ctx).await?),
         None => None,
     };
+    // Read before the write transaction: a second connection wanted while holding SQLite's
+    // write lock could wait on a pool that the queued writers have emptied.
+    let held = match &ctx.hold_id {
+        Some(id) => inner
+            .credits
+            .ledger()
+            .hold(id)
+            .await
+            .map_err(JobError::storage)?
+            .map(|h| h.amount),
+        None => None,
+    };
+    if let Some(held) = held
+        && amount > held
+    {
+        // Cannot happen while the engine keeps to the prepared limits; charge the hold.
+        tracing::error!(job = ctx.id, %amount, %held, "charge above the hold");
+        amount = held;
+    }
     let mut tx = inner.db.begin_write().await.map_err(JobError::storage)?;
     let mut drawn = Vec::new();
     let mut transaction_id = None;
     if let (Some(hold_id), Some(revenue)) = (&ctx.hold_id, &revenue) {
-        let hold = inner
-            .credits
-            .ledger()
-            .hold(hold_id)
-            .await
-            .map_err(JobError::storage)?;
-        if let Some(hold) = hold
-            && amount > hold.amount
-        {
-            // Cannot happen while the engine keeps to the prepared limits; charge the hold.
-            tracing::error!(job = ctx.id, %amount, held = %hold.amount, "charge above the hold");
-            amount = hold.amount;
-        }
         let settled = inner
             .credits
             .ledger()

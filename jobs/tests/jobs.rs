@@ -392,3 +392,72 @@ impl World {
             .unwrap()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_reads_the_active_allocation() {
+    let t = TestDb::sqlite().await;
+    let w = world(&t.db).await;
+    w.price().await;
+    w.top_up(5).await;
+    // The tenant holds an active allocation with share weight 3.
+    let now = db::now_ms();
+    let today = compute::Day::containing(now);
+    let r = w
+        .compute
+        .submit(
+            &w.tenant,
+            &compute::RequestForm {
+                factory_id: w.factory_id.clone(),
+                what: MODEL.into(),
+                amount: "60000".into(),
+                starts_on: today.to_string(),
+                ends_on: compute::Day::containing(now + 30 * 86_400_000).to_string(),
+                commitment: "reserved".into(),
+                program_id: String::new(),
+                support_amount: String::new(),
+                justification: String::new(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let decision = compute::Decision {
+        share_weight: "3".into(),
+        rate_limit_tpm: "60000".into(),
+        starts_on: String::new(),
+        ends_on: String::new(),
+        grant_program_id: String::new(),
+        grant_amount: String::new(),
+    };
+    w.compute
+        .approve(&w.operator, &r.id, &decision, now)
+        .await
+        .unwrap();
+    w.compute.advance(now).await.unwrap();
+    assert_eq!(
+        w.compute
+            .allocation(&w.tenant.org_id, MODEL, db::now_ms())
+            .await
+            .unwrap()
+            .map(|a| a.share_weight),
+        Some(3)
+    );
+
+    // A job under the allocation runs on its factory and is charged as any other.
+    let job = w
+        .jobs
+        .start(&w.who(), JobKind::Production, MODEL, request(4))
+        .await
+        .unwrap();
+    let (_, receipt) = job.collect().await.unwrap();
+    let factory: String =
+        db::sqlx::query_scalar("SELECT factory_id FROM usage_events WHERE job_id = $1")
+            .bind(&receipt.job_id)
+            .fetch_one(w.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(factory, w.factory_id);
+    assert_eq!(w.open_holds().await, 0);
+    w.jobs.pool().unwrap().workers()[0].stop();
+    t.finish().await;
+}
