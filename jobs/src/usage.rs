@@ -113,11 +113,13 @@ impl Jobs {
     ) -> Result<Vec<DailyUsage>, JobError> {
         let today = now.div_euclid(DAY_MS);
         let since = (today - days.max(1) + 1) * DAY_MS;
-        // Integer division of a non-negative BIGINT is the day number on both databases.
+        // Integer division of a non-negative BIGINT is the day number on both databases; sums
+        // are cast back to BIGINT (PostgreSQL widens SUM(BIGINT) to NUMERIC).
         let rows = db::sqlx::query(
             "SELECT created_at / 86400000 AS day, model, COUNT(*) AS requests, \
-             SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, \
-             SUM(amount) AS amount FROM usage_events WHERE org_id = $1 AND created_at >= $2 \
+             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(amount) AS BIGINT) AS amount FROM usage_events WHERE org_id = $1 AND created_at >= $2 \
              GROUP BY created_at / 86400000, model ORDER BY day, model",
         )
         .bind(org_id)
