@@ -364,49 +364,55 @@ async fn logprobs_stop_strings_and_seeds() {
 async fn refusals_have_the_right_status_and_leave_no_hold() {
     let api = api().await;
     let before = api.available().await;
-    let e = api
-        .refused(
+    // (path, body, status, a field of the error, its value)
+    let cases = [
+        (
             "/v1/chat/completions",
-            &chat("x", json!({"model": "no-such-model"})),
+            chat("x", json!({"model": "no-such-model"})),
             StatusCode::NOT_FOUND,
-        )
-        .await;
-    assert_eq!(
-        (e["code"].as_str(), e["param"].as_str()),
-        (Some("model_not_found"), Some("model"))
-    );
-    let e = api
-        .refused(
+            "code",
+            "model_not_found",
+        ),
+        (
             "/v1/chat/completions",
-            &chat("x", json!({"max_tokens": 100_000})),
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
-    assert_eq!(e["code"], "context_length_exceeded");
-    let e = api
-        .refused(
+            chat("x", json!({"model": "no-such-model"})),
+            StatusCode::NOT_FOUND,
+            "param",
+            "model",
+        ),
+        (
             "/v1/chat/completions",
-            &chat("x", json!({"temperature": 5})),
+            chat("x", json!({"max_tokens": 100_000})),
             StatusCode::BAD_REQUEST,
-        )
-        .await;
-    assert_eq!(e["param"], "temperature");
-    let e = api
-        .refused(
+            "code",
+            "context_length_exceeded",
+        ),
+        (
             "/v1/chat/completions",
-            &chat("x", json!({"top_p": "high"})),
+            chat("x", json!({"temperature": 5})),
             StatusCode::BAD_REQUEST,
-        )
-        .await;
-    assert_eq!(e["param"], "top_p");
-    let e = api
-        .refused(
+            "param",
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            chat("x", json!({"top_p": "high"})),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "top_p",
+        ),
+        (
             "/v1/completions",
-            &json!({"model": MODEL, "prompt": "x", "n": 3}),
+            json!({"model": MODEL, "prompt": "x", "n": 3}),
             StatusCode::BAD_REQUEST,
-        )
-        .await;
-    assert_eq!(e["param"], "n");
+            "param",
+            "n",
+        ),
+    ];
+    for (path, body, status, field, value) in cases {
+        let e = api.refused(path, &body, status).await;
+        assert_eq!(e[field], value, "{path} {body}: {e}");
+    }
     // Malformed JSON and a body over the limit.
     let r = api
         .http
