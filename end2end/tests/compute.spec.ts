@@ -1,19 +1,15 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { expect, test, type Page } from "@playwright/test";
+import { hydrated, nanos, password } from "./helpers";
 
 // A startup asks for compute with credit support; the operator approves it with a grant; the
 // startup sees the grant in Credits, and the CSV export's total matches the page.
 
-const password = "lanterns over the harbour";
 const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
 const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
 
 const tag = () => `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
-
-async function hydrated(page: Page) {
-  await expect(page.locator("body[data-hydrated=true]")).toHaveCount(1);
-}
 
 async function logIn(page: Page, email: string, pw: string) {
   await page.goto("/login");
@@ -50,14 +46,6 @@ function csvTotal(csv: string): bigint {
   const [header, ...rows] = csv.trim().split("\n");
   expect(header).toBe("date_utc,transaction_id,kind,description,amount_usd");
   return rows.reduce((sum, row) => sum + nanos(row.slice(row.lastIndexOf(",") + 1)), 0n);
-}
-
-function nanos(amount: string): bigint {
-  const text = amount.replace("$", "").replace(",", "");
-  const negative = text.startsWith("-");
-  const [whole, frac = ""] = text.replace("-", "").split(".");
-  const value = BigInt(whole) * 1_000_000_000n + BigInt(frac.padEnd(9, "0"));
-  return negative ? -value : value;
 }
 
 test("a startup requests compute with credit support; the operator approves with a grant", async ({ page }) => {

@@ -1,40 +1,13 @@
-import { expect, test, type Page } from "@playwright/test";
+import { expect, test } from "@playwright/test";
+import { hydrated, nanos, signUpStartup } from "./helpers";
 import { playgroundPort } from "../playwright.config";
 
 // The playground portal started its first time with a model: a local factory, list prices and
 // starter credits for new startups are set up.
 const base = `http://127.0.0.1:${playgroundPort}`;
-const password = "lanterns over the harbour";
-
-async function hydrated(page: Page) {
-  await expect(page.locator("body[data-hydrated=true]")).toHaveCount(1);
-}
-
-/** "$9.99998" → nano-dollars, exactly. */
-function nanos(text: string): bigint {
-  const m = text.trim().match(/^(-?)\$(\d+)\.(\d+)$/);
-  if (!m) throw new Error(`not an amount: ${text}`);
-  const frac = (m[3] + "000000000").slice(0, 9);
-  const value = BigInt(m[2]) * 1_000_000_000n + BigInt(frac);
-  return m[1] === "-" ? -value : value;
-}
 
 test("a new startup gets starter credits, streams an answer, stops a long one and pays what it was shown", async ({ page }) => {
-  const email = `play-${Date.now()}@example.com`;
-  await page.goto(`${base}/signup`);
-  await hydrated(page);
-  await page.getByLabel("Organisation name").fill("Prompt Foundry");
-  await page.getByLabel("Kind of organisation").selectOption("startup");
-  await page.getByLabel("Country or region").selectOption("europe");
-  await page.getByLabel("Work email").fill(email);
-  await page.locator("#password").fill(password);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
-  await hydrated(page);
-  await page.getByLabel("Email").fill(email);
-  await page.locator("#password").fill(password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await expect(page).toHaveURL(/\/dashboard$/);
+  await signUpStartup(page, `play-${Date.now()}@example.com`, "Prompt Foundry", base);
 
   // The starter grant is in the wallet.
   await page.goto(`${base}/credits`);

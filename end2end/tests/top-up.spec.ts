@@ -1,12 +1,12 @@
 import type { Server } from "node:http";
-import { expect, test, type Page } from "@playwright/test";
+import { expect, test } from "@playwright/test";
 import { stripePort, stripeWebhookSecret } from "../playwright.config";
+import { hydrated, signUpStartup } from "./helpers";
 import { startStripe } from "./stripe-stand-in";
 
 // A tenant tops up through Stripe Checkout (a local stand-in): the credit arrives by the
 // signed webhook, and a cancelled checkout charges nothing.
 
-const password = "lanterns over the harbour";
 let stripe: Server;
 
 test.beforeAll(async ({}, info) => {
@@ -17,27 +17,9 @@ test.afterAll(() => {
   stripe.close();
 });
 
-async function hydrated(page: Page) {
-  await expect(page.locator("body[data-hydrated=true]")).toHaveCount(1);
-}
-
 test("a startup tops up by card and sees the credit; a cancelled checkout charges nothing", async ({ page }) => {
   const email = `payer-${Date.now()}@startup.example`;
-  await page.goto("/signup");
-  await hydrated(page);
-  await page.getByLabel("Organisation name").fill("Paying Startup");
-  await page.getByLabel("Kind of organisation").selectOption("startup");
-  await page.getByLabel("Country or region").selectOption("europe");
-  await page.getByLabel("Work email").fill(email);
-  await page.locator("#password").fill(password);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
-  await hydrated(page);
-  await page.getByLabel("Email").fill(email);
-  await page.locator("#password").fill(password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await expect(page).toHaveURL(/\/dashboard$/);
-  await hydrated(page);
+  await signUpStartup(page, email, "Paying Startup");
 
   await page.getByRole("link", { name: "Credits" }).click();
   await expect(page.getByTestId("available")).toHaveText("$0.00");

@@ -353,12 +353,11 @@ impl Worker {
             cancel: cancel.clone(),
             submitted: Instant::now(),
         };
-        let sent = self
-            .tx
-            .lock()
-            .map_err(|_| SubmitError::Unavailable)?
-            .send(Command::Submit(Box::new(sub)));
-        if sent.is_err() {
+        let sent = match self.tx.lock() {
+            Ok(tx) => tx.send(Command::Submit(Box::new(sub))).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
             self.counters.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Unavailable);
         }

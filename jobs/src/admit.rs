@@ -1,5 +1,7 @@
 //! Admission: everything that must hold before a job may use the device.
 
+use std::sync::Arc;
+
 use db::{new_id, now_ms};
 use ledger::{LedgerError, Nanos};
 
@@ -34,21 +36,27 @@ impl Jobs {
             .allocation(&who.org_id, model, now)
             .await
             .map_err(JobError::storage)?;
-        let factory = match &allocation {
+        // The allocation's factory while it still serves the model; else the first that does.
+        let allocated = match &allocation {
             Some(a) => inner
                 .compute
                 .factory(&a.factory_id)
                 .await
-                .map_err(JobError::storage)?,
+                .map_err(JobError::storage)?
+                .filter(|f| f.serves(model)),
+            None => None,
+        };
+        let factory = match allocated {
+            Some(f) => f,
             None => inner
                 .compute
                 .factories()
                 .await
                 .map_err(JobError::storage)?
                 .into_iter()
-                .find(|f| f.serves(model)),
-        }
-        .ok_or_else(unknown)?;
+                .find(|f| f.serves(model))
+                .ok_or_else(unknown)?,
+        };
 
         request.priority = kind.priority();
         request.tenant = who.org_id.clone();
@@ -67,11 +75,6 @@ impl Jobs {
                 })?;
 
         let job_id = new_id();
-        let hold_id = if max_cost.get() > 0 {
-            Some(self.reserve(who, &job_id, max_cost, now).await?)
-        } else {
-            None
-        };
         let ctx = JobContext {
             id: job_id,
             who: who.clone(),
@@ -80,11 +83,35 @@ impl Jobs {
             factory_id: factory.id,
             partner_org_id: factory.partner_org_id,
             rates,
-            hold_id,
+            hold_id: None,
+            max_cost,
             prompt_tokens,
             max_tokens,
             created_at: now,
         };
+        // From the hold on, admission runs as a task of its own: a caller that goes away
+        // meanwhile cannot leave a hold or a job row half made (a job it never receives is
+        // dropped, which cancels and settles it).
+        let (jobs, worker) = (self.clone(), Arc::clone(worker));
+        tokio::spawn(async move { jobs.commit(ctx, worker, prepared).await })
+            .await
+            .map_err(JobError::storage)?
+    }
+
+    /// Reserves the hold, records the job and queues it; undoes the first two if the queue
+    /// refuses.
+    async fn commit(
+        &self,
+        mut ctx: JobContext,
+        worker: Arc<engine::Worker>,
+        prepared: engine::Prepared,
+    ) -> Result<RunningJob, JobError> {
+        if ctx.max_cost.get() > 0 {
+            ctx.hold_id = Some(
+                self.reserve(&ctx.who, &ctx.id, ctx.max_cost, ctx.created_at)
+                    .await?,
+            );
+        }
         if let Err(e) = self.insert_job(&ctx).await {
             self.release(&ctx).await;
             return Err(e);

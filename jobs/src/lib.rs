@@ -69,7 +69,7 @@ pub enum JobError {
     },
     #[error(
         "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-        prompt + max_tokens
+        prompt.saturating_add(*max_tokens)
     )]
     ContextLength {
         prompt: usize,

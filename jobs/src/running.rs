@@ -19,6 +19,8 @@ pub(crate) struct JobContext {
     pub partner_org_id: String,
     pub rates: Rates,
     pub hold_id: Option<String>,
+    /// What the hold reserved: the largest possible charge.
+    pub max_cost: Nanos,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
     pub created_at: i64,
@@ -222,7 +224,28 @@ impl Drop for RunningJob {
     }
 }
 
+/// Settles the job; when that fails (storage trouble, or the hold expired meanwhile) the hold
+/// is voided and the job marked failed, so nothing stays reserved and the caller's "not
+/// charged" is true.
 async fn settle(
+    jobs: &Jobs,
+    ctx: &JobContext,
+    end: End,
+    delivered: usize,
+) -> Result<Receipt, JobError> {
+    match settle_once(jobs, ctx, end, delivered).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            tracing::error!(job = ctx.id, error = %e, "settlement failed; voiding the hold");
+            if let Err(again) = fail(jobs, ctx, format!("settlement failed: {e}")).await {
+                tracing::error!(job = ctx.id, error = %again, "marking the job failed also failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn settle_once(
     jobs: &Jobs,
     ctx: &JobContext,
     end: End,
@@ -254,24 +277,10 @@ async fn settle(
         Some(_) => Some(revenue_account(jobs, ctx).await?),
         None => None,
     };
-    // Read before the write transaction: a second connection wanted while holding SQLite's
-    // write lock could wait on a pool that the queued writers have emptied.
-    let held = match &ctx.hold_id {
-        Some(id) => inner
-            .credits
-            .ledger()
-            .hold(id)
-            .await
-            .map_err(JobError::storage)?
-            .map(|h| h.amount),
-        None => None,
-    };
-    if let Some(held) = held
-        && amount > held
-    {
+    if amount > ctx.max_cost {
         // Cannot happen while the engine keeps to the prepared limits; charge the hold.
-        tracing::error!(job = ctx.id, %amount, %held, "charge above the hold");
-        amount = held;
+        tracing::error!(job = ctx.id, %amount, held = %ctx.max_cost, "charge above the hold");
+        amount = ctx.max_cost;
     }
     let mut tx = inner.db.begin_write().await.map_err(JobError::storage)?;
     let mut drawn = Vec::new();

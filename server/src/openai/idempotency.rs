@@ -16,9 +16,10 @@ use super::error::ApiError;
 
 pub const HEADER: &str = "idempotency-key";
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
-/// A claim still running after this long was abandoned (its process died).
-const STALE_MS: i64 = 10 * 60 * 1000;
-/// Stored responses are completions: far below this.
+/// A claim still running after this long was abandoned (its process died): no job outlives
+/// its hold, so nothing can still be running for it.
+const STALE_MS: i64 = jobs::HOLD_TTL_MS + 60 * 1000;
+/// Larger responses are returned but not kept (the key is released instead).
 const MAX_STORED: usize = 4 * 1024 * 1024;
 
 /// The key from the request's headers, if one was sent.
@@ -48,6 +49,9 @@ pub struct Claim {
     db: Db,
     org_id: String,
     key: String,
+    /// When this claim was made: a later claim of the same key (after this one was judged
+    /// stale) is a different row, which this one must neither fill nor release.
+    created_at: i64,
     stored: bool,
 }
 
@@ -91,6 +95,7 @@ pub async fn claim(db: &Db, org_id: &str, key: &str, hash: &str) -> Result<Outco
                 db: db.clone(),
                 org_id: org_id.to_string(),
                 key: key.to_string(),
+                created_at: now,
                 stored: false,
             }));
         }
@@ -153,18 +158,23 @@ impl Claim {
             Err(e) => return e.into_response(),
         };
         let (parts, body) = response.into_parts();
-        let Ok(bytes) = to_bytes(body, MAX_STORED).await else {
+        // The job is settled by now: its answer is always returned, whatever its size.
+        let Ok(bytes) = to_bytes(body, usize::MAX).await else {
             return ApiError::internal("The response could not be assembled; try again.")
                 .into_response();
         };
+        if bytes.len() > MAX_STORED {
+            return Response::from_parts(parts, Body::from(bytes));
+        }
         let saved = db::sqlx::query(
             "UPDATE api_idempotency SET status_code = $1, response_body = $2 \
-             WHERE org_id = $3 AND idempotency_key = $4",
+             WHERE org_id = $3 AND idempotency_key = $4 AND created_at = $5",
         )
         .bind(i64::from(parts.status.as_u16()))
         .bind(String::from_utf8_lossy(&bytes).into_owned())
         .bind(&self.org_id)
         .bind(&self.key)
+        .bind(self.created_at)
         .execute(self.db.pool())
         .await;
         match saved {
@@ -180,15 +190,21 @@ impl Drop for Claim {
         if self.stored {
             return;
         }
-        let (db, org, key) = (self.db.clone(), self.org_id.clone(), self.key.clone());
+        let (db, org, key, at) = (
+            self.db.clone(),
+            self.org_id.clone(),
+            self.key.clone(),
+            self.created_at,
+        );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let released = db::sqlx::query(
                     "DELETE FROM api_idempotency WHERE org_id = $1 AND idempotency_key = $2 \
-                     AND status_code IS NULL",
+                     AND status_code IS NULL AND created_at = $3",
                 )
                 .bind(&org)
                 .bind(&key)
+                .bind(at)
                 .execute(db.pool())
                 .await;
                 if let Err(e) = released {

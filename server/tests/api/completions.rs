@@ -83,6 +83,19 @@ impl Api {
             .unwrap()
     }
 
+    /// `GET /v1/models` with this key.
+    pub async fn models(&self) -> Value {
+        self.http
+            .get(format!("{}/v1/models", self.app.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn ok(&self, path: &str, body: &Value) -> Value {
         let r = self.post(path, body).await;
         let status = r.status();
@@ -591,17 +604,7 @@ async fn the_first_start_sets_up_once_and_can_be_switched_off() {
     );
     assert_eq!(api.scalar("SELECT COUNT(*) FROM factories").await, 1);
     assert_eq!(api.scalar("SELECT COUNT(*) FROM model_prices").await, 1);
-    let models: Value = api
-        .http
-        .get(format!("{}/v1/models", api.app.base))
-        .bearer_auth(&api.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(api.models().await["data"][0]["id"], MODEL);
     // A second start on the same database sets up nothing more.
     let config = server::Config {
         database_url: api.app.test_db.url.clone(),
@@ -620,17 +623,7 @@ async fn the_first_start_sets_up_once_and_can_be_switched_off() {
     // Switched off: nothing is set up, so nothing is sold.
     let off = api_with(|c| c.bootstrap = false).await;
     assert_eq!(off.scalar("SELECT COUNT(*) FROM factories").await, 0);
-    let models: Value = off
-        .http
-        .get(format!("{}/v1/models", off.app.base))
-        .bearer_auth(&off.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(models["data"], json!([]));
+    assert_eq!(off.models().await["data"], json!([]));
     off.refused(
         "/v1/completions",
         &json!({"model": MODEL, "prompt": "x"}),
