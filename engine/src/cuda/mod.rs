@@ -513,7 +513,9 @@ impl CudaBackend {
         }
         let tokens = self.h_ids.len();
         let outputs = seqs.iter().filter(|s| s.want_logits).count();
-        self.ensure_scratch(tokens, outputs.max(1), max_blocks)?;
+        // Block tables are uploaded for every sequence of the step, not only those that want
+        // logits (a chunked prefill's middle chunk wants none).
+        self.ensure_scratch(tokens, seqs.len().max(1), max_blocks)?;
         let st = &self.stream;
         let s = &mut self.s;
         let copy = |host: &[i32], dev: &mut CudaSlice<i32>| {
