@@ -67,6 +67,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/models") view=pages::models::Models />
                     <Route path=path!("/playground") view=pages::playground::Playground />
                     <Route path=path!("/usage") view=pages::usage::Usage />
+                    <Route path=path!("/batches") view=pages::batches::Batches />
                     <Route path=path!("/credits/top-up/success") view=pages::top_up::TopUpSuccess />
                     <Route path=path!("/credits/top-up/cancelled") view=pages::top_up::TopUpCancelled />
                     <Route path=path!("/compute") view=pages::compute::Compute />

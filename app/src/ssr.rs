@@ -18,6 +18,8 @@ pub struct AppState {
     pub keys: keys::ApiKeys,
     /// Generation jobs (the playground) and their usage.
     pub jobs: jobs::Jobs,
+    /// Batch jobs and their files.
+    pub batches: batches::Batches,
     /// A signed-in session ends this long after login, however active (RELIABILITY A7).
     pub session_absolute_ms: i64,
     /// The public origin (`https://console.example.com`), when configured; otherwise links are

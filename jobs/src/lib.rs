@@ -12,6 +12,7 @@
 
 mod admit;
 mod pricing;
+mod recovery;
 mod running;
 mod usage;
 

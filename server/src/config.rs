@@ -32,6 +32,9 @@ pub struct Config {
     /// (a local partner and factory serving the configured models, list prices, a starter
     /// credit program for new startups).
     pub bootstrap: bool,
+    /// `TOKENMILL_BATCH_CONCURRENCY`: batch lines this instance runs at once, default 8 (they
+    /// queue at batch priority, so more only deepens the engine's queue).
+    pub batch_concurrency: usize,
 }
 
 /// The models the worker pool serves.
@@ -156,6 +159,7 @@ impl Default for Config {
             engine: EngineSettings::default(),
             key_rpm: std::num::NonZeroU32::new(600).expect("non-zero"),
             bootstrap: true,
+            batch_concurrency: 8,
         }
     }
 }
@@ -223,6 +227,15 @@ impl Config {
             )?,
             bootstrap: var("TOKENMILL_BOOTSTRAP")
                 .is_none_or(|v| !matches!(v.trim(), "0" | "false" | "off" | "no")),
+            batch_concurrency: match number("TOKENMILL_BATCH_CONCURRENCY", 8)? {
+                0 => {
+                    return Err(ConfigError {
+                        name: "TOKENMILL_BATCH_CONCURRENCY",
+                        message: "expected at least 1".into(),
+                    });
+                }
+                n => n as usize,
+            },
         })
     }
 

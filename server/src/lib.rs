@@ -1,6 +1,8 @@
 //! The Tokenmill server: wires storage, sessions, security layers and the Leptos app into one
 //! axum router. `main.rs` only reads the command line and calls in here; tests do the same.
 
+mod batch_pages;
+mod batch_runner;
 mod bootstrap;
 pub mod cli;
 pub mod config;
@@ -19,7 +21,7 @@ use app::{App, shell, ssr::AppState};
 use axum::{
     Router,
     body::Body,
-    extract::{FromRef, Request, State},
+    extract::{DefaultBodyLimit, FromRef, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -61,11 +63,13 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     let compute = compute::Compute::new(db.clone(), accounts.clone(), credits.clone());
     let pool = inference::start_pool(&config.engine).await?;
     let jobs = jobs::Jobs::new(db.clone(), credits.clone(), compute.clone(), pool.clone());
+    let batches = batches::Batches::new(db.clone());
     let app_state = AppState {
         compute,
         payments,
         keys: keys::ApiKeys::new(db.clone()),
         jobs: jobs.clone(),
+        batches: batches.clone(),
         accounts,
         credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,
@@ -83,7 +87,16 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         .await
         .context("setting up the first start (TOKENMILL_BOOTSTRAP=0 skips it)")?;
     }
-    let api = openai::ApiState::new(app_state.keys.clone(), jobs, db.clone(), config.key_rpm);
+    if pool.is_some() {
+        batch_runner::spawn(batches.clone(), jobs.clone(), config.batch_concurrency);
+    }
+    let api = openai::ApiState::new(
+        app_state.keys.clone(),
+        jobs,
+        batches,
+        db.clone(),
+        config.key_rpm,
+    );
     let router = router(config, db.clone(), app_state.clone())
         .merge(api_routes(api, inference::Readiness::new(pool)));
     spawn_session_sweeper(db.clone());
@@ -121,6 +134,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
 
     let routes = generate_route_list(App);
     let page_state = app_state.clone();
+    let upload_state = app_state.clone();
     let fallback_state = app_state;
     // Stripe calls the webhook from its servers: no session, no Origin, and a signature of its
     // own; it stays outside the session and CSRF layers. Its events can exceed a form's size.
@@ -134,6 +148,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .route("/credits/history.csv", get(downloads::history_csv))
         .route("/usage.csv", get(downloads::usage_csv))
         .route("/playground/chat", post(playground::chat))
+        .route("/batches/{id}/{file}", get(batch_pages::download))
         .leptos_routes_with_context(
             &state,
             routes,
@@ -151,13 +166,20 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         ))
         .with_state(state)
         .layer(middleware::from_fn(request_errors_are_client_errors))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // The batch upload form carries a file: it gets the API's file limit instead.
+        .merge(
+            Router::new()
+                .route("/batches/upload", post(batch_pages::upload))
+                .with_state(upload_state)
+                .layer(DefaultBodyLimit::max(batches::MAX_FILE_BYTES + (1 << 20))),
+        )
         .layer(sessions)
         .layer(middleware::from_fn_with_state(
             policy.clone(),
             security::csrf,
         ))
         .layer(middleware::from_fn_with_state(policy, security::client_ip))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .merge(webhooks)
         .layer(middleware::from_fn(security::headers))
         .layer(TraceLayer::new_for_http())

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppError;
 
 mod admin;
+mod batch_jobs;
 mod compute;
 mod credits;
 mod keys;
@@ -16,6 +17,7 @@ mod usage;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
 pub use admin::*;
+pub use batch_jobs::*;
 pub use compute::*;
 pub use credits::*;
 pub use keys::*;
@@ -88,6 +90,13 @@ pub struct PartnerView {
 pub struct NewPartner {
     pub name: String,
     pub link: String,
+}
+
+/// A UTC date and time to the minute ("2026-11-27 14:05").
+#[cfg(feature = "ssr")]
+pub(crate) fn date_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{} {:02}:{:02}", date(ms), secs / 3600, secs % 3600 / 60)
 }
 
 #[cfg(feature = "ssr")]

@@ -61,6 +61,7 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 </Show>
                 <Show when=move || !me.is_operator>
                     <A href="/playground">"Playground"</A>
+                    <A href="/batches">"Batches"</A>
                     <A href="/usage">"Usage"</A>
                 </Show>
                 <A href="/models">"Models"</A>

@@ -6,6 +6,7 @@ pub mod admin_factories;
 pub mod admin_programs;
 pub mod approvals;
 pub mod auth;
+pub mod batches;
 pub mod compute;
 pub mod compute_detail;
 pub mod credits;

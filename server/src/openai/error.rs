@@ -94,6 +94,14 @@ impl ApiError {
         }
     }
 
+    /// Whether the same request may succeed later unchanged (a full queue, no worker).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+    }
+
     /// The body alone (a streamed response reports a late failure as one more event).
     pub fn body(&self) -> serde_json::Value {
         json!({

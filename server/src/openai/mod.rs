@@ -3,6 +3,7 @@
 //! JSON object or a stream of server-sent events, per-key rate limits and `Idempotency-Key`.
 //! Every completion is a production job: admitted, paid for by a hold, settled exactly.
 
+mod batch_api;
 mod error;
 mod idempotency;
 mod limits;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::{Body, to_bytes},
-    extract::{FromRequestParts, Path, State},
+    extract::{DefaultBodyLimit, FromRequestParts, Path, State},
     http::{HeaderMap, StatusCode, Uri, header, request::Parts},
     response::Response,
     routing::{any, get, post},
@@ -23,9 +24,10 @@ use axum::{
 use jobs::{JobKind, Jobs, Principal};
 use serde_json::json;
 
+pub use batch_api::jsonl_download;
 pub use error::ApiError;
 pub use params::{Endpoint, parse};
-pub use respond::generate;
+pub use respond::{Admitted, admit, failed, generate};
 
 /// Largest request body: a long chat with many messages.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -35,6 +37,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub struct ApiState {
     pub keys: keys::ApiKeys,
     pub jobs: Jobs,
+    pub batches: batches::Batches,
     pub db: db::Db,
     pub limits: Arc<limits::KeyLimits>,
     /// When the pool started (Unix seconds): the models' `created`.
@@ -45,6 +48,7 @@ impl ApiState {
     pub fn new(
         keys: keys::ApiKeys,
         jobs: Jobs,
+        batches: batches::Batches,
         db: db::Db,
         requests_per_minute: NonZeroU32,
     ) -> ApiState {
@@ -64,6 +68,7 @@ impl ApiState {
         ApiState {
             keys,
             jobs,
+            batches,
             db,
             limits,
             started: db::now_ms() / 1000,
@@ -219,7 +224,7 @@ async fn completion(
 
 async fn unknown_route() -> ApiError {
     ApiError::not_found(
-        "Unknown request URL. See /v1/models, /v1/chat/completions and /v1/completions.",
+        "Unknown request URL. See /v1/models, /v1/chat/completions, /v1/completions, /v1/files and /v1/batches.",
         "unknown_url",
     )
 }
@@ -240,6 +245,23 @@ pub fn router(state: ApiState) -> Router {
             post(chat_completions).fallback(wrong_method),
         )
         .route("/v1/completions", post(completions).fallback(wrong_method))
+        .route(
+            "/v1/files",
+            post(batch_api::upload)
+                .layer(DefaultBodyLimit::max(batches::MAX_FILE_BYTES + (1 << 20)))
+                .get(batch_api::list_files),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(batch_api::get_file).delete(batch_api::delete_file),
+        )
+        .route("/v1/files/{id}/content", get(batch_api::file_content))
+        .route(
+            "/v1/batches",
+            post(batch_api::create_batch).get(batch_api::list_batches),
+        )
+        .route("/v1/batches/{id}", get(batch_api::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batch_api::cancel_batch))
         .route("/v1/{*rest}", any(unknown_route))
         .with_state(state)
 }

@@ -15,7 +15,7 @@ use axum::{
 use engine::Tokenizer;
 use engine::sampling::TokenLogprob;
 use engine::{Event, FinishReason};
-use jobs::{Charged, JobKind, Jobs, Principal, Receipt, RunningJob};
+use jobs::{Charged, JobError, JobKind, Jobs, Principal, Receipt, RunningJob};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
@@ -128,11 +128,11 @@ impl Shape {
     }
 }
 
-fn usage(r: &Receipt) -> Value {
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "total_tokens": r.prompt_tokens + r.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     })
 }
 
@@ -144,20 +144,58 @@ fn finish_name(reason: Option<FinishReason>) -> &'static str {
     }
 }
 
-fn failed(message: &str) -> ApiError {
+pub fn failed(message: &str) -> ApiError {
     ApiError::internal(format!(
         "The model failed while generating ({message}); you were not charged. Try again."
     ))
 }
 
-/// Admits the job and answers with the whole completion or a stream of it.
-pub async fn generate(
+/// An admitted job and the shape of its answer.
+pub struct Admitted {
+    job: RunningJob,
+    shape: Shape,
+    stream: bool,
+}
+
+impl Admitted {
+    pub fn job_id(&self) -> &str {
+        self.job.id()
+    }
+
+    /// Runs the job to its end without settling it: the whole answer, as a non-streaming
+    /// response has it (usage from the engine's counts, which settlement charges), or `None`
+    /// when the engine failed.
+    pub async fn run_whole(&mut self) -> Option<Value> {
+        let mut events = Vec::new();
+        while let Some(e) = self.job.next().await {
+            events.push(e);
+        }
+        let finish = events.iter().find_map(|e| match e {
+            Event::Finished(f) => Some(f.clone()),
+            _ => None,
+        })?;
+        Some(whole_body(
+            &self.shape,
+            &events,
+            finish.prompt_tokens,
+            finish.completion_tokens,
+            Some(finish.reason),
+        ))
+    }
+
+    pub async fn settle(self) -> Result<Receipt, JobError> {
+        self.job.settle().await
+    }
+}
+
+/// Admits the job (validation, price, allocation, hold, queue).
+pub async fn admit(
     jobs: &Jobs,
     who: &Principal,
     kind: JobKind,
     endpoint: Endpoint,
     parsed: Parsed,
-) -> Result<Response, ApiError> {
+) -> Result<Admitted, ApiError> {
     let job = jobs.start(who, kind, &parsed.model, parsed.request).await?;
     let tokenizer = jobs
         .pool()
@@ -175,10 +213,26 @@ pub async fn generate(
         include_usage: parsed.include_usage,
         tokenizer,
     };
-    if parsed.stream {
-        Ok(stream(job, shape))
+    Ok(Admitted {
+        job,
+        shape,
+        stream: parsed.stream,
+    })
+}
+
+/// Admits the job and answers with the whole completion or a stream of it.
+pub async fn generate(
+    jobs: &Jobs,
+    who: &Principal,
+    kind: JobKind,
+    endpoint: Endpoint,
+    parsed: Parsed,
+) -> Result<Response, ApiError> {
+    let a = admit(jobs, who, kind, endpoint, parsed).await?;
+    if a.stream {
+        Ok(stream(a.job, a.shape))
     } else {
-        complete(job, shape).await
+        complete(a.job, a.shape).await
     }
 }
 
@@ -187,6 +241,24 @@ async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
     if let Charged::Failed(m) = &receipt.charged {
         return Err(failed(m));
     }
+    let body = whole_body(
+        &shape,
+        &events,
+        receipt.prompt_tokens,
+        receipt.completion_tokens,
+        receipt.finish_reason,
+    );
+    Ok(Json(body).into_response())
+}
+
+/// The non-streaming response for these events.
+fn whole_body(
+    shape: &Shape,
+    events: &[Event],
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    reason: Option<FinishReason>,
+) -> Value {
     let mut text = String::new();
     let mut lps = Vec::new();
     for e in events {
@@ -194,17 +266,17 @@ async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
             text: t, logprob, ..
         } = e
         {
-            text.push_str(&t);
-            lps.extend(logprob);
+            text.push_str(t);
+            lps.extend(logprob.iter().cloned());
         }
     }
     let choice = shape.choice(
         &text,
         shape.logprobs_value(&lps, 0),
-        Some(finish_name(receipt.finish_reason)),
+        Some(finish_name(reason)),
         false,
     );
-    Ok(Json(shape.envelope(vec![choice], usage(&receipt), false)).into_response())
+    shape.envelope(vec![choice], usage(prompt_tokens, completion_tokens), false)
 }
 
 fn data(v: &Value) -> Result<SseEvent, Infallible> {
@@ -249,7 +321,11 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                 if let Charged::Failed(m) = &receipt.charged {
                     yield data(&failed(m).body());
                 } else if shape.include_usage {
-                    yield data(&shape.envelope(Vec::new(), usage(&receipt), true));
+                    yield data(&shape.envelope(
+                        Vec::new(),
+                        usage(receipt.prompt_tokens, receipt.completion_tokens),
+                        true,
+                    ));
                 }
             }
             Err(e) => {

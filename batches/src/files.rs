@@ -1,0 +1,230 @@
+//! Files (OpenAI's Files API): batch input uploaded by a tenant, and the output and error
+//! files its batches write. Content is UTF-8 JSONL, kept in the database.
+
+use db::{new_id, now_ms, sqlx::Row};
+use serde_json::{Value, json};
+
+use crate::{BatchError, Batches};
+
+/// Largest file accepted: 64 MiB (kept whole in the database and read whole to make a batch).
+pub const MAX_FILE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Input to a batch.
+    Batch,
+    /// Written by a batch: its answers or its errors.
+    BatchOutput,
+}
+
+impl Purpose {
+    pub fn code(self) -> &'static str {
+        match self {
+            Purpose::Batch => "batch",
+            Purpose::BatchOutput => "batch_output",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Purpose> {
+        match code {
+            "batch" => Some(Purpose::Batch),
+            "batch_output" => Some(Purpose::BatchOutput),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileObject {
+    pub id: String,
+    pub purpose: Purpose,
+    pub filename: String,
+    pub bytes: i64,
+    pub created_at: i64,
+}
+
+impl FileObject {
+    /// The file object of OpenAI's API.
+    pub fn to_openai(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at / 1000,
+            "filename": self.filename,
+            "purpose": self.purpose.code(),
+            "status": "processed",
+            "status_details": null,
+        })
+    }
+}
+
+fn file_from_row(r: &db::sqlx::any::AnyRow) -> Result<FileObject, BatchError> {
+    let purpose: String = r.try_get("purpose").map_err(BatchError::storage)?;
+    Ok(FileObject {
+        id: r.try_get("id").map_err(BatchError::storage)?,
+        purpose: Purpose::parse(&purpose)
+            .ok_or_else(|| BatchError::Storage(format!("unknown purpose {purpose}")))?,
+        filename: r.try_get("filename").map_err(BatchError::storage)?,
+        bytes: r.try_get("bytes").map_err(BatchError::storage)?,
+        created_at: r.try_get("created_at").map_err(BatchError::storage)?,
+    })
+}
+
+/// A file name as shown back: the last path component, without control characters.
+fn clean_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if cleaned.is_empty() {
+        "upload.jsonl".into()
+    } else {
+        cleaned
+    }
+}
+
+impl Batches {
+    /// Stores an uploaded file. Only `batch` files are uploaded; they must be UTF-8 and at most
+    /// [`MAX_FILE_BYTES`] (lines are checked when a batch is made, so that one bad line fails
+    /// alone).
+    pub async fn upload(
+        &self,
+        org_id: &str,
+        purpose: &str,
+        filename: &str,
+        content: Vec<u8>,
+    ) -> Result<FileObject, BatchError> {
+        if Purpose::parse(purpose) != Some(Purpose::Batch) {
+            return Err(BatchError::invalid(
+                "purpose",
+                format!("purpose must be \"batch\", not {purpose:?}."),
+            ));
+        }
+        if content.len() > MAX_FILE_BYTES {
+            return Err(BatchError::invalid(
+                "file",
+                format!("The file is larger than {} MiB.", MAX_FILE_BYTES >> 20),
+            ));
+        }
+        let text = String::from_utf8(content).map_err(|e| {
+            BatchError::invalid(
+                "file",
+                format!(
+                    "The file is not UTF-8 text (invalid byte at offset {}); upload JSONL.",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })?;
+        if text.trim().is_empty() {
+            return Err(BatchError::invalid("file", "The file is empty."));
+        }
+        self.store(org_id, Purpose::Batch, &clean_name(filename), &text, None)
+            .await
+    }
+
+    /// Writes a file (inside `tx` when given, so a batch's result files appear with its end).
+    pub(crate) async fn store(
+        &self,
+        org_id: &str,
+        purpose: Purpose,
+        filename: &str,
+        content: &str,
+        tx: Option<&mut db::sqlx::Transaction<'static, db::sqlx::Any>>,
+    ) -> Result<FileObject, BatchError> {
+        let file = FileObject {
+            id: format!("file-{}", new_id()),
+            purpose,
+            filename: filename.to_string(),
+            bytes: content.len() as i64,
+            created_at: now_ms(),
+        };
+        let q = db::sqlx::query(
+            "INSERT INTO files (id, org_id, purpose, filename, bytes, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&file.id)
+        .bind(org_id)
+        .bind(purpose.code())
+        .bind(&file.filename)
+        .bind(file.bytes)
+        .bind(content)
+        .bind(file.created_at);
+        match tx {
+            Some(tx) => q.execute(&mut **tx).await,
+            None => q.execute(self.db.pool()).await,
+        }
+        .map_err(BatchError::storage)?;
+        Ok(file)
+    }
+
+    /// A file of this organisation (deleted ones and other organisations' are not found).
+    pub async fn file(&self, org_id: &str, id: &str) -> Result<Option<FileObject>, BatchError> {
+        db::sqlx::query(
+            "SELECT id, purpose, filename, bytes, created_at FROM files \
+             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(BatchError::storage)?
+        .map(|r| file_from_row(&r))
+        .transpose()
+    }
+
+    pub async fn file_content(
+        &self,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<(FileObject, String)>, BatchError> {
+        let Some(row) = db::sqlx::query(
+            "SELECT id, purpose, filename, bytes, created_at, content FROM files \
+             WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(BatchError::storage)?
+        else {
+            return Ok(None);
+        };
+        let content = row.try_get("content").map_err(BatchError::storage)?;
+        Ok(Some((file_from_row(&row)?, content)))
+    }
+
+    /// The organisation's files, newest first.
+    pub async fn files(
+        &self,
+        org_id: &str,
+        purpose: Option<Purpose>,
+        limit: usize,
+    ) -> Result<Vec<FileObject>, BatchError> {
+        let rows = db::sqlx::query(
+            "SELECT id, purpose, filename, bytes, created_at FROM files \
+             WHERE org_id = $1 AND deleted_at IS NULL AND ($2 = '' OR purpose = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(org_id)
+        .bind(purpose.map_or("", Purpose::code))
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(BatchError::storage)?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Deletes a file (its content is dropped; a batch made from it keeps its lines).
+    pub async fn delete_file(&self, org_id: &str, id: &str) -> Result<bool, BatchError> {
+        let done = db::sqlx::query(
+            "UPDATE files SET deleted_at = $1, content = '' \
+             WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(org_id)
+        .execute(self.db.pool())
+        .await
+        .map_err(BatchError::storage)?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,217 @@
+//! The batch runner: a task of every portal instance that runs batch lines as batch-priority
+//! jobs, a few at a time, so batches fill the capacity production and the playground leave
+//! idle (the engine's scheduler puts them last). Each line is admitted like an API request,
+//! with its own hold; its answer is staged before its job is settled (see the batches crate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batches::{Batches, Line, Staged};
+use jobs::{JobError, JobKind, Jobs, Principal};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::openai::{self, ApiError};
+
+/// A runner whose heartbeat is older than this is taken for dead and its lines taken over.
+pub const STALE_MS: i64 = 15_000;
+const HEARTBEAT: Duration = Duration::from_secs(3);
+/// How often the runner looks for work when nothing wakes it.
+const POLL: Duration = Duration::from_millis(500);
+/// After the engine said it is full: wait before queueing more batch work.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// Starts the runner; `concurrency` lines run at once in this instance.
+pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
+    let id = format!("runner-{}", db::new_id());
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut last_beat = None::<tokio::time::Instant>;
+        loop {
+            if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+                if let Err(e) = batches.heartbeat(&id).await {
+                    tracing::warn!(error = %e, "batch runner heartbeat failed");
+                }
+                last_beat = Some(tokio::time::Instant::now());
+                recover(&batches, &jobs, &id).await;
+            }
+            if let Err(e) = batches.finalize().await {
+                tracing::warn!(error = %e, "ending batches failed");
+            }
+            let mut busy = false;
+            let free = slots.available_permits();
+            if free > 0 {
+                match batches.claim(&id, free).await {
+                    Ok(lines) => {
+                        for line in lines {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let (b, j) = (batches.clone(), jobs.clone());
+                            tokio::spawn(async move {
+                                if run_line(&b, &j, &line).await == Outcome::Busy {
+                                    tokio::time::sleep(BACKOFF).await;
+                                }
+                                drop(permit);
+                                b.wake();
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming batch lines failed");
+                        busy = true;
+                    }
+                }
+            }
+            let wait = if busy { BACKOFF } else { POLL };
+            let _ = tokio::time::timeout(wait, batches.woken()).await;
+        }
+    });
+}
+
+/// Finishes or releases the lines of runners that died.
+async fn recover(batches: &Batches, jobs: &Jobs, id: &str) {
+    let lines = match batches.take_over_orphans(id, STALE_MS).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for orphaned batch lines failed");
+            return;
+        }
+    };
+    for line in lines {
+        let result = async {
+            let settled = match &line.job_id {
+                Some(job) => jobs.is_settled(job).await?,
+                None => false,
+            };
+            if settled && line.staged {
+                batches.finish(&line).await.map_err(storage)?;
+            } else {
+                if let Some(job) = &line.job_id {
+                    jobs.abandon(job, "its batch runner stopped").await?;
+                }
+                batches.release(&line).await.map_err(storage)?;
+            }
+            Ok::<_, JobError>(())
+        };
+        match result.await {
+            Ok(()) => tracing::info!(
+                batch = line.batch_id,
+                line = line.line_no,
+                "took over an orphaned batch line"
+            ),
+            Err(e) => {
+                tracing::warn!(batch = line.batch_id, line = line.line_no, error = %e, "taking over a batch line failed")
+            }
+        }
+    }
+}
+
+fn storage(e: batches::BatchError) -> JobError {
+    JobError::Storage(e.to_string())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Ended,
+    /// The engine was full: the line went back to pending.
+    Busy,
+}
+
+/// The line of the output or error file for an answer with this status and body.
+fn entry(line: &Line, status: u16, request_id: Option<&str>, body: Value) -> String {
+    json!({
+        "id": format!("batch_req_{}", db::new_id()),
+        "custom_id": line.custom_id,
+        "response": { "status_code": status, "request_id": request_id, "body": body },
+        "error": null,
+    })
+    .to_string()
+}
+
+fn refused(line: &Line, e: &ApiError) -> Staged {
+    Staged {
+        succeeded: false,
+        response: entry(line, e.status.as_u16(), None, e.body()),
+    }
+}
+
+async fn run_line(batches: &Batches, jobs: &Jobs, line: &Line) -> Outcome {
+    match try_line(batches, jobs, line).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(batch = line.batch_id, line = line.line_no, error = %e, "batch line failed; it goes back to pending");
+            // Retried later (by this runner, or by whichever takes it over).
+            if let Err(e) = batches.release(line).await {
+                tracing::warn!(error = %e, "releasing a batch line failed");
+            }
+            Outcome::Busy
+        }
+    }
+}
+
+async fn try_line(
+    batches: &Batches,
+    jobs: &Jobs,
+    line: &Line,
+) -> Result<Outcome, batches::BatchError> {
+    let endpoint = match line.endpoint {
+        batches::Endpoint::Chat => openai::Endpoint::Chat,
+        batches::Endpoint::Completions => openai::Endpoint::Completions,
+    };
+    let parsed = match openai::parse(endpoint, line.body.as_bytes()) {
+        Ok(p) if p.stream => {
+            let e = ApiError::invalid("stream", "stream is not supported in a batch.");
+            batches.finish_with(line, &refused(line, &e)).await?;
+            return Ok(Outcome::Ended);
+        }
+        Ok(p) => p,
+        Err(e) => {
+            batches.finish_with(line, &refused(line, &e)).await?;
+            return Ok(Outcome::Ended);
+        }
+    };
+    let who = Principal {
+        org_id: line.creator.org_id.clone(),
+        user_id: line.creator.user_id.clone(),
+        api_key_id: line.creator.api_key_id.clone(),
+    };
+    let mut answer = match openai::admit(jobs, &who, JobKind::Batch, endpoint, parsed).await {
+        Ok(a) => a,
+        Err(e) if e.is_retryable() => {
+            batches.release(line).await?;
+            return Ok(Outcome::Busy);
+        }
+        Err(e) => {
+            batches.finish_with(line, &refused(line, &e)).await?;
+            return Ok(Outcome::Ended);
+        }
+    };
+    let job_id = answer.job_id().to_string();
+    batches.set_job(line, &job_id).await?;
+    let whole = answer.run_whole().await;
+    if let Some(body) = &whole {
+        let staged = Staged {
+            succeeded: true,
+            response: entry(line, 200, Some(&job_id), body.clone()),
+        };
+        batches.stage(line, &staged).await?;
+    }
+    match answer.settle().await {
+        Ok(_) if whole.is_some() => batches.finish(line).await?,
+        Ok(receipt) => {
+            let message = match receipt.charged {
+                jobs::Charged::Failed(m) => m,
+                _ => "the model ended without an answer".into(),
+            };
+            let e = openai::failed(&message);
+            batches.finish_with(line, &refused(line, &e)).await?;
+        }
+        Err(e) => {
+            // Settlement failed and voided the hold: the answer was not paid for.
+            let e = ApiError::from(e);
+            batches.finish_with(line, &refused(line, &e)).await?;
+        }
+    }
+    Ok(Outcome::Ended)
+}
