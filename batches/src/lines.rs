@@ -208,6 +208,21 @@ impl Batches {
         Ok(())
     }
 
+    /// The lines `runner` holds as running (the runner compares them with those it is
+    /// actually running, to pick up a line whose task ended in an error).
+    pub async fn lines_of(&self, runner: &str) -> Result<Vec<Line>, BatchError> {
+        db::sqlx::query(&format!(
+            "{LINE_SELECT} WHERE l.status = 'running' AND l.runner_id = $1"
+        ))
+        .bind(runner)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(BatchError::storage)?
+        .iter()
+        .map(line_from_row)
+        .collect()
+    }
+
     /// Takes over running lines whose runner's heartbeat is older than `stale_ms` (it died):
     /// they are claimed for `runner` and returned for the caller to finish (their job was
     /// settled: the staged answer stands) or release (it was not: void its hold first).

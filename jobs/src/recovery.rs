@@ -6,6 +6,15 @@ use db::now_ms;
 use crate::{JobError, Jobs};
 
 impl Jobs {
+    /// The job's status (`running`, `succeeded`, `cancelled`, `failed`), whoever it belongs to.
+    pub async fn status_of(&self, job_id: &str) -> Result<Option<String>, JobError> {
+        db::sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(self.inner.db.pool())
+            .await
+            .map_err(JobError::storage)
+    }
+
     /// Whether the job was settled (it has its usage event).
     pub async fn is_settled(&self, job_id: &str) -> Result<bool, JobError> {
         let n: i64 = db::sqlx::query_scalar("SELECT COUNT(*) FROM usage_events WHERE job_id = $1")

@@ -3,7 +3,8 @@
 //! idle (the engine's scheduler puts them last). Each line is admitted like an API request,
 //! with its own hold; its answer is staged before its job is settled (see the batches crate).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batches::{Batches, Line, Staged};
@@ -21,11 +22,15 @@ const POLL: Duration = Duration::from_millis(500);
 /// After the engine said it is full: wait before queueing more batch work.
 const BACKOFF: Duration = Duration::from_secs(1);
 
+/// Lines this instance's tasks are running, by (batch, line).
+type InFlight = Arc<Mutex<HashSet<(String, i64)>>>;
+
 /// Starts the runner; `concurrency` lines run at once in this instance.
 pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
     let id = format!("runner-{}", db::new_id());
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let in_flight = InFlight::default();
         let mut last_beat = None::<tokio::time::Instant>;
         loop {
             if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
@@ -33,7 +38,7 @@ pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
                     tracing::warn!(error = %e, "batch runner heartbeat failed");
                 }
                 last_beat = Some(tokio::time::Instant::now());
-                recover(&batches, &jobs, &id).await;
+                recover(&batches, &jobs, &id, &in_flight).await;
             }
             if let Err(e) = batches.finalize().await {
                 tracing::warn!(error = %e, "ending batches failed");
@@ -47,11 +52,14 @@ pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
                             let Ok(permit) = slots.clone().acquire_owned().await else {
                                 return;
                             };
-                            let (b, j) = (batches.clone(), jobs.clone());
+                            let key = (line.batch_id.clone(), line.line_no);
+                            lock(&in_flight).insert(key.clone());
+                            let (b, j, f) = (batches.clone(), jobs.clone(), in_flight.clone());
                             tokio::spawn(async move {
                                 if run_line(&b, &j, &line).await == Outcome::Busy {
                                     tokio::time::sleep(BACKOFF).await;
                                 }
+                                lock(&f).remove(&key);
                                 drop(permit);
                                 b.wake();
                             });
@@ -69,42 +77,75 @@ pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
     });
 }
 
-/// Finishes or releases the lines of runners that died.
-async fn recover(batches: &Batches, jobs: &Jobs, id: &str) {
-    let lines = match batches.take_over_orphans(id, STALE_MS).await {
-        Ok(l) => l,
-        Err(e) => {
+fn lock(f: &InFlight) -> std::sync::MutexGuard<'_, HashSet<(String, i64)>> {
+    f.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Resolves the lines no task runs: those of runners that died (their jobs died with them and
+/// are abandoned), and this runner's own whose task ended in an error (their jobs end by
+/// themselves: a line waits while its job is still running).
+async fn recover(batches: &Batches, jobs: &Jobs, id: &str, in_flight: &InFlight) {
+    let orphans = batches.take_over_orphans(id, STALE_MS).await;
+    let own = batches.lines_of(id).await;
+    let (orphans, own) = match (orphans, own) {
+        (Ok(o), Ok(m)) => (o, m),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "looking for orphaned batch lines failed");
             return;
         }
     };
-    for line in lines {
-        let result = async {
-            let settled = match &line.job_id {
-                Some(job) => jobs.is_settled(job).await?,
-                None => false,
-            };
-            if settled && line.staged {
-                batches.finish(&line).await.map_err(storage)?;
-            } else {
-                if let Some(job) = &line.job_id {
-                    jobs.abandon(job, "its batch runner stopped").await?;
-                }
-                batches.release(&line).await.map_err(storage)?;
-            }
-            Ok::<_, JobError>(())
-        };
-        match result.await {
-            Ok(()) => tracing::info!(
+    let stray: Vec<Line> = {
+        let running = lock(in_flight);
+        own.into_iter()
+            .filter(|l| !running.contains(&(l.batch_id.clone(), l.line_no)))
+            .collect()
+    };
+    for (line, dead) in orphans
+        .into_iter()
+        .map(|l| (l, true))
+        .chain(stray.into_iter().map(|l| (l, false)))
+    {
+        match resolve(batches, jobs, &line, dead).await {
+            Ok(true) => tracing::info!(
                 batch = line.batch_id,
                 line = line.line_no,
-                "took over an orphaned batch line"
+                "resumed a batch line"
             ),
+            Ok(false) => {}
             Err(e) => {
-                tracing::warn!(batch = line.batch_id, line = line.line_no, error = %e, "taking over a batch line failed")
+                tracing::warn!(batch = line.batch_id, line = line.line_no, error = %e, "resuming a batch line failed")
             }
         }
     }
+}
+
+/// Finishes a line whose job was settled (its answer is staged), or puts it back to pending
+/// when its job never was. Returns whether anything changed.
+async fn resolve(
+    batches: &Batches,
+    jobs: &Jobs,
+    line: &Line,
+    dead: bool,
+) -> Result<bool, JobError> {
+    if let Some(job) = &line.job_id {
+        if jobs.status_of(job).await?.as_deref() == Some("running") {
+            if !dead {
+                return Ok(false); // ending by itself (settled or voided) shortly
+            }
+            jobs.abandon(job, "its batch runner stopped").await?;
+        }
+        if jobs.is_settled(job).await? {
+            if !line.staged {
+                return Err(JobError::Storage(format!(
+                    "job {job} was settled but its batch line has no answer"
+                )));
+            }
+            batches.finish(line).await.map_err(storage)?;
+            return Ok(true);
+        }
+    }
+    batches.release(line).await.map_err(storage)?;
+    Ok(true)
 }
 
 fn storage(e: batches::BatchError) -> JobError {
@@ -140,11 +181,10 @@ async fn run_line(batches: &Batches, jobs: &Jobs, line: &Line) -> Outcome {
     match try_line(batches, jobs, line).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            tracing::warn!(batch = line.batch_id, line = line.line_no, error = %e, "batch line failed; it goes back to pending");
-            // Retried later (by this runner, or by whichever takes it over).
-            if let Err(e) = batches.release(line).await {
-                tracing::warn!(error = %e, "releasing a batch line failed");
-            }
+            // Left running: once its job has ended, `recover` finishes the line from its staged
+            // answer (the job was settled) or puts it back to pending (it was not), so an
+            // answer that was charged is never run again.
+            tracing::warn!(batch = line.batch_id, line = line.line_no, error = %e, "batch line interrupted; it resumes shortly");
             Outcome::Busy
         }
     }
