@@ -1,17 +1,18 @@
 //! Jobs on real databases (SQLite always, PostgreSQL with `TEST_DATABASE_URL`) and the real
 //! engine (the fixture model on the CPU): admission refusals leave nothing behind, a finished
 //! job is charged exactly its tokens at list price and recorded once with its funding split,
-//! a cancelled or abandoned one only what was delivered, and production overtakes batch.
+//! a cancelled or abandoned one only what was delivered; production overtakes queued batch jobs
+//! and tenants share a contended worker in proportion to their allocation weights.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use accounts::{Accounts, OrgKind, SignUpForm, SignUpOutcome, User};
 use compute::{Compute, FactorySpec};
 use credits::{Credits, ProgramSpec};
 use db::sqlx::Row;
 use db::testing::TestDb;
-use engine::fixture::{FixtureSpec, write_fixture};
+use engine::fixture::{FixtureSpec, Shape, write_fixture};
 use engine::{Event, Pool, Prompt, Request, SamplingParams, WorkerSpec};
 use jobs::{Charged, JobError, JobKind, Jobs, Principal, Rates};
 use ledger::Nanos;
@@ -38,13 +39,23 @@ struct World {
 }
 
 async fn world(db: &db::Db) -> World {
+    world_with(db, Shape::Tiny, |_| {}).await
+}
+
+/// A world whose model has `shape`, its worker configured by `configure`.
+async fn world_with(db: &db::Db, shape: Shape, configure: impl FnOnce(&mut WorkerSpec)) -> World {
     let model = tempfile::tempdir().unwrap();
-    write_fixture(model.path(), &FixtureSpec::default()).unwrap();
+    let fixture = FixtureSpec {
+        shape,
+        ..FixtureSpec::default()
+    };
+    write_fixture(model.path(), &fixture).unwrap();
     let mut spec = WorkerSpec::new(MODEL, model.path());
     spec.device = engine::Device::Cpu;
     spec.threads = 1;
     spec.cpu_kv_bytes = 4 << 20;
     spec.max_waiting = 4;
+    configure(&mut spec);
     let pool = Arc::new(Pool::start(vec![spec]).unwrap());
 
     let accounts = Accounts::new(db.clone(), Default::default());
@@ -102,6 +113,72 @@ async fn world(db: &db::Db) -> World {
 }
 
 impl World {
+    /// Gives `user`'s organisation an approved, active allocation of the model with this share
+    /// weight.
+    async fn allocate(&self, user: &User, weight: u32) {
+        let now = db::now_ms();
+        let today = compute::Day::containing(now);
+        let r = self
+            .compute
+            .submit(
+                user,
+                &compute::RequestForm {
+                    factory_id: self.factory_id.clone(),
+                    what: MODEL.into(),
+                    amount: "60000".into(),
+                    starts_on: today.to_string(),
+                    ends_on: compute::Day::containing(now + 30 * 86_400_000).to_string(),
+                    commitment: "reserved".into(),
+                    program_id: String::new(),
+                    support_amount: String::new(),
+                    justification: String::new(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let decision = compute::Decision {
+            share_weight: weight.to_string(),
+            rate_limit_tpm: "1000000".into(),
+            starts_on: String::new(),
+            ends_on: String::new(),
+            grant_program_id: String::new(),
+            grant_amount: String::new(),
+        };
+        self.compute
+            .approve(&self.operator, &r.id, &decision, now)
+            .await
+            .unwrap();
+        self.compute.advance(now).await.unwrap();
+    }
+
+    /// Another tenant organisation, with $10 of paid credit.
+    async fn second_tenant(&self) -> User {
+        let accounts = Accounts::new(self.db.clone(), Default::default());
+        let form = SignUpForm {
+            email: "dev@other.example".into(),
+            password: PASSWORD.into(),
+            org_name: "Other".into(),
+            org_kind: "startup".into(),
+            region: "africa".into(),
+        };
+        let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+            panic!("not created")
+        };
+        let user = accounts.user(&user_id).await.unwrap().unwrap();
+        self.credits.open_wallet(&user.org_id).await.unwrap();
+        self.credits
+            .credit_paid(
+                &user.org_id,
+                Nanos::from_dollars(10).unwrap(),
+                &format!("topup:{}", db::new_id()),
+                "test top-up",
+            )
+            .await
+            .unwrap();
+        user
+    }
+
     fn who(&self) -> Principal {
         Principal {
             org_id: self.tenant.org_id.clone(),
@@ -400,40 +477,7 @@ async fn admission_reads_the_active_allocation() {
     w.price().await;
     w.top_up(5).await;
     // The tenant holds an active allocation with share weight 3.
-    let now = db::now_ms();
-    let today = compute::Day::containing(now);
-    let r = w
-        .compute
-        .submit(
-            &w.tenant,
-            &compute::RequestForm {
-                factory_id: w.factory_id.clone(),
-                what: MODEL.into(),
-                amount: "60000".into(),
-                starts_on: today.to_string(),
-                ends_on: compute::Day::containing(now + 30 * 86_400_000).to_string(),
-                commitment: "reserved".into(),
-                program_id: String::new(),
-                support_amount: String::new(),
-                justification: String::new(),
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    let decision = compute::Decision {
-        share_weight: "3".into(),
-        rate_limit_tpm: "60000".into(),
-        starts_on: String::new(),
-        ends_on: String::new(),
-        grant_program_id: String::new(),
-        grant_amount: String::new(),
-    };
-    w.compute
-        .approve(&w.operator, &r.id, &decision, now)
-        .await
-        .unwrap();
-    w.compute.advance(now).await.unwrap();
+    w.allocate(&w.tenant, 3).await;
     assert_eq!(
         w.compute
             .allocation(&w.tenant.org_id, MODEL, db::now_ms())
@@ -457,6 +501,141 @@ async fn admission_reads_the_active_allocation() {
             .await
             .unwrap();
     assert_eq!(factory, w.factory_id);
+    assert_eq!(w.open_holds().await, 0);
+    w.jobs.pool().unwrap().workers()[0].stop();
+    t.finish().await;
+}
+
+fn principal(user: &User) -> Principal {
+    Principal {
+        org_id: user.org_id.clone(),
+        user_id: Some(user.id.clone()),
+        api_key_id: None,
+    }
+}
+
+/// Runs every job to its end concurrently; for each, the instants of its tokens and of its
+/// engine-side finish (before settlement, whose database time would blur the order).
+async fn run_all(jobs: Vec<jobs::RunningJob>) -> Vec<(Vec<Instant>, Instant)> {
+    let tasks: Vec<_> = jobs
+        .into_iter()
+        .map(|mut job| {
+            tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                let mut finished = None;
+                while let Some(e) = job.next().await {
+                    match e {
+                        Event::Token { .. } => tokens.push(Instant::now()),
+                        Event::Finished(_) => finished = Some(Instant::now()),
+                        Event::Failed(m) => panic!("job failed: {m}"),
+                    }
+                }
+                job.settle().await.unwrap();
+                (tokens, finished.expect("finished"))
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+// A SmolLM2-shaped model on one thread makes tokens take milliseconds, so every job is queued
+// long before the first ones end; one sequence runs at a time, so the queue order decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_overtakes_queued_batch_jobs() {
+    let t = TestDb::sqlite().await;
+    let w = world_with(&t.db, Shape::SmolLm2_135M, |s| {
+        s.max_running = 1;
+        s.max_waiting = 16;
+        s.cpu_kv_bytes = 64 << 20;
+    })
+    .await;
+    w.price().await;
+    w.top_up(5).await;
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        queued.push(
+            w.jobs
+                .start(&w.who(), JobKind::Batch, MODEL, request(12))
+                .await
+                .unwrap(),
+        );
+    }
+    queued.push(
+        w.jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(2))
+            .await
+            .unwrap(),
+    );
+    let ends: Vec<Instant> = run_all(queued)
+        .await
+        .into_iter()
+        .map(|(_, end)| end)
+        .collect();
+    let production = ends[4];
+    let batch_before = ends[..4].iter().filter(|e| **e < production).count();
+    // At most the batch job already running when production arrived ends before it.
+    assert!(
+        batch_before <= 1,
+        "{batch_before} batch jobs ended before production"
+    );
+    assert_eq!(w.open_holds().await, 0);
+    w.jobs.pool().unwrap().workers()[0].stop();
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_get_throughput_in_proportion_to_their_allocation_weights() {
+    let t = TestDb::sqlite().await;
+    let w = world_with(&t.db, Shape::SmolLm2_135M, |s| {
+        s.max_running = 1;
+        s.max_waiting = 32;
+        s.cpu_kv_bytes = 64 << 20;
+    })
+    .await;
+    w.price().await;
+    w.top_up(5).await;
+    // The first tenant runs on demand (weight 1); the second holds an allocation of weight 3.
+    let light = w.tenant.clone();
+    let heavy = w.second_tenant().await;
+    w.allocate(&heavy, 3).await;
+    let mut all = Vec::new();
+    for _ in 0..8 {
+        for who in [&light, &heavy] {
+            all.push(
+                w.jobs
+                    .start(&principal(who), JobKind::Production, MODEL, request(6))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let admitted = Instant::now();
+    let runs = run_all(all).await;
+    // The window in which both tenants were waiting: from the last admission until the heavy
+    // tenant's last job ended.
+    let heavy_end = runs
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|(_, end)| *end)
+        .max()
+        .unwrap();
+    let count = |first: usize| -> usize {
+        runs.iter()
+            .skip(first)
+            .step_by(2)
+            .flat_map(|(tokens, _)| tokens)
+            .filter(|t| **t > admitted && **t <= heavy_end)
+            .count()
+    };
+    let (light_tokens, heavy_tokens) = (count(0), count(1));
+    let ratio = heavy_tokens as f64 / light_tokens.max(1) as f64;
+    eprintln!("tokens in the contended window: weight 3 {heavy_tokens}, weight 1 {light_tokens}");
+    assert!((2.0..=4.5).contains(&ratio), "ratio {ratio}");
     assert_eq!(w.open_holds().await, 0);
     w.jobs.pool().unwrap().workers()[0].stop();
     t.finish().await;
