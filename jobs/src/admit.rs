@@ -5,6 +5,7 @@ use std::sync::Arc;
 use db::{new_id, now_ms};
 use ledger::{LedgerError, Nanos};
 
+use crate::limits::Refusal;
 use crate::running::{JobContext, RunningJob};
 use crate::{HOLD_TTL_MS, JobError, JobKind, Jobs, ON_DEMAND_WEIGHT, Principal, Rates};
 
@@ -74,6 +75,36 @@ impl Jobs {
                     message: "max_tokens is too large".into(),
                 })?;
 
+        // The allocation's tokens-per-minute limit counts the largest size; settlement gives
+        // back what was not used.
+        let requested = (prompt_tokens + max_tokens) as u64;
+        let tpm_taken = match allocation.as_ref().map(|a| a.rate_limit_tpm) {
+            Some(limit) if limit > 0 => {
+                let limit = limit as u64;
+                inner
+                    .limits
+                    .take(
+                        &who.org_id,
+                        model,
+                        limit,
+                        requested,
+                        std::time::Instant::now(),
+                    )
+                    .map_err(|r| match r {
+                        Refusal::Wait(retry_after) => JobError::TokensPerMinute {
+                            limit,
+                            requested,
+                            retry_after,
+                        },
+                        Refusal::TooLarge => {
+                            JobError::LargerThanTokensPerMinute { limit, requested }
+                        }
+                    })?;
+                requested
+            }
+            _ => 0,
+        };
+
         let job_id = new_id();
         let ctx = JobContext {
             id: job_id,
@@ -88,14 +119,23 @@ impl Jobs {
             prompt_tokens,
             max_tokens,
             created_at: now,
+            tpm_taken,
+            tpm_returned: Arc::default(),
         };
         // From the hold on, admission runs as a task of its own: a caller that goes away
         // meanwhile cannot leave a hold or a job row half made (a job it never receives is
         // dropped, which cancels and settles it).
         let (jobs, worker) = (self.clone(), Arc::clone(worker));
-        tokio::spawn(async move { jobs.commit(ctx, worker, prepared).await })
-            .await
-            .map_err(JobError::storage)?
+        tokio::spawn(async move {
+            let refund = ctx.clone();
+            let admitted = jobs.commit(ctx, worker, prepared).await;
+            if admitted.is_err() {
+                refund.give_back_tokens(&jobs, 0);
+            }
+            admitted
+        })
+        .await
+        .map_err(JobError::storage)?
     }
 
     /// Reserves the hold, records the job and queues it; undoes the first two if the queue

@@ -11,6 +11,7 @@
 //! database transaction.
 
 mod admit;
+mod limits;
 mod pricing;
 mod recovery;
 mod running;
@@ -90,6 +91,20 @@ pub enum JobError {
     },
     #[error("The server is at capacity; retry shortly.")]
     Overloaded,
+    /// The allocation's tokens-per-minute limit is used up for now.
+    #[error(
+        "Rate limit reached: your allocation allows {limit} tokens per minute for this model and this request may use {requested}; retry in {retry_after} s."
+    )]
+    TokensPerMinute {
+        limit: u64,
+        requested: u64,
+        retry_after: u64,
+    },
+    /// Larger than the allocation's whole minute: it can never run under that limit.
+    #[error(
+        "This request may use {requested} tokens (prompt + max_tokens), more than the {limit} tokens per minute your allocation allows for this model. Lower max_tokens or shorten the prompt."
+    )]
+    LargerThanTokensPerMinute { limit: u64, requested: u64 },
     #[error("No inference worker is available for this model; try again shortly.")]
     Unavailable,
     #[error("storage: {0}")]
@@ -151,6 +166,7 @@ struct Inner {
     credits: Credits,
     compute: compute::Compute,
     pool: Option<Arc<engine::Pool>>,
+    limits: limits::TokenLimits,
 }
 
 impl Jobs {
@@ -166,6 +182,7 @@ impl Jobs {
                 credits,
                 compute,
                 pool,
+                limits: limits::TokenLimits::default(),
             }),
         }
     }

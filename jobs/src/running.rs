@@ -1,5 +1,7 @@
 //! A running job: its engine events, and the one settlement that ends it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use db::{new_id, now_ms, sqlx::Row};
@@ -24,6 +26,24 @@ pub(crate) struct JobContext {
     pub prompt_tokens: usize,
     pub max_tokens: usize,
     pub created_at: i64,
+    /// Tokens taken from the allocation's tokens-per-minute bucket (0: no limit).
+    pub tpm_taken: u64,
+    /// Whether the unused part was given back (once, whichever way the job ends).
+    pub tpm_returned: Arc<AtomicBool>,
+}
+
+impl JobContext {
+    /// Gives back to the tokens-per-minute bucket what the job took beyond `used`.
+    pub fn give_back_tokens(&self, jobs: &Jobs, used: usize) {
+        if self.tpm_taken > 0 && !self.tpm_returned.swap(true, Ordering::SeqCst) {
+            jobs.inner.limits.give_back(
+                &self.who.org_id,
+                &self.model,
+                self.tpm_taken.saturating_sub(used as u64),
+                std::time::Instant::now(),
+            );
+        }
+    }
 }
 
 /// How a job ended, as far as charging goes.
@@ -268,6 +288,7 @@ async fn settle_once(
         };
         (prompt, delivered.min(f.completion_tokens))
     };
+    ctx.give_back_tokens(jobs, prompt_tokens + completion_tokens);
     let inner = &jobs.inner;
     let mut amount = ctx
         .rates
@@ -402,6 +423,7 @@ async fn settle_once(
 
 async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt, JobError> {
     tracing::warn!(job = ctx.id, error = %message, "job failed in the engine; hold voided");
+    ctx.give_back_tokens(jobs, 0);
     jobs.release(ctx).await;
     db::sqlx::query(
         "UPDATE jobs SET status = 'failed', error = $1, finished_at = $2 WHERE id = $3 AND status = 'running'",

@@ -115,7 +115,7 @@ async fn world_with(db: &db::Db, shape: Shape, configure: impl FnOnce(&mut Worke
 impl World {
     /// Gives `user`'s organisation an approved, active allocation of the model with this share
     /// weight.
-    async fn allocate(&self, user: &User, weight: u32) {
+    async fn allocate(&self, user: &User, weight: u32, tokens_per_minute: u32) {
         let now = db::now_ms();
         let today = compute::Day::containing(now);
         let r = self
@@ -139,7 +139,7 @@ impl World {
             .unwrap();
         let decision = compute::Decision {
             share_weight: weight.to_string(),
-            rate_limit_tpm: "1000000".into(),
+            rate_limit_tpm: tokens_per_minute.to_string(),
             starts_on: String::new(),
             ends_on: String::new(),
             grant_program_id: String::new(),
@@ -477,7 +477,7 @@ async fn admission_reads_the_active_allocation() {
     w.price().await;
     w.top_up(5).await;
     // The tenant holds an active allocation with share weight 3.
-    w.allocate(&w.tenant, 3).await;
+    w.allocate(&w.tenant, 3, 60_000).await;
     assert_eq!(
         w.compute
             .allocation(&w.tenant.org_id, MODEL, db::now_ms())
@@ -601,7 +601,7 @@ async fn tenants_get_throughput_in_proportion_to_their_allocation_weights() {
     // The first tenant runs on demand (weight 1); the second holds an allocation of weight 3.
     let light = w.tenant.clone();
     let heavy = w.second_tenant().await;
-    w.allocate(&heavy, 3).await;
+    w.allocate(&heavy, 3, 1_000_000).await;
     let mut all = Vec::new();
     for _ in 0..8 {
         for who in [&light, &heavy] {
@@ -636,6 +636,41 @@ async fn tenants_get_throughput_in_proportion_to_their_allocation_weights() {
     let ratio = heavy_tokens as f64 / light_tokens.max(1) as f64;
     eprintln!("tokens in the contended window: weight 3 {heavy_tokens}, weight 1 {light_tokens}");
     assert!((2.0..=4.5).contains(&ratio), "ratio {ratio}");
+    assert_eq!(w.open_holds().await, 0);
+    w.jobs.pool().unwrap().workers()[0].stop();
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_limits_tokens_per_minute_and_gets_unused_tokens_back() {
+    let t = TestDb::sqlite().await;
+    let w = world(&t.db).await;
+    w.price().await;
+    w.top_up(5).await;
+    // The smallest limit an allocation may have; the fixture's context is 512 tokens.
+    w.allocate(&w.tenant, 1, 1_000).await;
+    let who = w.who();
+    let start = |n| w.jobs.start(&who, JobKind::Production, MODEL, request(n));
+    // Two jobs of prompt + 400 fit in the minute; a third must wait.
+    // The first is cancelled at once (it cannot have produced its 400 tokens yet) but holds
+    // its share of the minute until it is settled.
+    let first = start(400).await.unwrap();
+    first.cancel();
+    let second = start(400).await.unwrap();
+    match start(400).await {
+        Err(JobError::TokensPerMinute {
+            limit: 1_000,
+            retry_after,
+            ..
+        }) => assert!((1..=60).contains(&retry_after), "{retry_after}"),
+        other => panic!("{other:?}"),
+    }
+    // Settled, it gives back what it did not use, and a third fits.
+    let receipt = first.settle().await.unwrap();
+    assert_eq!(receipt.charged, Charged::Partial, "{receipt:?}");
+    let third = start(400).await.unwrap();
+    second.collect().await.unwrap();
+    third.collect().await.unwrap();
     assert_eq!(w.open_holds().await, 0);
     w.jobs.pool().unwrap().workers()[0].stop();
     t.finish().await;

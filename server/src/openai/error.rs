@@ -134,6 +134,13 @@ impl From<JobError> for ApiError {
                 ..ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", message)
             },
             JobError::Overloaded => ApiError::rate_limited(message, "queue_full", 1),
+            JobError::TokensPerMinute { retry_after, .. } => {
+                ApiError::rate_limited(message, "rate_limit_exceeded", retry_after)
+            }
+            JobError::LargerThanTokensPerMinute { .. } => ApiError {
+                code: Some("request_too_large"),
+                ..ApiError::invalid("max_tokens", message)
+            },
             JobError::Unavailable => ApiError {
                 message,
                 ..ApiError::unavailable()
@@ -159,5 +166,29 @@ impl IntoResponse for ApiError {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_used_up_allocation_is_a_429_with_retry_after_and_an_oversized_request_a_400() {
+        let r = ApiError::from(JobError::TokensPerMinute {
+            limit: 1_000,
+            requested: 600,
+            retry_after: 7,
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        let e = ApiError::from(JobError::LargerThanTokensPerMinute {
+            limit: 1_000,
+            requested: 5_000,
+        });
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param, Some("max_tokens"));
+        assert!(e.message.contains("5000 tokens"), "{}", e.message);
     }
 }
