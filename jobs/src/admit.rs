@@ -9,6 +9,30 @@ use crate::limits::Refusal;
 use crate::running::{JobContext, RunningJob};
 use crate::{HOLD_TTL_MS, JobError, JobKind, Jobs, ON_DEMAND_WEIGHT, Principal, Rates};
 
+/// Prompts longer than this are tokenized (and their template rendered) on a blocking thread:
+/// a megabyte of text takes milliseconds, which would stall every other request sharing the
+/// async thread. Shorter ones cost less than the hop.
+const INLINE_PROMPT_BYTES: usize = 16 * 1024;
+
+async fn prepare(
+    worker: &Arc<engine::Worker>,
+    request: engine::Request,
+) -> Result<engine::Prepared, JobError> {
+    let bytes = match &request.prompt {
+        engine::Prompt::Text(t) => t.len(),
+        engine::Prompt::Tokens(_) => 0,
+        engine::Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+    };
+    if bytes <= INLINE_PROMPT_BYTES {
+        return Ok(worker.prepare(request)?);
+    }
+    let worker = Arc::clone(worker);
+    tokio::task::spawn_blocking(move || worker.prepare(request))
+        .await
+        .map_err(JobError::storage)?
+        .map_err(JobError::from)
+}
+
 impl Jobs {
     /// Admits and queues one generation for `who`. On success the job is running and its
     /// hold is open; every refusal leaves nothing behind (no job row, no hold).
@@ -64,7 +88,7 @@ impl Jobs {
         request.weight = allocation
             .as_ref()
             .map_or(ON_DEMAND_WEIGHT, |a| a.share_weight.clamp(1, 1_000) as u32);
-        let prepared = worker.prepare(request)?;
+        let prepared = prepare(worker, request).await?;
         let prompt_tokens = prepared.prompt_tokens();
         let max_tokens = prepared.max_new_tokens();
         let max_cost =

@@ -145,6 +145,9 @@ async fn model(
     _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.jobs.pool().is_none() {
+        return Err(ApiError::unavailable());
+    }
     if s.jobs.available_models().await?.contains(&id) {
         Ok(Json(model_object(&id, s.started)))
     } else {
@@ -189,13 +192,7 @@ async fn completion(
     use axum::response::IntoResponse;
     let run = async {
         s.limits.check(&caller.0.key_id)?;
-        let bytes = to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            ..ApiError::invalid(
-                "body",
-                format!("The request body is larger than {} MiB.", BODY_LIMIT >> 20),
-            )
-        })?;
+        let bytes = to_bytes(body, BODY_LIMIT).await.map_err(body_error)?;
         let parsed = params::parse(endpoint, &bytes)?;
         let who = caller.principal();
         let key = if parsed.stream {
@@ -220,6 +217,28 @@ async fn completion(
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Too large (413), or the body broke off while it was read (400).
+fn body_error(e: axum::Error) -> ApiError {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                ..ApiError::invalid(
+                    "body",
+                    format!("The request body is larger than {} MiB.", BODY_LIMIT >> 20),
+                )
+            };
+        }
+        source = s.source();
+    }
+    ApiError::invalid(
+        "body",
+        format!("The request body could not be read ({e}); send it again."),
+    )
 }
 
 async fn unknown_route() -> ApiError {

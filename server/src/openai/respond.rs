@@ -196,7 +196,17 @@ pub async fn admit(
     endpoint: Endpoint,
     parsed: Parsed,
 ) -> Result<Admitted, ApiError> {
-    let job = jobs.start(who, kind, &parsed.model, parsed.request).await?;
+    let job = jobs
+        .start(who, kind, &parsed.model, parsed.request)
+        .await
+        .map_err(|e| {
+            let context = matches!(e, JobError::ContextLength { .. });
+            let mut e = ApiError::from(e);
+            if context && endpoint == Endpoint::Completions {
+                e.param = Some("prompt");
+            }
+            e
+        })?;
     let tokenizer = jobs
         .pool()
         .and_then(|p| p.worker_for(&parsed.model).ok())

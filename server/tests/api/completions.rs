@@ -402,6 +402,22 @@ async fn refusals_have_the_right_status_and_leave_no_hold() {
         ),
         (
             "/v1/chat/completions",
+            chat("x", json!({"max_tokens": 100_000})),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "messages",
+        ),
+        // Over the context on the legacy endpoint names the prompt (a 25 kB prompt, which is
+        // tokenized off the async threads).
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "word ".repeat(5_000), "max_tokens": 1}),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "prompt",
+        ),
+        (
+            "/v1/chat/completions",
             chat("x", json!({"temperature": 5})),
             StatusCode::BAD_REQUEST,
             "param",

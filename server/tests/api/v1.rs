@@ -102,6 +102,14 @@ async fn without_models_the_api_is_unavailable_and_not_ready() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "server_error");
     let r = http
+        .get(format!("{}/v1/models/tiny-chat", app.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let r = http
         .get(format!("{}/ready", app.base))
         .send()
         .await
