@@ -88,6 +88,7 @@ async fn portal(test_db: TestDb, dir: &std::path::Path) -> Portal {
             write_fixture: false,
             device: engine::Device::Cpu,
             cpu_kv_mib: 64,
+            ..server::config::EngineSettings::default()
         },
         key_rpm: std::num::NonZeroU32::new(1_000_000).unwrap(),
         ..server::Config::default()

@@ -50,6 +50,10 @@ pub struct EngineSettings {
     pub device: engine::Device,
     /// `TOKENMILL_CPU_KV_MIB`: KV cache memory per model on the CPU, default 256.
     pub cpu_kv_mib: usize,
+    /// `TOKENMILL_MAX_RUNNING`: sequences a worker runs in one step, default 64.
+    pub max_running: usize,
+    /// `TOKENMILL_MAX_WAITING`: requests a worker queues before it answers 429, default 256.
+    pub max_waiting: usize,
 }
 
 pub const DEFAULT_MODEL_ID: &str = "tokenmill-tiny";
@@ -62,6 +66,8 @@ impl Default for EngineSettings {
             write_fixture: true,
             device: engine::Device::Auto,
             cpu_kv_mib: 256,
+            max_running: 64,
+            max_waiting: 256,
         }
     }
 }
@@ -114,6 +120,18 @@ impl EngineSettings {
             })?;
         }
         s.cpu_kv_mib = number("TOKENMILL_CPU_KV_MIB", s.cpu_kv_mib as u64)? as usize;
+        for (name, value) in [
+            ("TOKENMILL_MAX_RUNNING", &mut s.max_running),
+            ("TOKENMILL_MAX_WAITING", &mut s.max_waiting),
+        ] {
+            *value = number(name, *value as u64)? as usize;
+            if *value == 0 {
+                return Err(ConfigError {
+                    name,
+                    message: "expected at least 1".into(),
+                });
+            }
+        }
         Ok(s)
     }
 }

@@ -35,6 +35,8 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
                 let mut spec = engine::WorkerSpec::new(id.clone(), dir.clone());
                 spec.device = settings.device;
                 spec.cpu_kv_bytes = settings.cpu_kv_mib << 20;
+                spec.max_running = settings.max_running;
+                spec.max_waiting = settings.max_waiting;
                 spec
             })
             .collect();

@@ -629,6 +629,7 @@ async fn the_first_start_sets_up_once_and_can_be_switched_off() {
             write_fixture: false,
             device: engine::Device::Cpu,
             cpu_kv_mib: 8,
+            ..server::config::EngineSettings::default()
         },
         ..server::Config::default()
     };
@@ -646,4 +647,53 @@ async fn the_first_start_sets_up_once_and_can_be_switched_off() {
         StatusCode::NOT_FOUND,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_full_queue_is_a_429_with_retry_after_and_leaves_no_hold() {
+    // A SmolLM2-shaped model makes tokens take milliseconds: one request runs for seconds
+    // while a second waits in a queue of one.
+    let slow = tempfile::tempdir().unwrap();
+    let spec = engine::fixture::FixtureSpec {
+        shape: engine::fixture::Shape::SmolLm2_135M,
+        ..Default::default()
+    };
+    engine::fixture::write_fixture(slow.path(), &spec).unwrap();
+    let dir = slow.path().to_path_buf();
+    let api = api_with(move |c| {
+        c.engine.models = vec![(MODEL.into(), dir)];
+        c.engine.cpu_kv_mib = 64;
+        c.engine.max_running = 1;
+        c.engine.max_waiting = 1;
+    })
+    .await;
+    let long = json!({"model": MODEL, "prompt": "count", "max_tokens": 60, "ignore_eos": true, "stream": true});
+    let running = api.post("/v1/completions", &long).await;
+    assert_eq!(running.status(), StatusCode::OK);
+    // Let the worker take it from the queue, then fill the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = api.post("/v1/completions", &long).await;
+    assert_eq!(waiting.status(), StatusCode::OK);
+    let r = api
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "queue_full");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    // The refused request left nothing; the two streams, dropped, settle their holds.
+    drop(running);
+    drop(waiting);
+    for _ in 0..400 {
+        if api.open_holds().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(api.open_holds().await, 0);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, 2);
 }
