@@ -65,6 +65,7 @@ impl Compute {
         }
         record_event(&mut tx, id, actor, action, detail).await?;
         tx.commit().await?;
+        self.changed();
         self.load(id).await
     }
 

@@ -120,6 +120,7 @@ impl Compute {
             }
             Err(e) => return Err(e.into()),
         }
+        self.changed();
         tracing::info!(factory = id, partner = partner.id, "factory created");
         self.factory(&id).await?.ok_or(ComputeError::NotFound)
     }

@@ -15,6 +15,9 @@ mod prices;
 mod requests;
 mod types;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use accounts::{AccountError, Accounts};
 use credits::{Credits, CreditsError};
 use db::Db;
@@ -80,6 +83,9 @@ pub struct Compute {
     db: Db,
     accounts: Accounts,
     credits: Credits,
+    /// Counts changes to prices, factories and requests made through this handle (and its
+    /// clones), so that copies of them kept in memory know when to read again.
+    changes: Arc<AtomicU64>,
 }
 
 impl Compute {
@@ -88,6 +94,17 @@ impl Compute {
             db,
             accounts,
             credits,
+            changes: Arc::default(),
         }
+    }
+
+    /// How many changes this process made to prices, factories and allocations so far.
+    /// Another instance's changes do not show here: caches also expire by time.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 }

@@ -71,6 +71,7 @@ impl Compute {
         .bind(&actor.id)
         .execute(self.db.pool())
         .await?;
+        self.changed();
         Ok(price)
     }
 

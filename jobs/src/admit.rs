@@ -47,41 +47,26 @@ impl Jobs {
         let pool = inner.pool.as_ref().ok_or(JobError::Unavailable)?;
         let unknown = || JobError::UnknownModel(model.to_string());
         // A model without a list price is not sold, whatever the pool has loaded.
-        let price = inner
-            .compute
-            .price(model)
-            .await
-            .map_err(JobError::storage)?
+        let prices = self.prices_cached().await?;
+        let price = prices
+            .iter()
+            .find(|p| p.model_id == model)
             .ok_or_else(unknown)?;
-        let rates = Rates::from(&price);
+        let rates = Rates::from(price);
         let worker = pool.worker_for(model)?;
         let now = now_ms();
-        let allocation = inner
-            .compute
-            .allocation(&who.org_id, model, now)
-            .await
-            .map_err(JobError::storage)?;
+        let allocation = self.allocation_cached(&who.org_id, model, now).await?;
         // The allocation's factory while it still serves the model; else the first that does.
-        let allocated = match &allocation {
-            Some(a) => inner
-                .compute
-                .factory(&a.factory_id)
-                .await
-                .map_err(JobError::storage)?
-                .filter(|f| f.serves(model)),
-            None => None,
-        };
-        let factory = match allocated {
-            Some(f) => f,
-            None => inner
-                .compute
-                .factories()
-                .await
-                .map_err(JobError::storage)?
-                .into_iter()
-                .find(|f| f.serves(model))
-                .ok_or_else(unknown)?,
-        };
+        let factories = self.factories_cached().await?;
+        let allocated = allocation.as_ref().and_then(|a| {
+            factories
+                .iter()
+                .find(|f| f.id == a.factory_id && f.serves(model))
+        });
+        let factory = allocated
+            .or_else(|| factories.iter().find(|f| f.serves(model)))
+            .ok_or_else(unknown)?
+            .clone();
 
         request.priority = kind.priority();
         request.tenant = who.org_id.clone();

@@ -12,6 +12,7 @@
 
 mod admit;
 mod limits;
+mod lookups;
 mod pricing;
 mod recovery;
 mod running;
@@ -167,6 +168,7 @@ struct Inner {
     compute: compute::Compute,
     pool: Option<Arc<engine::Pool>>,
     limits: limits::TokenLimits,
+    lookups: lookups::Lookups,
 }
 
 impl Jobs {
@@ -183,6 +185,7 @@ impl Jobs {
                 compute,
                 pool,
                 limits: limits::TokenLimits::default(),
+                lookups: lookups::Lookups::default(),
             }),
         }
     }
@@ -197,18 +200,8 @@ impl Jobs {
             return Ok(Vec::new());
         };
         let served = pool.models();
-        let prices = self
-            .inner
-            .compute
-            .prices()
-            .await
-            .map_err(JobError::storage)?;
-        let factories = self
-            .inner
-            .compute
-            .factories()
-            .await
-            .map_err(JobError::storage)?;
+        let prices = self.prices_cached().await?;
+        let factories = self.factories_cached().await?;
         Ok(served
             .into_iter()
             .filter(|m| prices.iter().any(|p| &p.model_id == m))

@@ -328,18 +328,31 @@ async fn settle_once(
     let mut grants = Vec::new();
     let mut paid = 0i64;
     for (account, part) in &drawn {
-        let row = db::sqlx::query("SELECT id, program_id FROM credit_grants WHERE account_id = $1")
-            .bind(account)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(JobError::storage)?;
-        match row {
-            Some(r) => grants.push((
-                r.try_get::<String, _>("id").map_err(JobError::storage)?,
-                r.try_get::<String, _>("program_id")
-                    .map_err(JobError::storage)?,
-                *part,
-            )),
+        // Which grant an account holds never changes: looked up once per process.
+        let grant = match jobs.grant_of_account(account) {
+            Some(known) => known,
+            None => {
+                let row = db::sqlx::query(
+                    "SELECT id, program_id FROM credit_grants WHERE account_id = $1",
+                )
+                .bind(account)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(JobError::storage)?;
+                let grant = match row {
+                    Some(r) => Some((
+                        r.try_get::<String, _>("id").map_err(JobError::storage)?,
+                        r.try_get::<String, _>("program_id")
+                            .map_err(JobError::storage)?,
+                    )),
+                    None => None,
+                };
+                jobs.remember_grant_of_account(account, grant.clone());
+                grant
+            }
+        };
+        match grant {
+            Some((grant_id, program_id)) => grants.push((grant_id, program_id, *part)),
             None => paid += part,
         }
     }
@@ -450,18 +463,23 @@ async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt,
 /// The factory's usage revenue account, where settled charges go (statements split it between
 /// the partner and the vendor).
 async fn revenue_account(jobs: &Jobs, ctx: &JobContext) -> Result<String, JobError> {
+    if let Some(id) = jobs.revenue_account_cached(&ctx.factory_id) {
+        return Ok(id);
+    }
     let spec = AccountSpec {
         code: format!("factory:{}:usage", ctx.factory_id),
         org_id: Some(ctx.partner_org_id.clone()),
         kind: AccountKind::Revenue,
         expires_at: None,
     };
-    Ok(jobs
+    let id = jobs
         .inner
         .credits
         .ledger()
         .open_account(&spec)
         .await
         .map_err(JobError::storage)?
-        .id)
+        .id;
+    jobs.remember_revenue_account(&ctx.factory_id, &id);
+    Ok(id)
 }
