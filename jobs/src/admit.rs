@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use db::{new_id, now_ms};
-use ledger::{LedgerError, Nanos};
+use ledger::LedgerError;
 
 use crate::limits::Refusal;
 use crate::running::{JobContext, RunningJob};
@@ -147,24 +147,15 @@ impl Jobs {
         .map_err(JobError::storage)?
     }
 
-    /// Reserves the hold, records the job and queues it; undoes the first two if the queue
-    /// refuses.
+    /// Reserves the hold and records the job (one transaction), then queues it; undoes both if
+    /// the queue refuses.
     async fn commit(
         &self,
         mut ctx: JobContext,
         worker: Arc<engine::Worker>,
         prepared: engine::Prepared,
     ) -> Result<RunningJob, JobError> {
-        if ctx.max_cost.get() > 0 {
-            ctx.hold_id = Some(
-                self.reserve(&ctx.who, &ctx.id, ctx.max_cost, ctx.created_at)
-                    .await?,
-            );
-        }
-        if let Err(e) = self.insert_job(&ctx).await {
-            self.release(&ctx).await;
-            return Err(e);
-        }
+        self.record(&mut ctx).await?;
         match worker.enqueue(prepared) {
             Ok(generation) => Ok(RunningJob::new(self.clone(), ctx, generation)),
             Err(e) => {
@@ -175,55 +166,57 @@ impl Jobs {
         }
     }
 
-    async fn reserve(
-        &self,
-        who: &Principal,
-        job_id: &str,
-        amount: Nanos,
-        now: i64,
-    ) -> Result<String, JobError> {
+    /// The hold for the job's largest cost, in burn order, and the job row, together.
+    async fn record(&self, ctx: &mut JobContext) -> Result<(), JobError> {
         let credits = &self.inner.credits;
-        let sources = credits
-            .sources(&who.org_id, now)
-            .await
-            .map_err(JobError::storage)?;
-        match credits
-            .ledger()
-            .reserve(
-                &format!("job:{job_id}"),
-                Some(&who.org_id),
-                &sources,
-                amount,
-                HOLD_TTL_MS,
-            )
-            .await
-        {
-            Ok(hold) => Ok(hold.id),
-            Err(LedgerError::InsufficientFunds { .. }) => {
-                let available = credits
-                    .wallet(&who.org_id, now)
-                    .await
-                    .map_err(JobError::storage)?
-                    .available();
-                Err(JobError::InsufficientCredits {
-                    needed: amount,
-                    available,
-                })
+        let who = &ctx.who;
+        let sources = if ctx.max_cost.get() > 0 {
+            credits
+                .sources(&who.org_id, ctx.created_at)
+                .await
+                .map_err(JobError::storage)?
+        } else {
+            Vec::new()
+        };
+        let mut tx = self.inner.db.begin_write().await.map_err(JobError::storage)?;
+        if ctx.max_cost.get() > 0 {
+            let reserved = credits
+                .ledger()
+                .reserve_in(
+                    &mut tx,
+                    &format!("job:{}", ctx.id),
+                    Some(&who.org_id),
+                    &sources,
+                    ctx.max_cost,
+                    HOLD_TTL_MS,
+                )
+                .await;
+            match reserved {
+                Ok(hold_id) => ctx.hold_id = Some(hold_id),
+                Err(LedgerError::InsufficientFunds { .. }) => {
+                    drop(tx);
+                    let available = credits
+                        .wallet(&who.org_id, ctx.created_at)
+                        .await
+                        .map_err(JobError::storage)?
+                        .available();
+                    return Err(JobError::InsufficientCredits {
+                        needed: ctx.max_cost,
+                        available,
+                    });
+                }
+                Err(e) => return Err(JobError::storage(e)),
             }
-            Err(e) => Err(JobError::storage(e)),
         }
-    }
-
-    async fn insert_job(&self, ctx: &JobContext) -> Result<(), JobError> {
         db::sqlx::query(
             "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
              partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12)",
         )
         .bind(&ctx.id)
-        .bind(&ctx.who.org_id)
-        .bind(&ctx.who.user_id)
-        .bind(&ctx.who.api_key_id)
+        .bind(&who.org_id)
+        .bind(&who.user_id)
+        .bind(&who.api_key_id)
         .bind(ctx.kind.code())
         .bind(&ctx.model)
         .bind(&ctx.factory_id)
@@ -232,10 +225,10 @@ impl Jobs {
         .bind(ctx.prompt_tokens as i64)
         .bind(ctx.max_tokens as i64)
         .bind(ctx.created_at)
-        .execute(self.inner.db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(JobError::storage)?;
-        Ok(())
+        tx.commit().await.map_err(JobError::storage)
     }
 
     /// The queue refused the job after it was recorded: no work was done, so the hold is voided

@@ -121,6 +121,52 @@ impl Ledger {
         if let Some(existing) = load_hold(&mut tx, "idempotency_key", key, "").await? {
             return Ok(existing);
         }
+        match self.draw(&mut tx, key, org_id, sources, amount, ttl_ms).await {
+            Ok(hold_id) => commit_with(tx, &hold_id).await,
+            Err(Draw::Duplicate) => {
+                drop(tx);
+                let mut conn = self.db.pool().acquire().await?;
+                load_hold(&mut conn, "idempotency_key", key, "")
+                    .await?
+                    .ok_or_else(|| LedgerError::UnknownHold(key.to_string()))
+            }
+            Err(Draw::Failed(e)) => Err(e),
+        }
+    }
+
+    /// [`Ledger::reserve`] inside the caller's write transaction (begun with
+    /// `Db::begin_write`), so that what the hold pays for is recorded with it or not at all.
+    /// `key` must be new: a key used before is an error here, not a replay. Returns the hold's
+    /// id.
+    pub async fn reserve_in(
+        &self,
+        tx: &mut AnyConnection,
+        key: &str,
+        org_id: Option<&str>,
+        sources: &[String],
+        amount: Nanos,
+        ttl_ms: i64,
+    ) -> Result<String, LedgerError> {
+        if amount.get() <= 0 {
+            return Err(LedgerError::NonPositiveAmount);
+        }
+        match self.draw(tx, key, org_id, sources, amount, ttl_ms).await {
+            Ok(id) => Ok(id),
+            Err(Draw::Duplicate) => Err(LedgerError::DuplicateKey(key.to_string())),
+            Err(Draw::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Takes `amount` from `sources` in burn order into a new open hold.
+    async fn draw(
+        &self,
+        tx: &mut AnyConnection,
+        key: &str,
+        org_id: Option<&str>,
+        sources: &[String],
+        amount: Nanos,
+        ttl_ms: i64,
+    ) -> Result<String, Draw> {
         let now = now_ms();
         // Lock the sources (PostgreSQL) in id order, then draw on them in burn order.
         let placeholders: Vec<String> = (0..sources.len()).map(|i| format!("${}", i + 2)).collect();
@@ -140,10 +186,10 @@ impl Ledger {
             query = query.bind(s);
         }
         let mut available = std::collections::HashMap::new();
-        for row in query.fetch_all(&mut *tx).await? {
+        for row in query.fetch_all(&mut *tx).await.map_err(Draw::from)? {
             available.insert(
-                row.try_get::<String, _>("id")?,
-                row.try_get::<i64, _>("available")?,
+                row.try_get::<String, _>("id").map_err(Draw::from)?,
+                row.try_get::<i64, _>("available").map_err(Draw::from)?,
             );
         }
         let mut remaining = amount.get();
@@ -159,9 +205,9 @@ impl Ledger {
             }
         }
         if remaining > 0 {
-            return Err(LedgerError::InsufficientFunds {
+            return Err(Draw::Failed(LedgerError::InsufficientFunds {
                 account: sources.first().cloned().unwrap_or_default(),
-            });
+            }));
         }
         let hold_id = new_id();
         let inserted = db::sqlx::query(
@@ -178,14 +224,8 @@ impl Ledger {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => {
-                drop(tx);
-                let mut conn = self.db.pool().acquire().await?;
-                return load_hold(&mut conn, "idempotency_key", key, "")
-                    .await?
-                    .ok_or_else(|| LedgerError::UnknownHold(key.to_string()));
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) if db::is_unique_violation(&e) => return Err(Draw::Duplicate),
+            Err(e) => return Err(Draw::from(e)),
         }
         for (position, (account, part)) in parts.iter().enumerate() {
             let updated = db::sqlx::query(
@@ -194,11 +234,12 @@ impl Ledger {
             .bind(part)
             .bind(account)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(Draw::from)?;
             if updated.rows_affected() != 1 {
-                return Err(LedgerError::InsufficientFunds {
+                return Err(Draw::Failed(LedgerError::InsufficientFunds {
                     account: account.clone(),
-                });
+                }));
             }
             db::sqlx::query(
                 "INSERT INTO ledger_hold_parts (hold_id, account_id, position, amount) VALUES ($1, $2, $3, $4)",
@@ -208,9 +249,10 @@ impl Ledger {
             .bind(position as i64)
             .bind(part)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(Draw::from)?;
         }
-        commit_with(tx, &hold_id).await
+        Ok(hold_id)
     }
 
     /// Charges `actual` (at most the reserved amount; zero when nothing was delivered) from the
@@ -393,6 +435,18 @@ impl Ledger {
 }
 
 /// Reads the hold back as this transaction left it, then commits.
+/// How drawing a hold failed: its key was taken (a replay, for `reserve`), or otherwise.
+enum Draw {
+    Duplicate,
+    Failed(LedgerError),
+}
+
+impl From<db::sqlx::Error> for Draw {
+    fn from(e: db::sqlx::Error) -> Draw {
+        Draw::Failed(e.into())
+    }
+}
+
 async fn commit_with(
     mut tx: db::sqlx::Transaction<'static, db::sqlx::Any>,
     hold_id: &str,

@@ -35,6 +35,8 @@ pub enum LedgerError {
     IdempotencyConflict(String),
     #[error("unknown hold {0}")]
     UnknownHold(String),
+    #[error("hold key {0} is already used")]
+    DuplicateKey(String),
     #[error("this hold was already settled, voided or expired")]
     HoldNotOpen,
     #[error("the amount to settle is negative or more than the hold reserved")]
