@@ -73,4 +73,35 @@ try:
 except openai.BadRequestError as e:
     check(e.status_code == 400, f"status {e.status_code}")
 
+# Batches: upload a JSONL file, run it, read the results, as the client's Batch API does.
+import io
+import json
+import time
+
+lines = [
+    {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": model, "messages": [{"role": "user", "content": f"Say {i}"}],
+              "max_tokens": 3, "ignore_eos": True}}
+    for i in range(3)
+]
+content = "\n".join(json.dumps(l) for l in lines).encode()
+uploaded = client.files.create(file=("requests.jsonl", io.BytesIO(content)), purpose="batch")
+check(uploaded.purpose == "batch" and uploaded.bytes == len(content), f"file {uploaded}")
+batch = client.batches.create(
+    input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+    metadata={"from": "python"},
+)
+check(batch.request_counts.total == 3, f"batch {batch}")
+for _ in range(300):
+    batch = client.batches.retrieve(batch.id)
+    if batch.status in ("completed", "failed", "cancelled", "expired"):
+        break
+    time.sleep(0.1)
+check(batch.status == "completed", f"batch status {batch.status}")
+check(batch.request_counts.completed == 3, f"counts {batch.request_counts}")
+results = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
+check([r["custom_id"] for r in results] == ["r0", "r1", "r2"], f"results {results}")
+check(all(r["response"]["body"]["usage"]["completion_tokens"] == 3 for r in results), "batch usage")
+check(batch.id in [b.id for b in client.batches.list(limit=5).data], "batches.list")
+
 print("openai client: ok")
