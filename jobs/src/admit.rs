@@ -178,7 +178,12 @@ impl Jobs {
         } else {
             Vec::new()
         };
-        let mut tx = self.inner.db.begin_write().await.map_err(JobError::storage)?;
+        let mut tx = self
+            .inner
+            .db
+            .begin_write()
+            .await
+            .map_err(JobError::storage)?;
         if ctx.max_cost.get() > 0 {
             let reserved = credits
                 .ledger()

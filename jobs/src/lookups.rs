@@ -63,7 +63,13 @@ impl Jobs {
             return Ok(p.clone());
         }
         let changes = self.inner.compute.changes();
-        let p = Arc::new(self.inner.compute.prices().await.map_err(JobError::storage)?);
+        let p = Arc::new(
+            self.inner
+                .compute
+                .prices()
+                .await
+                .map_err(JobError::storage)?,
+        );
         let mut s = self.lookups();
         if s.changes == changes {
             s.prices = Some((Instant::now(), p.clone()));

@@ -121,7 +121,10 @@ impl Ledger {
         if let Some(existing) = load_hold(&mut tx, "idempotency_key", key, "").await? {
             return Ok(existing);
         }
-        match self.draw(&mut tx, key, org_id, sources, amount, ttl_ms).await {
+        match self
+            .draw(&mut tx, key, org_id, sources, amount, ttl_ms)
+            .await
+        {
             Ok(hold_id) => commit_with(tx, &hold_id).await,
             Err(Draw::Duplicate) => {
                 drop(tx);
