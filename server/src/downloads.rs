@@ -89,12 +89,14 @@ pub async fn usage_csv(
 }
 
 fn csv_download(csv: String, filename: &str) -> Response {
-    let mut res = csv.into_response();
+    attachment(csv, "text/csv; charset=utf-8", filename)
+}
+
+/// A text file as a download that is never cached.
+pub fn attachment(body: String, content_type: &'static str, filename: &str) -> Response {
+    let mut res = body.into_response();
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }

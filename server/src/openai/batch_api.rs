@@ -4,7 +4,7 @@
 use axum::{
     Json,
     extract::{FromRequest, Multipart, Path, Query, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use batches::{BatchError, Creator, MAX_FILE_BYTES, Purpose};
@@ -153,17 +153,7 @@ pub async fn file_content(
 
 /// A JSONL file as a download.
 pub fn jsonl_download(content: String, filename: &str) -> Response {
-    let mut res = content.into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jsonl; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    crate::downloads::attachment(content, "application/jsonl; charset=utf-8", filename)
 }
 
 pub async fn delete_file(
