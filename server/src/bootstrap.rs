@@ -16,6 +16,7 @@ use ledger::Nanos;
 const MARKER: &str = "local-factory";
 pub const PARTNER_NAME: &str = "Local AI cloud";
 const FACTORY_NAME: &str = "Local factory";
+const PROGRAM_NAME: &str = "Starter credits";
 const REGION: &str = "europe";
 /// List prices of the served models, dollars per million input and output tokens.
 const INPUT_PRICE: &str = "0.20";
@@ -54,11 +55,15 @@ pub fn gpu_class(device_id: &str, device_name: &str) -> GpuClass {
 /// nothing to do.
 pub async fn first_start(app: &AppState, models: &[String], gpu: GpuClass) -> anyhow::Result<bool> {
     let db = app.accounts.db();
-    let partners: i64 =
-        db::sqlx::query("SELECT COUNT(*) AS n FROM organizations WHERE kind = 'partner'")
-            .fetch_one(db.pool())
-            .await?
-            .try_get("n")?;
+    // Partners other than our own local one: an operator set the platform up. (The local one
+    // alone is what a first start that failed half-way leaves; this start finishes it.)
+    let partners: i64 = db::sqlx::query(
+        "SELECT COUNT(*) AS n FROM organizations WHERE kind = 'partner' AND name <> $1",
+    )
+    .bind(PARTNER_NAME)
+    .fetch_one(db.pool())
+    .await?
+    .try_get("n")?;
     if partners > 0 || models.is_empty() {
         return Ok(false);
     }
@@ -85,51 +90,80 @@ pub async fn first_start(app: &AppState, models: &[String], gpu: GpuClass) -> an
     Ok(true)
 }
 
+/// Each step first looks for what an earlier, interrupted first start made, so a retry
+/// completes the set-up instead of stopping at the partner it finds.
 async fn set_up(
     app: &AppState,
     system: &User,
     models: &[String],
     gpu: GpuClass,
 ) -> anyhow::Result<()> {
-    let partner = app
+    let existing = app
         .accounts
-        .create_partner_org(system, PARTNER_NAME, REGION)
-        .await
-        .context("creating the local partner")?;
-    let factory = app
+        .partners(system)
+        .await?
+        .into_iter()
+        .find(|p| p.name == PARTNER_NAME);
+    let partner = match existing {
+        Some(p) => p,
+        None => app
+            .accounts
+            .create_partner_org(system, PARTNER_NAME, REGION)
+            .await
+            .context("creating the local partner")?,
+    };
+    let existing = app
         .compute
-        .create_factory(
-            system,
-            &FactorySpec {
-                partner_org_id: partner.id.clone(),
-                name: FACTORY_NAME.into(),
-                region: REGION.into(),
-                gpu_class: gpu.code().into(),
-                models: models.join(","),
-            },
-        )
-        .await
-        .context("creating the local factory")?;
+        .factories()
+        .await?
+        .into_iter()
+        .find(|f| f.partner_org_id == partner.id && f.name == FACTORY_NAME);
+    let factory = match existing {
+        Some(f) => f,
+        None => app
+            .compute
+            .create_factory(
+                system,
+                &FactorySpec {
+                    partner_org_id: partner.id.clone(),
+                    name: FACTORY_NAME.into(),
+                    region: REGION.into(),
+                    gpu_class: gpu.code().into(),
+                    models: models.join(","),
+                },
+            )
+            .await
+            .context("creating the local factory")?,
+    };
     for model in models {
         app.compute
             .set_price(system, model, INPUT_PRICE, OUTPUT_PRICE)
             .await
             .with_context(|| format!("pricing {model}"))?;
     }
-    let program = app
+    let existing = app
         .credits
-        .create_program(&ProgramSpec {
-            name: "Starter credits".into(),
-            sponsor_org_id: None,
-            eligible_kinds: vec![OrgKind::Startup],
-            eligible_regions: Vec::new(),
-            grant_amount: Nanos::from_dollars(STARTER_GRANT_DOLLARS).expect("small"),
-            grant_lifetime_days: STARTER_LIFETIME_DAYS,
-            budget: Nanos::from_dollars(STARTER_BUDGET_DOLLARS).expect("small"),
-            auto_on_signup: true,
-        })
-        .await
-        .context("creating the starter credit program")?;
+        .programs()
+        .await?
+        .into_iter()
+        .find(|p| p.name == PROGRAM_NAME);
+    let program = match existing {
+        Some(p) => p,
+        None => app
+            .credits
+            .create_program(&ProgramSpec {
+                name: PROGRAM_NAME.into(),
+                sponsor_org_id: None,
+                eligible_kinds: vec![OrgKind::Startup],
+                eligible_regions: Vec::new(),
+                grant_amount: Nanos::from_dollars(STARTER_GRANT_DOLLARS).expect("small"),
+                grant_lifetime_days: STARTER_LIFETIME_DAYS,
+                budget: Nanos::from_dollars(STARTER_BUDGET_DOLLARS).expect("small"),
+                auto_on_signup: true,
+            })
+            .await
+            .context("creating the starter credit program")?,
+    };
     tracing::info!(
         partner = partner.name,
         factory = factory.name,

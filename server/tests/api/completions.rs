@@ -697,3 +697,42 @@ async fn a_full_queue_is_a_429_with_retry_after_and_leaves_no_hold() {
     assert_eq!(api.open_holds().await, 0);
     assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, 2);
 }
+
+#[tokio::test]
+async fn a_first_start_that_stopped_half_way_is_finished_by_the_next() {
+    // An earlier first start made the local partner, then failed before anything else.
+    let test_db = db::testing::TestDb::sqlite().await;
+    let accounts = accounts::Accounts::new(test_db.db.clone(), Default::default());
+    let system = accounts.system_actor().await.unwrap();
+    accounts
+        .create_partner_org(&system, "Local AI cloud", "europe")
+        .await
+        .unwrap();
+    let model = tempfile::tempdir().unwrap();
+    engine::fixture::write_fixture(model.path(), &engine::fixture::FixtureSpec::default()).unwrap();
+    let config = server::Config {
+        database_url: test_db.url.clone(),
+        engine: server::config::EngineSettings {
+            models: vec![(MODEL.into(), model.path().to_path_buf())],
+            write_fixture: false,
+            device: engine::Device::Cpu,
+            cpu_kv_mib: 8,
+            ..server::config::EngineSettings::default()
+        },
+        ..server::Config::default()
+    };
+    let _started = server::build(&config).await.unwrap();
+    for (table, rows) in [
+        ("organizations WHERE kind = 'partner'", 1),
+        ("factories", 1),
+        ("model_prices", 1),
+        ("credit_programs", 1),
+        ("first_start", 1),
+    ] {
+        let n: i64 = db::sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(test_db.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, rows, "{table}");
+    }
+}
