@@ -150,9 +150,6 @@ impl Ledger {
         amount: Nanos,
         ttl_ms: i64,
     ) -> Result<String, LedgerError> {
-        if amount.get() <= 0 {
-            return Err(LedgerError::NonPositiveAmount);
-        }
         match self.draw(tx, key, org_id, sources, amount, ttl_ms).await {
             Ok(id) => Ok(id),
             Err(Draw::Duplicate) => Err(LedgerError::DuplicateKey(key.to_string())),
@@ -170,6 +167,9 @@ impl Ledger {
         amount: Nanos,
         ttl_ms: i64,
     ) -> Result<String, Draw> {
+        if amount.get() <= 0 {
+            return Err(Draw::Failed(LedgerError::NonPositiveAmount));
+        }
         let now = now_ms();
         // Lock the sources (PostgreSQL) in id order, then draw on them in burn order.
         let placeholders: Vec<String> = (0..sources.len()).map(|i| format!("${}", i + 2)).collect();
