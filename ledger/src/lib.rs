@@ -71,6 +71,9 @@ pub enum AccountKind {
     /// What an organisation owes the platform (a refund its wallet could not cover): below
     /// zero while the debt is open.
     Receivable,
+    /// What the platform owes a partner under its statements (closed months' shares, less
+    /// payouts). Below zero when a month's refunds took back more than it earned.
+    PartnerPayable,
 }
 
 impl AccountKind {
@@ -83,11 +86,15 @@ impl AccountKind {
             AccountKind::Revenue => "revenue",
             AccountKind::Expired => "expired",
             AccountKind::Receivable => "receivable",
+            AccountKind::PartnerPayable => "partner_payable",
         }
     }
 
     pub fn may_go_negative(self) -> bool {
-        matches!(self, AccountKind::External | AccountKind::Receivable)
+        matches!(
+            self,
+            AccountKind::External | AccountKind::Receivable | AccountKind::PartnerPayable
+        )
     }
 }
 

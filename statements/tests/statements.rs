@@ -1,0 +1,752 @@
+//! Statements on real databases (SQLite always, PostgreSQL with `TEST_DATABASE_URL`): a month
+//! computed by hand, closing and its ledger posting, the hash chain, late usage, bad requests
+//! and isolation between partners.
+
+use accounts::{Accounts, SignUpForm, SignUpOutcome, User};
+use compute::{Compute, FactorySpec};
+use credits::{Credits, ProgramSpec};
+use db::sqlx::Row;
+use db::testing::TestDb;
+use ledger::{AccountKind, AccountSpec, Nanos};
+use statements::{
+    AdjustmentKind, NewAgreement, Period, Recoupment, StatementError, Statements, Terms, parse_date,
+};
+
+const PASSWORD: &str = "correct horse battery staple 42";
+const M: i64 = 1_000_000; // a milli-dollar in nano-dollars
+
+struct World {
+    db: db::Db,
+    credits: Credits,
+    statements: Statements,
+    operator: User,
+    partner: String,
+    other_partner: String,
+    factory: String,
+    other_factory: String,
+    tenant_a: String,
+    tenant_b: String,
+    program: String,
+}
+
+fn at(date: &str, ms: i64) -> i64 {
+    parse_date(date).unwrap() + ms
+}
+
+async fn tenant(accounts: &Accounts, email: &str) -> String {
+    let form = SignUpForm {
+        email: email.into(),
+        password: PASSWORD.into(),
+        org_name: format!("{email} org"),
+        org_kind: "startup".into(),
+        region: "africa".into(),
+    };
+    let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+        panic!("not created")
+    };
+    accounts.user(&user_id).await.unwrap().unwrap().org_id
+}
+
+async fn world(db: &db::Db) -> World {
+    let accounts = Accounts::new(db.clone(), Default::default());
+    let credits = Credits::new(db.clone());
+    let compute = Compute::new(db.clone(), accounts.clone(), credits.clone());
+    let operator = accounts
+        .create_operator("ops@tokenmill.example", PASSWORD)
+        .await
+        .unwrap();
+    let mut partners = Vec::new();
+    for name in ["Savanna Cloud", "Fjord Compute"] {
+        let email = format!("owner@{}.example", name.replace(' ', "-").to_lowercase());
+        let (org, _, _) = accounts
+            .create_partner(&operator, name, "africa", &email)
+            .await
+            .unwrap();
+        partners.push(org.id);
+    }
+    let mut factories = Vec::new();
+    for (p, name) in partners.iter().zip(["Nairobi 1", "Oslo 1"]) {
+        let f = compute
+            .create_factory(
+                &operator,
+                &FactorySpec {
+                    partner_org_id: p.clone(),
+                    name: name.into(),
+                    region: "africa".into(),
+                    gpu_class: "H100".into(),
+                    models: "m1, m2".into(),
+                },
+            )
+            .await
+            .unwrap();
+        factories.push(f.id);
+    }
+    let tenant_a = tenant(&accounts, "a@startup.example").await;
+    let tenant_b = tenant(&accounts, "b@startup.example").await;
+    // Credit support sponsored by the partner itself.
+    let program = credits
+        .create_program(&ProgramSpec {
+            name: "Savanna starter".into(),
+            sponsor_org_id: Some(partners[0].clone()),
+            eligible_kinds: vec![accounts::OrgKind::Startup],
+            eligible_regions: vec![],
+            grant_amount: Nanos::new(300 * M),
+            grant_lifetime_days: 3650,
+            budget: Nanos::new(10_000 * M),
+            auto_on_signup: false,
+        })
+        .await
+        .unwrap();
+    for t in [&tenant_a, &tenant_b] {
+        credits
+            .credit_paid(t, Nanos::new(100_000 * M), &format!("pay-{t}"), "top-up")
+            .await
+            .unwrap();
+    }
+    let org_b = accounts.org(&tenant_b).await.unwrap().unwrap();
+    credits
+        .grant(&program, &org_b, None, "starter", "grant-b")
+        .await
+        .unwrap();
+    World {
+        db: db.clone(),
+        statements: Statements::new(db.clone()),
+        credits,
+        operator,
+        partner: partners[0].clone(),
+        other_partner: partners[1].clone(),
+        factory: factories[0].clone(),
+        other_factory: factories[1].clone(),
+        tenant_a,
+        tenant_b,
+        program: program.id,
+    }
+}
+
+impl World {
+    /// Charges a job the way settlement does (hold over the wallet in burn order, settled into
+    /// the factory's usage account) and records its usage event at `created_at`.
+    async fn usage(
+        &self,
+        tenant: &str,
+        factory: &str,
+        model: &str,
+        amount: i64,
+        created_at: i64,
+    ) -> String {
+        let ledger = self.credits.ledger();
+        let partner: String =
+            db::sqlx::query_scalar("SELECT partner_org_id FROM factories WHERE id = $1")
+                .bind(factory)
+                .fetch_one(self.db.pool())
+                .await
+                .unwrap();
+        let revenue = ledger
+            .open_account(&AccountSpec {
+                code: format!("factory:{factory}:usage"),
+                org_id: Some(partner.clone()),
+                kind: AccountKind::Revenue,
+                expires_at: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        let sources = self.credits.sources(tenant, db::now_ms()).await.unwrap();
+        let job = db::new_id();
+        let hold = ledger
+            .reserve(&job, Some(tenant), &sources, Nanos::new(amount), 60_000)
+            .await
+            .unwrap();
+        let mut tx = self.db.begin_write().await.unwrap();
+        db::sqlx::query(
+            "INSERT INTO jobs (id, org_id, kind, model, factory_id, partner_org_id, status, hold_id, \
+             prompt_tokens, max_tokens, completion_tokens, created_at, finished_at) \
+             VALUES ($1, $2, 'production', $3, $4, $5, 'succeeded', $6, 10, 20, 20, $7, $7)",
+        )
+        .bind(&job)
+        .bind(tenant)
+        .bind(model)
+        .bind(factory)
+        .bind(&partner)
+        .bind(&hold.id)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let settled = ledger
+            .settle_in(&mut tx, &hold.id, Nanos::new(amount), &revenue, "job")
+            .await
+            .unwrap();
+        let mut paid = 0;
+        let mut grants = Vec::new();
+        for (account, part) in &settled.drawn {
+            let grant =
+                db::sqlx::query("SELECT id, program_id FROM credit_grants WHERE account_id = $1")
+                    .bind(account)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .unwrap();
+            match grant {
+                Some(g) => grants.push((
+                    g.get::<String, _>("id"),
+                    g.get::<String, _>("program_id"),
+                    *part,
+                )),
+                None => paid += part,
+            }
+        }
+        let event = db::new_id();
+        db::sqlx::query(
+            "INSERT INTO usage_events (id, job_id, org_id, kind, model, factory_id, partner_org_id, \
+             prompt_tokens, completion_tokens, input_nanos_per_mtok, output_nanos_per_mtok, amount, \
+             paid_amount, device_us, queue_ms, duration_ms, partial, finish_reason, transaction_id, \
+             created_at) VALUES ($1, $2, $3, 'production', $4, $5, $6, 10, 20, 1000, 2000, $7, $8, \
+             1500000, 1, 30, 0, 'length', $9, $10)",
+        )
+        .bind(&event)
+        .bind(&job)
+        .bind(tenant)
+        .bind(model)
+        .bind(factory)
+        .bind(&partner)
+        .bind(amount)
+        .bind(paid)
+        .bind(&settled.transaction_id)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        for (grant, program, part) in grants {
+            db::sqlx::query(
+                "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&event)
+            .bind(grant)
+            .bind(program)
+            .bind(part)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        event
+    }
+
+    async fn agreement(&self, partner: &str, from: &str, terms: Terms) {
+        self.statements
+            .add_agreement(
+                &self.operator.email,
+                &NewAgreement {
+                    partner_org_id: partner.into(),
+                    from: parse_date(from).unwrap(),
+                    to: None,
+                    terms,
+                    note: String::new(),
+                },
+                db::now_ms(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn balance(&self, code: &str) -> i64 {
+        self.credits
+            .ledger()
+            .account_by_code(code)
+            .await
+            .unwrap()
+            .map_or(0, |a| a.balance.get())
+    }
+}
+
+const TERMS: Terms = Terms {
+    partner_share_bps: 7000,
+    credit_reimbursement_bps: 5000,
+    recoupment: Some(Recoupment {
+        cost: 1500 * M,
+        vendor_share_bps: 6000,
+    }),
+};
+
+fn oct() -> Period {
+    Period::parse("2026-10").unwrap()
+}
+
+/// 2026-11-27, when the tests close October.
+fn closing_time() -> i64 {
+    at("2026-11-27", 0)
+}
+
+#[tokio::test]
+async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        w.agreement(&w.partner, "2026-10-01", TERMS).await;
+        // $1 cash from A: recouping at 60 %: partner 0.40, vendor (recouped) 0.60.
+        let e1 = w
+            .usage(&w.tenant_a, &w.factory, "m1", 1000 * M, at("2026-10-02", 0))
+            .await;
+        // $0.50 from B: $0.30 from the partner-sponsored grant (reimbursed at 50 %), $0.20
+        // cash at the recouping split (partner 0.08, vendor 0.12 recouped).
+        w.usage(&w.tenant_b, &w.factory, "m1", 500 * M, at("2026-10-03", 0))
+            .await;
+        // $2 cash from A crosses the threshold: 0.78 is left to recoup, reached after
+        // 1.299999999 of cash (vendor 0.78, partner 0.519999999); the other 0.700000001 is
+        // split 70/30 rounding the partner down (0.49 / 0.210000001).
+        w.usage(&w.tenant_a, &w.factory, "m2", 2000 * M, at("2026-10-04", 0))
+            .await;
+        // $0.10 cash from B after recoupment: 70/30.
+        w.usage(&w.tenant_b, &w.factory, "m1", 100 * M, at("2026-10-05", 0))
+            .await;
+        // The other partner's usage never shows up here.
+        w.agreement(
+            &w.other_partner,
+            "2026-10-01",
+            Terms {
+                partner_share_bps: 5000,
+                credit_reimbursement_bps: 0,
+                recoupment: None,
+            },
+        )
+        .await;
+        w.usage(
+            &w.tenant_a,
+            &w.other_factory,
+            "m1",
+            777 * M,
+            at("2026-10-06", 0),
+        )
+        .await;
+        // A refund of $0.10 of the first job (partner gives back 70 %), and a $0.05 credit.
+        w.statements
+            .refund_usage(
+                &e1,
+                Nanos::new(100 * M),
+                "slow responses",
+                "ops@tokenmill.example",
+                at("2026-10-20", 0),
+            )
+            .await
+            .unwrap();
+        w.statements
+            .adjust(
+                &w.partner,
+                oct(),
+                AdjustmentKind::Credit,
+                Nanos::new(50 * M),
+                None,
+                "launch bonus",
+                "ops@tokenmill.example",
+                at("2026-10-21", 0),
+            )
+            .await
+            .unwrap();
+
+        let draft = w
+            .statements
+            .statement(&w.partner, oct(), closing_time())
+            .await
+            .unwrap();
+        assert!(!draft.is_closed());
+        let d = &draft.document;
+        let lines: Vec<_> = d
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.tenant_id.as_str(),
+                    l.model.as_str(),
+                    l.sums.requests,
+                    l.sums.gross,
+                    l.sums.cash,
+                    l.sums.credit_support,
+                    l.sums.partner_share,
+                    l.sums.vendor_share,
+                    l.sums.recouped,
+                )
+            })
+            .collect();
+        let (a, b) = (w.tenant_a.as_str(), w.tenant_b.as_str());
+        let mut want = vec![
+            (a, "m1", 1, 1000 * M, 1000 * M, 0, 400 * M, 600 * M, 600 * M),
+            (
+                a,
+                "m2",
+                1,
+                2000 * M,
+                2000 * M,
+                0,
+                1_009_999_999,
+                990_000_001,
+                780 * M,
+            ),
+            (
+                b,
+                "m1",
+                2,
+                600 * M,
+                300 * M,
+                300 * M,
+                300 * M,
+                300 * M,
+                120 * M,
+            ),
+        ];
+        want.sort();
+        assert_eq!(lines, want);
+        assert_eq!(d.support.len(), 1);
+        assert_eq!(
+            (
+                d.support[0].sponsor_id.as_str(),
+                d.support[0].amount,
+                d.support[0].partner_share
+            ),
+            (w.partner.as_str(), 300 * M, 150 * M)
+        );
+        assert_eq!(
+            (
+                d.total.gross,
+                d.total.partner_share,
+                d.total.vendor_share,
+                d.total.recouped
+            ),
+            (3600 * M, 1_709_999_999, 1_890_000_001, 1500 * M)
+        );
+        assert_eq!(d.adjustments_total, [-100 * M, -20 * M, -80 * M]);
+        assert_eq!(d.recoupment, [1500 * M, 0, 1500 * M, 1500 * M, 0]);
+        assert_eq!(d.summary, [3500 * M, 1_689_999_999, 1_810_000_001]);
+        assert_eq!(d.payable, 1_689_999_999);
+        assert_eq!(d.status, "draft");
+
+        // The factory account holds the month's usage; the refund is pending.
+        let factory_code = format!("factory:{}:usage", w.factory);
+        assert_eq!(w.balance(&factory_code).await, 3600 * M);
+        assert_eq!(w.balance("statements:refunds-pending").await, -100 * M);
+
+        let closed = w
+            .statements
+            .close(&w.partner, oct(), &w.operator.email, closing_time())
+            .await
+            .unwrap();
+        assert!(closed.is_closed());
+        // Same numbers; only the status row differs from the draft.
+        assert_eq!(closed.document.summary, d.summary);
+        assert_eq!(closed.document.lines, d.lines);
+        let statements::StatementStatus::Closed {
+            number,
+            sha256,
+            previous_sha256,
+            ..
+        } = &closed.status
+        else {
+            panic!()
+        };
+        assert_eq!((*number, previous_sha256.as_deref()), (1, None));
+        assert_eq!(sha256, &statements::sha256_hex(closed.csv.as_bytes()));
+        let verified = statements::verify(closed.csv.as_bytes(), None).unwrap();
+        assert_eq!(&verified.sha256, sha256);
+
+        // The ledger: the factory gave up its month, the pending refund is settled, the
+        // partner's and the vendor's totals are booked.
+        assert_eq!(w.balance(&factory_code).await, 0);
+        assert_eq!(w.balance("statements:refunds-pending").await, 0);
+        assert_eq!(
+            w.balance(&format!("partner:{}:payable", w.partner)).await,
+            1_689_999_999
+        );
+        assert_eq!(w.balance("vendor:revenue").await, 1_810_000_001);
+        // Gross equals what the usage events' settlements credited to the factory account.
+        let settled: i64 = db::sqlx::query_scalar(
+            "SELECT CAST(SUM(le.amount) AS BIGINT) FROM ledger_entries le \
+             JOIN ledger_accounts a ON a.id = le.account_id \
+             JOIN usage_events e ON e.transaction_id = le.transaction_id \
+             JOIN statement_events s ON s.usage_event_id = e.id \
+             WHERE a.code = $1",
+        )
+        .bind(&factory_code)
+        .fetch_one(w.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(settled, d.total.gross);
+        assert!(w.credits.ledger().verify().await.unwrap().is_ok());
+
+        // Closing again, an adjustment into the closed month, and the current month refused.
+        let again = w
+            .statements
+            .close(&w.partner, oct(), &w.operator.email, closing_time())
+            .await;
+        assert!(
+            matches!(again, Err(StatementError::Conflict(ref m)) if m.contains("already closed")),
+            "{again:?}"
+        );
+        let late_adj = w
+            .statements
+            .adjust(
+                &w.partner,
+                oct(),
+                AdjustmentKind::Correction,
+                Nanos::new(1),
+                None,
+                "typo",
+                "ops@tokenmill.example",
+                closing_time(),
+            )
+            .await;
+        assert!(
+            matches!(late_adj, Err(StatementError::Conflict(ref m)) if m.contains("closed")),
+            "{late_adj:?}"
+        );
+        let current = w
+            .statements
+            .close(
+                &w.partner,
+                Period::of_ms(closing_time()),
+                &w.operator.email,
+                closing_time(),
+            )
+            .await;
+        assert!(
+            matches!(current, Err(StatementError::Conflict(ref m)) if m.contains("not over")),
+            "{current:?}"
+        );
+
+        // Usage that arrives late for October lands in November, on its own line; the closed
+        // statement does not change.
+        w.usage(
+            &w.tenant_a,
+            &w.factory,
+            "m1",
+            10 * M,
+            at("2026-10-31", 86_399_000),
+        )
+        .await;
+        let nov = oct().next();
+        let draft = w
+            .statements
+            .statement(&w.partner, nov, at("2026-11-27", 0))
+            .await
+            .unwrap();
+        assert_eq!(draft.document.lines.len(), 1);
+        assert_eq!(draft.document.lines[0].usage_period, "2026-10");
+        assert_eq!(
+            (
+                draft.document.lines[0].sums.partner_share,
+                draft.document.recoupment[1]
+            ),
+            (7 * M, 1500 * M)
+        );
+        assert_eq!(
+            draft.document.previous_sha256.as_deref(),
+            Some(sha256.as_str())
+        );
+        let reread = w
+            .statements
+            .statement(&w.partner, oct(), closing_time())
+            .await
+            .unwrap();
+        assert_eq!(reread.csv, closed.csv);
+
+        // December cannot be closed before November; November closes into the chain.
+        let dec = nov.next();
+        let skipped = w
+            .statements
+            .close(&w.partner, dec, &w.operator.email, at("2027-01-02", 0))
+            .await;
+        assert!(
+            matches!(skipped, Err(StatementError::Conflict(ref m)) if m.contains("Close 2026-11 first")),
+            "{skipped:?}"
+        );
+        let closed_nov = w
+            .statements
+            .close(&w.partner, nov, &w.operator.email, at("2026-12-01", 0))
+            .await
+            .unwrap();
+        assert!(statements::verify(closed_nov.csv.as_bytes(), Some(sha256)).is_ok());
+        let chain = w.statements.chain(&w.partner).await.unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(chain.iter().all(|l| l.linked && l.intact), "{chain:?}");
+        // A month with no usage is a valid zero statement.
+        let closed_dec = w
+            .statements
+            .close(&w.partner, dec, &w.operator.email, at("2027-01-02", 0))
+            .await
+            .unwrap();
+        assert_eq!(
+            (closed_dec.document.summary, closed_dec.document.lines.len()),
+            ([0, 0, 0], 0)
+        );
+
+        // The other partner's statement holds only its own usage.
+        let other = w
+            .statements
+            .statement(&w.other_partner, oct(), closing_time())
+            .await
+            .unwrap();
+        assert_eq!(other.document.total.gross, 777 * M);
+        assert_eq!(other.document.payable, 388_500_000);
+        // A tenant is not a partner.
+        let not_partner = w
+            .statements
+            .statement(&w.tenant_a, oct(), closing_time())
+            .await;
+        assert!(matches!(not_partner, Err(StatementError::UnknownPartner)));
+        let _ = (&w.program, &w.tenant_b);
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn agreements_are_versioned_without_overlaps_or_rewriting_closed_months() {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        let s = &w.statements;
+        let new = |from: &str, to: Option<&str>, share: u32| NewAgreement {
+            partner_org_id: w.partner.clone(),
+            from: parse_date(from).unwrap(),
+            to: to.map(|d| parse_date(d).unwrap()),
+            terms: Terms {
+                partner_share_bps: share,
+                credit_reimbursement_bps: 0,
+                recoupment: None,
+            },
+            note: "v".into(),
+        };
+        let now = db::now_ms();
+        s.add_agreement("ops", &new("2026-09-01", None, 6000), now)
+            .await
+            .unwrap();
+        // A later version ends the open-ended one.
+        s.add_agreement("ops", &new("2026-10-15", Some("2026-12-01"), 7000), now)
+            .await
+            .unwrap();
+        let versions = s.agreements(&w.partner).await.unwrap();
+        assert_eq!(versions[0].to, Some(parse_date("2026-10-15").unwrap()));
+        assert_eq!(versions[0].ended_by.as_deref(), Some("ops"));
+        // Overlapping a bounded version is refused with the version it overlaps.
+        let overlap = s
+            .add_agreement("ops", &new("2026-11-01", None, 8000), now)
+            .await;
+        assert!(
+            matches!(overlap, Err(StatementError::Conflict(ref m)) if m.contains("version 2")),
+            "{overlap:?}"
+        );
+        let bad = s
+            .add_agreement("ops", &new("2026-12-01", None, 10_001), now)
+            .await;
+        assert!(matches!(bad, Err(StatementError::Invalid(_))), "{bad:?}");
+        s.add_agreement("ops", &new("2026-12-01", None, 8000), now)
+            .await
+            .unwrap();
+
+        // Usage on both sides of the October change is split by the version in force.
+        w.usage(
+            &w.tenant_a,
+            &w.factory,
+            "m1",
+            100 * M,
+            at("2026-10-14", 86_399_999),
+        )
+        .await;
+        w.usage(&w.tenant_a, &w.factory, "m1", 100 * M, at("2026-10-15", 0))
+            .await;
+        // September has no usage: the first statement can be September (a zero statement),
+        // and then October.
+        let sep = oct().prev();
+        s.close(&w.partner, sep, "ops", closing_time())
+            .await
+            .unwrap();
+        let closed = s
+            .close(&w.partner, oct(), "ops", closing_time())
+            .await
+            .unwrap();
+        assert_eq!(closed.document.payable, 130 * M);
+        assert_eq!(closed.document.agreements.len(), 2);
+        // No version may start inside a closed month any more.
+        let rewrite = s
+            .add_agreement("ops", &new("2026-10-20", Some("2026-10-25"), 9000), now)
+            .await;
+        assert!(
+            matches!(rewrite, Err(StatementError::Conflict(ref m)) if m.contains("closed up to 2026-10")),
+            "{rewrite:?}"
+        );
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn the_first_statement_waits_for_the_earliest_month_with_usage() {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        w.agreement(&w.partner, "2026-09-01", TERMS).await;
+        w.usage(&w.tenant_a, &w.factory, "m1", 5 * M, at("2026-09-10", 0))
+            .await;
+        w.usage(&w.tenant_a, &w.factory, "m1", 5 * M, at("2026-10-10", 0))
+            .await;
+        let early = w
+            .statements
+            .close(&w.partner, oct(), "ops", closing_time())
+            .await;
+        assert!(
+            matches!(early, Err(StatementError::Conflict(ref m)) if m.contains("Close 2026-09 first")),
+            "{early:?}"
+        );
+        // The October draft carries September's recoupment forward.
+        let draft = w
+            .statements
+            .statement(&w.partner, oct(), closing_time())
+            .await
+            .unwrap();
+        assert_eq!(draft.document.recoupment[1], 3 * M);
+        assert_eq!(
+            w.statements
+                .next_closable(&w.partner, closing_time())
+                .await
+                .unwrap(),
+            Some(oct().prev())
+        );
+        // Nothing was half-done by the refused close: the factory still holds both months.
+        let balance = w.balance(&format!("factory:{}:usage", w.factory)).await;
+        assert_eq!(balance, 10 * M);
+        let listed = w.statements.list(&w.partner, closing_time()).await.unwrap();
+        let periods: Vec<String> = listed.iter().map(|s| s.period.to_string()).collect();
+        assert_eq!(periods, ["2026-11", "2026-10", "2026-09"]);
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn refunds_are_limited_to_what_was_charged() {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        let e = w
+            .usage(&w.tenant_a, &w.factory, "m1", 10 * M, at("2026-11-02", 0))
+            .await;
+        let now = at("2026-11-03", 0);
+        w.statements
+            .refund_usage(&e, Nanos::new(6 * M), "outage", "ops", now)
+            .await
+            .unwrap();
+        let over = w
+            .statements
+            .refund_usage(&e, Nanos::new(5 * M), "again", "ops", now)
+            .await;
+        assert!(
+            matches!(over, Err(StatementError::Invalid(ref m)) if m.contains("$0.004")),
+            "{over:?}"
+        );
+        let no_reason = w
+            .statements
+            .refund_usage(&e, Nanos::new(M), " ", "ops", now)
+            .await;
+        assert!(matches!(no_reason, Err(StatementError::Invalid(_))));
+        let unknown = w
+            .statements
+            .refund_usage("nope", Nanos::new(M), "x", "ops", now)
+            .await;
+        assert!(matches!(unknown, Err(StatementError::UnknownUsage)));
+        // The tenant got the money back in paid credit.
+        let wallet = w.credits.wallet(&w.tenant_a, db::now_ms()).await.unwrap();
+        assert_eq!(wallet.available().get(), 100_000 * M - 10 * M + 6 * M);
+        t.finish().await;
+    }
+}
