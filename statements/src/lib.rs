@@ -10,6 +10,7 @@
 mod agreements;
 pub mod canonical;
 pub mod compute;
+pub mod pdf;
 mod period;
 mod store;
 

@@ -470,6 +470,26 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
         assert_eq!(settled, d.total.gross);
         assert!(w.credits.ledger().verify().await.unwrap().is_ok());
 
+        // The PDF is a real document showing the same totals, the hash and the chain link.
+        let pdf = statements::pdf::render(&closed.document, Some(sha256));
+        let text = pdf_text(&pdf);
+        for shown in [
+            "Savanna Cloud - 2026-10",
+            "Closed statement no. 1",
+            "$1.689999999",
+            "$3.50",
+            "$1.810000001",
+            "launch bonus",
+            "slow responses",
+            sha256.as_str(),
+            "none (first in the chain)",
+        ] {
+            assert!(
+                text.contains(shown),
+                "{shown:?} not in the PDF text:\n{text}"
+            );
+        }
+
         // Closing again, an adjustment into the closed month, and the current month refused.
         let again = w
             .statements
@@ -749,4 +769,61 @@ async fn refunds_are_limited_to_what_was_charged() {
         assert_eq!(wallet.available().get(), 100_000 * M - 10 * M + 6 * M);
         t.finish().await;
     }
+}
+
+/// The text of every page of a PDF, as a PDF library extracts it.
+fn pdf_text(bytes: &[u8]) -> String {
+    let doc = lopdf::Document::load_mem(bytes).expect("a PDF that parses");
+    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
+    assert!(!pages.is_empty());
+    doc.extract_text(&pages).expect("extractable text")
+}
+
+#[test]
+fn a_long_statement_pdf_spreads_its_lines_over_pages_each_with_the_hash() {
+    use statements::compute::{EventIn, compute};
+    let period = oct();
+    let events: Vec<EventIn> = (0..150)
+        .map(|i| EventIn {
+            id: format!("e{i}"),
+            created_at: period.start_ms() + i,
+            tenant_org_id: format!("tenant-{i:03}"),
+            model: "m1".into(),
+            factory_id: "f".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            device_us: 1,
+            amount: 1000 + i,
+            grants: vec![],
+        })
+        .collect();
+    let c = compute(period, &events, &[], &[], 0);
+    let names = std::collections::BTreeMap::new();
+    let csv = statements::canonical::write(
+        &statements::canonical::Header {
+            partner_id: "p",
+            partner_name: "Partner",
+            number: Some(1),
+            previous_sha256: None,
+            agreements: &[],
+            names: &names,
+        },
+        &c,
+    );
+    let doc = statements::verify(csv.as_bytes(), None).unwrap();
+    let pdf = statements::pdf::render(&doc.document, Some(&doc.sha256));
+    let parsed = lopdf::Document::load_mem(&pdf).unwrap();
+    let pages: Vec<u32> = parsed.get_pages().keys().copied().collect();
+    assert!(pages.len() >= 3, "{} pages", pages.len());
+    for p in &pages {
+        let text = parsed.extract_text(&[*p]).unwrap();
+        assert!(text.contains(&doc.sha256), "page {p} lacks the hash");
+        assert!(
+            text.contains(&format!("Page {p} of {}", pages.len())),
+            "page {p}: {text}"
+        );
+    }
+    let all = parsed.extract_text(&pages).unwrap();
+    assert!(all.contains("tenant-149") && all.contains("tenant-000"));
+    assert!(all.contains(&ledger::Nanos::new(c.totals.gross).to_string()));
 }
