@@ -180,3 +180,20 @@ impl From<payments::PaymentsError> for AppError {
         }
     }
 }
+
+#[cfg(feature = "ssr")]
+impl From<statements::StatementError> for AppError {
+    fn from(e: statements::StatementError) -> Self {
+        use statements::StatementError as E;
+        match e {
+            E::BadPeriod(_) | E::BadDate(_) | E::Invalid(_) => AppError::Invalid(e.to_string()),
+            E::UnknownPartner | E::NotFound | E::UnknownUsage => AppError::NotFound,
+            E::Conflict(message) => AppError::Conflict(message),
+            E::Credits(c) => c.into(),
+            E::Ledger(_) | E::Db(_) => {
+                tracing::error!(error = %e, "statements error");
+                AppError::Internal
+            }
+        }
+    }
+}

@@ -68,6 +68,11 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/playground") view=pages::playground::Playground />
                     <Route path=path!("/usage") view=pages::usage::Usage />
                     <Route path=path!("/batches") view=pages::batches::Batches />
+                    <Route path=path!("/statements") view=pages::statements::Statements />
+                    <Route
+                        path=path!("/statements/:partner/:period")
+                        view=pages::statements::StatementPage
+                    />
                     <Route path=path!("/credits/top-up/success") view=pages::top_up::TopUpSuccess />
                     <Route path=path!("/credits/top-up/cancelled") view=pages::top_up::TopUpCancelled />
                     <Route path=path!("/compute") view=pages::compute::Compute />

@@ -20,6 +20,8 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     /// Batch jobs and their files.
     pub batches: batches::Batches,
+    /// Partner agreements and revenue-share statements.
+    pub statements: statements::Statements,
     /// A signed-in session ends this long after login, however active (RELIABILITY A7).
     pub session_absolute_ms: i64,
     /// The public origin (`https://console.example.com`), when configured; otherwise links are

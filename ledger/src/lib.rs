@@ -71,9 +71,9 @@ pub enum AccountKind {
     /// What an organisation owes the platform (a refund its wallet could not cover): below
     /// zero while the debt is open.
     Receivable,
-    /// What the platform owes a partner under its statements (closed months' shares, less
-    /// payouts). Below zero when a month's refunds took back more than it earned.
-    PartnerPayable,
+    /// A share of usage revenue owed under closed statements: a partner's (less payouts) or
+    /// the vendor's. Below zero when a month's refunds and credits took more than it earned.
+    SharePayable,
 }
 
 impl AccountKind {
@@ -86,14 +86,14 @@ impl AccountKind {
             AccountKind::Revenue => "revenue",
             AccountKind::Expired => "expired",
             AccountKind::Receivable => "receivable",
-            AccountKind::PartnerPayable => "partner_payable",
+            AccountKind::SharePayable => "share_payable",
         }
     }
 
     pub fn may_go_negative(self) -> bool {
         matches!(
             self,
-            AccountKind::External | AccountKind::Receivable | AccountKind::PartnerPayable
+            AccountKind::External | AccountKind::Receivable | AccountKind::SharePayable
         )
     }
 }

@@ -1,7 +1,7 @@
 //! First start on an empty database: so that a newcomer can sign up and use the playground at
 //! once, the platform sets up a local partner ("Local AI cloud") with one factory serving the
-//! configured models, list prices for them, and a starter credit program that grants every new
-//! startup credit at sign-up. Everything is made through the same domain calls an operator's
+//! configured models, list prices for them, an agreement for its revenue share, and a starter
+//! credit program that grants every new startup credit at sign-up. Everything is made through the same domain calls an operator's
 //! pages use, by the `system` actor, and can be changed there afterwards. It runs once: not
 //! when any partner exists already, and not with `TOKENMILL_BOOTSTRAP=0`.
 
@@ -24,6 +24,10 @@ const OUTPUT_PRICE: &str = "0.60";
 const STARTER_GRANT_DOLLARS: i64 = 10;
 const STARTER_BUDGET_DOLLARS: i64 = 10_000;
 const STARTER_LIFETIME_DAYS: u32 = 90;
+/// The local partner's agreement from the month of the first start: 70 % of cash usage, and
+/// credit-supported usage reimbursed at 50 %.
+const PARTNER_SHARE_BPS: u32 = 7000;
+const CREDIT_REIMBURSEMENT_BPS: u32 = 5000;
 
 /// The factory's accelerator class from the device the first worker runs on.
 pub fn gpu_class(device_id: &str, device_name: &str) -> GpuClass {
@@ -164,6 +168,27 @@ async fn set_up(
             .await
             .context("creating the starter credit program")?,
     };
+    if app.statements.agreements(&partner.id).await?.is_empty() {
+        let now = db::now_ms();
+        app.statements
+            .add_agreement(
+                &system.email,
+                &statements::NewAgreement {
+                    partner_org_id: partner.id.clone(),
+                    from: statements::Period::of_ms(now).start_ms(),
+                    to: None,
+                    terms: statements::Terms {
+                        partner_share_bps: PARTNER_SHARE_BPS,
+                        credit_reimbursement_bps: CREDIT_REIMBURSEMENT_BPS,
+                        recoupment: None,
+                    },
+                    note: "Set up at first start".into(),
+                },
+                now,
+            )
+            .await
+            .context("creating the local partner's agreement")?;
+    }
     tracing::info!(
         partner = partner.name,
         factory = factory.name,

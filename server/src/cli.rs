@@ -1,5 +1,5 @@
 //! The command line: `tokenmill` (serve), `tokenmill admin create-operator`,
-//! `tokenmill model fixture` and `tokenmill bench`.
+//! `tokenmill model fixture`, `tokenmill bench` and `tokenmill statements verify`.
 
 use std::io::BufRead;
 
@@ -32,6 +32,22 @@ pub enum Command {
     /// Benchmark the inference engine: prefill, time to first token, decode throughput by
     /// batch size, and the memory bandwidth batch-1 decode achieves.
     Bench(BenchArgs),
+    /// Revenue-share statements.
+    #[command(subcommand)]
+    Statements(StatementsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatementsCommand {
+    /// Check a statement's canonical CSV: every line re-added into the totals, every split and
+    /// balance, and its SHA-256 printed (the same as `sha256sum FILE`). Exits 1 when it does
+    /// not add up or does not follow `--previous-hash`.
+    Verify {
+        file: std::path::PathBuf,
+        /// The hash of the partner's statement before this one (the chain link to check).
+        #[arg(long)]
+        previous_hash: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +122,10 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             create_operator(config, &email).await
         }
         Command::Bench(args) => bench(args).await,
+        Command::Statements(StatementsCommand::Verify {
+            file,
+            previous_hash,
+        }) => verify_statement(&file, previous_hash.as_deref()),
         Command::Model(ModelCommand::Fixture {
             out,
             seed,
@@ -134,6 +154,34 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn verify_statement(file: &std::path::Path, previous: Option<&str>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let v = statements::verify(&bytes, previous.map(str::trim))
+        .map_err(|e| anyhow::anyhow!("{} does not verify: {e}", file.display()))?;
+    let d = &v.document;
+    println!("OK  {}  {}", v.sha256, file.display());
+    println!(
+        "partner {} ({}), period {}, {}{}",
+        d.partner_name,
+        d.partner_id,
+        d.period,
+        d.status,
+        d.number.map(|n| format!(" no. {n}")).unwrap_or_default()
+    );
+    println!(
+        "{} lines; gross {}, payable to the partner {}, vendor {}",
+        d.lines.len(),
+        statements::usd(d.summary[0]),
+        statements::usd(d.payable),
+        statements::usd(d.summary[2])
+    );
+    println!(
+        "previous statement: {}",
+        d.previous_sha256.as_deref().unwrap_or("none")
+    );
+    Ok(())
 }
 
 fn dtype_of(name: &str) -> engine::DType {

@@ -12,6 +12,7 @@ pub mod openai;
 mod playground;
 pub mod security;
 pub mod session_store;
+mod statement_downloads;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -70,6 +71,7 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         keys: keys::ApiKeys::new(db.clone()),
         jobs: jobs.clone(),
         batches: batches.clone(),
+        statements: statements::Statements::new(db.clone()),
         accounts,
         credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,
@@ -147,6 +149,10 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .route("/api/{*fn_name}", post(server_fn_handler))
         .route("/credits/history.csv", get(downloads::history_csv))
         .route("/usage.csv", get(downloads::usage_csv))
+        .route(
+            "/statements/{partner}/{period}/{file}",
+            get(statement_downloads::download),
+        )
         .route("/playground/chat", post(playground::chat))
         .route("/batches/{id}/{file}", get(batch_pages::download))
         .leptos_routes_with_context(

@@ -30,7 +30,7 @@ fn payable_code(partner_org_id: &str) -> String {
     format!("partner:{partner_org_id}:payable")
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Statements {
     db: Db,
     credits: credits::Credits,
@@ -541,12 +541,12 @@ impl Statements {
             .open_account(&AccountSpec {
                 code: payable_code(partner_org_id),
                 org_id: Some(partner_org_id.to_string()),
-                kind: AccountKind::PartnerPayable,
+                kind: AccountKind::SharePayable,
                 expires_at: None,
             })
             .await?
             .id;
-        let vendor = open(ledger, VENDOR_REVENUE, AccountKind::Revenue).await?;
+        let vendor = open(ledger, VENDOR_REVENUE, AccountKind::SharePayable).await?;
         let pending = open(ledger, REFUNDS_PENDING, AccountKind::External).await?;
 
         let mut tx = self.db.begin_write().await?;

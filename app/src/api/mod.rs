@@ -12,6 +12,7 @@ mod compute;
 mod credits;
 mod keys;
 mod models;
+mod partner_statements;
 mod playground;
 mod usage;
 #[cfg(feature = "ssr")]
@@ -22,6 +23,7 @@ pub use compute::*;
 pub use credits::*;
 pub use keys::*;
 pub use models::*;
+pub use partner_statements::*;
 pub use playground::*;
 pub use usage::*;
 

@@ -58,6 +58,7 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 </Show>
                 <Show when=move || me.is_operator || me.is_partner>
                     <A href="/approvals">"Approvals"</A>
+                    <A href="/statements">"Statements"</A>
                 </Show>
                 <Show when=move || !me.is_operator>
                     <A href="/playground">"Playground"</A>

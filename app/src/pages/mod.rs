@@ -17,5 +17,6 @@ pub mod members;
 pub mod models;
 pub mod not_found;
 pub mod playground;
+pub mod statements;
 pub mod top_up;
 pub mod usage;

@@ -8,6 +8,7 @@ mod completions;
 mod compute;
 mod helpers;
 mod openai_client;
+mod partner_statements;
 mod payments;
 mod playground;
 mod security;
