@@ -435,20 +435,34 @@ pub async fn close_statement(partner_id: String, period: String) -> Result<i64, 
     Ok(closed.document.number.unwrap_or_default())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The agreement editor's fields (`form[from]`, …): dates as YYYY-MM-DD, rates in percent,
+/// the recoupment cost in dollars; `to` and the recoupment pair may be empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgreementForm {
+    pub partner_id: String,
+    pub from: String,
+    pub to: String,
+    pub partner_share: String,
+    pub credit_reimbursement: String,
+    pub recoup_cost: String,
+    pub recoup_vendor_share: String,
+    pub note: String,
+}
+
 #[server(endpoint = "create_agreement")]
-pub async fn create_agreement(
-    partner_id: String,
-    from: String,
-    to: String,
-    partner_share: String,
-    credit_reimbursement: String,
-    recoup_cost: String,
-    recoup_vendor_share: String,
-    note: String,
-) -> Result<i64, AppError> {
+pub async fn create_agreement(form: AgreementForm) -> Result<i64, AppError> {
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
+    let AgreementForm {
+        partner_id,
+        from,
+        to,
+        partner_share,
+        credit_reimbursement,
+        recoup_cost,
+        recoup_vendor_share,
+        note,
+    } = form;
     let field = |field: &str, e: statements::StatementError| AppError::Field {
         field: field.into(),
         message: e.to_string(),

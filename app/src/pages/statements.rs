@@ -281,27 +281,27 @@ fn Agreements(v: StatementsView, agree: ServerAction<CreateAgreement>) -> impl I
                 <p>"A version starting after the open-ended one ends it; no version may start inside a closed month or overlap another."</p>
                 <ActionForm action=agree>
                     <FormError message=general_error(value) />
-                    <input type="hidden" name="partner_id" value=v.partner_id.clone() />
+                    <input type="hidden" name="form[partner_id]" value=v.partner_id.clone() />
                     <label for="from">"From (YYYY-MM-DD, UTC)"</label>
-                    <input id="from" name="from" required placeholder="2026-12-01" />
+                    <input id="from" name="form[from]" required placeholder="2026-12-01" />
                     <FieldError message=field_error(value, "from") id="from-error" />
                     <label for="to">"Until (exclusive, empty: open-ended)"</label>
-                    <input id="to" name="to" placeholder="" />
+                    <input id="to" name="form[to]" placeholder="" />
                     <FieldError message=field_error(value, "to") id="to-error" />
                     <label for="partner_share">"Partner share of cash usage (%)"</label>
-                    <input id="partner_share" name="partner_share" required inputmode="decimal" />
+                    <input id="partner_share" name="form[partner_share]" required inputmode="decimal" />
                     <FieldError message=field_error(value, "partner_share") id="partner_share-error" />
                     <label for="credit_reimbursement">"Credit-supported usage reimbursed at (%)"</label>
-                    <input id="credit_reimbursement" name="credit_reimbursement" required inputmode="decimal" />
+                    <input id="credit_reimbursement" name="form[credit_reimbursement]" required inputmode="decimal" />
                     <FieldError message=field_error(value, "credit_reimbursement") id="credit_reimbursement-error" />
                     <label for="recoup_cost">"Infrastructure cost to recoup ($, optional)"</label>
-                    <input id="recoup_cost" name="recoup_cost" inputmode="decimal" />
+                    <input id="recoup_cost" name="form[recoup_cost]" inputmode="decimal" />
                     <FieldError message=field_error(value, "recoup_cost") id="recoup_cost-error" />
                     <label for="recoup_vendor_share">"Vendor's share while recouping (%)"</label>
-                    <input id="recoup_vendor_share" name="recoup_vendor_share" inputmode="decimal" />
+                    <input id="recoup_vendor_share" name="form[recoup_vendor_share]" inputmode="decimal" />
                     <FieldError message=field_error(value, "recoup_vendor_share") id="recoup_vendor_share-error" />
                     <label for="note">"Note"</label>
-                    <input id="note" name="note" />
+                    <input id="note" name="form[note]" />
                     <button type="submit" class="primary">"Add version"</button>
                 </ActionForm>
             </section>

@@ -53,14 +53,14 @@ async fn a_partner_downloads_its_closed_statement_and_nobody_else_can() {
         .json(
             "/api/create_agreement",
             &[
-                ("partner_id", &a),
-                ("from", &from),
-                ("to", ""),
-                ("partner_share", "70"),
-                ("credit_reimbursement", "50"),
-                ("recoup_cost", ""),
-                ("recoup_vendor_share", ""),
-                ("note", "first"),
+                ("form[partner_id]", &a),
+                ("form[from]", &from),
+                ("form[to]", ""),
+                ("form[partner_share]", "70"),
+                ("form[credit_reimbursement]", "50"),
+                ("form[recoup_cost]", ""),
+                ("form[recoup_vendor_share]", ""),
+                ("form[note]", "first"),
             ],
         )
         .await;
@@ -73,14 +73,14 @@ async fn a_partner_downloads_its_closed_statement_and_nobody_else_can() {
         .json(
             "/api/create_agreement",
             &[
-                ("partner_id", &a),
-                ("from", &from),
-                ("to", ""),
-                ("partner_share", "170"),
-                ("credit_reimbursement", "50"),
-                ("recoup_cost", ""),
-                ("recoup_vendor_share", ""),
-                ("note", ""),
+                ("form[partner_id]", &a),
+                ("form[from]", &from),
+                ("form[to]", ""),
+                ("form[partner_share]", "170"),
+                ("form[credit_reimbursement]", "50"),
+                ("form[recoup_cost]", ""),
+                ("form[recoup_vendor_share]", ""),
+                ("form[note]", ""),
             ],
         )
         .await;
