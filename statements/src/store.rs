@@ -933,9 +933,22 @@ impl Statements {
             ),
             StatementStatus::Draft => (
                 "LEFT JOIN statement_events s ON s.usage_event_id = e.id \
-                 WHERE e.partner_org_id = $1 AND s.usage_event_id IS NULL AND e.created_at < $2",
+                 WHERE e.partner_org_id = $1 AND s.usage_event_id IS NULL AND e.created_at < $2 \
+                 AND e.created_at >= $3",
                 false,
             ),
+        };
+        // A draft takes what is not yet in a closed statement up to its end; only the first
+        // open month also takes older (late) usage.
+        let mut conn = self.db.pool().acquire().await?;
+        let head = read_head(&mut conn, partner_org_id).await?;
+        let open_rows = load_open(&mut conn, partner_org_id, period.end_ms()).await?;
+        drop(conn);
+        let first_open = next_to_close(&head, &open_rows).is_none_or(|first| first >= period);
+        let from = if first_open {
+            i64::MIN
+        } else {
+            period.start_ms()
         };
         let sql = format!(
             "SELECT e.id, e.created_at, e.org_id, e.model, e.factory_id, e.prompt_tokens, \
@@ -947,7 +960,7 @@ impl Statements {
         let q = if bind_period {
             q.bind(period.to_string())
         } else {
-            q.bind(period.end_ms())
+            q.bind(period.end_ms()).bind(from)
         };
         let rows = q.fetch_all(self.db.pool()).await?;
         let mut grants: HashMap<String, Vec<String>> = HashMap::new();

@@ -827,3 +827,157 @@ fn a_long_statement_pdf_spreads_its_lines_over_pages_each_with_the_hash() {
     assert!(all.contains("tenant-149") && all.contains("tenant-000"));
     assert!(all.contains(&ledger::Nanos::new(c.totals.gross).to_string()));
 }
+
+/// A small deterministic generator (no extra dependency): the same seed, the same month.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[tokio::test]
+async fn random_months_reconcile_with_the_ledger_for_every_partner_and_the_vendor() {
+    for (round, t) in TestDb::all().await.into_iter().enumerate() {
+        let w = world(&t.db).await;
+        let mut rng = Lcg(0x5eed + round as u64);
+        let partners = [
+            (&w.partner, &w.factory),
+            (&w.other_partner, &w.other_factory),
+        ];
+        for (partner, _) in partners {
+            let recoupment = (rng.next(2) == 0).then(|| Recoupment {
+                cost: (1 + rng.next(3000)) as i64 * M,
+                vendor_share_bps: 1 + rng.next(10_000) as u32,
+            });
+            let terms = Terms {
+                partner_share_bps: rng.next(10_001) as u32,
+                credit_reimbursement_bps: rng.next(10_001) as u32,
+                recoupment,
+            };
+            w.agreement(partner, "2026-09-01", terms).await;
+        }
+        let mut charged = 0;
+        let mut refunded = 0;
+        let mut events = Vec::new();
+        for i in 0..24 {
+            let (_, factory) = partners[rng.next(2) as usize];
+            let tenant = if rng.next(2) == 0 {
+                &w.tenant_a
+            } else {
+                &w.tenant_b
+            };
+            let model = ["m1", "m2"][rng.next(2) as usize];
+            let amount = 1 + rng.next(400 * M as u64) as i64;
+            let month = if i % 2 == 0 { "2026-09" } else { "2026-10" };
+            let when = at(
+                &format!("{month}-{:02}", 1 + rng.next(28)),
+                rng.next(86_400_000) as i64,
+            );
+            events.push((
+                w.usage(tenant, factory, model, amount, when).await,
+                amount,
+                when,
+            ));
+            charged += amount;
+        }
+        // Refunds of some September usage, made in September, and credits either way.
+        for (event, amount, when) in events
+            .iter()
+            .filter(|(_, _, when)| *when < oct().start_ms())
+            .take(3)
+        {
+            let part = 1 + rng.next(*amount as u64) as i64;
+            w.statements
+                .refund_usage(event, Nanos::new(part), "random refund", "ops", when + 1)
+                .await
+                .unwrap();
+            refunded += part;
+        }
+        for (partner, _) in partners {
+            let amount = rng.next(2 * M as u64) as i64 - M;
+            if amount != 0 {
+                w.statements
+                    .adjust(
+                        partner,
+                        oct(),
+                        AdjustmentKind::Correction,
+                        Nanos::new(amount),
+                        None,
+                        "random",
+                        "ops",
+                        at("2026-10-15", 0),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut payable = 0;
+        let mut gross = 0;
+        for (partner, factory) in partners {
+            for period in [oct().prev(), oct()] {
+                let s = w
+                    .statements
+                    .close(partner, period, "ops", closing_time())
+                    .await
+                    .unwrap();
+                let v = statements::verify(s.csv.as_bytes(), s.document.previous_sha256.as_deref())
+                    .unwrap();
+                gross += v.document.summary[0];
+                payable += v.document.payable;
+                // Each closed month equals its ledger posting.
+                let posting: Vec<(String, i64)> = db::sqlx::query(
+                    "SELECT a.code, le.amount FROM ledger_entries le JOIN ledger_accounts a ON a.id = le.account_id \
+                     JOIN statements s ON s.transaction_id = le.transaction_id WHERE s.partner_org_id = $1 AND s.period = $2",
+                )
+                .bind(partner)
+                .bind(period.to_string())
+                .fetch_all(w.db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<String, _>("code"), r.get::<i64, _>("amount")))
+                .collect();
+                let leg = |code: &str| {
+                    posting
+                        .iter()
+                        .filter(|(c, _)| c == code)
+                        .map(|(_, a)| a)
+                        .sum::<i64>()
+                };
+                assert_eq!(
+                    leg(&format!("partner:{partner}:payable")),
+                    v.document.payable
+                );
+                assert_eq!(leg("vendor:revenue"), v.document.summary[2]);
+                assert_eq!(
+                    -leg(&format!("factory:{factory}:usage")),
+                    v.document.total.gross
+                );
+            }
+            assert_eq!(w.balance(&format!("factory:{factory}:usage")).await, 0);
+            assert!(
+                w.statements
+                    .chain(partner)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|l| l.linked && l.intact)
+            );
+        }
+        // Across partners and the vendor, the shares add up to what was charged less refunds.
+        assert_eq!(gross, charged - refunded);
+        assert_eq!(
+            payable + w.balance("vendor:revenue").await,
+            charged - refunded
+        );
+        assert_eq!(w.balance("statements:refunds-pending").await, 0);
+        assert!(w.credits.ledger().verify().await.unwrap().is_ok());
+        t.finish().await;
+    }
+}
