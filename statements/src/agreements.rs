@@ -53,6 +53,8 @@ pub struct NewAgreement {
     pub note: String,
 }
 
+const TEN_YEARS_MS: i64 = 3_653 * 86_400_000;
+
 const COLUMNS: &str = "id, partner_org_id, version, effective_from, effective_to, \
      partner_share_bps, credit_reimbursement_bps, recoup_cost, recoup_vendor_share_bps, note, \
      created_by, created_at, ended_by, ended_at";
@@ -150,6 +152,12 @@ impl Statements {
         if new.to.is_some_and(|to| to <= new.from) {
             return Err(StatementError::Invalid(
                 "An agreement must end after it starts.".into(),
+            ));
+        }
+        // A slip of the year would open decades of empty months to close.
+        if new.from < now - TEN_YEARS_MS {
+            return Err(StatementError::Invalid(
+                "An agreement cannot start more than ten years ago.".into(),
             ));
         }
         self.partner_name(&new.partner_org_id).await?;

@@ -491,26 +491,39 @@ pub struct Verified {
 }
 
 /// Re-adds every line, checks each total, split and balance, and hashes the file. With
-/// `previous_sha256`, also checks the chain link.
+/// `previous_sha256`, also checks the chain link. Sums are taken in 128 bits, so no file can
+/// overflow them into agreement.
 pub fn verify(bytes: &[u8], previous_sha256: Option<&str>) -> Result<Verified, VerifyError> {
     let d = parse(bytes)?;
-    let mut line_sum = [0i64; 10];
-    let mut line_support: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    let wide = |s: &Sums| s.array().map(i128::from);
+    let mut line_sum = [0i128; 10];
+    // Per line key: (credit support, partner share).
+    let mut lines: BTreeMap<(&str, &str, &str), (i128, i128)> = BTreeMap::new();
     for l in &d.lines {
-        let s = &l.sums;
+        let [_, _, _, _, gross, cash, credit, partner, vendor, recouped] = wide(&l.sums);
         let what = format!("line {} / {} / {}", l.usage_period, l.tenant_id, l.model);
-        expect(s.partner_share + s.vendor_share == s.gross, || {
+        expect(partner + vendor == gross, || {
             format!("{what}: partner_share + vendor_share differs from gross")
         })?;
-        expect(s.cash + s.credit_support == s.gross, || {
+        expect(cash + credit == gross, || {
             format!("{what}: cash + credit_support differs from gross")
         })?;
-        for (acc, x) in line_sum.iter_mut().zip(s.array()) {
+        expect(recouped >= 0 && recouped <= vendor, || {
+            format!("{what}: recouped is more than the vendor's share")
+        })?;
+        for (acc, x) in line_sum.iter_mut().zip(wide(&l.sums)) {
             *acc += x;
         }
-        line_support.insert((&l.usage_period, &l.tenant_id, &l.model), s.credit_support);
+        let key = (
+            l.usage_period.as_str(),
+            l.tenant_id.as_str(),
+            l.model.as_str(),
+        );
+        expect(lines.insert(key, (credit, partner)).is_none(), || {
+            format!("{what} appears twice")
+        })?;
     }
-    let total = d.total.array();
+    let total = wide(&d.total);
     for k in 0..10 {
         expect(line_sum[k] == total[k], || {
             format!(
@@ -519,64 +532,85 @@ pub fn verify(bytes: &[u8], previous_sha256: Option<&str>) -> Result<Verified, V
             )
         })?;
     }
-    let mut support: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    let mut support: BTreeMap<(&str, &str, &str), (i128, i128)> = BTreeMap::new();
     for s in &d.support {
-        *support
-            .entry((&s.usage_period, &s.tenant_id, &s.model))
-            .or_default() += s.amount;
+        let key = (
+            s.usage_period.as_str(),
+            s.tenant_id.as_str(),
+            s.model.as_str(),
+        );
+        expect(lines.contains_key(&key), || {
+            format!(
+                "credit support of {} / {} / {} has no line",
+                key.0, key.1, key.2
+            )
+        })?;
+        let entry = support.entry(key).or_default();
+        entry.0 += i128::from(s.amount);
+        entry.1 += i128::from(s.partner_share);
     }
-    for (key, credit) in &line_support {
-        let s = support.get(key).copied().unwrap_or(0);
+    for (key, (credit, partner)) in &lines {
+        let (s, s_partner) = support.get(key).copied().unwrap_or((0, 0));
         expect(s == *credit, || {
             format!(
-                "credit support of {} / {} / {}: sponsors add up to {}, the line says {}",
-                key.0,
-                key.1,
-                key.2,
-                usd(s),
-                usd(*credit)
+                "credit support of {} / {} / {}: sponsors add up to {s}, the line says {credit}",
+                key.0, key.1, key.2
+            )
+        })?;
+        expect(s_partner >= 0 && s_partner <= *partner, || {
+            format!(
+                "credit support of {} / {} / {}: the sponsors' partner share is more than the line's",
+                key.0, key.1, key.2
             )
         })?;
     }
-    let mut adj = [0i64; 3];
+    let mut adj = [0i128; 3];
     for a in &d.adjustments {
-        expect(a.partner + a.vendor == a.gross, || {
+        let (g, p, v) = (
+            i128::from(a.gross),
+            i128::from(a.partner),
+            i128::from(a.vendor),
+        );
+        expect(p + v == g, || {
             format!(
                 "adjustment {}: partner + vendor differs from its gross",
                 a.id
             )
         })?;
-        adj[0] += a.gross;
-        adj[1] += a.partner;
-        adj[2] += a.vendor;
+        adj[0] += g;
+        adj[1] += p;
+        adj[2] += v;
     }
-    expect(adj == d.adjustments_total, || {
+    expect(adj == d.adjustments_total.map(i128::from), || {
         "the adjustments do not add up to adjustments_total".into()
     })?;
-    let [cost, before, during, after, remaining] = d.recoupment;
-    expect(during == d.total.recouped, || {
+    let [cost, before, during, after, remaining] = d.recoupment.map(i128::from);
+    expect(during == total[9], || {
         "recouped in the period differs from the total's recouped".into()
     })?;
-    expect(before + during == after, || {
+    expect(before >= 0 && before + during == after, || {
         "recouped before + in the period differs from recouped after".into()
+    })?;
+    expect(during == 0 || after <= cost, || {
+        "more was recouped than the cost to recoup".into()
     })?;
     expect(remaining == (cost - after).max(0), || {
         "the remaining recoupment balance is not cost - recouped".into()
     })?;
-    let [gross, partner, vendor] = d.summary;
-    expect(gross == d.total.gross + adj[0], || {
+    let [gross, partner, vendor] = d.summary.map(i128::from);
+    expect(gross == total[4] + adj[0], || {
         "summary gross is not total gross + adjustments".into()
     })?;
-    expect(partner == d.total.partner_share + adj[1], || {
+    expect(partner == total[7] + adj[1], || {
         "summary partner total is not partner share + adjustments".into()
     })?;
-    expect(vendor == d.total.vendor_share + adj[2], || {
+    expect(vendor == total[8] + adj[2], || {
         "summary vendor total is not vendor share + adjustments".into()
     })?;
     expect(partner + vendor == gross, || {
         "partner + vendor totals differ from gross".into()
     })?;
-    expect(d.payable == partner, || {
+    expect(i128::from(d.payable) == partner, || {
         "the payable amount is not the partner total".into()
     })?;
     if let Some(want) = previous_sha256 {

@@ -146,7 +146,8 @@ pub struct Computed {
     pub adjustments_vendor: i64,
     pub recouped_before: i64,
     pub recouped_after: i64,
-    /// The recoupment cost in force at the end of the period (0 without recoupment).
+    /// The largest recoupment cost of the agreement versions in force during the period (0
+    /// without recoupment).
     pub recoup_cost: i64,
     /// Usage gross per factory: what closing moves out of each factory's usage account
     /// (refunds were paid from a pending-refunds account, which closing settles).
@@ -281,9 +282,15 @@ pub fn compute(
     for l in &lines {
         totals.add(&l.amounts);
     }
-    let recoup_cost = terms_at(agreements, period.end_ms() - 1)
-        .and_then(|a| a.terms.recoupment)
-        .map_or(0, |r| r.cost);
+    // The largest cost of the versions in force during the period: recoupment never goes
+    // past the cost of the version it happened under, so never past this.
+    let recoup_cost = agreements
+        .iter()
+        .filter(|a| a.from < period.end_ms() && a.to.is_none_or(|to| to > period.start_ms()))
+        .filter_map(|a| a.terms.recoupment)
+        .map(|r| r.cost)
+        .max()
+        .unwrap_or(0);
     Computed {
         period,
         lines,

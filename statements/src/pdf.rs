@@ -35,13 +35,42 @@ fn text_width(text: &str, size: f32) -> f32 {
     text.chars().map(char_width).sum::<f32>() * size / 1000.0
 }
 
-/// WinAnsi bytes of a string: Latin-1 passes, anything else becomes `?`.
+/// WinAnsi (Windows-1252) bytes of a string: Latin-1 letters as they are, the typographic
+/// characters 1252 keeps at 0x80–0x9F at their places, anything else `?`.
 fn win_ansi(text: &str) -> Vec<u8> {
+    const HIGH: [(char, u8); 27] = [
+        ('€', 0x80),
+        ('‚', 0x82),
+        ('ƒ', 0x83),
+        ('„', 0x84),
+        ('…', 0x85),
+        ('†', 0x86),
+        ('‡', 0x87),
+        ('ˆ', 0x88),
+        ('‰', 0x89),
+        ('Š', 0x8A),
+        ('‹', 0x8B),
+        ('Œ', 0x8C),
+        ('Ž', 0x8E),
+        ('‘', 0x91),
+        ('’', 0x92),
+        ('“', 0x93),
+        ('”', 0x94),
+        ('•', 0x95),
+        ('–', 0x96),
+        ('—', 0x97),
+        ('˜', 0x98),
+        ('™', 0x99),
+        ('š', 0x9A),
+        ('›', 0x9B),
+        ('œ', 0x9C),
+        ('ž', 0x9E),
+        ('Ÿ', 0x9F),
+    ];
     text.chars()
-        .map(|c| match c {
-            '–' | '—' => b'-',
-            c if (c as u32) < 256 => c as u8,
-            _ => b'?',
+        .map(|c| match c as u32 {
+            0x20..=0x7E | 0xA0..=0xFF => c as u8,
+            _ => HIGH.iter().find(|(h, _)| *h == c).map_or(b'?', |(_, b)| *b),
         })
         .collect()
 }
@@ -138,6 +167,7 @@ impl Writer {
 
     /// One table row: `(text, width, right-aligned)` cells.
     fn row(&mut self, size: f32, bold: bool, cells: &[(String, f32, bool)]) {
+        self.room(size * 1.5);
         let y = self.page().y - size;
         let mut x = MARGIN;
         for (text, width, right) in cells {
@@ -178,7 +208,7 @@ fn seconds(us: i64) -> String {
 
 const LINE_COLUMNS: [(&str, f32, bool); 12] = [
     ("Month", 40.0, false),
-    ("Tenant", 118.0, false),
+    ("Tenant", 102.0, false),
     ("Model", 80.0, false),
     ("Requests", 44.0, true),
     ("Input tok", 52.0, true),
@@ -267,9 +297,8 @@ pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
             ),
             _ => String::new(),
         };
-        w.line(
+        w.wrapped(
             9.0,
-            false,
             &format!(
                 "Version {} from {} {to}: partner share {} of cash usage; credit support reimbursed at {}{recoup}.",
                 a.version,

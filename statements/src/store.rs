@@ -20,7 +20,7 @@ const VENDOR_REVENUE: &str = "vendor:revenue";
 const REFUNDS_PENDING: &str = "statements:refunds-pending";
 /// Drafts are computed month by month from the last closed one; a partner more than this many
 /// months behind is asked to close earlier months first.
-const MAX_OPEN_MONTHS: usize = 36;
+const MAX_OPEN_MONTHS: usize = 240;
 
 fn factory_account_code(factory_id: &str) -> String {
     format!("factory:{factory_id}:usage")
@@ -278,12 +278,18 @@ impl Open {
     }
 }
 
-/// The month the next close must be: the one after the last closed, or for a partner without
-/// statements the earliest with activity (`None`: any past month may be first).
-fn next_to_close(head: &Head, open: &Open) -> Option<Period> {
+/// The first month not yet closed: the one after the last closed; for a partner without
+/// statements, the earliest month with usage, an adjustment or an agreement in force (the
+/// current month when there is none). Statements start there and close in order.
+fn first_open(head: &Head, open: &Open, agreements: &[AgreementVersion], now: i64) -> Period {
     match head.last_period {
-        Some(last) => Some(last.next()),
-        None => open.earliest(),
+        Some(last) => last.next(),
+        None => open
+            .earliest()
+            .into_iter()
+            .chain(agreements.iter().map(|a| Period::of_ms(a.from)))
+            .min()
+            .unwrap_or_else(|| Period::of_ms(now)),
     }
 }
 
@@ -398,8 +404,11 @@ impl Statements {
             return Err(StatementError::NotFound);
         }
         let open = load_open(&mut conn, partner_org_id, period.end_ms()).await?;
-        let first = next_to_close(&head, &open).map_or(period, |p| p.min(period));
         let agreements = agreements::load(&mut conn, partner_org_id).await?;
+        let first = first_open(&head, &open, &agreements, now);
+        if period < first {
+            return Err(StatementError::NotFound);
+        }
         let c = compute_open(first, period, &open, &agreements, head.recouped_total)?;
         let names = self.names(&mut conn, &c).await?;
         let in_force = in_period(&agreements, period);
@@ -482,7 +491,8 @@ impl Statements {
         let mut conn = self.db.pool().acquire().await?;
         let head = read_head(&mut conn, partner_org_id).await?;
         let open = load_open(&mut conn, partner_org_id, current.end_ms()).await?;
-        let first = next_to_close(&head, &open).unwrap_or(current).min(current);
+        let agreements = agreements::load(&mut conn, partner_org_id).await?;
+        let first = first_open(&head, &open, &agreements, now).min(current);
         drop(conn);
         let _ = partner_name;
         let mut month = first;
@@ -516,7 +526,8 @@ impl Statements {
         let head = read_head(&mut conn, partner_org_id).await?;
         let current = Period::of_ms(now);
         let open = load_open(&mut conn, partner_org_id, current.end_ms()).await?;
-        let next = next_to_close(&head, &open).unwrap_or(current.prev());
+        let agreements = agreements::load(&mut conn, partner_org_id).await?;
+        let next = first_open(&head, &open, &agreements, now);
         Ok((next < current).then_some(next))
     }
 
@@ -564,20 +575,23 @@ impl Statements {
             )));
         }
         let open_rows = load_open(&mut tx, partner_org_id, period.end_ms()).await?;
-        match (head.last_period, next_to_close(&head, &open_rows)) {
-            (Some(last), _) if period < last => {
-                return Err(StatementError::Conflict(format!(
-                    "{period} is before this partner's first statement and cannot be closed."
-                )));
-            }
-            (_, Some(next)) if next < period => {
-                return Err(StatementError::Conflict(format!(
-                    "Close {next} first: statements are closed month by month, in order."
-                )));
-            }
-            _ => {}
-        }
         let agreements = agreements::load(&mut tx, partner_org_id).await?;
+        let first = first_open(&head, &open_rows, &agreements, now);
+        if period < first {
+            return Err(StatementError::Conflict(match head.last_period {
+                Some(_) => format!(
+                    "{period} is before this partner's first statement and cannot be closed."
+                ),
+                None => format!(
+                    "Nothing to close before {first}: this partner had no agreement, usage or adjustment earlier."
+                ),
+            }));
+        }
+        if period > first {
+            return Err(StatementError::Conflict(format!(
+                "Close {first} first: statements are closed month by month, in order."
+            )));
+        }
         let c = compute_open(period, period, &open_rows, &agreements, head.recouped_total)?;
         let names = self.names(&mut tx, &c).await?;
         let number = head.last_number + 1;
@@ -759,13 +773,18 @@ impl Statements {
         }
         let mut tx = self.db.begin_write().await?;
         let head = lock_head(&mut tx, partner_org_id).await?;
-        if let Some(last) = head.last_period
-            && period <= last
-        {
-            return Err(StatementError::Conflict(format!(
-                "{period} is closed; adjustments go into an open month ({} or later).",
-                last.next()
-            )));
+        let open_rows = load_open(&mut tx, partner_org_id, period.end_ms()).await?;
+        let agreements = agreements::load(&mut tx, partner_org_id).await?;
+        let first = first_open(&head, &open_rows, &agreements, now);
+        if period < first {
+            return Err(StatementError::Conflict(match head.last_period {
+                Some(last) if period <= last => format!(
+                    "{period} is closed; adjustments go into an open month ({first} or later)."
+                ),
+                _ => format!(
+                    "{period} is before this partner's first statement month ({first}); choose {first} or later."
+                ),
+            }));
         }
         let a = Adjustment {
             id: new_id(),
@@ -826,7 +845,12 @@ impl Statements {
         .await?;
 
         let mut tx = self.db.begin_write().await?;
-        lock_head(&mut tx, &partner).await?;
+        let head = lock_head(&mut tx, &partner).await?;
+        // The current month, unless a close of it committed while this waited for the lock.
+        let period = match head.last_period {
+            Some(last) if Period::of_ms(now) <= last => last.next(),
+            _ => Period::of_ms(now),
+        };
         let refunded: Option<i64> = db::sqlx::query_scalar(
             "SELECT CAST(SUM(-gross) AS BIGINT) FROM statement_adjustments \
              WHERE usage_event_id = $1 AND kind = 'refund'",
@@ -866,7 +890,7 @@ impl Statements {
         let a = Adjustment {
             id,
             partner_org_id: partner.clone(),
-            period: Period::of_ms(now),
+            period,
             kind: AdjustmentKind::Refund,
             tenant_org_id: Some(tenant),
             usage_event_id: Some(usage_event_id.to_string()),
@@ -943,9 +967,9 @@ impl Statements {
         let mut conn = self.db.pool().acquire().await?;
         let head = read_head(&mut conn, partner_org_id).await?;
         let open_rows = load_open(&mut conn, partner_org_id, period.end_ms()).await?;
-        drop(conn);
-        let first_open = next_to_close(&head, &open_rows).is_none_or(|first| first >= period);
-        let from = if first_open {
+        let agreements = agreements::load(&mut conn, partner_org_id).await?;
+        let is_first = first_open(&head, &open_rows, &agreements, now) >= period;
+        let from = if is_first {
             i64::MIN
         } else {
             period.start_ms()

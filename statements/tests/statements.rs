@@ -702,6 +702,38 @@ async fn the_first_statement_waits_for_the_earliest_month_with_usage() {
             .await;
         w.usage(&w.tenant_a, &w.factory, "m1", 5 * M, at("2026-10-10", 0))
             .await;
+        // Nothing before the first agreement or usage can be closed or adjusted (a slip of the
+        // year would otherwise open decades of empty months).
+        let slip = w
+            .statements
+            .close(
+                &w.partner,
+                Period::parse("2016-09").unwrap(),
+                "ops",
+                closing_time(),
+            )
+            .await;
+        assert!(
+            matches!(slip, Err(StatementError::Conflict(ref m)) if m.contains("Nothing to close before 2026-09")),
+            "{slip:?}"
+        );
+        let slip = w
+            .statements
+            .adjust(
+                &w.partner,
+                Period::parse("2016-09").unwrap(),
+                AdjustmentKind::Credit,
+                Nanos::new(1),
+                None,
+                "x",
+                "ops",
+                closing_time(),
+            )
+            .await;
+        assert!(
+            matches!(slip, Err(StatementError::Conflict(ref m)) if m.contains("first statement month (2026-09)")),
+            "{slip:?}"
+        );
         let early = w
             .statements
             .close(&w.partner, oct(), "ops", closing_time())
