@@ -68,9 +68,10 @@ CREATE TABLE statement_events (
 );
 CREATE INDEX statement_events_statement ON statement_events (statement_id);
 
--- Adjustments to a partner's open month: refunds of usage (money returned to the tenant,
--- the partner's share taken back), credits and corrections (moved between vendor and
--- partner). `gross` = `partner_amount` + `vendor_amount`.
+-- Adjustments to a partner's open month: refunds of usage (cash returned to the tenant, each
+-- side giving back what it got of that cash, and the vendor's recouped part no longer
+-- counting as recouped), credits and corrections (moved between vendor and partner).
+-- `gross` = `partner_amount` + `vendor_amount`.
 CREATE TABLE statement_adjustments (
     id               TEXT PRIMARY KEY,
     partner_org_id   TEXT NOT NULL REFERENCES organizations (id),
@@ -82,6 +83,7 @@ CREATE TABLE statement_adjustments (
     gross            BIGINT NOT NULL,
     partner_amount   BIGINT NOT NULL,
     vendor_amount    BIGINT NOT NULL,
+    recouped         BIGINT NOT NULL DEFAULT 0 CHECK (recouped <= 0),
     reason           TEXT NOT NULL,
     created_by       TEXT NOT NULL,
     created_at       BIGINT NOT NULL,

@@ -150,6 +150,7 @@ pub fn write(header: &Header<'_>, c: &Computed) -> String {
                 usd(a.gross),
                 usd(a.partner_amount),
                 usd(a.vendor_amount),
+                usd(a.recouped),
             ]);
         }
         row(vec![
@@ -157,12 +158,13 @@ pub fn write(header: &Header<'_>, c: &Computed) -> String {
             usd(c.adjustments_gross),
             usd(c.adjustments_partner),
             usd(c.adjustments_vendor),
+            usd(c.adjustments_recouped),
         ]);
         row(vec![
             s("recoupment"),
             usd(c.recoup_cost),
             usd(c.recouped_before),
-            usd(c.totals.recouped),
+            usd(c.recouped_in_period()),
             usd(c.recouped_after),
             usd(c.recoup_remaining()),
         ]);
@@ -194,8 +196,8 @@ pub struct Document {
     pub support: Vec<DocSupport>,
     pub total: Sums,
     pub adjustments: Vec<DocAdjustment>,
-    /// gross, partner, vendor.
-    pub adjustments_total: [i64; 3],
+    /// gross, partner, vendor, recouped.
+    pub adjustments_total: [i64; 4],
     /// cost, recouped before, in the period, after, remaining.
     pub recoupment: [i64; 5],
     /// gross, partner, vendor.
@@ -277,6 +279,7 @@ pub struct DocAdjustment {
     pub gross: i64,
     pub partner: i64,
     pub vendor: i64,
+    pub recouped: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -442,12 +445,14 @@ pub fn parse(bytes: &[u8]) -> Result<Document, VerifyError> {
                 gross: money(f(7)?, what)?,
                 partner: money(f(8)?, what)?,
                 vendor: money(f(9)?, what)?,
+                recouped: money(f(10)?, what)?,
             }),
             "adjustments_total" => {
                 d.adjustments_total = [
                     money(f(1)?, what)?,
                     money(f(2)?, what)?,
                     money(f(3)?, what)?,
+                    money(f(4)?, what)?,
                 ]
             }
             "recoupment" => {
@@ -564,7 +569,7 @@ pub fn verify(bytes: &[u8], previous_sha256: Option<&str>) -> Result<Verified, V
             )
         })?;
     }
-    let mut adj = [0i128; 3];
+    let mut adj = [0i128; 4];
     for a in &d.adjustments {
         let (g, p, v) = (
             i128::from(a.gross),
@@ -577,21 +582,29 @@ pub fn verify(bytes: &[u8], previous_sha256: Option<&str>) -> Result<Verified, V
                 a.id
             )
         })?;
+        expect(a.recouped <= 0, || {
+            format!(
+                "adjustment {}: an adjustment can only give recoupment back",
+                a.id
+            )
+        })?;
         adj[0] += g;
         adj[1] += p;
         adj[2] += v;
+        adj[3] += i128::from(a.recouped);
     }
     expect(adj == d.adjustments_total.map(i128::from), || {
         "the adjustments do not add up to adjustments_total".into()
     })?;
     let [cost, before, during, after, remaining] = d.recoupment.map(i128::from);
-    expect(during == total[9], || {
-        "recouped in the period differs from the total's recouped".into()
+    expect(during == total[9] + adj[3], || {
+        "recouped in the period differs from the lines' recouped less the adjustments'".into()
     })?;
-    expect(before >= 0 && before + during == after, || {
-        "recouped before + in the period differs from recouped after".into()
-    })?;
-    expect(during == 0 || after <= cost, || {
+    expect(
+        after >= 0 && before >= 0 && before + during == after,
+        || "recouped before + in the period differs from recouped after".into(),
+    )?;
+    expect(total[9] == 0 || after <= cost, || {
         "more was recouped than the cost to recoup".into()
     })?;
     expect(remaining == (cost - after).max(0), || {

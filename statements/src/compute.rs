@@ -80,6 +80,8 @@ pub struct AdjustmentIn {
     pub gross: i64,
     pub partner_amount: i64,
     pub vendor_amount: i64,
+    /// Recoupment given back (zero or negative): a refund of cash the vendor had recouped.
+    pub recouped: i64,
     pub reason: String,
     pub created_by: String,
     pub created_at: i64,
@@ -134,6 +136,15 @@ pub struct Line {
     pub support: BTreeMap<String, Support>,
 }
 
+/// How one event's cash part was split (what a refund of it reverses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CashSplit {
+    pub event_id: String,
+    pub cash: i64,
+    pub partner: i64,
+    pub recouped: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Computed {
     pub period: Period,
@@ -144,6 +155,7 @@ pub struct Computed {
     pub adjustments_gross: i64,
     pub adjustments_partner: i64,
     pub adjustments_vendor: i64,
+    pub adjustments_recouped: i64,
     pub recouped_before: i64,
     pub recouped_after: i64,
     /// The largest recoupment cost of the agreement versions in force during the period (0
@@ -154,6 +166,8 @@ pub struct Computed {
     pub factory_gross: BTreeMap<String, i64>,
     /// Events that fell outside every agreement version (their revenue stays with the vendor).
     pub events_without_agreement: i64,
+    /// Each event's cash split, in the order they were applied.
+    pub cash_splits: Vec<CashSplit>,
 }
 
 impl Computed {
@@ -169,6 +183,10 @@ impl Computed {
     }
     pub fn recoup_remaining(&self) -> i64 {
         (self.recoup_cost - self.recouped_after).max(0)
+    }
+    /// Recoupment of the period: the events' less what refunds gave back.
+    pub fn recouped_in_period(&self) -> i64 {
+        self.totals.recouped + self.adjustments_recouped
     }
 }
 
@@ -232,6 +250,7 @@ pub fn compute(
     let mut lines: BTreeMap<(Period, String, String), Line> = BTreeMap::new();
     let mut factory_gross: BTreeMap<String, i64> = BTreeMap::new();
     let mut without = 0;
+    let mut cash_splits = Vec::with_capacity(order.len());
     for e in order {
         let agreement = terms_at(agreements, e.created_at);
         if agreement.is_none() {
@@ -241,6 +260,12 @@ pub fn compute(
         let supported: i64 = e.grants.iter().map(|(_, a)| a).sum();
         let cash = e.amount - supported;
         let (mut partner, mut vendor, recouped_now) = split_cash(cash, &terms, &mut recouped);
+        cash_splits.push(CashSplit {
+            event_id: e.id.clone(),
+            cash,
+            partner,
+            recouped: recouped_now,
+        });
         let key = (
             Period::of_ms(e.created_at),
             e.tenant_org_id.clone(),
@@ -277,6 +302,9 @@ pub fn compute(
     }
     let mut adjustments = adjustments.to_vec();
     adjustments.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    // Refunds give recoupment back at the end of the period.
+    let adjustments_recouped: i64 = adjustments.iter().map(|a| a.recouped).sum();
+    let recouped = recouped + adjustments_recouped;
     let lines: Vec<Line> = lines.into_values().collect();
     let mut totals = Amounts::default();
     for l in &lines {
@@ -298,18 +326,25 @@ pub fn compute(
         adjustments_gross: adjustments.iter().map(|a| a.gross).sum(),
         adjustments_partner: adjustments.iter().map(|a| a.partner_amount).sum(),
         adjustments_vendor: adjustments.iter().map(|a| a.vendor_amount).sum(),
+        adjustments_recouped,
         adjustments,
         recouped_before,
         recouped_after: recouped,
         recoup_cost,
         factory_gross,
         events_without_agreement: without,
+        cash_splits,
     }
 }
 
-/// The partner's and vendor's parts of a usage refund of `amount` under `terms`: the partner
-/// gives back its normal cash share, rounded down; the vendor bears the rest.
-pub fn refund_split(amount: i64, terms: &Terms) -> (i64, i64) {
-    let partner = share(amount, terms.partner_share_bps);
-    (-partner, -(amount - partner))
+/// The parts of a cash refund of `amount` of an event whose cash was split as `split`:
+/// (partner, vendor, recouped), each zero or negative. Each side gives back its share of the
+/// refunded cash, the partner's rounded toward zero; recoupment is given back likewise.
+pub fn refund_split(amount: i64, split: &CashSplit) -> (i64, i64, i64) {
+    if split.cash <= 0 {
+        return (0, -amount, 0);
+    }
+    let part = |of: i64| (i128::from(of) * i128::from(amount) / i128::from(split.cash)) as i64;
+    let partner = part(split.partner);
+    (-partner, -(amount - partner), -part(split.recouped))
 }

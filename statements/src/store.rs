@@ -10,7 +10,7 @@ use ledger::{AccountKind, AccountSpec, Leg, Nanos, Posting};
 
 use crate::agreements::{self, AgreementVersion};
 use crate::canonical::{self, Header, sha256_hex};
-use crate::compute::{self, AdjustmentIn, Computed, EventIn, Terms};
+use crate::compute::{self, AdjustmentIn, Computed, EventIn};
 use crate::{Period, StatementError};
 
 /// Where the vendor's share of closed months goes.
@@ -117,6 +117,8 @@ pub struct Adjustment {
     pub gross: Nanos,
     pub partner_amount: Nanos,
     pub vendor_amount: Nanos,
+    /// Recoupment given back (a refund of cash the vendor had recouped): zero or negative.
+    pub recouped: Nanos,
     pub reason: String,
     pub created_by: String,
     pub created_at: i64,
@@ -181,21 +183,47 @@ struct Open {
     adjustments: Vec<(Period, AdjustmentIn)>,
 }
 
-async fn load_open(
+/// Which usage events to load: those not yet in a closed statement (before a time), or those
+/// one closed statement took.
+enum EventSet<'a> {
+    OpenBefore(i64),
+    Statement(&'a str),
+}
+
+async fn fetch_set(
+    conn: &mut AnyConnection,
+    sql: &str,
+    partner_org_id: &str,
+    set: &EventSet<'_>,
+) -> Result<Vec<db::sqlx::any::AnyRow>, db::sqlx::Error> {
+    let q = db::sqlx::query(sql).bind(partner_org_id);
+    let q = match set {
+        EventSet::OpenBefore(before) => q.bind(*before),
+        EventSet::Statement(id) => q.bind(*id),
+    };
+    q.fetch_all(&mut *conn).await
+}
+
+async fn load_events(
     conn: &mut AnyConnection,
     partner_org_id: &str,
-    before: i64,
-) -> Result<Open, StatementError> {
-    let rows = db::sqlx::query(
+    set: EventSet<'_>,
+) -> Result<Vec<EventIn>, StatementError> {
+    let filter = match set {
+        EventSet::OpenBefore(_) => {
+            "LEFT JOIN statement_events s ON s.usage_event_id = e.id \
+             WHERE e.partner_org_id = $1 AND e.created_at < $2 AND s.usage_event_id IS NULL"
+        }
+        EventSet::Statement(_) => {
+            "JOIN statement_events s ON s.usage_event_id = e.id \
+             WHERE e.partner_org_id = $1 AND s.statement_id = $2"
+        }
+    };
+    let sql = format!(
         "SELECT e.id, e.created_at, e.org_id, e.model, e.factory_id, e.prompt_tokens, \
-         e.completion_tokens, e.device_us, e.amount FROM usage_events e \
-         LEFT JOIN statement_events s ON s.usage_event_id = e.id \
-         WHERE e.partner_org_id = $1 AND e.created_at < $2 AND s.usage_event_id IS NULL",
-    )
-    .bind(partner_org_id)
-    .bind(before)
-    .fetch_all(&mut *conn)
-    .await?;
+         e.completion_tokens, e.device_us, e.amount FROM usage_events e {filter}"
+    );
+    let rows = fetch_set(conn, &sql, partner_org_id, &set).await?;
     let mut events = Vec::with_capacity(rows.len());
     let mut index = HashMap::with_capacity(rows.len());
     for r in &rows {
@@ -214,18 +242,13 @@ async fn load_open(
             grants: Vec::new(),
         });
     }
-    let grants = db::sqlx::query(
+    let sql = format!(
         "SELECT g.usage_event_id, g.amount, p.sponsor_org_id FROM usage_event_grants g \
          JOIN usage_events e ON e.id = g.usage_event_id \
-         JOIN credit_programs p ON p.id = g.program_id \
-         LEFT JOIN statement_events s ON s.usage_event_id = e.id \
-         WHERE e.partner_org_id = $1 AND e.created_at < $2 AND s.usage_event_id IS NULL \
-         ORDER BY g.usage_event_id, g.grant_id",
-    )
-    .bind(partner_org_id)
-    .bind(before)
-    .fetch_all(&mut *conn)
-    .await?;
+         JOIN credit_programs p ON p.id = g.program_id {filter} \
+         ORDER BY g.usage_event_id, g.grant_id"
+    );
+    let grants = fetch_set(conn, &sql, partner_org_id, &set).await?;
     for g in &grants {
         let event: String = g.try_get("usage_event_id")?;
         let sponsor: Option<String> = g.try_get("sponsor_org_id")?;
@@ -236,9 +259,18 @@ async fn load_open(
             ));
         }
     }
+    Ok(events)
+}
+
+async fn load_open(
+    conn: &mut AnyConnection,
+    partner_org_id: &str,
+    before: i64,
+) -> Result<Open, StatementError> {
+    let events = load_events(conn, partner_org_id, EventSet::OpenBefore(before)).await?;
     let rows = db::sqlx::query(
         "SELECT id, period, kind, tenant_org_id, factory_id, gross, partner_amount, \
-         vendor_amount, reason, created_by, created_at FROM statement_adjustments \
+         vendor_amount, recouped, reason, created_by, created_at FROM statement_adjustments \
          WHERE partner_org_id = $1 AND statement_id IS NULL",
     )
     .bind(partner_org_id)
@@ -257,6 +289,7 @@ async fn load_open(
                 gross: r.try_get("gross")?,
                 partner_amount: r.try_get("partner_amount")?,
                 vendor_amount: r.try_get("vendor_amount")?,
+                recouped: r.try_get("recouped")?,
                 reason: r.try_get("reason")?,
                 created_by: r.try_get("created_by")?,
                 created_at: r.try_get("created_at")?,
@@ -796,6 +829,7 @@ impl Statements {
             gross: Nanos::ZERO,
             partner_amount: amount,
             vendor_amount: Nanos::new(-amount.get()),
+            recouped: Nanos::ZERO,
             reason,
             created_by: actor.to_string(),
             created_at: now,
@@ -824,7 +858,7 @@ impl Statements {
             ));
         }
         let row = db::sqlx::query(
-            "SELECT partner_org_id, org_id, factory_id, amount, created_at FROM usage_events \
+            "SELECT partner_org_id, org_id, factory_id, paid_amount, created_at FROM usage_events \
              WHERE id = $1",
         )
         .bind(usage_event_id)
@@ -834,7 +868,7 @@ impl Statements {
         let partner: String = row.try_get("partner_org_id")?;
         let tenant: String = row.try_get("org_id")?;
         let factory: String = row.try_get("factory_id")?;
-        let charged: i64 = row.try_get("amount")?;
+        let paid: i64 = row.try_get("paid_amount")?;
         let used_at: i64 = row.try_get("created_at")?;
         let wallet = self.credits.paid_account(&tenant).await?;
         let pending = open(
@@ -858,18 +892,20 @@ impl Statements {
         .bind(usage_event_id)
         .fetch_one(&mut *tx)
         .await?;
-        let left = charged - refunded.unwrap_or(0);
+        let left = paid - refunded.unwrap_or(0);
         if amount.get() > left {
             return Err(StatementError::Invalid(format!(
-                "At most {} of this usage is left to refund (charged {}).",
+                "At most {} of this usage is left to refund: {} was paid in cash (credit-supported \
+                 usage is not refunded in money).",
                 Nanos::new(left),
-                Nanos::new(charged)
+                Nanos::new(paid)
             )));
         }
-        let agreements = agreements::load(&mut tx, &partner).await?;
-        let spans: Vec<_> = agreements.iter().map(AgreementVersion::span).collect();
-        let terms = compute::terms_at(&spans, used_at).map_or(Terms::NONE, |a| a.terms);
-        let (partner_part, vendor_part) = compute::refund_split(amount.get(), &terms);
+        let split = self
+            .cash_split(&mut tx, &head, &partner, usage_event_id, used_at, now)
+            .await?;
+        let (partner_part, vendor_part, recouped_part) =
+            compute::refund_split(amount.get(), &split);
         let id = new_id();
         let posting = Posting::transfer(
             format!("refund:{id}"),
@@ -897,6 +933,7 @@ impl Statements {
             gross: Nanos::new(-amount.get()),
             partner_amount: Nanos::new(partner_part),
             vendor_amount: Nanos::new(vendor_part),
+            recouped: Nanos::new(recouped_part),
             reason,
             created_by: actor.to_string(),
             created_at: now,
@@ -905,6 +942,53 @@ impl Statements {
         insert_adjustment(&mut tx, &a, Some(&factory), Some(&transaction_id)).await?;
         tx.commit().await?;
         Ok(a)
+    }
+
+    /// How an event's cash was split: recomputed from its closed statement's own inputs, or
+    /// from the open month that holds it.
+    async fn cash_split(
+        &self,
+        conn: &mut AnyConnection,
+        head: &Head,
+        partner_org_id: &str,
+        event_id: &str,
+        used_at: i64,
+        now: i64,
+    ) -> Result<compute::CashSplit, StatementError> {
+        let agreements = agreements::load(conn, partner_org_id).await?;
+        let closed = db::sqlx::query(
+            "SELECT st.id, st.period, st.recouped_before FROM statement_events se \
+             JOIN statements st ON st.id = se.statement_id WHERE se.usage_event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let c = match closed {
+            Some(r) => {
+                let statement_id: String = r.try_get("id")?;
+                let period = Period::parse(&r.try_get::<String, _>("period")?)?;
+                let events =
+                    load_events(conn, partner_org_id, EventSet::Statement(&statement_id)).await?;
+                let spans: Vec<_> = agreements.iter().map(AgreementVersion::span).collect();
+                compute::compute(period, &events, &spans, &[], r.try_get("recouped_before")?)
+            }
+            None => {
+                let month = Period::of_ms(used_at);
+                let open = load_open(conn, partner_org_id, month.end_ms().max(now)).await?;
+                let first = first_open(head, &open, &agreements, now);
+                compute_open(
+                    first,
+                    month.max(first),
+                    &open,
+                    &agreements,
+                    head.recouped_total,
+                )?
+            }
+        };
+        c.cash_splits
+            .into_iter()
+            .find(|s| s.event_id == event_id)
+            .ok_or(StatementError::UnknownUsage)
     }
 
     /// The partner's closed statements in order, each checked against its stored CSV and its
@@ -1066,7 +1150,8 @@ impl Statements {
     ) -> Result<Vec<Adjustment>, StatementError> {
         let rows = db::sqlx::query(
             "SELECT id, partner_org_id, period, kind, tenant_org_id, usage_event_id, gross, \
-             partner_amount, vendor_amount, reason, created_by, created_at, statement_id \
+             partner_amount, vendor_amount, recouped, reason, created_by, created_at, \
+             statement_id \
              FROM statement_adjustments WHERE partner_org_id = $1 ORDER BY created_at DESC, id",
         )
         .bind(partner_org_id)
@@ -1084,6 +1169,7 @@ impl Statements {
                     gross: Nanos::new(r.try_get("gross")?),
                     partner_amount: Nanos::new(r.try_get("partner_amount")?),
                     vendor_amount: Nanos::new(r.try_get("vendor_amount")?),
+                    recouped: Nanos::new(r.try_get("recouped")?),
                     reason: r.try_get("reason")?,
                     created_by: r.try_get("created_by")?,
                     created_at: r.try_get("created_at")?,
@@ -1133,9 +1219,9 @@ async fn insert_adjustment(
 ) -> Result<(), StatementError> {
     db::sqlx::query(
         "INSERT INTO statement_adjustments (id, partner_org_id, period, kind, tenant_org_id, \
-         usage_event_id, factory_id, gross, partner_amount, vendor_amount, reason, created_by, \
-         created_at, transaction_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         usage_event_id, factory_id, gross, partner_amount, vendor_amount, recouped, reason, \
+         created_by, created_at, transaction_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&a.id)
     .bind(&a.partner_org_id)
@@ -1147,6 +1233,7 @@ async fn insert_adjustment(
     .bind(a.gross.get())
     .bind(a.partner_amount.get())
     .bind(a.vendor_amount.get())
+    .bind(a.recouped.get())
     .bind(&a.reason)
     .bind(&a.created_by)
     .bind(a.created_at)

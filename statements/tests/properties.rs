@@ -75,6 +75,7 @@ fn adjustment() -> impl Strategy<Value = AdjustmentIn> {
                 gross,
                 partner_amount: partner,
                 vendor_amount: gross - partner,
+                recouped: 0,
                 reason: "r, with \"quotes\"\nand a line break".into(),
                 created_by: "ops".into(),
                 created_at: 0,

@@ -293,7 +293,8 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
         // $2 cash from A crosses the threshold: 0.78 is left to recoup, reached after
         // 1.299999999 of cash (vendor 0.78, partner 0.519999999); the other 0.700000001 is
         // split 70/30 rounding the partner down (0.49 / 0.210000001).
-        w.usage(&w.tenant_a, &w.factory, "m2", 2000 * M, at("2026-10-04", 0))
+        let e3 = w
+            .usage(&w.tenant_a, &w.factory, "m2", 2000 * M, at("2026-10-04", 0))
             .await;
         // $0.10 cash from B after recoupment: 70/30.
         w.usage(&w.tenant_b, &w.factory, "m1", 100 * M, at("2026-10-05", 0))
@@ -317,7 +318,8 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
             at("2026-10-06", 0),
         )
         .await;
-        // A refund of $0.10 of the first job (partner gives back 70 %), and a $0.05 credit.
+        // A refund of $0.10 of the first job: each side gives back its part of that cash
+        // (partner 40 %, vendor 60 %, which no longer counts as recouped); a $0.05 credit.
         w.statements
             .refund_usage(
                 &e1,
@@ -412,10 +414,10 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
             ),
             (3600 * M, 1_709_999_999, 1_890_000_001, 1500 * M)
         );
-        assert_eq!(d.adjustments_total, [-100 * M, -20 * M, -80 * M]);
-        assert_eq!(d.recoupment, [1500 * M, 0, 1500 * M, 1500 * M, 0]);
-        assert_eq!(d.summary, [3500 * M, 1_689_999_999, 1_810_000_001]);
-        assert_eq!(d.payable, 1_689_999_999);
+        assert_eq!(d.adjustments_total, [-100 * M, 10 * M, -110 * M, -60 * M]);
+        assert_eq!(d.recoupment, [1500 * M, 0, 1440 * M, 1440 * M, 60 * M]);
+        assert_eq!(d.summary, [3500 * M, 1_719_999_999, 1_780_000_001]);
+        assert_eq!(d.payable, 1_719_999_999);
         assert_eq!(d.status, "draft");
 
         // The factory account holds the month's usage; the refund is pending.
@@ -452,9 +454,9 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
         assert_eq!(w.balance("statements:refunds-pending").await, 0);
         assert_eq!(
             w.balance(&format!("partner:{}:payable", w.partner)).await,
-            1_689_999_999
+            1_719_999_999
         );
-        assert_eq!(w.balance("vendor:revenue").await, 1_810_000_001);
+        assert_eq!(w.balance("vendor:revenue").await, 1_780_000_001);
         // Gross equals what the usage events' settlements credited to the factory account.
         let settled: i64 = db::sqlx::query_scalar(
             "SELECT CAST(SUM(le.amount) AS BIGINT) FROM ledger_entries le \
@@ -476,9 +478,9 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
         for shown in [
             "Savanna Cloud - 2026-10",
             "Closed statement no. 1",
-            "$1.689999999",
+            "$1.719999999",
             "$3.50",
-            "$1.810000001",
+            "$1.780000001",
             "launch bonus",
             "slow responses",
             sha256.as_str(),
@@ -553,7 +555,7 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
                 draft.document.lines[0].sums.partner_share,
                 draft.document.recoupment[1]
             ),
-            (7 * M, 1500 * M)
+            (4 * M, 1440 * M)
         );
         assert_eq!(
             draft.document.previous_sha256.as_deref(),
@@ -565,6 +567,40 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
             .await
             .unwrap();
         assert_eq!(reread.csv, closed.csv);
+
+        // Refunding $0.20 of the closed month's threshold event reverses its own split (from
+        // the closed statement): partner 1.009999999 / 2 * 0.1 rounded toward zero, recouped
+        // 0.78 * 0.1; it lands in November.
+        let refund = w
+            .statements
+            .refund_usage(
+                &e3,
+                Nanos::new(200 * M),
+                "late refund",
+                "ops",
+                at("2026-11-27", 0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refund.period, nov);
+        assert_eq!(
+            (
+                refund.partner_amount.get(),
+                refund.vendor_amount.get(),
+                refund.recouped.get()
+            ),
+            (-100_999_999, -99_000_001, -78 * M)
+        );
+        let draft = w
+            .statements
+            .statement(&w.partner, nov, at("2026-11-27", 0))
+            .await
+            .unwrap();
+        assert_eq!(
+            draft.document.adjustments_total,
+            [-200 * M, -100_999_999, -99_000_001, -78 * M]
+        );
+        assert_eq!(draft.document.recoupment[3], 1440 * M + 6 * M - 78 * M);
 
         // December cannot be closed before November; November closes into the chain.
         let dec = nov.next();
@@ -919,12 +955,22 @@ async fn random_months_reconcile_with_the_ledger_for_every_partner_and_the_vendo
             charged += amount;
         }
         // Refunds of some September usage, made in September, and credits either way.
-        for (event, amount, when) in events
+        for (event, _, when) in events
             .iter()
             .filter(|(_, _, when)| *when < oct().start_ms())
             .take(3)
         {
-            let part = 1 + rng.next(*amount as u64) as i64;
+            // Only cash is refunded in money.
+            let paid: i64 =
+                db::sqlx::query_scalar("SELECT paid_amount FROM usage_events WHERE id = $1")
+                    .bind(event)
+                    .fetch_one(w.db.pool())
+                    .await
+                    .unwrap();
+            if paid == 0 {
+                continue;
+            }
+            let part = 1 + rng.next(paid as u64) as i64;
             w.statements
                 .refund_usage(event, Nanos::new(part), "random refund", "ops", when + 1)
                 .await
