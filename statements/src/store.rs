@@ -678,24 +678,6 @@ impl Statements {
                 });
             }
         }
-        let transaction_id = if legs.is_empty() {
-            None
-        } else {
-            let posting = Posting::new(
-                format!("statement:{partner_org_id}:{period}"),
-                "statement_close",
-                format!("{partner_name} statement {number} for {period}"),
-                Some(partner_org_id.to_string()),
-                legs,
-            )?;
-            Some(
-                ledger
-                    .post_in(&mut tx, &posting)
-                    .await?
-                    .transaction_id()
-                    .to_string(),
-            )
-        };
         let id = new_id();
         db::sqlx::query(
             "INSERT INTO statements (id, partner_org_id, period, number, csv, sha256, \
@@ -717,7 +699,7 @@ impl Statements {
         .bind(c.vendor_total())
         .bind(c.recouped_before)
         .bind(c.recouped_after)
-        .bind(&transaction_id)
+        .bind(None::<String>)
         .bind(actor)
         .bind(now)
         .execute(&mut *tx)
@@ -760,6 +742,32 @@ impl Statements {
         .bind(partner_org_id)
         .execute(&mut *tx)
         .await?;
+        // The ledger last: if the posting fails, everything above rolls back with it.
+        let transaction_id = if legs.is_empty() {
+            None
+        } else {
+            let posting = Posting::new(
+                format!("statement:{partner_org_id}:{period}"),
+                "statement_close",
+                format!("{partner_name} statement {number} for {period}"),
+                Some(partner_org_id.to_string()),
+                legs,
+            )?;
+            Some(
+                ledger
+                    .post_in(&mut tx, &posting)
+                    .await?
+                    .transaction_id()
+                    .to_string(),
+            )
+        };
+        if let Some(t) = &transaction_id {
+            db::sqlx::query("UPDATE statements SET transaction_id = $1 WHERE id = $2")
+                .bind(t)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         tracing::info!(
             partner = partner_org_id,

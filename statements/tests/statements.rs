@@ -1059,3 +1059,99 @@ async fn random_months_reconcile_with_the_ledger_for_every_partner_and_the_vendo
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn a_close_that_fails_leaves_the_month_open_and_nothing_posted() {
+    for t in TestDb::all().await {
+        let w = world(&t.db).await;
+        w.agreement(&w.partner, "2026-10-01", TERMS).await;
+        w.usage(&w.tenant_a, &w.factory, "m1", 5 * M, at("2026-10-02", 0))
+            .await;
+        w.statements
+            .adjust(
+                &w.partner,
+                oct(),
+                AdjustmentKind::Credit,
+                Nanos::new(M),
+                None,
+                "bonus",
+                "ops",
+                at("2026-10-03", 0),
+            )
+            .await
+            .unwrap();
+        // A usage event whose charge never reached the factory's account (as if the ledger
+        // lost it): the statement is written, then the posting fails and takes it all back.
+        let job = db::new_id();
+        for sql in [
+            "INSERT INTO jobs (id, org_id, kind, model, factory_id, partner_org_id, status, \
+             prompt_tokens, max_tokens, created_at) VALUES ($1, $2, 'production', 'm1', $3, $4, \
+             'succeeded', 1, 1, $5)",
+            "INSERT INTO usage_events (id, job_id, org_id, kind, model, factory_id, partner_org_id, \
+             prompt_tokens, completion_tokens, input_nanos_per_mtok, output_nanos_per_mtok, amount, \
+             paid_amount, device_us, queue_ms, duration_ms, partial, finish_reason, created_at) \
+             VALUES ($1 || '-e', $1, $2, 'production', 'm1', $3, $4, 1, 1, 0, 0, 7000000, 7000000, \
+             0, 0, 0, 0, 'length', $5)",
+        ] {
+            db::sqlx::query(sql)
+                .bind(&job)
+                .bind(&w.tenant_a)
+                .bind(&w.factory)
+                .bind(&w.partner)
+                .bind(at("2026-10-04", 0))
+                .execute(w.db.pool())
+                .await
+                .unwrap();
+        }
+        let failed = w
+            .statements
+            .close(&w.partner, oct(), "ops", closing_time())
+            .await;
+        assert!(
+            matches!(
+                failed,
+                Err(StatementError::Ledger(
+                    ledger::LedgerError::InsufficientFunds { .. }
+                ))
+            ),
+            "{failed:?}"
+        );
+        let count = |sql: &'static str| {
+            let db = w.db.clone();
+            async move {
+                db::sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(count("SELECT COUNT(*) FROM statements").await, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM statement_events").await, 0);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM statement_adjustments WHERE statement_id IS NOT NULL")
+                .await,
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM statement_heads WHERE last_period IS NOT NULL").await,
+            0
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM ledger_transactions WHERE kind = 'statement_close'").await,
+            0
+        );
+        assert_eq!(
+            w.balance(&format!("factory:{}:usage", w.factory)).await,
+            5 * M
+        );
+        let still = w
+            .statements
+            .statement(&w.partner, oct(), closing_time())
+            .await
+            .unwrap();
+        assert!(!still.is_closed());
+        assert_eq!(still.document.total.gross, 12 * M);
+        assert!(w.credits.ledger().verify().await.unwrap().is_ok());
+        t.finish().await;
+    }
+}

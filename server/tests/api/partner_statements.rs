@@ -177,6 +177,15 @@ async fn a_partner_downloads_its_closed_statement_and_nobody_else_can() {
     let (_, overview) = savanna.json("/api/statements_overview", &[]).await;
     assert_eq!(overview["chain"][0]["sha256"], serde_json::json!(sha));
     assert_eq!(overview["chain"][0]["ok"], serde_json::json!(true));
+    // `sha256sum` of the downloaded file prints the same hash.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("statement.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&sum.stdout).starts_with(&format!("{sha}  ")));
     let out = verify_cli(&csv, None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
