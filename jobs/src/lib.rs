@@ -13,6 +13,7 @@
 mod admit;
 mod limits;
 mod lookups;
+pub mod metrics;
 mod pricing;
 mod recovery;
 mod running;
@@ -169,6 +170,7 @@ struct Inner {
     pool: Option<Arc<engine::Pool>>,
     limits: limits::TokenLimits,
     lookups: lookups::Lookups,
+    metrics: metrics::JobMetrics,
 }
 
 impl Jobs {
@@ -186,12 +188,18 @@ impl Jobs {
                 pool,
                 limits: limits::TokenLimits::default(),
                 lookups: lookups::Lookups::default(),
+                metrics: metrics::JobMetrics::default(),
             }),
         }
     }
 
     pub fn pool(&self) -> Option<&Arc<engine::Pool>> {
         self.inner.pool.as_ref()
+    }
+
+    /// This process's job metrics (latency histograms, jobs by outcome).
+    pub fn metrics(&self) -> &metrics::JobMetrics {
+        &self.inner.metrics
     }
 
     /// Models a tenant may use: priced, served by a factory, and loaded by a worker here.

@@ -253,7 +253,7 @@ async fn settle(
     end: End,
     delivered: usize,
 ) -> Result<Receipt, JobError> {
-    match settle_once(jobs, ctx, end, delivered).await {
+    let result = match settle_once(jobs, ctx, end, delivered).await {
         Ok(r) => Ok(r),
         Err(e) => {
             tracing::error!(job = ctx.id, error = %e, "settlement failed; voiding the hold");
@@ -262,7 +262,34 @@ async fn settle(
             }
             Err(e)
         }
-    }
+    };
+    let (status, receipt) = match &result {
+        Ok(
+            r @ Receipt {
+                charged: Charged::Complete,
+                ..
+            },
+        ) => ("succeeded", Some(r)),
+        Ok(
+            r @ Receipt {
+                charged: Charged::Partial,
+                ..
+            },
+        ) => ("cancelled", Some(r)),
+        Ok(r) => ("failed", Some(r)),
+        Err(_) => ("failed", None),
+    };
+    jobs.inner.metrics.observe(&crate::metrics::Observed {
+        model: &ctx.model,
+        factory: &ctx.factory_id,
+        kind: ctx.kind.code(),
+        status,
+        completion_tokens: receipt.map_or(0, |r| r.completion_tokens),
+        time_to_first_token: receipt.map_or(Duration::ZERO, |r| r.time_to_first_token),
+        decode_time: receipt.map_or(Duration::ZERO, |r| r.decode_time),
+        e2e_seconds: (now_ms() - ctx.created_at).max(0) as f64 / 1000.0,
+    });
+    result
 }
 
 async fn settle_once(

@@ -35,6 +35,26 @@ pub struct Config {
     /// `TOKENMILL_BATCH_CONCURRENCY`: batch lines this instance runs at once, default 8 (they
     /// queue at batch priority, so more only deepens the engine's queue).
     pub batch_concurrency: usize,
+    /// `TOKENMILL_METRICS_TOKEN`: the bearer token `/metrics` asks for; without it the
+    /// endpoint is off.
+    pub metrics_token: Option<Secret>,
+}
+
+/// A setting that must not reach the logs (`Config` is logged at start).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The models the worker pool serves.
@@ -178,6 +198,7 @@ impl Default for Config {
             key_rpm: std::num::NonZeroU32::new(600).expect("non-zero"),
             bootstrap: true,
             batch_concurrency: 8,
+            metrics_token: None,
         }
     }
 }
@@ -254,6 +275,7 @@ impl Config {
                 }
                 n => n as usize,
             },
+            metrics_token: var("TOKENMILL_METRICS_TOKEN").map(|t| Secret(t.trim().to_string())),
         })
     }
 

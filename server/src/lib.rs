@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 mod downloads;
 pub mod inference;
+mod metrics;
 pub mod openai;
 mod playground;
 pub mod security;
@@ -92,6 +93,8 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     if pool.is_some() {
         batch_runner::spawn(batches.clone(), jobs.clone(), config.batch_concurrency);
     }
+    let metrics_state =
+        metrics::MetricsState::new(jobs.clone(), db.clone(), config.metrics_token.as_deref());
     let api = openai::ApiState::new(
         app_state.keys.clone(),
         jobs,
@@ -99,8 +102,11 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         db.clone(),
         config.key_rpm,
     );
-    let router = router(config, db.clone(), app_state.clone())
-        .merge(api_routes(api, inference::Readiness::new(pool)));
+    let router = router(config, db.clone(), app_state.clone()).merge(api_routes(
+        api,
+        inference::Readiness::new(pool),
+        metrics_state,
+    ));
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok((router, db))
@@ -191,12 +197,21 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// `/v1` (bearer keys, OpenAI errors) and `/ready`: no sessions and no CSRF checks, since no
+/// `/v1` (bearer keys, OpenAI errors), `/ready` and `/metrics` (bearer token): no sessions and no CSRF checks, since no
 /// cookie authenticates them.
-fn api_routes(api: openai::ApiState, readiness: inference::Readiness) -> Router {
+fn api_routes(
+    api: openai::ApiState,
+    readiness: inference::Readiness,
+    metrics_state: metrics::MetricsState,
+) -> Router {
     Router::new()
         .route("/ready", get(inference::ready))
         .with_state(readiness)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics::metrics))
+                .with_state(metrics_state),
+        )
         // Bodies are limited by the handlers, which answer in OpenAI's error format.
         .merge(openai::router(api))
         .layer(middleware::from_fn(security::headers))

@@ -7,6 +7,7 @@ mod batches;
 mod completions;
 mod compute;
 mod helpers;
+mod metrics;
 mod openai_client;
 mod partner_statements;
 mod payments;

@@ -1,0 +1,114 @@
+//! `/metrics`: refused without the bearer token; after a known set of requests, the job
+//! counters and latency histograms hold exactly those requests, the pool's token counters
+//! cover them, nothing is left running or held, and no tenant id appears.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::completions::api_with;
+
+const TOKEN: &str = "scrape-me-please";
+
+/// The value of the sample whose name is `name` and whose labels include every `label`.
+fn sample(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap();
+            (series == name || series.starts_with(&format!("{name}{{")))
+                && labels.iter().all(|want| series.contains(want))
+        })
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"))
+        .rsplit_once(' ')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_and_need_the_token() {
+    let api = api_with(|c| c.metrics_token = Some(server::config::Secret(TOKEN.into()))).await;
+    let url = format!("{}/metrics", api.app.base);
+    let http = reqwest::Client::new();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = http.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    for _ in 0..3 {
+        api.ok(
+            "/v1/chat/completions",
+            &json!({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 4, "ignore_eos": true}),
+        )
+        .await;
+    }
+    // Refused before it became a job: not counted.
+    api.refused(
+        "/v1/chat/completions",
+        &json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+
+    let r = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let body = r.text().await.unwrap();
+    let model = r#"model_name="tiny-chat""#;
+    assert_eq!(
+        sample(
+            &body,
+            "tokenmill_jobs_total",
+            &[model, r#"kind="production""#, r#"status="succeeded""#]
+        ),
+        3.0
+    );
+    for histogram in [
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:time_per_output_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+    ] {
+        assert_eq!(sample(&body, histogram, &[model]), 3.0, "{histogram}");
+    }
+    let ttft = sample(&body, "vllm:time_to_first_token_seconds_sum", &[model]);
+    let e2e = sample(&body, "vllm:e2e_request_latency_seconds_sum", &[model]);
+    assert!(ttft > 0.0 && ttft <= e2e, "ttft {ttft} e2e {e2e}");
+    // The workers' counters include these requests (and any health probe).
+    let prompt = api
+        .scalar("SELECT CAST(SUM(prompt_tokens) AS BIGINT) FROM usage_events")
+        .await;
+    assert_eq!(
+        api.scalar("SELECT CAST(SUM(completion_tokens) AS BIGINT) FROM usage_events")
+            .await,
+        12
+    );
+    assert!(sample(&body, "vllm:generation_tokens_total", &[model]) >= 12.0);
+    assert!(sample(&body, "vllm:prompt_tokens_total", &[model]) >= prompt as f64);
+    assert_eq!(sample(&body, "vllm:num_requests_running", &[model]), 0.0);
+    assert_eq!(sample(&body, "vllm:num_requests_waiting", &[model]), 0.0);
+    let cache = sample(&body, "vllm:gpu_cache_usage_perc", &[model]);
+    assert!((0.0..=1.0).contains(&cache));
+    assert_eq!(sample(&body, "tokenmill_holds_open", &[]), 0.0);
+    assert!(sample(&body, "tokenmill_ledger_postings_total", &[]) >= 4.0);
+    assert_eq!(sample(&body, "tokenmill_login_failures_recent", &[]), 0.0);
+    assert!(
+        !body.contains(&api.org_id),
+        "a tenant id leaked into the metrics"
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_setting_metrics_are_off() {
+    let app = crate::helpers::spawn_app().await;
+    let r = reqwest::get(format!("{}/metrics", app.base)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("TOKENMILL_METRICS_TOKEN"));
+}
