@@ -33,7 +33,11 @@ use db::Db;
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list, handle_server_fns_with_context};
 use tokio::net::TcpListener;
-use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tower_http::{
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
 
 pub use config::Config;
@@ -102,11 +106,13 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         db.clone(),
         config.key_rpm,
     );
-    let router = router(config, db.clone(), app_state.clone()).merge(api_routes(
-        api,
-        inference::Readiness::new(pool),
-        metrics_state,
-    ));
+    let router = with_request_ids(
+        router(config, db.clone(), app_state.clone()).merge(api_routes(
+            api,
+            inference::Readiness::new(pool),
+            metrics_state,
+        )),
+    );
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok((router, db))
@@ -194,7 +200,6 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(policy, security::client_ip))
         .merge(webhooks)
         .layer(middleware::from_fn(security::headers))
-        .layer(TraceLayer::new_for_http())
 }
 
 /// `/v1` (bearer keys, OpenAI errors), `/ready` and `/metrics` (bearer token): no sessions and no CSRF checks, since no
@@ -215,7 +220,33 @@ fn api_routes(
         // Bodies are limited by the handlers, which answer in OpenAI's error format.
         .merge(openai::router(api))
         .layer(middleware::from_fn(security::headers))
-        .layer(TraceLayer::new_for_http())
+}
+
+/// Every request gets an id (the caller's `X-Request-Id`, else a new UUID), returned in the
+/// response's `X-Request-Id` and carried by the request's log span, so one line per request
+/// (method, path, status, latency) and every line logged while handling it can be found by
+/// the id a user reports.
+fn with_request_ids(router: Router) -> Router {
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request<Body>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!(
+                "request",
+                request_id = %id,
+                method = %req.method(),
+                path = %req.uri().path(),
+            )
+        })
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    router
+        .layer(trace)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 async fn server_fn_handler(State(state): State<ServerState>, req: Request<Body>) -> Response {

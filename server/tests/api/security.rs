@@ -260,3 +260,28 @@ async fn pages_forbid_framing_and_sniffing() {
     assert_eq!(r.headers()["x-frame-options"], "DENY");
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let mut seen = std::collections::HashSet::new();
+    for path in ["/health", "/login", "/no-such-page", "/v1/models"] {
+        let r = http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36, "{path}: {id}");
+        assert!(seen.insert(id), "ids repeat");
+    }
+    // A caller's own id (a proxy's, say) is kept, so logs on both sides line up.
+    let r = http
+        .get(format!("{}/health", app.base))
+        .header("x-request-id", "edge-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "edge-42");
+}
