@@ -323,6 +323,68 @@ impl Accounts {
         row.as_ref().map(org_from_row).transpose()
     }
 
+    /// Whether the organisation is suspended (its sessions and API keys are refused).
+    pub async fn is_suspended(&self, org_id: &str) -> Result<bool, AccountError> {
+        let at: Option<Option<i64>> =
+            db::sqlx::query_scalar("SELECT suspended_at FROM organizations WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        Ok(at.flatten().is_some())
+    }
+
+    /// Suspends or resumes an organisation: operators only, and never the platform's own.
+    pub async fn set_suspended(
+        &self,
+        actor: &User,
+        org_id: &str,
+        suspended: bool,
+    ) -> Result<(), AccountError> {
+        if !actor.is_operator {
+            return Err(AccountError::Forbidden);
+        }
+        let done = db::sqlx::query(
+            "UPDATE organizations SET suspended_at = $1 WHERE id = $2 AND kind <> 'platform'",
+        )
+        .bind(suspended.then(now_ms))
+        .bind(org_id)
+        .execute(self.db.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(AccountError::NotFound);
+        }
+        tracing::info!(
+            actor = actor.id,
+            org_id,
+            suspended,
+            "organisation suspension changed"
+        );
+        Ok(())
+    }
+
+    /// Organisations for the operators' console, by name: each with when it was suspended.
+    /// `search` matches a part of the name, any case.
+    pub async fn organizations(
+        &self,
+        actor: &User,
+        search: &str,
+    ) -> Result<Vec<(Org, Option<i64>)>, AccountError> {
+        if !actor.is_operator {
+            return Err(AccountError::Forbidden);
+        }
+        let pattern = format!("%{}%", search.trim().to_lowercase());
+        let rows = db::sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS}, suspended_at FROM organizations \
+             WHERE kind <> 'platform' AND LOWER(name) LIKE $1 ORDER BY name, id LIMIT 200"
+        ))
+        .bind(pattern)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((org_from_row(r)?, r.try_get("suspended_at")?)))
+            .collect()
+    }
+
     /// Changes the user's password after checking the current one. Wrong guesses of the
     /// current password count against the same limits as failed logins, so a stolen session
     /// cannot be used to guess it.

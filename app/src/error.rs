@@ -23,6 +23,8 @@ pub enum AppError {
     NotSignedIn,
     #[error("You do not have permission to do that.")]
     Forbidden,
+    #[error("Your organisation is suspended. Contact the platform operator.")]
+    Suspended,
     #[error("Not found.")]
     NotFound,
     #[error("{0}")]
@@ -59,7 +61,7 @@ impl AppError {
         match self {
             AppError::Field { .. } | AppError::Invalid(_) | AppError::Request(_) => 400,
             AppError::Unauthorized(_) | AppError::NotSignedIn => 401,
-            AppError::Forbidden => 403,
+            AppError::Forbidden | AppError::Suspended => 403,
             AppError::NotFound => 404,
             AppError::Conflict(_) => 409,
             AppError::RateLimited { .. } => 429,
@@ -151,6 +153,7 @@ impl From<keys::KeyError> for AppError {
             E::BadInput(message) => AppError::Invalid(message),
             E::NotFound => AppError::NotFound,
             E::Invalid | E::Revoked | E::Expired => AppError::Unauthorized(e.to_string()),
+            E::Suspended => AppError::Suspended,
             E::Storage(_) => {
                 tracing::error!(error = %e, "API keys error");
                 AppError::Internal

@@ -82,6 +82,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/admin") view=pages::admin::Admin />
                     <Route path=path!("/admin/factories") view=pages::admin_factories::AdminFactories />
                     <Route path=path!("/admin/programs") view=pages::admin_programs::AdminPrograms />
+                    <Route path=path!("/admin/organizations") view=pages::admin_orgs::AdminOrgs />
                 </ParentRoute>
             </Routes>
         </Router>

@@ -83,6 +83,7 @@ pub async fn user_of_session(st: &AppState, session: &Session) -> Result<Option<
         return Ok(None);
     }
     match st.accounts.user(&auth.user_id).await? {
+        Some(user) if st.accounts.is_suspended(&user.org_id).await? => Err(AppError::Suspended),
         Some(user) => Ok(Some(user)),
         None => {
             session.flush().await.map_err(store_error)?;

@@ -31,6 +31,9 @@ pub enum KeyError {
     Revoked,
     #[error("the API key has expired")]
     Expired,
+    /// The key is fine but its organisation is suspended.
+    #[error("the organisation that owns this key is suspended")]
+    Suspended,
     #[error("no such API key")]
     NotFound,
     #[error("{0}")]
@@ -123,6 +126,9 @@ fn from_row(r: &AnyRow) -> Result<ApiKey, KeyError> {
 
 const COLUMNS: &str =
     "id, org_id, created_by, name, display, created_at, expires_at, revoked_at, last_used_at";
+/// [`COLUMNS`] of `api_keys k` in a join.
+const KEY_COLUMNS: &str = "k.id, k.org_id, k.created_by, k.name, k.display, k.created_at, \
+     k.expires_at, k.revoked_at, k.last_used_at";
 
 #[derive(Clone, Debug)]
 pub struct ApiKeys {
@@ -221,20 +227,27 @@ impl ApiKeys {
         if !well_formed(presented) {
             return Err(KeyError::Invalid);
         }
+        // The organisation's state comes in the same query: a suspension bites on the next
+        // request without a second round trip.
         let row = db::sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1"
+            "SELECT {KEY_COLUMNS}, o.suspended_at AS org_suspended_at FROM api_keys k \
+             JOIN organizations o ON o.id = k.org_id WHERE k.key_hash = $1"
         ))
         .bind(hash(presented))
         .fetch_optional(self.db.pool())
         .await?
         .ok_or(KeyError::Invalid)?;
         let key = from_row(&row)?;
+        let suspended: Option<i64> = row.try_get("org_suspended_at")?;
         let now = now_ms();
         if key.revoked_at.is_some() {
             return Err(KeyError::Revoked);
         }
         if key.expires_at.is_some_and(|e| e <= now) {
             return Err(KeyError::Expired);
+        }
+        if suspended.is_some() {
+            return Err(KeyError::Suspended);
         }
         if key
             .last_used_at

@@ -24,6 +24,7 @@ pub async fn upload(State(st): State<AppState>, session: Session, req: Request) 
     let user = match user_of_session(&st, &session).await {
         Ok(Some(user)) => user,
         Ok(None) => return Redirect::to("/login").into_response(),
+        Err(app::AppError::Suspended) => return crate::downloads::suspended_response(),
         Err(e) => {
             tracing::error!(error = %e, "batch upload: session");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -104,6 +105,7 @@ pub async fn download(
             )
                 .into_response();
         }
+        Err(app::AppError::Suspended) => return crate::downloads::suspended_response(),
         Err(e) => {
             tracing::error!(error = %e, "batch download: session");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();

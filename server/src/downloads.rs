@@ -29,6 +29,7 @@ pub async fn history_csv(
         Ok(None) => {
             return (StatusCode::UNAUTHORIZED, "Log in to download your history.").into_response();
         }
+        Err(app::AppError::Suspended) => return suspended_response(),
         Err(e) => {
             tracing::error!(error = %e, "history export: session");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -66,6 +67,7 @@ pub async fn usage_csv(
         Ok(None) => {
             return (StatusCode::UNAUTHORIZED, "Log in to download your usage.").into_response();
         }
+        Err(app::AppError::Suspended) => return suspended_response(),
         Err(e) => {
             tracing::error!(error = %e, "usage export: session");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -86,6 +88,15 @@ pub async fn usage_csv(
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// What a signed-in user of a suspended organisation gets from the plain HTTP endpoints.
+pub fn suspended_response() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "Your organisation is suspended. Contact the platform operator.",
+    )
+        .into_response()
 }
 
 fn csv_download(csv: String, filename: &str) -> Response {

@@ -20,6 +20,9 @@ pub async fn chat(State(st): State<AppState>, session: Session, body: Bytes) -> 
         Ok(None) => {
             return ApiError::unauthorized("Your session has ended; log in again.").into_response();
         }
+        Err(app::AppError::Suspended) => {
+            return crate::openai::ApiError::suspended().into_response();
+        }
         Err(e) => {
             tracing::error!(error = %e, "playground: session");
             return ApiError::internal("The session could not be read; try again.").into_response();

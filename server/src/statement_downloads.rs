@@ -10,7 +10,7 @@ use axum::{
 };
 use tower_sessions::Session;
 
-use crate::downloads::attachment;
+use crate::downloads::{attachment, suspended_response};
 
 pub async fn download(
     State(st): State<AppState>,
@@ -22,6 +22,7 @@ pub async fn download(
         Ok(None) => {
             return (StatusCode::UNAUTHORIZED, "Log in to download statements.").into_response();
         }
+        Err(app::AppError::Suspended) => return suspended_response(),
         Err(e) => {
             tracing::error!(error = %e, "statement download: session");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();

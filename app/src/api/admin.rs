@@ -221,3 +221,57 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
     st.credits.create_program(&spec).await.map_err(fail)?;
     Ok(())
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgView {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub region: String,
+    pub balance: String,
+    pub suspended: Option<String>,
+}
+
+/// Organisations for the operators' console, searched by name.
+#[server(endpoint = "organizations")]
+pub async fn organizations(search: String) -> Result<Vec<OrgView>, AppError> {
+    let app = state()?;
+    let user = require_operator().await.map_err(fail)?;
+    let now = db::now_ms();
+    let mut out = Vec::new();
+    for (org, suspended_at) in app
+        .accounts
+        .organizations(&user, &search)
+        .await
+        .map_err(fail)?
+    {
+        let balance = app
+            .credits
+            .wallet(&org.id, now)
+            .await
+            .map_err(fail)?
+            .available();
+        out.push(OrgView {
+            id: org.id,
+            name: org.name,
+            kind: org.kind.label().to_string(),
+            region: org.region.label().to_string(),
+            balance: balance.to_string(),
+            suspended: suspended_at.map(super::date),
+        });
+    }
+    Ok(out)
+}
+
+/// Suspends (`suspend` = "1") or resumes an organisation: its sessions and API keys are refused
+/// from their next request.
+#[server(endpoint = "set_org_suspended")]
+pub async fn set_org_suspended(org_id: String, suspend: String) -> Result<(), AppError> {
+    let app = state()?;
+    let user = require_operator().await.map_err(fail)?;
+    app.accounts
+        .set_suspended(&user, &org_id, suspend == "1")
+        .await
+        .map_err(fail)?;
+    Ok(())
+}

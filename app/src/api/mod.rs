@@ -190,11 +190,20 @@ async fn open_wallet_on_sign_up(st: &AppState, user_id: &str) {
 
 #[server(endpoint = "login")]
 pub async fn login(email: String, password: String) -> Result<(), AppError> {
-    let user = state()?
+    let app = state()?;
+    let user = app
         .accounts
         .login(&email, &password, &client_ip())
         .await
         .map_err(fail)?;
+    if app
+        .accounts
+        .is_suspended(&user.org_id)
+        .await
+        .map_err(fail)?
+    {
+        return Err(fail(AppError::Suspended));
+    }
     log_in(&user).await?;
     leptos_axum::redirect("/dashboard");
     Ok(())

@@ -18,6 +18,7 @@ pub fn AdminNav() -> impl IntoView {
             <A href="/admin" exact=true>"Partners"</A>
             <A href="/admin/factories">"Factories"</A>
             <A href="/admin/programs">"Programs"</A>
+            <A href="/admin/organizations">"Organisations"</A>
         </nav>
     }
 }

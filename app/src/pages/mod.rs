@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod admin_factories;
+pub mod admin_orgs;
 pub mod admin_programs;
 pub mod approvals;
 pub mod auth;

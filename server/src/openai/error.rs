@@ -41,6 +41,18 @@ impl ApiError {
         }
     }
 
+    /// The key is valid but its organisation is suspended by the platform.
+    pub fn suspended() -> ApiError {
+        ApiError {
+            code: Some("organization_suspended"),
+            ..ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "Your organization is suspended; contact the platform operator.",
+            )
+        }
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError {
             code: Some("invalid_api_key"),

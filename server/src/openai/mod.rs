@@ -112,6 +112,7 @@ impl FromRequestParts<ApiState> for Caller {
                     "The request could not be authenticated; try again.",
                 ))
             }
+            Err(keys::KeyError::Suspended) => Err(ApiError::suspended()),
             Err(e) => Err(ApiError::unauthorized(format!(
                 "Incorrect API key provided: {e}."
             ))),

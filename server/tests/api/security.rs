@@ -285,3 +285,81 @@ async fn every_response_carries_a_request_id() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "edge-42");
 }
+
+#[tokio::test]
+async fn suspending_an_organisation_stops_its_sessions_and_keys_at_once() {
+    let app = spawn_app().await;
+    let ops = crate::compute::operator(&app).await;
+    let tenant = app.owner("founder@suspend.example", "Suspend Me Ltd").await;
+    let (status, created) = tenant
+        .json(
+            "/api/create_api_key",
+            &[("name", "ci"), ("expires_in_days", "")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let key = created["secret"].as_str().unwrap().to_string();
+    let http = Client::new();
+    let models = || {
+        http.get(format!("{}/v1/models", app.base))
+            .bearer_auth(&key)
+            .send()
+    };
+    // Authenticated (no models are loaded in this portal, hence 503 after the key check).
+    assert_eq!(
+        models().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(tenant.json("/api/me", &[]).await.0, StatusCode::OK);
+
+    // Only operators suspend; they find the organisation by a part of its name.
+    let (_, found) = ops
+        .json("/api/organizations", &[("search", "suspend me")])
+        .await;
+    let org = found[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    let (status, _) = tenant
+        .json(
+            "/api/set_org_suspended",
+            &[("org_id", &org), ("suspend", "1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = ops
+        .json(
+            "/api/set_org_suspended",
+            &[("org_id", &org), ("suspend", "1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The very next requests are refused: the key with OpenAI's error body, the session too.
+    let r = models().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "organization_suspended");
+    let (status, body) = tenant.json("/api/me", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body.to_string().to_lowercase().contains("suspended"),
+        "{body}"
+    );
+    // Logging in again does not get around it.
+    let again = app.browser();
+    let r = again.login("founder@suspend.example", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Resumed: both work again.
+    let (status, _) = ops
+        .json(
+            "/api/set_org_suspended",
+            &[("org_id", &org), ("suspend", "0")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        models().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(tenant.json("/api/me", &[]).await.0, StatusCode::OK);
+}
