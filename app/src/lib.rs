@@ -83,6 +83,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/admin/factories") view=pages::admin_factories::AdminFactories />
                     <Route path=path!("/admin/programs") view=pages::admin_programs::AdminPrograms />
                     <Route path=path!("/admin/organizations") view=pages::admin_orgs::AdminOrgs />
+                    <Route path=path!("/admin/workers") view=pages::admin_workers::AdminWorkers />
                 </ParentRoute>
             </Routes>
         </Router>

@@ -21,6 +21,8 @@ pub struct WorkerStatus {
     pub model_id: String,
     pub device: String,
     pub device_name: String,
+    /// The device's memory, where known.
+    pub device_memory_bytes: Option<u64>,
     pub alive: bool,
     pub waiting: usize,
     pub running: usize,
@@ -92,6 +94,7 @@ impl Pool {
                     model_id: w.info.model_id.clone(),
                     device: w.info.device.id.clone(),
                     device_name: w.info.device.name.clone(),
+                    device_memory_bytes: w.info.device.memory_bytes,
                     alive: !c.stopped.load(Ordering::Relaxed),
                     waiting: c.waiting.load(Ordering::Relaxed),
                     running: c.running.load(Ordering::Relaxed),

@@ -275,3 +275,57 @@ pub async fn set_org_suspended(org_id: String, suspend: String) -> Result<(), Ap
         .map_err(fail)?;
     Ok(())
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub model: String,
+    pub device: String,
+    pub memory: String,
+    pub state: String,
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_used: usize,
+    pub kv_total: usize,
+    /// Decode throughput of the latest step: sequences in it over its duration.
+    pub tokens_per_s: f64,
+    pub last_step_ms: f64,
+    pub tokens_generated: u64,
+    pub preemptions: u64,
+}
+
+/// The worker pool of this portal instance, read now (the page polls it).
+#[server(endpoint = "worker_pool")]
+pub async fn worker_pool() -> Result<Vec<WorkerView>, AppError> {
+    let app = state()?;
+    require_operator().await.map_err(fail)?;
+    let Some(pool) = app.jobs.pool() else {
+        return Ok(Vec::new());
+    };
+    Ok(pool
+        .status()
+        .into_iter()
+        .map(|w| {
+            let step = w.last_step.as_secs_f64();
+            WorkerView {
+                device: format!("{} ({})", w.device_name, w.device),
+                memory: w.device_memory_bytes.map_or("unknown".into(), |b| {
+                    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+                }),
+                state: if w.alive { "ready" } else { "dead" }.into(),
+                tokens_per_s: if w.running > 0 && step > 0.0 {
+                    w.running as f64 / step
+                } else {
+                    0.0
+                },
+                last_step_ms: step * 1000.0,
+                model: w.model_id,
+                running: w.running,
+                waiting: w.waiting,
+                kv_used: w.kv_blocks_used,
+                kv_total: w.kv_blocks_total,
+                tokens_generated: w.tokens_generated,
+                preemptions: w.preemptions,
+            }
+        })
+        .collect())
+}

@@ -19,6 +19,7 @@ pub fn AdminNav() -> impl IntoView {
             <A href="/admin/factories">"Factories"</A>
             <A href="/admin/programs">"Programs"</A>
             <A href="/admin/organizations">"Organisations"</A>
+            <A href="/admin/workers">"Workers"</A>
         </nav>
     }
 }

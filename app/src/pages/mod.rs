@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_factories;
 pub mod admin_orgs;
 pub mod admin_programs;
+pub mod admin_workers;
 pub mod approvals;
 pub mod auth;
 pub mod batches;

@@ -1,6 +1,7 @@
 //! `/metrics`: refused without the bearer token; after a known set of requests, the job
 //! counters and latency histograms hold exactly those requests, the pool's token counters
-//! cover them, nothing is left running or held, and no tenant id appears.
+//! cover them, nothing is left running or held, and no tenant id appears. The operators'
+//! worker-pool view shows the same workers.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -102,6 +103,30 @@ async fn metrics_count_what_happened_and_need_the_token() {
     assert!(
         !body.contains(&api.org_id),
         "a tenant id leaked into the metrics"
+    );
+
+    // The operators' worker-pool view reads the same workers; tenants may not.
+    let ops = crate::compute::operator(&api.app).await;
+    let (status, workers) = ops.json("/api/worker_pool", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{workers}");
+    let w = &workers[0];
+    assert_eq!(
+        (w["model"].as_str(), w["state"].as_str()),
+        (Some("tiny-chat"), Some("ready"))
+    );
+    assert!(w["device"].as_str().unwrap().ends_with("(cpu)"), "{w}");
+    assert!(
+        w["kv_total"].as_u64().unwrap() > 0 && w["running"] == 0,
+        "{w}"
+    );
+    assert_eq!(
+        w["tokens_generated"].as_f64().unwrap(),
+        sample(&body, "vllm:generation_tokens_total", &[model])
+    );
+    let tenant = api.app.owner("curious@startup.example", "Curious").await;
+    assert_eq!(
+        tenant.json("/api/worker_pool", &[]).await.0,
+        StatusCode::FORBIDDEN
     );
 }
 

@@ -1,0 +1,63 @@
+//! Operators: the worker pool of this portal instance, refreshed every second without a
+//! reload: each worker's device, model, state, running and waiting sequences, KV-cache blocks,
+//! decode tokens per second and latest step time.
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+use crate::api::worker_pool;
+use crate::pages::admin::AdminNav;
+
+#[component]
+pub fn AdminWorkers() -> impl IntoView {
+    let tick = RwSignal::new(0u32);
+    let workers = Resource::new(move || tick.get(), |_| worker_pool());
+    // Poll once a second, for as long as the page is open.
+    Effect::new(move |_| {
+        if workers.get().is_some() {
+            set_timeout(
+                move || tick.update(|t| *t += 1),
+                std::time::Duration::from_secs(1),
+            );
+        }
+    });
+    view! {
+        <Title text="Workers · Admin · Tokenmill" />
+        <h1>"Worker pool"</h1>
+        <AdminNav />
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match workers.await {
+                    Ok(list) if list.is_empty() => view! { <p class="empty">"No models are loaded in this instance."</p> }.into_any(),
+                    Ok(list) => view! {
+                        <table class="list" data-testid="workers">
+                            <thead>
+                                <tr>
+                                    <th>"Model"</th><th>"Device"</th><th>"Memory"</th><th>"State"</th><th>"Running"</th>
+                                    <th>"Waiting"</th><th>"KV blocks"</th><th>"Tokens/s"</th><th>"Last step"</th><th>"Generated"</th>
+                                </tr>
+                            </thead>
+                            <tbody>
+                                {list.into_iter().map(|w| view! {
+                                    <tr data-testid=format!("worker-{}", w.model)>
+                                        <td>{w.model.clone()}</td>
+                                        <td>{w.device}</td>
+                                        <td>{w.memory}</td>
+                                        <td data-testid="state">{w.state}</td>
+                                        <td data-testid="running">{w.running}</td>
+                                        <td>{w.waiting}</td>
+                                        <td>{format!("{} / {}", w.kv_used, w.kv_total)}</td>
+                                        <td data-testid="tokens-per-s">{format!("{:.1}", w.tokens_per_s)}</td>
+                                        <td>{format!("{:.2} ms", w.last_step_ms)}</td>
+                                        <td data-testid="generated">{w.tokens_generated}</td>
+                                    </tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
