@@ -60,29 +60,7 @@ pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
             tracing::error!(error = %e, "usage report");
             fail(AppError::Internal)
         })?;
-    const DAY_MS: i64 = 86_400_000;
-    let today = now.div_euclid(DAY_MS);
-    let per_day = (today - days + 1..=today)
-        .map(|d| {
-            let day = crate::api::date(d * DAY_MS);
-            let (tokens, nanos) =
-                usage
-                    .iter()
-                    .filter(|u| u.day == day)
-                    .fold((0, 0), |(t, a), u| {
-                        (
-                            t + u.prompt_tokens + u.completion_tokens,
-                            a + u.amount.get(),
-                        )
-                    });
-            UsageDay {
-                amount: ledger::Nanos::new(nanos).to_string(),
-                day,
-                tokens,
-                amount_nanos: nanos,
-            }
-        })
-        .collect::<Vec<_>>();
+    let per_day = per_day(&usage, days, now);
     let total_nanos: i64 = usage.iter().map(|u| u.amount.get()).sum();
     Ok(UsageSummary {
         days,
@@ -103,5 +81,135 @@ pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
                 amount: u.amount.to_string(),
             })
             .collect(),
+    })
+}
+
+/// Every day of the window up to today, oldest first, zero where nothing ran.
+#[cfg(feature = "ssr")]
+fn per_day(usage: &[jobs::DailyUsage], days: i64, now: i64) -> Vec<UsageDay> {
+    const DAY_MS: i64 = 86_400_000;
+    let today = now.div_euclid(DAY_MS);
+    (today - days + 1..=today)
+        .map(|d| {
+            let day = crate::api::date(d * DAY_MS);
+            let (tokens, nanos) =
+                usage
+                    .iter()
+                    .filter(|u| u.day == day)
+                    .fold((0, 0), |(t, a), u| {
+                        (
+                            t + u.prompt_tokens + u.completion_tokens,
+                            a + u.amount.get(),
+                        )
+                    });
+            UsageDay {
+                amount: ledger::Nanos::new(nanos).to_string(),
+                day,
+                tokens,
+                amount_nanos: nanos,
+            }
+        })
+        .collect()
+}
+
+/// How long credits last at the recent burn rate.
+pub const BURN_WINDOW_DAYS: i64 = 7;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationUse {
+    pub what: String,
+    pub factory: String,
+    pub period: String,
+    pub share_weight: i64,
+    pub tokens_per_minute: i64,
+    /// Tokens of this model used today (UTC).
+    pub tokens_today: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantSummary {
+    pub available: String,
+    /// Average spend per day over the last [`BURN_WINDOW_DAYS`] days.
+    pub burn_per_day: String,
+    pub burn_per_day_nanos: i64,
+    /// When the credits run out at that rate (`None`: nothing is being spent).
+    pub runs_out: Option<String>,
+    pub days_left: Option<i64>,
+    /// Tokens per day over the last 14 days (the chart).
+    pub per_day: Vec<UsageDay>,
+    pub allocations: Vec<AllocationUse>,
+}
+
+/// The tenant dashboard: balance, burn rate and when the credits run out, tokens per day, and
+/// the active allocations with today's use.
+#[server(endpoint = "tenant_overview")]
+pub async fn tenant_overview() -> Result<TenantSummary, AppError> {
+    let app = state()?;
+    let user = require_user().await.map_err(fail)?;
+    let now = db::now_ms();
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "tenant overview");
+        fail(AppError::Internal)
+    };
+    let available = app
+        .credits
+        .wallet(&user.org_id, now)
+        .await
+        .map_err(fail)?
+        .available()
+        .get();
+    let usage = app
+        .jobs
+        .daily_usage(&user.org_id, 14, now)
+        .await
+        .map_err(|e| internal(&e))?;
+    let days = per_day(&usage, 14, now);
+    let burned: i64 = days
+        .iter()
+        .rev()
+        .take(BURN_WINDOW_DAYS as usize)
+        .map(|d| d.amount_nanos)
+        .sum();
+    let burn = burned / BURN_WINDOW_DAYS;
+    let days_left = (burn > 0).then(|| available.max(0) / burn);
+    let today = crate::api::date(now);
+    let allocations = app
+        .compute
+        .my_requests(&user)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .filter(|r| r.status == compute::Status::Active)
+        .filter_map(|r| {
+            let a = r.allocation.clone()?;
+            let (what, model) = match &r.capacity {
+                compute::Capacity::Tokens { model, .. } => (model.clone(), Some(model.clone())),
+                compute::Capacity::Gpus { count } => (format!("{count} GPUs"), None),
+            };
+            let tokens_today = model.map_or(0, |m| {
+                usage
+                    .iter()
+                    .filter(|u| u.day == today && u.model == m)
+                    .map(|u| u.prompt_tokens + u.completion_tokens)
+                    .sum()
+            });
+            Some(AllocationUse {
+                what,
+                factory: r.factory_name.clone(),
+                period: format!("{} to {}", a.starts_at, a.ends_at),
+                share_weight: a.share_weight,
+                tokens_per_minute: a.rate_limit_tpm,
+                tokens_today,
+            })
+        })
+        .collect();
+    Ok(TenantSummary {
+        available: ledger::Nanos::new(available).to_string(),
+        burn_per_day: ledger::Nanos::new(burn).to_string(),
+        burn_per_day_nanos: burn,
+        runs_out: days_left.map(|d| crate::api::date(now + d.min(36_500) * 86_400_000)),
+        days_left,
+        per_day: days,
+        allocations,
     })
 }

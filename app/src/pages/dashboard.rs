@@ -2,7 +2,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use crate::api::{me, team};
+use crate::api::{TenantSummary, UsageDay, me, team, tenant_overview};
 
 /// The signed-in start page: the organisation at a glance.
 #[component]
@@ -44,6 +44,7 @@ pub fn Dashboard() -> impl IntoView {
                                     <A href="/account">"Account settings"</A>
                                 </article>
                             </section>
+                            {(!me.is_operator && !me.is_partner).then(|| view! { <TenantPanel /> })}
                         }
                             .into_any()
                     }
@@ -51,5 +52,95 @@ pub fn Dashboard() -> impl IntoView {
                 }
             })}
         </Suspense>
+    }
+}
+
+/// A tenant's money and use: balance, burn rate and when the credits run out, tokens per day,
+/// and the allocations in force with today's use.
+#[component]
+fn TenantPanel() -> impl IntoView {
+    let overview = Resource::new(|| (), |_| tenant_overview());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match overview.await {
+                    Ok(o) => view! { <Overview o /> }.into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn Overview(o: TenantSummary) -> impl IntoView {
+    let forecast = match (&o.runs_out, o.days_left) {
+        (Some(date), Some(days)) if days < 36_500 => format!("about {days} days, until {date}"),
+        (Some(_), Some(_)) => "more than a century".to_string(),
+        _ => "no spend in the last 7 days".to_string(),
+    };
+    view! {
+        <section class="cards">
+            <article class="card">
+                <h2>"Balance"</h2>
+                <p class="big" data-testid="dashboard-balance">{o.available.clone()}</p>
+                <A href="/credits">"Wallet and top-ups"</A>
+            </article>
+            <article class="card">
+                <h2>"Burn rate"</h2>
+                <p class="big" data-testid="dashboard-burn">{format!("{} / day", o.burn_per_day)}</p>
+                <p>"average of the last 7 days"</p>
+            </article>
+            <article class="card">
+                <h2>"Credits last"</h2>
+                <p data-testid="dashboard-forecast">{forecast}</p>
+            </article>
+        </section>
+        <h2>"Tokens per day"</h2>
+        <TokensChart days=o.per_day />
+        <h2>"Allocations"</h2>
+        {if o.allocations.is_empty() {
+            view! { <p class="empty">"No allocation is active: jobs run on demand. " <A href="/compute">"Ask for an allocation"</A></p> }.into_any()
+        } else {
+            view! {
+                <table class="list" data-testid="dashboard-allocations">
+                    <thead><tr><th>"For"</th><th>"Factory"</th><th>"Period"</th><th>"Share weight"</th><th>"Tokens / minute"</th><th>"Tokens today"</th></tr></thead>
+                    <tbody>
+                        {o.allocations.into_iter().map(|a| view! {
+                            <tr>
+                                <td>{a.what}</td><td>{a.factory}</td><td>{a.period}</td>
+                                <td>{a.share_weight}</td><td>{a.tokens_per_minute}</td><td>{a.tokens_today}</td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            }.into_any()
+        }}
+    }
+}
+
+#[component]
+fn TokensChart(days: Vec<UsageDay>) -> impl IntoView {
+    const HEIGHT: f64 = 100.0;
+    let width = 640.0;
+    let slot = width / days.len().max(1) as f64;
+    let max = days.iter().map(|d| d.tokens).max().unwrap_or(0).max(1) as f64;
+    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
+    let last = days.last().map(|d| d.day.clone()).unwrap_or_default();
+    view! {
+        <svg class="chart" viewBox=format!("0 0 {width} {}", HEIGHT + 18.0) role="img"
+            aria-label="Tokens per day" data-testid="dashboard-chart">
+            {days.into_iter().enumerate().map(|(i, d)| {
+                let h = (d.tokens as f64 / max * HEIGHT).max(if d.tokens > 0 { 1.0 } else { 0.0 });
+                view! {
+                    <rect x=format!("{:.1}", i as f64 * slot + slot * 0.1) y=format!("{:.1}", HEIGHT - h)
+                        width=format!("{:.1}", slot * 0.8) height=format!("{h:.1}")>
+                        <title>{format!("{}: {} tokens ({})", d.day, d.tokens, d.amount)}</title>
+                    </rect>
+                }
+            }).collect_view()}
+            <text x="0" y=HEIGHT + 14.0>{first}</text>
+            <text x=width y=HEIGHT + 14.0 text-anchor="end">{last}</text>
+        </svg>
     }
 }

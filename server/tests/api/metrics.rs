@@ -137,3 +137,42 @@ async fn without_a_token_setting_metrics_are_off() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(r.text().await.unwrap().contains("TOKENMILL_METRICS_TOKEN"));
 }
+
+#[tokio::test]
+async fn the_tenant_dashboard_forecasts_from_the_last_week_of_spend() {
+    let api = api_with(|_| {}).await;
+    for _ in 0..2 {
+        api.ok(
+            "/v1/completions",
+            &json!({"model": "tiny-chat", "prompt": "count", "max_tokens": 5, "ignore_eos": true}),
+        )
+        .await;
+    }
+    let owner = api.app.browser();
+    assert_eq!(
+        owner
+            .login("dev@startup.example", crate::helpers::PASSWORD)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (status, o) = owner.json("/api/tenant_overview", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{o}");
+    let spent = api
+        .scalar("SELECT CAST(SUM(amount) AS BIGINT) FROM usage_events")
+        .await;
+    let tokens = api
+        .scalar("SELECT CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) FROM usage_events")
+        .await;
+    let burn = spent / 7;
+    assert!(burn > 0);
+    assert_eq!(o["burn_per_day_nanos"], json!(burn));
+    let available = api.available().await;
+    assert_eq!(o["days_left"], json!(available / burn));
+    let days = o["per_day"].as_array().unwrap();
+    assert_eq!(days.len(), 14);
+    // Today's bar (and yesterday's, should the test straddle midnight UTC) holds the tokens.
+    let recent = days[12]["tokens"].as_i64().unwrap() + days[13]["tokens"].as_i64().unwrap();
+    assert_eq!(recent, tokens);
+    assert_eq!(o["allocations"], json!([]));
+}
