@@ -215,8 +215,8 @@ impl Jobs {
         }
         db::sqlx::query(
             "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
-             partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12)",
+             partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at, instance_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12, $13)",
         )
         .bind(&ctx.id)
         .bind(&who.org_id)
@@ -230,6 +230,7 @@ impl Jobs {
         .bind(ctx.prompt_tokens as i64)
         .bind(ctx.max_tokens as i64)
         .bind(ctx.created_at)
+        .bind(&self.inner.instance_id)
         .execute(&mut *tx)
         .await
         .map_err(JobError::storage)?;

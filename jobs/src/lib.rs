@@ -15,7 +15,7 @@ mod limits;
 mod lookups;
 pub mod metrics;
 mod pricing;
-mod recovery;
+pub mod recovery;
 mod running;
 mod usage;
 
@@ -171,6 +171,9 @@ struct Inner {
     limits: limits::TokenLimits,
     lookups: lookups::Lookups,
     metrics: metrics::JobMetrics,
+    /// This process's id in `instances`, written on its jobs.
+    instance_id: String,
+    started_at: i64,
 }
 
 impl Jobs {
@@ -189,6 +192,8 @@ impl Jobs {
                 limits: limits::TokenLimits::default(),
                 lookups: lookups::Lookups::default(),
                 metrics: metrics::JobMetrics::default(),
+                instance_id: db::new_id(),
+                started_at: db::now_ms(),
             }),
         }
     }

@@ -1,11 +1,70 @@
-//! Jobs whose process died: a batch runner that takes over a dead runner's line asks whether
-//! its job was settled, and if not voids the job's hold and marks it failed.
+//! Jobs whose process died. Every instance beats in `instances` every few seconds; one that
+//! stops (a crash, a kill, a lost machine) leaves its running jobs behind, and any live
+//! instance fails them and voids their holds once the heartbeat is stale, so nothing stays
+//! reserved and nothing is charged for work no one delivered. A batch runner that takes over a
+//! dead runner's line uses the same `abandon`.
 
 use db::now_ms;
 
 use crate::{JobError, Jobs};
 
+/// How often an instance records that it is alive.
+pub const HEARTBEAT_MS: i64 = 3_000;
+/// An instance silent this long is dead: its running jobs are failed.
+pub const INSTANCE_STALE_MS: i64 = 15_000;
+
 impl Jobs {
+    /// This process's instance id (written on each of its jobs).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// Records that this instance is alive at `now`.
+    pub async fn heartbeat(&self, now: i64) -> Result<(), JobError> {
+        db::sqlx::query(
+            "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&self.inner.instance_id)
+        .bind(self.inner.started_at)
+        .bind(now)
+        .execute(self.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+        Ok(())
+    }
+
+    /// Fails the running jobs of instances whose heartbeat is older than
+    /// [`INSTANCE_STALE_MS`] at `now` (and of none recorded: jobs from before instances beat),
+    /// voiding their holds. Returns how many were failed.
+    pub async fn recover_dead_instances(&self, now: i64) -> Result<u64, JobError> {
+        let orphans: Vec<String> = db::sqlx::query_scalar(
+            "SELECT j.id FROM jobs j LEFT JOIN instances i ON i.id = j.instance_id \
+             WHERE j.status = 'running' AND (j.instance_id IS NULL OR j.instance_id <> $1) \
+             AND (i.id IS NULL OR i.heartbeat_at < $2)",
+        )
+        .bind(&self.inner.instance_id)
+        .bind(now - INSTANCE_STALE_MS)
+        .fetch_all(self.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+        for id in &orphans {
+            tracing::warn!(job = id, "job of a stopped instance: failed, hold voided");
+            self.abandon(
+                id,
+                "The portal instance running this job stopped; nothing was charged.",
+            )
+            .await?;
+        }
+        // Instances gone for a day are of no more use.
+        db::sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1")
+            .bind(now - 86_400_000)
+            .execute(self.inner.db.pool())
+            .await
+            .map_err(JobError::storage)?;
+        Ok(orphans.len() as u64)
+    }
+
     /// The job's status (`running`, `succeeded`, `cancelled`, `failed`), whoever it belongs to.
     pub async fn status_of(&self, job_id: &str) -> Result<Option<String>, JobError> {
         db::sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")

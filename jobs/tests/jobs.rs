@@ -675,3 +675,49 @@ async fn an_allocation_limits_tokens_per_minute_and_gets_unused_tokens_back() {
     w.jobs.pool().unwrap().workers()[0].stop();
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_of_a_stopped_instance_are_failed_and_their_holds_voided() {
+    each_db(async |w: &World| {
+        w.price().await;
+        w.top_up(1).await;
+        let before = w.available().await;
+        let now = db::now_ms();
+        // Instance A (w.jobs) runs a job, then stops beating; B is another portal instance.
+        w.jobs.heartbeat(now).await.unwrap();
+        let mut job = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(200))
+            .await
+            .unwrap();
+        while !matches!(job.next().await, Some(Event::Token { .. })) {}
+        let id = job.id().to_string();
+        assert!(w.available().await < before, "the hold reserves");
+        let b = Jobs::new(w.db.clone(), w.credits.clone(), w.compute.clone(), None);
+        b.heartbeat(now).await.unwrap();
+        // A is alive: nothing to recover; B never takes its own jobs either.
+        assert_eq!(b.recover_dead_instances(now).await.unwrap(), 0);
+        assert_eq!(
+            w.jobs.recover_dead_instances(now + 60_000).await.unwrap(),
+            0
+        );
+        // A silent for longer than the limit: its job is failed, its hold voided, once.
+        let later = now + jobs::recovery::INSTANCE_STALE_MS + 1;
+        assert_eq!(b.recover_dead_instances(later).await.unwrap(), 1);
+        assert_eq!(b.recover_dead_instances(later).await.unwrap(), 0);
+        assert_eq!(b.status_of(&id).await.unwrap().as_deref(), Some("failed"));
+        assert_eq!(w.available().await, before);
+        // Had A been only frozen, its late settlement changes nothing: the hold is gone.
+        job.cancel();
+        assert!(job.settle().await.is_err());
+        assert_eq!(w.available().await, before);
+        assert!(!b.is_settled(&id).await.unwrap());
+        let open: i64 =
+            db::sqlx::query_scalar("SELECT COUNT(*) FROM ledger_holds WHERE status = 'open'")
+                .fetch_one(w.db.pool())
+                .await
+                .unwrap();
+        assert_eq!(open, 0);
+    })
+    .await;
+}

@@ -97,6 +97,7 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     if pool.is_some() {
         batch_runner::spawn(batches.clone(), jobs.clone(), config.batch_concurrency);
     }
+    let jobs_for_recovery = jobs.clone();
     let metrics_state =
         metrics::MetricsState::new(jobs.clone(), db.clone(), config.metrics_token.as_deref());
     let api = openai::ApiState::new(
@@ -113,6 +114,7 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
             metrics_state,
         )),
     );
+    spawn_instance_heartbeat(jobs_for_recovery).await?;
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok((router, db))
@@ -293,6 +295,33 @@ fn spawn_session_sweeper(db: Db) {
 /// Once a minute: releases holds whose TTL has passed (a crashed job never keeps money
 /// reserved), moves lapsed grants out of wallets through expiry postings, and moves compute
 /// requests whose dates have come (making any grant an approval still owes).
+/// Beats for this instance (first before serving, so no job of ours is ever taken for an
+/// orphan), and fails the jobs of instances that stopped beating.
+async fn spawn_instance_heartbeat(jobs: jobs::Jobs) -> anyhow::Result<()> {
+    jobs.heartbeat(db::now_ms())
+        .await
+        .context("recording this instance")?;
+    tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(jobs::recovery::HEARTBEAT_MS as u64));
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            let now = db::now_ms();
+            if let Err(e) = jobs.heartbeat(now).await {
+                tracing::warn!(error = %e, "instance heartbeat failed");
+            }
+            n += 1;
+            if n % 5 == 1
+                && let Err(e) = jobs.recover_dead_instances(now).await
+            {
+                tracing::warn!(error = %e, "recovering jobs of stopped instances failed");
+            }
+        }
+    });
+    Ok(())
+}
+
 fn spawn_money_sweeper(credits: credits::Credits, compute: compute::Compute) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
