@@ -372,10 +372,17 @@ impl Accounts {
         if !actor.is_operator {
             return Err(AccountError::Forbidden);
         }
-        let pattern = format!("%{}%", search.trim().to_lowercase());
+        // `%` and `_` in the search are literal characters, not wildcards.
+        let escaped = search
+            .trim()
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let pattern = format!("%{escaped}%");
         let rows = db::sqlx::query(&format!(
             "SELECT {ORG_COLUMNS}, suspended_at FROM organizations \
-             WHERE kind <> 'platform' AND LOWER(name) LIKE $1 ORDER BY name, id LIMIT 200"
+             WHERE kind <> 'platform' AND LOWER(name) LIKE $1 ESCAPE '\\' ORDER BY name, id LIMIT 200"
         ))
         .bind(pattern)
         .fetch_all(self.db.pool())

@@ -73,11 +73,14 @@ impl Batches {
         Ok(())
     }
 
-    /// Claims up to `limit` pending lines of open, unexpired batches, oldest batch first.
+    /// Claims up to `limit` pending lines of open, unexpired batches, oldest batch first;
+    /// a suspended organisation's lines wait until it is resumed.
     pub async fn claim(&self, runner: &str, limit: usize) -> Result<Vec<Line>, BatchError> {
         let rows = db::sqlx::query(&format!(
             "{LINE_SELECT} WHERE l.status = 'pending' AND b.status = 'in_progress' \
-             AND b.expires_at > $1 ORDER BY b.created_at, b.id, l.line_no LIMIT $2"
+             AND b.expires_at > $1 AND NOT EXISTS (SELECT 1 FROM organizations o \
+             WHERE o.id = b.org_id AND o.suspended_at IS NOT NULL) \
+             ORDER BY b.created_at, b.id, l.line_no LIMIT $2"
         ))
         .bind(now_ms())
         .bind(limit as i64)

@@ -215,3 +215,34 @@ async fn cancelled_and_expired_batches_end_without_their_pending_lines() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn a_suspended_organisations_lines_wait_until_it_is_resumed() {
+    for t in TestDb::all().await {
+        let b = Batches::new(t.db.clone());
+        let who = org(&t.db, "org-s").await;
+        let file = b
+            .upload(
+                &who.org_id,
+                "batch",
+                "in.jsonl",
+                request("one").into_bytes(),
+            )
+            .await
+            .unwrap();
+        b.create(&who, &file.id, "/v1/completions", "24h", None)
+            .await
+            .unwrap();
+        b.heartbeat("r").await.unwrap();
+        let suspend = |at: Option<i64>| {
+            db::sqlx::query("UPDATE organizations SET suspended_at = $1 WHERE id = 'org-s'")
+                .bind(at)
+                .execute(t.db.pool())
+        };
+        suspend(Some(1)).await.unwrap();
+        assert!(b.claim("r", 5).await.unwrap().is_empty());
+        suspend(None).await.unwrap();
+        assert_eq!(b.claim("r", 5).await.unwrap().len(), 1);
+        t.finish().await;
+    }
+}

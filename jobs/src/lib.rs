@@ -174,6 +174,8 @@ struct Inner {
     /// This process's id in `instances`, written on its jobs.
     instance_id: String,
     started_at: i64,
+    /// Other instances' heartbeats as last read here, with when (this clock) they last moved.
+    seen_heartbeats: std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, i64)>>,
 }
 
 impl Jobs {
@@ -194,6 +196,7 @@ impl Jobs {
                 metrics: metrics::JobMetrics::default(),
                 instance_id: db::new_id(),
                 started_at: db::now_ms(),
+                seen_heartbeats: Default::default(),
             }),
         }
     }

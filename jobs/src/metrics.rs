@@ -101,8 +101,9 @@ impl JobMetrics {
                 .get_or_create(&labels)
                 .observe(o.time_to_first_token.as_secs_f64());
         }
-        // Per output token after the first, as vLLM measures it.
-        if o.completion_tokens > 1 {
+        // Per output token after the first, as vLLM measures it; only for jobs that ran to
+        // their end (a cancelled job's decode time also covers tokens it never delivered).
+        if o.status == "succeeded" && o.completion_tokens > 1 {
             self.time_per_output_token
                 .get_or_create(&labels)
                 .observe(o.decode_time.as_secs_f64() / (o.completion_tokens - 1) as f64);

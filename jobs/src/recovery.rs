@@ -5,6 +5,7 @@
 //! dead runner's line uses the same `abandon`.
 
 use db::now_ms;
+use db::sqlx::Row;
 
 use crate::{JobError, Jobs};
 
@@ -34,27 +35,74 @@ impl Jobs {
         Ok(())
     }
 
-    /// Fails the running jobs of instances whose heartbeat is older than
-    /// [`INSTANCE_STALE_MS`] at `now` (and of none recorded: jobs from before instances beat),
-    /// voiding their holds. Returns how many were failed.
+    /// Fails the running jobs of instances that stopped beating, voiding their holds; returns
+    /// how many. An instance counts as stopped when the heartbeat it wrote has not changed for
+    /// [`INSTANCE_STALE_MS`] of this instance's own time (`now`, its clock), so clocks that
+    /// disagree between machines never make a live instance look dead. Jobs from before
+    /// instances beat (no instance id) are left to the hold TTL, after which they are failed.
+    /// One job that cannot be failed is logged and the others still are.
     pub async fn recover_dead_instances(&self, now: i64) -> Result<u64, JobError> {
-        let orphans: Vec<String> = db::sqlx::query_scalar(
-            "SELECT j.id FROM jobs j LEFT JOIN instances i ON i.id = j.instance_id \
-             WHERE j.status = 'running' AND (j.instance_id IS NULL OR j.instance_id <> $1) \
-             AND (i.id IS NULL OR i.heartbeat_at < $2)",
+        let rows = db::sqlx::query(
+            "SELECT DISTINCT j.instance_id, i.heartbeat_at FROM jobs j \
+             LEFT JOIN instances i ON i.id = j.instance_id \
+             WHERE j.status = 'running' AND j.instance_id IS NOT NULL AND j.instance_id <> $1",
         )
         .bind(&self.inner.instance_id)
-        .bind(now - INSTANCE_STALE_MS)
         .fetch_all(self.inner.db.pool())
         .await
         .map_err(JobError::storage)?;
+        let mut dead = Vec::new();
+        {
+            let mut seen = self
+                .inner
+                .seen_heartbeats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for r in &rows {
+                let id: String = r.try_get("instance_id").map_err(JobError::storage)?;
+                let beat: Option<i64> = r.try_get("heartbeat_at").map_err(JobError::storage)?;
+                let entry = seen.entry(id.clone()).or_insert((beat, now));
+                if entry.0 != beat {
+                    *entry = (beat, now);
+                }
+                if now - entry.1 >= INSTANCE_STALE_MS {
+                    dead.push(id);
+                }
+            }
+        }
+        let mut orphans: Vec<String> = Vec::new();
+        for instance in &dead {
+            let ids: Vec<String> = db::sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE status = 'running' AND instance_id = $1",
+            )
+            .bind(instance)
+            .fetch_all(self.inner.db.pool())
+            .await
+            .map_err(JobError::storage)?;
+            orphans.extend(ids);
+        }
+        let legacy: Vec<String> = db::sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status = 'running' AND instance_id IS NULL \
+             AND created_at < $1",
+        )
+        .bind(now - crate::HOLD_TTL_MS)
+        .fetch_all(self.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+        orphans.extend(legacy);
+        let mut failed = 0;
         for id in &orphans {
             tracing::warn!(job = id, "job of a stopped instance: failed, hold voided");
-            self.abandon(
-                id,
-                "The portal instance running this job stopped; nothing was charged.",
-            )
-            .await?;
+            match self
+                .abandon(
+                    id,
+                    "The portal instance running this job stopped; nothing was charged.",
+                )
+                .await
+            {
+                Ok(()) => failed += 1,
+                Err(e) => tracing::error!(job = id, error = %e, "failing an orphaned job"),
+            }
         }
         // Instances gone for a day are of no more use.
         db::sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1")
@@ -62,7 +110,7 @@ impl Jobs {
             .execute(self.inner.db.pool())
             .await
             .map_err(JobError::storage)?;
-        Ok(orphans.len() as u64)
+        Ok(failed)
     }
 
     /// The job's status (`running`, `succeeded`, `cancelled`, `failed`), whoever it belongs to.

@@ -701,8 +701,13 @@ async fn the_jobs_of_a_stopped_instance_are_failed_and_their_holds_voided() {
             w.jobs.recover_dead_instances(now + 60_000).await.unwrap(),
             0
         );
+        // A keeps beating, its clock an hour behind B's: what counts is that its heartbeat
+        // moves, not what time it says, so it stays alive.
+        let stale = jobs::recovery::INSTANCE_STALE_MS;
+        w.jobs.heartbeat(now - 3_600_000).await.unwrap();
+        assert_eq!(b.recover_dead_instances(now + stale + 1).await.unwrap(), 0);
         // A silent for longer than the limit: its job is failed, its hold voided, once.
-        let later = now + jobs::recovery::INSTANCE_STALE_MS + 1;
+        let later = now + 2 * stale + 2;
         assert_eq!(b.recover_dead_instances(later).await.unwrap(), 1);
         assert_eq!(b.recover_dead_instances(later).await.unwrap(), 0);
         assert_eq!(b.status_of(&id).await.unwrap().as_deref(), Some("failed"));

@@ -94,10 +94,10 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         .await
         .context("setting up the first start (TOKENMILL_BOOTSTRAP=0 skips it)")?;
     }
+    spawn_instance_heartbeat(jobs.clone()).await?;
     if pool.is_some() {
         batch_runner::spawn(batches.clone(), jobs.clone(), config.batch_concurrency);
     }
-    let jobs_for_recovery = jobs.clone();
     let metrics_state =
         metrics::MetricsState::new(jobs.clone(), db.clone(), config.metrics_token.as_deref());
     let api = openai::ApiState::new(
@@ -114,7 +114,6 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
             metrics_state,
         )),
     );
-    spawn_instance_heartbeat(jobs_for_recovery).await?;
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok((router, db))
@@ -236,11 +235,18 @@ fn with_request_ids(router: Router) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
+            // An invitation link's path is its secret token: never logged.
+            let path = req.uri().path();
+            let path = if path.starts_with("/invite/") {
+                "/invite/***"
+            } else {
+                path
+            };
             tracing::info_span!(
                 "request",
                 request_id = %id,
                 method = %req.method(),
-                path = %req.uri().path(),
+                path = %path,
             )
         })
         .on_request(())
@@ -249,6 +255,23 @@ fn with_request_ids(router: Router) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(drop_odd_request_ids))
+}
+
+/// A caller's `X-Request-Id` is kept only when it is a short token (letters, digits, `-`, `_`,
+/// `.`, up to 64); anything else is replaced by a fresh id, so logs stay clean.
+async fn drop_odd_request_ids(mut req: Request<Body>) -> Request<Body> {
+    let odd = req.headers().get("x-request-id").is_some_and(|v| {
+        v.len() > 64
+            || !v
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if odd {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 async fn server_fn_handler(State(state): State<ServerState>, req: Request<Body>) -> Response {
@@ -295,26 +318,31 @@ fn spawn_session_sweeper(db: Db) {
 /// Once a minute: releases holds whose TTL has passed (a crashed job never keeps money
 /// reserved), moves lapsed grants out of wallets through expiry postings, and moves compute
 /// requests whose dates have come (making any grant an approval still owes).
-/// Beats for this instance (first before serving, so no job of ours is ever taken for an
-/// orphan), and fails the jobs of instances that stopped beating.
+/// Beats for this instance (the first beat before anything here can admit a job, so no job
+/// of ours is ever taken for an orphan's), and, in a task of its own so that a long sweep never
+/// delays a beat, fails the jobs of instances that stopped beating.
 async fn spawn_instance_heartbeat(jobs: jobs::Jobs) -> anyhow::Result<()> {
     jobs.heartbeat(db::now_ms())
         .await
         .context("recording this instance")?;
+    let beating = jobs.clone();
     tokio::spawn(async move {
         let mut tick =
             tokio::time::interval(Duration::from_millis(jobs::recovery::HEARTBEAT_MS as u64));
-        let mut n = 0u64;
         loop {
             tick.tick().await;
-            let now = db::now_ms();
-            if let Err(e) = jobs.heartbeat(now).await {
+            if let Err(e) = beating.heartbeat(db::now_ms()).await {
                 tracing::warn!(error = %e, "instance heartbeat failed");
             }
-            n += 1;
-            if n % 5 == 1
-                && let Err(e) = jobs.recover_dead_instances(now).await
-            {
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            jobs::recovery::HEARTBEAT_MS as u64 * 5,
+        ));
+        loop {
+            tick.tick().await;
+            if let Err(e) = jobs.recover_dead_instances(db::now_ms()).await {
                 tracing::warn!(error = %e, "recovering jobs of stopped instances failed");
             }
         }

@@ -284,6 +284,14 @@ async fn every_response_carries_a_request_id() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "edge-42");
+    // Anything but a short token is replaced, so it cannot smuggle text into the logs.
+    let r = http
+        .get(format!("{}/health", app.base))
+        .header("x-request-id", "two words\tand a tab")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"].len(), 36);
 }
 
 #[tokio::test]
@@ -318,6 +326,9 @@ async fn suspending_an_organisation_stops_its_sessions_and_keys_at_once() {
         .await;
     let org = found[0]["id"].as_str().unwrap().to_string();
     assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    // `%` is a character to search for, not a wildcard.
+    let (_, none) = ops.json("/api/organizations", &[("search", "%")]).await;
+    assert_eq!(none, serde_json::json!([]));
     let (status, _) = tenant
         .json(
             "/api/set_org_suspended",
