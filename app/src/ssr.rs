@@ -97,6 +97,16 @@ pub async fn require_user() -> Result<User, AppError> {
 }
 
 /// Signs `user` in on this session under a fresh session id (no fixation).
+/// The signed-in user, who must be an operator.
+pub async fn require_operator() -> Result<User, AppError> {
+    let user = require_user().await?;
+    if user.is_operator {
+        Ok(user)
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
 pub async fn log_in(user: &User) -> Result<(), AppError> {
     let session = session().await?;
     session.cycle_id().await.map_err(store_error)?;

@@ -1,40 +1,15 @@
-import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { expect, test, type Page } from "@playwright/test";
-import { hydrated, nanos, password } from "./helpers";
+import { createOperator, hydrated, logIn, nanos, password } from "./helpers";
 
 // A startup asks for compute with credit support; the operator approves it with a grant; the
 // startup sees the grant in Credits, and the CSV export's total matches the page.
 
-const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
-const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
-
 const tag = () => `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
-
-async function logIn(page: Page, email: string, pw: string) {
-  await page.goto("/login");
-  await hydrated(page);
-  await page.getByLabel("Email").fill(email);
-  await page.locator("#password").fill(pw);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await expect(page).toHaveURL(/\/dashboard$/);
-  await hydrated(page);
-}
 
 async function logOut(page: Page) {
   await page.getByRole("button", { name: "Log out" }).click();
   await expect(page).toHaveURL(/\/login$/);
-}
-
-/** Operators are made on the command line, as the README says, against the portal's database. */
-function createOperator(email: string) {
-  execFileSync(bin, ["admin", "create-operator", "--email", email], {
-    env: {
-      ...process.env,
-      DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
-      TOKENMILL_OPERATOR_PASSWORD: password,
-    },
-  });
 }
 
 function day(offset: number): string {

@@ -1,7 +1,8 @@
+import { execFileSync } from "node:child_process";
 import { expect, type Page } from "@playwright/test";
 
 // What several browser tests share: the test password, waiting for hydration, signing up a
-// startup and logging it in, and exact amounts.
+// startup and logging it in, logging in, making an operator, and exact amounts.
 
 export const password = "lanterns over the harbour";
 
@@ -35,4 +36,29 @@ export function nanos(amount: string): bigint {
   const [whole, frac = ""] = text.replace("-", "").split(".");
   const value = BigInt(whole) * 1_000_000_000n + BigInt(frac.padEnd(9, "0"));
   return negative ? -value : value;
+}
+
+const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
+export const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
+
+/** Logs in on the default portal and waits for the dashboard. */
+export async function logIn(page: Page, email: string, pw: string) {
+  await page.goto("/login");
+  await hydrated(page);
+  await page.getByLabel("Email").fill(email);
+  await page.locator("#password").fill(pw);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await hydrated(page);
+}
+
+/** Operators are made on the command line, as the README says, against the portal's database. */
+export function createOperator(email: string) {
+  execFileSync(bin, ["admin", "create-operator", "--email", email], {
+    env: {
+      ...process.env,
+      DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
+      TOKENMILL_OPERATOR_PASSWORD: password,
+    },
+  });
 }

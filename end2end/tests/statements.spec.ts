@@ -1,25 +1,13 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { expect, test, type Page } from "@playwright/test";
-import { hydrated, nanos, password } from "./helpers";
+import { expect, test } from "@playwright/test";
+import { bin, createOperator, hydrated, logIn, nanos, password } from "./helpers";
 
 // An operator sets a partner's agreement, credits last month and closes it; the partner's
 // user sees the closed statement, downloads its CSV and PDF, and the CSV's totals equal the
 // page's (and verify with `tokenmill statements verify`).
 
-const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
-const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
 const tag = () => `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
-
-async function logIn(page: Page, email: string, pw: string) {
-  await page.goto("/login");
-  await hydrated(page);
-  await page.getByLabel("Email").fill(email);
-  await page.locator("#password").fill(pw);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await expect(page).toHaveURL(/\/dashboard$/);
-  await hydrated(page);
-}
 
 /** `YYYY-MM` of last month, UTC. */
 function lastMonth(): string {
@@ -43,9 +31,7 @@ test("an operator closes last month; the partner downloads a statement that matc
   const ops = `ops-${t}@tokenmill.example`;
   const partner = `Savanna Cloud ${t}`;
   const month = lastMonth();
-  execFileSync(bin, ["admin", "create-operator", "--email", ops], {
-    env: { ...process.env, DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`, TOKENMILL_OPERATOR_PASSWORD: password },
-  });
+  createOperator(ops);
 
   await logIn(page, ops, password);
   await page.getByRole("link", { name: "Admin" }).click();

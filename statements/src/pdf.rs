@@ -183,6 +183,21 @@ impl Writer {
         self.page().y -= size * 1.5;
     }
 
+    /// A row of a small table: `values` under `columns` (title, width, right-aligned).
+    fn table_row<const N: usize>(
+        &mut self,
+        bold: bool,
+        columns: &[(&str, f32, bool); N],
+        values: [String; N],
+    ) {
+        let cells: Vec<(String, f32, bool)> = values
+            .into_iter()
+            .zip(columns)
+            .map(|(v, (_, width, right))| (v, *width, *right))
+            .collect();
+        self.row(7.5, bold, &cells);
+    }
+
     fn rule(&mut self) {
         let y = self.page().y + 2.0;
         let c = &mut self.page().content;
@@ -402,33 +417,16 @@ pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
         w.gap(6.0);
         w.room(40.0);
         w.line(10.0, true, "Credit support by sponsor");
-        let widths = [
-            (40.0, false),
-            (160.0, false),
-            (100.0, false),
-            (180.0, false),
-            (80.0, true),
-            (80.0, true),
+        let columns = [
+            ("Month", 40.0, false),
+            ("Tenant", 160.0, false),
+            ("Model", 100.0, false),
+            ("Sponsor", 180.0, false),
+            ("Amount", 80.0, true),
+            ("Partner share", 80.0, true),
         ];
-        let head = [
-            "Month",
-            "Tenant",
-            "Model",
-            "Sponsor",
-            "Amount",
-            "Partner share",
-        ];
-        w.row(
-            7.5,
-            true,
-            &head
-                .iter()
-                .zip(widths)
-                .map(|(t, (wd, r))| (t.to_string(), wd, r))
-                .collect::<Vec<_>>(),
-        );
+        w.table_row(true, &columns, columns.map(|(t, ..)| t.to_string()));
         for s in &d.support {
-            w.room(12.0);
             let sponsor = if s.sponsor_name.is_empty() {
                 s.sponsor_id.clone()
             } else {
@@ -447,15 +445,7 @@ pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
                 usd(s.amount),
                 usd(s.partner_share),
             ];
-            w.row(
-                7.5,
-                false,
-                &values
-                    .into_iter()
-                    .zip(widths)
-                    .map(|(t, (wd, r))| (t, wd, r))
-                    .collect::<Vec<_>>(),
-            );
+            w.table_row(false, &columns, values);
         }
     }
 
@@ -465,27 +455,17 @@ pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
     if d.adjustments.is_empty() {
         w.line(8.0, false, "None.");
     } else {
-        let widths = [
-            (56.0, false),
-            (60.0, false),
-            (120.0, false),
-            (250.0, false),
-            (75.0, true),
-            (75.0, true),
-            (75.0, true),
+        let columns = [
+            ("Date", 56.0, false),
+            ("Kind", 60.0, false),
+            ("By", 120.0, false),
+            ("Reason", 250.0, false),
+            ("Gross", 75.0, true),
+            ("Partner", 75.0, true),
+            ("Vendor", 75.0, true),
         ];
-        let head = ["Date", "Kind", "By", "Reason", "Gross", "Partner", "Vendor"];
-        w.row(
-            7.5,
-            true,
-            &head
-                .iter()
-                .zip(widths)
-                .map(|(t, (wd, r))| (t.to_string(), wd, r))
-                .collect::<Vec<_>>(),
-        );
+        w.table_row(true, &columns, columns.map(|(t, ..)| t.to_string()));
         for a in &d.adjustments {
-            w.room(12.0);
             let values = [
                 a.date.clone(),
                 a.kind.clone(),
@@ -495,15 +475,7 @@ pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
                 usd(a.partner),
                 usd(a.vendor),
             ];
-            w.row(
-                7.5,
-                false,
-                &values
-                    .into_iter()
-                    .zip(widths)
-                    .map(|(t, (wd, r))| (t, wd, r))
-                    .collect::<Vec<_>>(),
-            );
+            w.table_row(false, &columns, values);
         }
     }
 

@@ -48,16 +48,6 @@ pub struct ProgramForm {
     pub auto_on_signup: Option<String>,
 }
 
-#[cfg(feature = "ssr")]
-async fn require_operator() -> Result<accounts::User, AppError> {
-    let user = require_user().await?;
-    if user.is_operator {
-        Ok(user)
-    } else {
-        Err(AppError::Forbidden)
-    }
-}
-
 #[server(endpoint = "factories")]
 pub async fn factories() -> Result<Vec<FactoryView>, AppError> {
     // Taken before the first await: during server rendering, context is only reliable

@@ -412,16 +412,6 @@ pub async fn statement_detail(
     })
 }
 
-#[cfg(feature = "ssr")]
-async fn require_operator() -> Result<accounts::User, AppError> {
-    let user = require_user().await?;
-    if user.is_operator {
-        Ok(user)
-    } else {
-        Err(AppError::Forbidden)
-    }
-}
-
 #[server(endpoint = "close_statement")]
 pub async fn close_statement(partner_id: String, period: String) -> Result<i64, AppError> {
     let app = state()?;
