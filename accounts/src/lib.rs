@@ -313,6 +313,27 @@ impl Accounts {
         row.as_ref().map(user_from_row).transpose()
     }
 
+    /// A user and whether their organisation is suspended, in one query (checked on every
+    /// session request).
+    pub async fn user_with_state(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<(User, bool)>, AccountError> {
+        let row = db::sqlx::query(
+            "SELECT u.id, u.email, u.org_id, u.org_role, u.platform_role, u.created_at, \
+             o.suspended_at FROM users u JOIN organizations o ON o.id = u.org_id WHERE u.id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref()
+            .map(|r| {
+                let suspended: Option<i64> = r.try_get("suspended_at")?;
+                Ok((user_from_row(r)?, suspended.is_some()))
+            })
+            .transpose()
+    }
+
     pub async fn org(&self, org_id: &str) -> Result<Option<Org>, AccountError> {
         let row = db::sqlx::query(&format!(
             "SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"

@@ -82,9 +82,9 @@ pub async fn user_of_session(st: &AppState, session: &Session) -> Result<Option<
         session.flush().await.map_err(store_error)?;
         return Ok(None);
     }
-    match st.accounts.user(&auth.user_id).await? {
-        Some(user) if st.accounts.is_suspended(&user.org_id).await? => Err(AppError::Suspended),
-        Some(user) => Ok(Some(user)),
+    match st.accounts.user_with_state(&auth.user_id).await? {
+        Some((_, true)) => Err(AppError::Suspended),
+        Some((user, false)) => Ok(Some(user)),
         None => {
             session.flush().await.map_err(store_error)?;
             Ok(None)

@@ -216,37 +216,9 @@ pub struct DocAgreement {
     pub recoup_vendor_share_bps: Option<i64>,
 }
 
-/// The ten summed columns of `line` and `total` rows; device time in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Sums {
-    pub requests: i64,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub device_us: i64,
-    pub gross: i64,
-    pub cash: i64,
-    pub credit_support: i64,
-    pub partner_share: i64,
-    pub vendor_share: i64,
-    pub recouped: i64,
-}
-
-impl Sums {
-    fn array(&self) -> [i64; 10] {
-        [
-            self.requests,
-            self.input_tokens,
-            self.output_tokens,
-            self.device_us,
-            self.gross,
-            self.cash,
-            self.credit_support,
-            self.partner_share,
-            self.vendor_share,
-            self.recouped,
-        ]
-    }
-}
+/// The ten summed columns of `line` and `total` rows (device time in microseconds): the same
+/// sums the computation makes.
+pub use crate::compute::Amounts as Sums;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DocLine {

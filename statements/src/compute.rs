@@ -103,6 +103,22 @@ pub struct Amounts {
 }
 
 impl Amounts {
+    /// The ten columns in the CSV's order.
+    pub fn array(&self) -> [i64; 10] {
+        [
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.device_us,
+            self.gross,
+            self.cash,
+            self.credit_support,
+            self.partner_share,
+            self.vendor_share,
+            self.recouped,
+        ]
+    }
+
     fn add(&mut self, o: &Amounts) {
         self.requests += o.requests;
         self.input_tokens += o.input_tokens;

@@ -507,7 +507,7 @@ impl Statements {
         partner_org_id: &str,
         now: i64,
     ) -> Result<Vec<Statement>, StatementError> {
-        let partner_name = self.partner_name(partner_org_id).await?;
+        self.partner_name(partner_org_id).await?;
         let periods: Vec<String> = db::sqlx::query_scalar(
             "SELECT period FROM statements WHERE partner_org_id = $1 ORDER BY period",
         )
@@ -527,7 +527,6 @@ impl Statements {
         let agreements = agreements::load(&mut conn, partner_org_id).await?;
         let first = first_open(&head, &open, &agreements, now).min(current);
         drop(conn);
-        let _ = partner_name;
         let mut month = first;
         while month <= current && out.len() < 240 {
             out.push(self.statement(partner_org_id, month, now).await?);
