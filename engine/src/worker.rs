@@ -92,6 +92,16 @@ pub struct ModelInfo {
     pub context: usize,
 }
 
+/// Cancels a request without holding its event stream (a shutdown cancels every running job).
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A request's event stream and a way to cancel it.
 pub struct Generation {
     pub id: u64,
@@ -104,6 +114,11 @@ impl Generation {
     /// Stops the request; it finishes with `Cancelled` at the next step.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that cancels this request from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::clone(&self.cancel))
     }
 
     /// Waits for every event (for callers that do not stream).

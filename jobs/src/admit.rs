@@ -44,6 +44,7 @@ impl Jobs {
         mut request: engine::Request,
     ) -> Result<RunningJob, JobError> {
         let inner = &self.inner;
+        let admitting = self.busy()?;
         let pool = inner.pool.as_ref().ok_or(JobError::Unavailable)?;
         let unknown = || JobError::UnknownModel(model.to_string());
         // A model without a list price is not sold, whatever the pool has loaded.
@@ -136,6 +137,7 @@ impl Jobs {
         // dropped, which cancels and settles it).
         let (jobs, worker) = (self.clone(), Arc::clone(worker));
         tokio::spawn(async move {
+            let _admitting = admitting; // a shutdown waits for this admission to end
             let refund = ctx.clone();
             let admitted = jobs.commit(ctx, worker, prepared).await;
             if admitted.is_err() {
@@ -157,7 +159,10 @@ impl Jobs {
     ) -> Result<RunningJob, JobError> {
         self.record(&mut ctx).await?;
         match worker.enqueue(prepared) {
-            Ok(generation) => Ok(RunningJob::new(self.clone(), ctx, generation)),
+            Ok(generation) => {
+                self.track(&ctx.id, generation.canceller());
+                Ok(RunningJob::new(self.clone(), ctx, generation))
+            }
             Err(e) => {
                 let e = JobError::from(e);
                 self.refused(&ctx, &e).await;

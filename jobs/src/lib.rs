@@ -11,6 +11,8 @@
 //! database transaction.
 
 mod admit;
+mod drain;
+pub mod journal;
 mod limits;
 mod lookups;
 pub mod metrics;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use credits::Credits;
 use db::Db;
 
+pub use drain::{Busy, Drained};
 pub use pricing::Rates;
 pub use running::{Charged, Receipt, RunningJob};
 pub use usage::{DailyUsage, UsageEvent};
@@ -42,6 +45,15 @@ impl JobKind {
             JobKind::Playground => "playground",
             JobKind::Production => "production",
             JobKind::Batch => "batch",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<JobKind> {
+        match code {
+            "playground" => Some(JobKind::Playground),
+            "production" => Some(JobKind::Production),
+            "batch" => Some(JobKind::Batch),
+            _ => None,
         }
     }
 
@@ -109,6 +121,9 @@ pub enum JobError {
     LargerThanTokensPerMinute { limit: u64, requested: u64 },
     #[error("No inference worker is available for this model; try again shortly.")]
     Unavailable,
+    /// This instance is shutting down and takes no new work.
+    #[error("This server is shutting down and takes no new requests; retry in a few seconds.")]
+    ShuttingDown,
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -176,6 +191,10 @@ struct Inner {
     started_at: i64,
     /// Other instances' heartbeats as last read here, with when (this clock) they last moved.
     seen_heartbeats: std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, i64)>>,
+    /// The delivery journal and its directory, once opened (see [`journal`]).
+    journal: std::sync::OnceLock<(journal::Journal, std::path::PathBuf)>,
+    /// Admission, tracking and cancellation of the jobs a shutdown waits for.
+    drain: drain::DrainState,
 }
 
 impl Jobs {
@@ -197,7 +216,31 @@ impl Jobs {
                 instance_id: db::new_id(),
                 started_at: db::now_ms(),
                 seen_heartbeats: Default::default(),
+                journal: std::sync::OnceLock::new(),
+                drain: drain::DrainState::default(),
             }),
+        }
+    }
+
+    /// Opens this instance's delivery journal in `dir` (once; streams are then charged for
+    /// what they delivered even if the process is killed). Journals there of instances that
+    /// are gone are settled by [`Jobs::recover_journals`].
+    pub fn open_journal(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let journal = journal::Journal::open(dir, &self.inner.instance_id)?;
+        self.inner
+            .journal
+            .set((journal, dir.to_path_buf()))
+            .map_err(|_| std::io::Error::other("the journal is already open"))
+    }
+
+    pub(crate) fn journal(&self) -> Option<&journal::Journal> {
+        self.inner.journal.get().map(|(j, _)| j)
+    }
+
+    /// Deletes this instance's journal file: a clean shutdown, every job settled.
+    pub fn remove_journal(&self) {
+        if let Some((j, _)) = self.inner.journal.get() {
+            j.remove();
         }
     }
 

@@ -4,10 +4,16 @@
 //! reserved and nothing is charged for work no one delivered. A batch runner that takes over a
 //! dead runner's line uses the same `abandon`.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use db::now_ms;
 use db::sqlx::Row;
+use ledger::Nanos;
 
-use crate::{JobError, Jobs};
+use crate::journal::{self, Entry};
+use crate::running::{JobContext, Settlement, charge};
+use crate::{JobError, JobKind, Jobs, Principal};
 
 /// How often an instance records that it is alive.
 pub const HEARTBEAT_MS: i64 = 3_000;
@@ -35,6 +41,16 @@ impl Jobs {
         Ok(())
     }
 
+    /// Removes this instance's record at a clean shutdown (all its jobs settled).
+    pub async fn retire(&self) -> Result<(), JobError> {
+        db::sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(&self.inner.instance_id)
+            .execute(self.inner.db.pool())
+            .await
+            .map_err(JobError::storage)?;
+        Ok(())
+    }
+
     /// Fails the running jobs of instances that stopped beating, voiding their holds; returns
     /// how many. An instance counts as stopped when the heartbeat it wrote has not changed for
     /// [`INSTANCE_STALE_MS`] of this instance's own time (`now`, its clock), so clocks that
@@ -42,6 +58,9 @@ impl Jobs {
     /// instances beat (no instance id) are left to the hold TTL, after which they are failed.
     /// One job that cannot be failed is logged and the others still are.
     pub async fn recover_dead_instances(&self, now: i64) -> Result<u64, JobError> {
+        // Streams of dead instances on this machine are charged for what they delivered first;
+        // what is left of theirs is then voided like any other instance's.
+        self.recover_journals().await?;
         let rows = db::sqlx::query(
             "SELECT DISTINCT j.instance_id, i.heartbeat_at FROM jobs j \
              LEFT JOIN instances i ON i.id = j.instance_id \
@@ -111,6 +130,120 @@ impl Jobs {
             .await
             .map_err(JobError::storage)?;
         Ok(failed)
+    }
+
+    /// Settles the jobs of dead instances whose journals are in this instance's journal
+    /// directory (a restart after a kill finds its predecessor's at once: the kernel freed its
+    /// lock): a stream is charged for the prompt and the tokens it delivered, its usage event
+    /// partial, the job failed; a job that delivered nothing has its hold voided. Returns how
+    /// many jobs were ended. A journal whose jobs could not all be ended stays for the next
+    /// sweep.
+    pub async fn recover_journals(&self) -> Result<u64, JobError> {
+        let Some((_, dir)) = self.inner.journal.get() else {
+            return Ok(0);
+        };
+        let dead = journal::dead_journals(dir, &self.inner.instance_id)
+            .map_err(|e| JobError::Storage(format!("reading journals: {e}")))?;
+        let mut ended = 0;
+        for j in dead {
+            let mut all = true;
+            for entry in &j.entries {
+                match self.settle_interrupted(entry).await {
+                    Ok(true) => ended += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        all = false;
+                        tracing::error!(job = entry.job_id, error = %e, "settling an interrupted stream");
+                    }
+                }
+            }
+            if all {
+                j.finish();
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Ends one job of a dead instance from its journal entry; false when it had already ended.
+    async fn settle_interrupted(&self, entry: &Entry) -> Result<bool, JobError> {
+        let row = db::sqlx::query(
+            "SELECT j.org_id, j.user_id, j.api_key_id, j.kind, j.model, j.factory_id, \
+             j.partner_org_id, j.hold_id, j.prompt_tokens, j.max_tokens, j.created_at, h.amount \
+             FROM jobs j LEFT JOIN ledger_holds h ON h.id = j.hold_id AND h.status = 'open' \
+             WHERE j.id = $1 AND j.status = 'running'",
+        )
+        .bind(&entry.job_id)
+        .fetch_optional(self.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let get_s = |c: &str| row.try_get::<String, _>(c).map_err(JobError::storage);
+        let get_o = |c: &str| {
+            row.try_get::<Option<String>, _>(c)
+                .map_err(JobError::storage)
+        };
+        let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(JobError::storage);
+        let held: Option<i64> = row.try_get("amount").map_err(JobError::storage)?;
+        let hold_id = get_o("hold_id")?;
+        if entry.delivered == 0 || (hold_id.is_some() && held.is_none()) {
+            // Nothing reached the client, or the hold already lapsed: nothing to charge.
+            self.abandon(
+                &entry.job_id,
+                "The portal instance running this job stopped before it delivered a token; nothing was charged.",
+            )
+            .await?;
+            return Ok(true);
+        }
+        let kind = get_s("kind")?;
+        let max_tokens = get_i("max_tokens")?;
+        let ctx = JobContext {
+            id: entry.job_id.clone(),
+            who: Principal {
+                org_id: get_s("org_id")?,
+                user_id: get_o("user_id")?,
+                api_key_id: get_o("api_key_id")?,
+            },
+            kind: JobKind::from_code(&kind)
+                .ok_or_else(|| JobError::Storage(format!("job kind {kind:?}")))?,
+            model: get_s("model")?,
+            factory_id: get_s("factory_id")?,
+            partner_org_id: get_s("partner_org_id")?,
+            rates: entry.rates,
+            hold_id,
+            max_cost: Nanos::new(held.unwrap_or(0)),
+            prompt_tokens: get_i("prompt_tokens")? as usize,
+            max_tokens: max_tokens as usize,
+            created_at: get_i("created_at")?,
+            tpm_taken: 0,
+            tpm_returned: Arc::new(AtomicBool::new(true)),
+        };
+        let delivered = (entry.delivered as usize).min(ctx.max_tokens);
+        tracing::warn!(
+            job = ctx.id,
+            delivered,
+            "stream of a stopped instance: delivered tokens charged, job failed"
+        );
+        charge(
+            self,
+            &ctx,
+            &Settlement {
+                prompt_tokens: ctx.prompt_tokens,
+                completion_tokens: delivered,
+                partial: true,
+                finish_reason: "abort",
+                device_us: 0,
+                queue_ms: 0,
+                ttft_ms: None,
+                status: "failed",
+                error: Some(format!(
+                    "The portal instance running this job stopped mid-stream; the {delivered} tokens delivered were charged."
+                )),
+            },
+        )
+        .await?;
+        Ok(true)
     }
 
     /// The job's status (`running`, `succeeded`, `cancelled`, `failed`), whoever it belongs to.

@@ -70,6 +70,9 @@ pub struct Receipt {
     pub time_to_first_token: Duration,
     pub decode_time: Duration,
     pub device_seconds: f64,
+    /// Cancelled by this instance's shutdown (not by the client): a stream was charged for
+    /// what it delivered, anything else nothing.
+    pub shut_down: bool,
 }
 
 pub struct RunningJob {
@@ -78,6 +81,8 @@ pub struct RunningJob {
     generation: Option<Generation>,
     /// Tokens handed to the caller (for a stream: sent to the client).
     delivered: usize,
+    /// The job's slot in the delivery journal, taken at its first delivered token.
+    slot: Option<crate::journal::Slot>,
     /// Whether handing a token out counts as delivering it (false while a non-streaming
     /// response is still being assembled: the client has received nothing yet).
     streaming: bool,
@@ -107,6 +112,7 @@ impl RunningJob {
             ctx,
             generation: Some(generation),
             delivered: 0,
+            slot: None,
             streaming: true,
             end: None,
         }
@@ -142,7 +148,10 @@ impl RunningJob {
             None => Event::Failed("the worker stopped".into()),
         };
         match &event {
-            Event::Token { .. } if self.streaming => self.delivered += 1,
+            Event::Token { .. } if self.streaming => {
+                self.delivered += 1;
+                self.journal_delivery();
+            }
             Event::Token { .. } => {}
             Event::Finished(f) => self.end = Some(End::Finished(f.clone())),
             Event::Failed(m) => self.end = Some(End::Failed(m.clone())),
@@ -150,11 +159,46 @@ impl RunningJob {
         Some(event)
     }
 
+    /// Writes the delivered count to the journal before the token goes out, so that a killed
+    /// process's stream is still charged for what its client got. Without a journal (or when
+    /// writing it fails) a killed stream is not charged at all.
+    fn journal_delivery(&mut self) {
+        let Some(journal) = self.jobs.journal() else {
+            return;
+        };
+        if self.slot.is_none() {
+            match journal.claim(&self.ctx.id, self.ctx.rates) {
+                Ok(slot) => self.slot = Some(slot),
+                Err(e) => {
+                    tracing::warn!(job = self.ctx.id, error = %e, "journal slot unavailable");
+                    return;
+                }
+            }
+        }
+        if let Some(slot) = self.slot
+            && let Err(e) = journal.record(slot, self.delivered as u32)
+        {
+            tracing::warn!(job = self.ctx.id, error = %e, "journal write failed");
+        }
+    }
+
+    /// Whether this instance's shutdown is cancelling running jobs (a cancelled job then was
+    /// cut by it, not by its client).
+    pub fn shutting_down(&self) -> bool {
+        self.jobs.cancelled_for_shutdown()
+    }
+
     /// Stops generating; the job then finishes as cancelled at the engine's next step.
     pub fn cancel(&self) {
         if let Some(g) = &self.generation {
             g.cancel();
         }
+    }
+
+    /// Marks the answer as assembled before anything is sent (a batch line): tokens handed
+    /// out are not delivered, so a job cut short is charged for none of them.
+    pub fn buffer(&mut self) {
+        self.streaming = false;
     }
 
     /// Runs the job to its end without streaming and settles it. If the caller goes away
@@ -180,12 +224,13 @@ impl RunningJob {
         let generation = self.generation.take();
         let end = self.end.take();
         let (jobs, ctx, delivered) = (self.jobs.clone(), self.ctx.clone(), self.delivered);
+        let slot = self.slot.take();
         tokio::spawn(async move {
             let end = match end {
                 Some(end) => end,
                 None => drain(generation).await,
             };
-            settle(&jobs, &ctx, end, delivered).await
+            settle(&jobs, &ctx, end, delivered, slot).await
         })
         .await
         .map_err(JobError::storage)?
@@ -232,12 +277,13 @@ impl Drop for RunningJob {
         let ctx = self.ctx.clone();
         let delivered = self.delivered;
         let end = self.end.take();
+        let slot = self.slot.take();
         runtime.spawn(async move {
             let end = match end {
                 Some(end) => end,
                 None => drain(Some(generation)).await,
             };
-            if let Err(e) = settle(&jobs, &ctx, end, delivered).await {
+            if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
                 tracing::error!(job = ctx.id, error = %e, "settling an abandoned job failed; its hold expires by TTL");
             }
         });
@@ -246,12 +292,14 @@ impl Drop for RunningJob {
 
 /// Settles the job; when that fails (storage trouble, or the hold expired meanwhile) the hold
 /// is voided and the job marked failed, so nothing stays reserved and the caller's "not
-/// charged" is true.
+/// charged" is true. The journal slot is freed only after, so a crash before the settlement
+/// committed still finds the delivered count.
 async fn settle(
     jobs: &Jobs,
     ctx: &JobContext,
     end: End,
     delivered: usize,
+    slot: Option<crate::journal::Slot>,
 ) -> Result<Receipt, JobError> {
     let result = match settle_once(jobs, ctx, end, delivered).await {
         Ok(r) => Ok(r),
@@ -289,6 +337,10 @@ async fn settle(
         decode_time: receipt.map_or(Duration::ZERO, |r| r.decode_time),
         e2e_seconds: (now_ms() - ctx.created_at).max(0) as f64 / 1000.0,
     });
+    if let (Some(slot), Some(journal)) = (slot, jobs.journal()) {
+        journal.release(slot);
+    }
+    jobs.untrack(&ctx.id);
     result
 }
 
@@ -300,6 +352,22 @@ async fn settle_once(
 ) -> Result<Receipt, JobError> {
     let f = match end {
         End::Failed(message) => return fail(jobs, ctx, message).await,
+        // Cancelled by a shutdown before anything reached the client: the client gets an
+        // error and pays nothing (a batch line runs again elsewhere).
+        End::Finished(f)
+            if f.reason == FinishReason::Cancelled
+                && delivered == 0
+                && jobs.cancelled_for_shutdown() =>
+        {
+            let mut receipt = fail(
+                jobs,
+                ctx,
+                "The server shut down before this request finished; nothing was charged.".into(),
+            )
+            .await?;
+            receipt.shut_down = true;
+            return Ok(receipt);
+        }
         End::Finished(f) => f,
     };
     let complete = f.reason != FinishReason::Cancelled;
@@ -316,10 +384,65 @@ async fn settle_once(
         (prompt, delivered.min(f.completion_tokens))
     };
     ctx.give_back_tokens(jobs, prompt_tokens + completion_tokens);
+    let amount = charge(
+        jobs,
+        ctx,
+        &Settlement {
+            prompt_tokens,
+            completion_tokens,
+            partial: !complete,
+            finish_reason: f.reason.as_str(),
+            device_us: (f.device_seconds * 1e6).round() as i64,
+            queue_ms: f.queue_time.as_millis() as i64,
+            ttft_ms: (f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64),
+            status: if complete { "succeeded" } else { "cancelled" },
+            error: None,
+        },
+    )
+    .await?;
+    Ok(Receipt {
+        job_id: ctx.id.clone(),
+        charged: if complete {
+            Charged::Complete
+        } else {
+            Charged::Partial
+        },
+        prompt_tokens,
+        completion_tokens,
+        amount,
+        finish_reason: Some(f.reason),
+        time_to_first_token: f.time_to_first_token,
+        decode_time: f.decode_time,
+        device_seconds: f.device_seconds,
+        shut_down: !complete && jobs.cancelled_for_shutdown(),
+    })
+}
+
+/// What a job is charged for and how it ended, as recorded.
+pub(crate) struct Settlement<'a> {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub partial: bool,
+    pub finish_reason: &'a str,
+    pub device_us: i64,
+    pub queue_ms: i64,
+    pub ttft_ms: Option<i64>,
+    /// The job's final status.
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+/// In one transaction: settles the hold for the tokens (the rest goes back), records the usage
+/// event with its split by funding source, and ends the job. Returns the amount charged.
+pub(crate) async fn charge(
+    jobs: &Jobs,
+    ctx: &JobContext,
+    s: &Settlement<'_>,
+) -> Result<Nanos, JobError> {
     let inner = &jobs.inner;
     let mut amount = ctx
         .rates
-        .cost(prompt_tokens as u64, completion_tokens as u64)
+        .cost(s.prompt_tokens as u64, s.completion_tokens as u64)
         .unwrap_or(Nanos::new(i64::MAX));
     let revenue = match &ctx.hold_id {
         Some(_) => Some(revenue_account(jobs, ctx).await?),
@@ -401,18 +524,18 @@ async fn settle_once(
     .bind(&ctx.model)
     .bind(&ctx.factory_id)
     .bind(&ctx.partner_org_id)
-    .bind(prompt_tokens as i64)
-    .bind(completion_tokens as i64)
+    .bind(s.prompt_tokens as i64)
+    .bind(s.completion_tokens as i64)
     .bind(ctx.rates.input_nanos_per_mtok)
     .bind(ctx.rates.output_nanos_per_mtok)
     .bind(amount.get())
     .bind(paid)
-    .bind((f.device_seconds * 1e6).round() as i64)
-    .bind(f.queue_time.as_millis() as i64)
-    .bind((f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64))
+    .bind(s.device_us)
+    .bind(s.queue_ms)
+    .bind(s.ttft_ms)
     .bind(now - ctx.created_at)
-    .bind(i64::from(!complete))
-    .bind(f.reason.as_str())
+    .bind(i64::from(s.partial))
+    .bind(s.finish_reason)
     .bind(&transaction_id)
     .bind(now)
     .execute(&mut *tx)
@@ -432,33 +555,20 @@ async fn settle_once(
         .map_err(JobError::storage)?;
     }
     db::sqlx::query(
-        "UPDATE jobs SET status = $1, completion_tokens = $2, finish_reason = $3, finished_at = $4 \
-         WHERE id = $5 AND status = 'running'",
+        "UPDATE jobs SET status = $1, completion_tokens = $2, finish_reason = $3, finished_at = $4, \
+         error = $6 WHERE id = $5 AND status = 'running'",
     )
-    .bind(if complete { "succeeded" } else { "cancelled" })
-    .bind(completion_tokens as i64)
-    .bind(f.reason.as_str())
+    .bind(s.status)
+    .bind(s.completion_tokens as i64)
+    .bind(s.finish_reason)
     .bind(now)
     .bind(&ctx.id)
+    .bind(&s.error)
     .execute(&mut *tx)
     .await
     .map_err(JobError::storage)?;
     tx.commit().await.map_err(JobError::storage)?;
-    Ok(Receipt {
-        job_id: ctx.id.clone(),
-        charged: if complete {
-            Charged::Complete
-        } else {
-            Charged::Partial
-        },
-        prompt_tokens,
-        completion_tokens,
-        amount,
-        finish_reason: Some(f.reason),
-        time_to_first_token: f.time_to_first_token,
-        decode_time: f.decode_time,
-        device_seconds: f.device_seconds,
-    })
+    Ok(amount)
 }
 
 async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt, JobError> {
@@ -484,6 +594,7 @@ async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt,
         time_to_first_token: Duration::ZERO,
         decode_time: Duration::ZERO,
         device_seconds: 0.0,
+        shut_down: false,
     })
 }
 

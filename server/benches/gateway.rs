@@ -93,7 +93,7 @@ async fn portal(test_db: TestDb, dir: &std::path::Path) -> Portal {
         key_rpm: std::num::NonZeroU32::new(1_000_000).unwrap(),
         ..server::Config::default()
     };
-    let (router, db) = server::build(&config).await.unwrap();
+    let server::Portal { router, db, .. } = server::build(&config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::serve(listener, router, std::future::pending()));

@@ -45,10 +45,20 @@ pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
             }
             let mut busy = false;
             let free = slots.available_permits();
-            if free > 0 {
+            // A draining instance takes no new lines; another instance (or the restarted one)
+            // runs them.
+            if free > 0 && !jobs.is_draining() {
                 match batches.claim(&id, free).await {
                     Ok(lines) => {
                         for line in lines {
+                            // The shutdown waits for the line's task; once it has begun, the
+                            // line goes back for another instance.
+                            let Ok(busy) = jobs.busy() else {
+                                if let Err(e) = batches.release(&line).await {
+                                    tracing::warn!(error = %e, "releasing a batch line failed");
+                                }
+                                continue;
+                            };
                             let Ok(permit) = slots.clone().acquire_owned().await else {
                                 return;
                             };
@@ -56,7 +66,9 @@ pub fn spawn(batches: Batches, jobs: Jobs, concurrency: usize) {
                             lock(&in_flight).insert(key.clone());
                             let (b, j, f) = (batches.clone(), jobs.clone(), in_flight.clone());
                             tokio::spawn(async move {
-                                if run_line(&b, &j, &line).await == Outcome::Busy {
+                                let outcome = run_line(&b, &j, &line).await;
+                                drop(busy);
+                                if outcome == Outcome::Busy {
                                     tokio::time::sleep(BACKOFF).await;
                                 }
                                 lock(&f).remove(&key);
@@ -239,6 +251,11 @@ async fn try_line(
     }
     match answer.settle().await {
         Ok(_) if whole.is_some() => batches.finish(line).await?,
+        Ok(receipt) if receipt.shut_down => {
+            // Cancelled by the shutdown and not charged: the line runs again after it.
+            batches.release(line).await?;
+            return Ok(Outcome::Busy);
+        }
         Ok(receipt) => {
             let message = match receipt.charged {
                 jobs::Charged::Failed(m) => m,

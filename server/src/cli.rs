@@ -238,14 +238,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
-    let (router, db) = crate::build(&config).await?;
+    let portal = crate::build(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     tracing::info!("Tokenmill listening on http://{}", listener.local_addr()?);
-    crate::serve(listener, router, crate::shutdown_signal()).await?;
-    db.close().await;
-    Ok(())
+    crate::serve_until_stopped(listener, portal, config.shutdown_grace).await
 }
 
 async fn create_operator(config: Config, email: &str) -> anyhow::Result<()> {

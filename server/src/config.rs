@@ -38,6 +38,13 @@ pub struct Config {
     /// `TOKENMILL_METRICS_TOKEN`: the bearer token `/metrics` asks for; without it the
     /// endpoint is off.
     pub metrics_token: Option<Secret>,
+    /// `TOKENMILL_JOURNAL_DIR`, default `data/journal` (`off` for none): where each instance
+    /// records what its streams delivered, so a killed process's streams are charged for
+    /// exactly that (see `jobs::journal`). Instances on one machine share the directory.
+    pub journal_dir: Option<PathBuf>,
+    /// `TOKENMILL_SHUTDOWN_GRACE_SECONDS`, default 30: on SIGTERM, how long running jobs may
+    /// go on before the rest are cancelled.
+    pub shutdown_grace: Duration,
 }
 
 /// A setting that must not reach the logs (`Config` is logged at start).
@@ -169,6 +176,8 @@ impl std::fmt::Debug for Config {
             .field("stripe_configured", &self.stripe.secret_key.is_some())
             .field("stripe_api_base", &self.stripe.api_base)
             .field("engine", &self.engine)
+            .field("journal_dir", &self.journal_dir)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }
@@ -199,6 +208,10 @@ impl Default for Config {
             bootstrap: true,
             batch_concurrency: 8,
             metrics_token: None,
+            // Not by default here, so that programs building a `Config` by hand (tests,
+            // benchmarks) write nowhere they did not choose; `from_env` sets it.
+            journal_dir: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -276,6 +289,12 @@ impl Config {
                 n => n as usize,
             },
             metrics_token: var("TOKENMILL_METRICS_TOKEN").map(|t| Secret(t.trim().to_string())),
+            journal_dir: match var("TOKENMILL_JOURNAL_DIR") {
+                None => Some(PathBuf::from("data/journal")),
+                Some(v) if v.trim() == "off" => None,
+                Some(v) => Some(PathBuf::from(v.trim())),
+            },
+            shutdown_grace: Duration::from_secs(number("TOKENMILL_SHUTDOWN_GRACE_SECONDS", 30)?),
         })
     }
 

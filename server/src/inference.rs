@@ -63,6 +63,7 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
 #[derive(Clone)]
 pub struct Readiness {
     pool: Option<Arc<engine::Pool>>,
+    jobs: jobs::Jobs,
     verdict: Arc<tokio::sync::Mutex<Verdict>>,
 }
 
@@ -75,9 +76,10 @@ const FRESH_OK_MS: i64 = 10_000;
 const FRESH_FAILURE_MS: i64 = 2_000;
 
 impl Readiness {
-    pub fn new(pool: Option<Arc<engine::Pool>>) -> Readiness {
+    pub fn new(pool: Option<Arc<engine::Pool>>, jobs: jobs::Jobs) -> Readiness {
         Readiness {
             pool,
+            jobs,
             verdict: Arc::new(tokio::sync::Mutex::new(Verdict {
                 at_ms: i64::MIN,
                 ok: false,
@@ -87,6 +89,10 @@ impl Readiness {
 }
 
 pub async fn ready(State(r): State<Readiness>) -> (StatusCode, &'static str) {
+    // A load balancer stops sending new work to an instance that is shutting down.
+    if r.jobs.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
     let Some(pool) = r.pool else {
         return (StatusCode::SERVICE_UNAVAILABLE, "no models configured\n");
     };

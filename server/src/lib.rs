@@ -56,8 +56,15 @@ struct ServerState {
     app: AppState,
 }
 
+/// A built portal: its router, and what a shutdown needs.
+pub struct Portal {
+    pub router: Router,
+    pub db: Db,
+    pub jobs: jobs::Jobs,
+}
+
 /// Opens the database (creating and migrating it) and builds the full router.
-pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
+pub async fn build(config: &Config) -> anyhow::Result<Portal> {
     let db = Db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening {}", db::redact_url(&config.database_url)))?;
@@ -94,6 +101,22 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         .await
         .context("setting up the first start (TOKENMILL_BOOTSTRAP=0 skips it)")?;
     }
+    if let Some(dir) = &config.journal_dir {
+        jobs.open_journal(dir)
+            .with_context(|| format!("opening the delivery journal in {}", dir.display()))?;
+        // A predecessor killed on this machine: its streams are charged for what they
+        // delivered before anything else runs.
+        let ended = jobs
+            .recover_journals()
+            .await
+            .context("settling the streams of a stopped instance")?;
+        if ended > 0 {
+            tracing::warn!(
+                jobs = ended,
+                "ended the jobs of a stopped instance from its journal"
+            );
+        }
+    }
     spawn_instance_heartbeat(jobs.clone()).await?;
     if pool.is_some() {
         batch_runner::spawn(batches.clone(), jobs.clone(), config.batch_concurrency);
@@ -102,7 +125,7 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
         metrics::MetricsState::new(jobs.clone(), db.clone(), config.metrics_token.as_deref());
     let api = openai::ApiState::new(
         app_state.keys.clone(),
-        jobs,
+        jobs.clone(),
         batches,
         db.clone(),
         config.key_rpm,
@@ -110,13 +133,13 @@ pub async fn build(config: &Config) -> anyhow::Result<(Router, Db)> {
     let router = with_request_ids(
         router(config, db.clone(), app_state.clone()).merge(api_routes(
             api,
-            inference::Readiness::new(pool),
+            inference::Readiness::new(pool, jobs.clone()),
             metrics_state,
         )),
     );
     spawn_session_sweeper(db.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
-    Ok((router, db))
+    Ok(Portal { router, db, jobs })
 }
 
 fn router(config: &Config, db: Db, app_state: AppState) -> Router {
@@ -389,6 +412,48 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully (RELIABILITY S5): new jobs get
+/// 503 with `Retry-After` (and `/ready` 503) while the listener stays open, running jobs get
+/// `grace` to finish, the rest are cancelled and every hold settled or voided; then the
+/// server stops accepting, lets open responses end, and the journal and instance record go.
+pub async fn serve_until_stopped(
+    listener: TcpListener,
+    portal: Portal,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, portal.router, async move {
+        let _ = stopped.await;
+    }));
+    shutdown_signal().await;
+    let jobs = portal.jobs;
+    let running = jobs.unsettled();
+    tracing::info!(running, grace_s = grace.as_secs(), "draining: no new jobs");
+    let drained = jobs.drain(grace).await;
+    tracing::info!(
+        cancelled = drained.cancelled,
+        unsettled = drained.unsettled,
+        "jobs drained"
+    );
+    let _ = stop.send(());
+    // Responses already written (a cancelled stream's last events) get a moment to go out.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "serving ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the server task failed"),
+        Err(_) => tracing::warn!("connections still open after 5 s; closing them"),
+    }
+    if drained.unsettled == 0 {
+        jobs.remove_journal();
+        if let Err(e) = jobs.retire().await {
+            tracing::warn!(error = %e, "removing this instance's record failed");
+        }
+    }
+    portal.db.close().await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

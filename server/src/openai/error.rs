@@ -157,6 +157,11 @@ impl From<JobError> for ApiError {
                 message,
                 ..ApiError::unavailable()
             },
+            JobError::ShuttingDown => ApiError {
+                message,
+                code: Some("shutting_down"),
+                ..ApiError::unavailable()
+            },
             JobError::Storage(detail) => {
                 tracing::error!(error = %detail, "job storage failed");
                 ApiError::internal(

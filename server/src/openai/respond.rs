@@ -144,6 +144,23 @@ fn finish_name(reason: Option<FinishReason>) -> &'static str {
     }
 }
 
+/// A job this instance's shutdown cancelled: 503 with `Retry-After`, so clients retry
+/// elsewhere.
+fn shut_down(receipt: &jobs::Receipt) -> ApiError {
+    let message = if receipt.completion_tokens > 0 {
+        format!(
+            "The server shut down before this answer finished; you were charged for the {} tokens delivered. Retry to get the rest.",
+            receipt.completion_tokens
+        )
+    } else {
+        "The server shut down before this request finished; you were not charged. Retry in a few seconds.".into()
+    };
+    ApiError {
+        message,
+        ..ApiError::from(jobs::JobError::ShuttingDown)
+    }
+}
+
 pub fn failed(message: &str) -> ApiError {
     ApiError::internal(format!(
         "The model failed while generating ({message}); you were not charged. Try again."
@@ -166,6 +183,7 @@ impl Admitted {
     /// response has it (usage from the engine's counts, which settlement charges), or `None`
     /// when the engine failed.
     pub async fn run_whole(&mut self) -> Option<Value> {
+        self.job.buffer();
         let mut events = Vec::new();
         while let Some(e) = self.job.next().await {
             events.push(e);
@@ -248,6 +266,9 @@ pub async fn generate(
 
 async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
     let (events, receipt) = job.collect().await?;
+    if receipt.shut_down {
+        return Err(shut_down(&receipt));
+    }
     if let Charged::Failed(m) = &receipt.charged {
         return Err(failed(m));
     }
@@ -319,6 +340,8 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                     let choice = shape.choice(&text, lp, None, true);
                     yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
                 }
+                // Cut by a shutdown: no finish chunk, the error event below says why.
+                Event::Finished(f) if f.reason == FinishReason::Cancelled && job.shutting_down() => {}
                 Event::Finished(f) => {
                     let choice = shape.choice("", Value::Null, Some(finish_name(Some(f.reason))), true);
                     yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
@@ -328,7 +351,16 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
         }
         match job.settle().await {
             Ok(receipt) => {
-                if let Charged::Failed(m) = &receipt.charged {
+                if receipt.shut_down {
+                    if shape.include_usage && receipt.completion_tokens > 0 {
+                        yield data(&shape.envelope(
+                            Vec::new(),
+                            usage(receipt.prompt_tokens, receipt.completion_tokens),
+                            true,
+                        ));
+                    }
+                    yield data(&shut_down(&receipt).body());
+                } else if let Charged::Failed(m) = &receipt.charged {
                     yield data(&failed(m).body());
                 } else if shape.include_usage {
                     yield data(&shape.envelope(

@@ -12,6 +12,8 @@ pub struct TestApp {
     /// The origin browsers send: the configured public URL, else `base`.
     pub origin: String,
     pub test_db: TestDb,
+    /// The instance's delivery journal directory (removed with the app).
+    pub _journal: tempfile::TempDir,
 }
 
 /// One browser: its own cookie jar, sending `Origin` like a browser does on a POST.
@@ -27,7 +29,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// The database behind the app: SQLite, or PostgreSQL (on `TEST_DATABASE_URL`) when
 /// `TEST_HARNESS_BACKEND=postgres`, so the whole HTTP suite can run on either backend.
-async fn test_db() -> TestDb {
+pub async fn test_db() -> TestDb {
     match std::env::var("TEST_HARNESS_BACKEND").as_deref() {
         Ok("postgres") => TestDb::postgres()
             .await
@@ -38,9 +40,11 @@ async fn test_db() -> TestDb {
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let test_db = test_db().await;
+    let journal = tempfile::tempdir().unwrap();
     // No models unless a test asks: most tests never generate a token.
     let mut config = Config {
         database_url: test_db.url.clone(),
+        journal_dir: Some(journal.path().to_path_buf()),
         trust_proxy: true,
         engine: server::config::EngineSettings::off(),
         ..Config::default()
@@ -49,18 +53,20 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     config.addr = addr;
-    let (router, _db) = server::build(&config).await.expect("build app");
+    let router = server::build(&config).await.expect("build app").router;
     tokio::spawn(server::serve(listener, router, std::future::pending()));
     let base = format!("http://{addr}");
     TestApp {
         origin: config.public_url.clone().unwrap_or_else(|| base.clone()),
         base,
         test_db,
+        _journal: journal,
     }
 }
 
-impl TestApp {
-    pub fn browser(&self) -> Browser {
+impl Browser {
+    /// A browser of the portal at `base` (its own origin).
+    pub fn at(base: &str) -> Browser {
         Browser {
             client: Client::builder()
                 .cookie_store(true)
@@ -68,8 +74,17 @@ impl TestApp {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            base: self.base.clone(),
+            base: base.to_string(),
+            origin: base.to_string(),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn browser(&self) -> Browser {
+        Browser {
             origin: self.origin.clone(),
+            ..Browser::at(&self.base)
         }
     }
 

@@ -6,6 +6,7 @@ mod api_keys;
 mod batches;
 mod completions;
 mod compute;
+mod faults;
 mod helpers;
 mod metrics;
 mod openai_client;
