@@ -11,7 +11,7 @@ export const stripeWebhookSecret = "whsec_e2e_secret";
 // big enough that an answer takes seconds on a CPU, so Stop can be pressed mid-answer), which
 // sets up the local factory, prices and starter credits.
 export const playgroundPort = Number(process.env.E2E_PLAYGROUND_PORT ?? 3212);
-const playgroundDir = process.env.E2E_PLAYGROUND_DIR ?? "/tmp/tokenmill-e2e-playground";
+export const playgroundDir = process.env.E2E_PLAYGROUND_DIR ?? "/tmp/tokenmill-e2e-playground";
 const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
 
 export default defineConfig({
@@ -47,6 +47,7 @@ export default defineConfig({
     env: {
       TOKENMILL_ADDR: `127.0.0.1:${port}`,
       DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
+      TOKENMILL_JOURNAL_DIR: `${dbDir}/journal`,
       LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
       RUST_LOG: "warn",
       // These tests need no model (and no first-start set-up); the playground has its own.
@@ -63,6 +64,7 @@ export default defineConfig({
     env: {
       TOKENMILL_ADDR: `127.0.0.1:${playgroundPort}`,
       DATABASE_URL: `sqlite://${playgroundDir}/tokenmill.db?mode=rwc`,
+      TOKENMILL_JOURNAL_DIR: `${playgroundDir}/journal`,
       LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
       RUST_LOG: "warn",
       TOKENMILL_MODELS: `smollm2-test=${playgroundDir}/model`,

@@ -2,6 +2,7 @@
 //! partners and operators. No UI code; the portal calls these and maps [`AccountError`] to
 //! responses.
 
+pub mod audit;
 mod error;
 pub mod password;
 mod throttle;
@@ -14,6 +15,7 @@ use db::{
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+pub use audit::{AuditEvent, Change};
 pub use error::AccountError;
 pub use throttle::LoginLimits;
 pub use types::{Email, NewPassword, OrgKind, OrgName, OrgRole, Region};

@@ -69,6 +69,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/usage") view=pages::usage::Usage />
                     <Route path=path!("/batches") view=pages::batches::Batches />
                     <Route path=path!("/statements") view=pages::statements::Statements />
+                    <Route path=path!("/audit") view=pages::audit::AuditLog />
                     <Route
                         path=path!("/statements/:partner/:period")
                         view=pages::statements::StatementPage

@@ -98,6 +98,19 @@ pub async fn require_user() -> Result<User, AppError> {
 
 /// Signs `user` in on this session under a fresh session id (no fixation).
 /// The signed-in user, who must be an operator.
+/// Records an operator's or partner's change in the audit log. The change is made by then: a
+/// failed write is logged at error level rather than reported as the change failing.
+pub async fn audited(app: &AppState, actor: &User, change: accounts::Change<'_>) {
+    if let Err(e) = app.accounts.audit(actor, change.clone()).await {
+        tracing::error!(error = %e, action = change.action, target = change.target_id, "writing the audit log failed");
+    }
+}
+
+/// A before/after state for the audit log.
+pub fn audit_json(v: serde_json::Value) -> Option<String> {
+    Some(v.to_string())
+}
+
 pub async fn require_operator() -> Result<User, AppError> {
     let user = require_user().await?;
     if user.is_operator {

@@ -41,9 +41,9 @@ export function nanos(amount: string): bigint {
 const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
 export const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
 
-/** Logs in on the default portal and waits for the dashboard. */
-export async function logIn(page: Page, email: string, pw: string) {
-  await page.goto("/login");
+/** Logs in on the portal at `base` ("" for the default one) and waits for the dashboard. */
+export async function logIn(page: Page, email: string, pw: string, base = "") {
+  await page.goto(`${base}/login`);
   await hydrated(page);
   await page.getByLabel("Email").fill(email);
   await page.locator("#password").fill(pw);
@@ -52,12 +52,13 @@ export async function logIn(page: Page, email: string, pw: string) {
   await hydrated(page);
 }
 
-/** Operators are made on the command line, as the README says, against the portal's database. */
-export function createOperator(email: string) {
+/** Operators are made on the command line, as the README says, against the database of the
+ * portal whose files are in `dir` (the default portal's unless given). */
+export function createOperator(email: string, dir = dbDir) {
   execFileSync(bin, ["admin", "create-operator", "--email", email], {
     env: {
       ...process.env,
-      DATABASE_URL: `sqlite://${dbDir}/tokenmill.db?mode=rwc`,
+      DATABASE_URL: `sqlite://${dir}/tokenmill.db?mode=rwc`,
       TOKENMILL_OPERATOR_PASSWORD: password,
     },
   });

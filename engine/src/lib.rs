@@ -24,7 +24,7 @@ pub use backend::Device;
 pub use chat::ChatMessage;
 pub use checkpoint::{Checkpoint, DType, Tensor};
 pub use config::{Architecture, Llama3Scaling, ModelConfig};
-pub use pool::{Pool, WorkerStatus};
+pub use pool::{ControlError, Pool, WorkerState, WorkerStatus};
 pub use request::{Event, Finish, FinishReason, Priority, Prompt, Request, SubmitError};
 pub use sampling::SamplingParams;
 /// The tokenizer type models load (callers render token ids with it).

@@ -2,8 +2,8 @@
 //! (a model that fails to load is reported at start). Requests go to the least-loaded worker
 //! serving their model; health is a real one-token generation.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::EngineError;
@@ -12,12 +12,47 @@ use crate::sampling::SamplingParams;
 use crate::worker::{Generation, Worker, WorkerSpec};
 
 pub struct Pool {
-    workers: Vec<Arc<Worker>>,
+    slots: Vec<Slot>,
+}
+
+/// One configured worker: its spec (to start it again), the running worker (none while it
+/// loads), and whether it is drained (no new requests).
+struct Slot {
+    spec: WorkerSpec,
+    worker: RwLock<Option<Arc<Worker>>>,
+    draining: AtomicBool,
+    /// A restart is under way (one at a time per slot).
+    restarting: AtomicBool,
+}
+
+/// Where a worker is in its life, as the pool's page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Loading,
+    Ready,
+    /// Takes no new requests; those it has run to their end.
+    Draining,
+    /// Its thread stopped (a failed step, or a shutdown).
+    Dead,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Loading => "loading",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Dead => "dead",
+        }
+    }
 }
 
 /// A snapshot of one worker, for pages and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerStatus {
+    /// The worker's place in the pool (what drain and restart take).
+    pub index: usize,
+    pub state: WorkerState,
     pub model_id: String,
     pub device: String,
     pub device_name: String,
@@ -35,44 +70,76 @@ pub struct WorkerStatus {
     pub preemptions: u64,
 }
 
+/// Why a drain or restart was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("there is no worker {0}")]
+    NoSuchWorker(usize),
+    #[error("worker {0} is already restarting")]
+    Restarting(usize),
+    #[error("worker {index} did not start again: {message}")]
+    Failed { index: usize, message: String },
+}
+
+/// How long a restart waits for the worker's requests to finish before it stops the worker
+/// (those left end as cancelled).
+pub const RESTART_DRAIN: Duration = Duration::from_secs(60);
+
 impl Pool {
     /// Starts every worker; the first that fails to load fails the pool (the others stop).
     pub fn start(specs: Vec<WorkerSpec>) -> Result<Pool, EngineError> {
-        let mut workers = Vec::with_capacity(specs.len());
+        let mut slots = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = spec.model_id.clone();
-            let w =
-                Worker::start(spec).map_err(|e| EngineError::Device(format!("model {id}: {e}")))?;
-            workers.push(Arc::new(w));
+            let w = Worker::start(spec.clone())
+                .map_err(|e| EngineError::Device(format!("model {id}: {e}")))?;
+            slots.push(Slot {
+                spec,
+                worker: RwLock::new(Some(Arc::new(w))),
+                draining: AtomicBool::new(false),
+                restarting: AtomicBool::new(false),
+            });
         }
-        Ok(Pool { workers })
+        Ok(Pool { slots })
     }
 
-    pub fn workers(&self) -> &[Arc<Worker>] {
-        &self.workers
+    /// The workers running now (a restarting one is left out while it loads).
+    pub fn workers(&self) -> Vec<Arc<Worker>> {
+        self.slots.iter().filter_map(Slot::current).collect()
+    }
+
+    /// How many requests the pool runs and queues at once, all workers together.
+    pub fn capacity(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.spec.max_running + s.spec.max_waiting)
+            .sum()
     }
 
     /// The models served, each once, in the order they were configured.
     pub fn models(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for w in &self.workers {
-            if !out.contains(&w.info.model_id) {
-                out.push(w.info.model_id.clone());
+        for s in &self.slots {
+            if !out.contains(&s.spec.model_id) {
+                out.push(s.spec.model_id.clone());
             }
         }
         out
     }
 
-    pub fn worker_for(&self, model: &str) -> Result<&Arc<Worker>, SubmitError> {
+    /// The least-loaded worker that takes requests for `model`.
+    pub fn worker_for(&self, model: &str) -> Result<Arc<Worker>, SubmitError> {
         let mut serving = self
-            .workers
+            .slots
             .iter()
-            .filter(|w| w.info.model_id == model)
+            .filter(|s| s.spec.model_id == model)
             .peekable();
         if serving.peek().is_none() {
             return Err(SubmitError::UnknownModel(model.to_string()));
         }
         serving
+            .filter(|s| !s.draining.load(Ordering::Relaxed))
+            .filter_map(Slot::current)
             .filter(|w| !w.counters.stopped.load(Ordering::Relaxed))
             .min_by_key(|w| {
                 w.counters.waiting.load(Ordering::Relaxed)
@@ -81,21 +148,120 @@ impl Pool {
             .ok_or(SubmitError::Unavailable)
     }
 
+    /// Takes worker `index` out of rotation (`true`) or back in (`false`): a drained worker
+    /// gets no new requests and runs those it has to their end.
+    pub fn set_draining(&self, index: usize, draining: bool) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .get(index)
+            .ok_or(ControlError::NoSuchWorker(index))?;
+        if !draining && slot.restarting.load(Ordering::SeqCst) {
+            return Err(ControlError::Restarting(index));
+        }
+        slot.draining.store(draining, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Restarts worker `index`: drains it, waits up to [`RESTART_DRAIN`] for its requests to
+    /// end, stops it, loads the model again from its directory and puts it back in rotation.
+    /// The pool's other workers serve meanwhile.
+    pub async fn restart(&self, index: usize) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .get(index)
+            .ok_or(ControlError::NoSuchWorker(index))?;
+        if slot.restarting.swap(true, Ordering::SeqCst) {
+            return Err(ControlError::Restarting(index));
+        }
+        slot.draining.store(true, Ordering::SeqCst);
+        let result = async {
+            if let Some(old) = slot.current() {
+                let until = tokio::time::Instant::now() + RESTART_DRAIN;
+                while old.counters.waiting.load(Ordering::Relaxed)
+                    + old.counters.running.load(Ordering::Relaxed)
+                    > 0
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let old = slot
+                .worker
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let spec = slot.spec.clone();
+            let started = tokio::task::spawn_blocking(move || {
+                if let Some(old) = old {
+                    old.stop();
+                }
+                Worker::start(spec)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            match started {
+                Ok(w) => {
+                    *slot.worker.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(w));
+                    Ok(())
+                }
+                Err(message) => Err(ControlError::Failed { index, message }),
+            }
+        }
+        .await;
+        if result.is_ok() {
+            slot.draining.store(false, Ordering::SeqCst);
+        }
+        slot.restarting.store(false, Ordering::SeqCst);
+        result
+    }
+
     pub fn submit(&self, model: &str, request: Request) -> Result<Generation, SubmitError> {
         self.worker_for(model)?.submit(request)
     }
 
     pub fn status(&self) -> Vec<WorkerStatus> {
-        self.workers
+        self.slots
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(index, slot)| {
+                let Some(w) = slot.current() else {
+                    return WorkerStatus {
+                        index,
+                        state: WorkerState::Loading,
+                        model_id: slot.spec.model_id.clone(),
+                        device: String::new(),
+                        device_name: String::new(),
+                        device_memory_bytes: None,
+                        alive: false,
+                        waiting: 0,
+                        running: 0,
+                        kv_blocks_used: 0,
+                        kv_blocks_total: 0,
+                        tokens_generated: 0,
+                        prompt_tokens: 0,
+                        steps: 0,
+                        last_step: Duration::ZERO,
+                        preemptions: 0,
+                    };
+                };
                 let c = &w.counters;
+                let alive = !c.stopped.load(Ordering::Relaxed);
+                let state = if !alive {
+                    WorkerState::Dead
+                } else if slot.draining.load(Ordering::Relaxed) {
+                    WorkerState::Draining
+                } else {
+                    WorkerState::Ready
+                };
                 WorkerStatus {
+                    index,
+                    state,
                     model_id: w.info.model_id.clone(),
                     device: w.info.device.id.clone(),
                     device_name: w.info.device.name.clone(),
                     device_memory_bytes: w.info.device.memory_bytes,
-                    alive: !c.stopped.load(Ordering::Relaxed),
+                    alive,
                     waiting: c.waiting.load(Ordering::Relaxed),
                     running: c.running.load(Ordering::Relaxed),
                     kv_blocks_used: c.kv_blocks_used.load(Ordering::Relaxed),
@@ -111,9 +277,14 @@ impl Pool {
     }
 
     /// Health: every worker generates one real token within `timeout`. Returns the failures.
+    /// A worker that is loading counts as a failure.
     pub async fn health(&self, timeout: Duration) -> Vec<(String, String)> {
         let mut failures = Vec::new();
-        for w in &self.workers {
+        for slot in &self.slots {
+            let Some(w) = slot.current() else {
+                failures.push((slot.spec.model_id.clone(), "loading".into()));
+                continue;
+            };
             let mut probe = Request::new(Prompt::Tokens(vec![0]));
             probe.sampling = SamplingParams::greedy();
             probe.max_tokens = Some(1);
@@ -136,5 +307,14 @@ impl Pool {
             }
         }
         failures
+    }
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<Worker>> {
+        self.worker
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

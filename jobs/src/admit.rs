@@ -74,7 +74,7 @@ impl Jobs {
         request.weight = allocation
             .as_ref()
             .map_or(ON_DEMAND_WEIGHT, |a| a.share_weight.clamp(1, 1_000) as u32);
-        let prepared = prepare(worker, request).await?;
+        let prepared = prepare(&worker, request).await?;
         let prompt_tokens = prepared.prompt_tokens();
         let max_tokens = prepared.max_new_tokens();
         let max_cost =
@@ -135,7 +135,7 @@ impl Jobs {
         // From the hold on, admission runs as a task of its own: a caller that goes away
         // meanwhile cannot leave a hold or a job row half made (a job it never receives is
         // dropped, which cancels and settles it).
-        let (jobs, worker) = (self.clone(), Arc::clone(worker));
+        let (jobs, worker) = (self.clone(), worker);
         tokio::spawn(async move {
             let _admitting = admitting; // a shutdown waits for this admission to end
             let refund = ctx.clone();

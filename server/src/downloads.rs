@@ -52,6 +52,90 @@ pub async fn history_csv(
 }
 
 #[derive(Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    q: String,
+}
+
+/// `GET /audit.csv[?q=…]`: the audit log entries the signed-in operator or partner may read
+/// (all of them, or those matching the page's search), oldest first.
+pub async fn audit_csv(
+    State(st): State<AppState>,
+    session: Session,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let user = match user_of_session(&st, &session).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "Log in to download the audit log.",
+            )
+                .into_response();
+        }
+        Err(app::AppError::Suspended) => return suspended_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "audit export: session");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let mut events = match st.accounts.audit_log(&user, &q.q, i64::MAX).await {
+        Ok(events) => events,
+        Err(accounts::AccountError::Forbidden) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "Only operators and partners have an audit log.",
+            )
+                .into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "audit export");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    events.reverse();
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "at_utc",
+        "actor",
+        "actor_org_id",
+        "action",
+        "target_kind",
+        "target_id",
+        "target_org_id",
+        "before",
+        "after",
+    ];
+    let mut written = out.write_record(header);
+    for e in events {
+        if written.is_err() {
+            break;
+        }
+        written = out.write_record([
+            app::api::timestamp(e.at),
+            e.actor_email,
+            e.actor_org_id,
+            e.action,
+            e.target_kind,
+            e.target_id,
+            e.target_org_id.unwrap_or_default(),
+            e.before.unwrap_or_default(),
+            e.after.unwrap_or_default(),
+        ]);
+    }
+    match written.and_then(|()| out.into_inner().map_err(|e| e.into_error().into())) {
+        Ok(bytes) => csv_download(
+            String::from_utf8_lossy(&bytes).into_owned(),
+            "tokenmill-audit-log.csv",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "audit export: writing CSV");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
 pub struct UsageQuery {
     days: Option<i64>,
 }

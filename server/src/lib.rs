@@ -92,7 +92,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Portal> {
     if let Some(pool) = &pool
         && config.bootstrap
     {
-        let first = &pool.workers()[0].info.device;
+        let first = pool.workers()[0].info.device.clone();
         bootstrap::first_start(
             &app_state,
             &pool.models(),
@@ -185,6 +185,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .route("/api/{*fn_name}", post(server_fn_handler))
         .route("/credits/history.csv", get(downloads::history_csv))
         .route("/usage.csv", get(downloads::usage_csv))
+        .route("/audit.csv", get(downloads::audit_csv))
         .route(
             "/statements/{partner}/{period}/{file}",
             get(statement_downloads::download),

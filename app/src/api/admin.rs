@@ -84,11 +84,29 @@ pub async fn create_factory(
         gpu_class,
         models,
     };
-    app.clone()
+    let factory = app
+        .clone()
         .compute
         .create_factory(&user, &spec)
         .await
         .map_err(fail)?;
+    let after = serde_json::json!({
+        "name": factory.name, "partner": factory.partner_name, "region": factory.region.label(),
+        "gpu_class": spec.gpu_class, "models": factory.models,
+    });
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "factory.create",
+            target_kind: "factory",
+            target_id: &factory.id,
+            target_org_id: Some(&factory.partner_org_id),
+            before: None,
+            after: audit_json(after),
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -143,7 +161,7 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
     let app = state()?;
     use accounts::{OrgKind, Region};
     use ledger::Nanos;
-    require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(fail)?;
     let st = app.clone();
     let money = |text: &str, field: &str| {
         Nanos::parse_dollars(text).map_err(|e| AppError::Field {
@@ -208,7 +226,26 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
         budget: money(&form.budget, "budget").map_err(fail)?,
         auto_on_signup: form.auto_on_signup.is_some(),
     };
-    st.credits.create_program(&spec).await.map_err(fail)?;
+    let program = st.credits.create_program(&spec).await.map_err(fail)?;
+    let after = serde_json::json!({
+        "name": program.name, "sponsor": program.sponsor_org_id.as_deref().unwrap_or("vendor"),
+        "grant": program.grant_amount.to_string(), "budget": form.budget.trim(),
+        "grant_lifetime_days": form.grant_lifetime_days.trim(),
+        "auto_on_signup": form.auto_on_signup.is_some(),
+    });
+    audited(
+        &st,
+        &user,
+        accounts::Change {
+            action: "program.create",
+            target_kind: "program",
+            target_id: &program.id,
+            target_org_id: program.sponsor_org_id.as_deref(),
+            before: None,
+            after: audit_json(after),
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -259,15 +296,35 @@ pub async fn organizations(search: String) -> Result<Vec<OrgView>, AppError> {
 pub async fn set_org_suspended(org_id: String, suspend: String) -> Result<(), AppError> {
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
+    let suspend = suspend == "1";
     app.accounts
-        .set_suspended(&user, &org_id, suspend == "1")
+        .set_suspended(&user, &org_id, suspend)
         .await
         .map_err(fail)?;
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: if suspend {
+                "organization.suspend"
+            } else {
+                "organization.resume"
+            },
+            target_kind: "organization",
+            target_id: &org_id,
+            target_org_id: Some(&org_id),
+            before: audit_json(serde_json::json!({ "suspended": !suspend })),
+            after: audit_json(serde_json::json!({ "suspended": suspend })),
+        },
+    )
+    .await;
     Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerView {
+    /// The worker's place in the pool (what drain and restart name).
+    pub index: usize,
     pub model: String,
     pub device: String,
     pub memory: String,
@@ -301,7 +358,8 @@ pub async fn worker_pool() -> Result<Vec<WorkerView>, AppError> {
                 memory: w.device_memory_bytes.map_or("unknown".into(), |b| {
                     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
                 }),
-                state: if w.alive { "ready" } else { "dead" }.into(),
+                state: w.state.as_str().into(),
+                index: w.index,
                 tokens_per_s: if w.running > 0 && step > 0.0 {
                     w.running as f64 / step
                 } else {
@@ -318,4 +376,76 @@ pub async fn worker_pool() -> Result<Vec<WorkerView>, AppError> {
             }
         })
         .collect())
+}
+
+/// Takes a worker out of rotation (`drain` = "1": it finishes what it runs and takes nothing
+/// new) or puts it back ("0").
+#[server(endpoint = "drain_worker")]
+pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
+    let app = state()?;
+    let user = require_operator().await.map_err(fail)?;
+    let pool = app.jobs.pool().ok_or_else(|| fail(AppError::NotFound))?;
+    let drain = drain == "1";
+    let model = pool
+        .status()
+        .get(index)
+        .map(|w| w.model_id.clone())
+        .ok_or_else(|| fail(AppError::NotFound))?;
+    pool.set_draining(index, drain)
+        .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: if drain {
+                "worker.drain"
+            } else {
+                "worker.resume"
+            },
+            target_kind: "worker",
+            target_id: &format!("{index} {model}"),
+            target_org_id: None,
+            before: audit_json(serde_json::json!({ "draining": !drain })),
+            after: audit_json(serde_json::json!({ "draining": drain })),
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Restarts a worker in the background: drained, stopped once its requests end (at most a
+/// minute), its model loaded again; the page shows it loading, then ready.
+#[server(endpoint = "restart_worker")]
+pub async fn restart_worker(index: usize) -> Result<(), AppError> {
+    let app = state()?;
+    let user = require_operator().await.map_err(fail)?;
+    let pool = app.jobs.pool().ok_or_else(|| fail(AppError::NotFound))?.clone();
+    let model = pool
+        .status()
+        .get(index)
+        .map(|w| w.model_id.clone())
+        .ok_or_else(|| fail(AppError::NotFound))?;
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "worker.restart",
+            target_kind: "worker",
+            target_id: &format!("{index} {model}"),
+            target_org_id: None,
+            before: None,
+            after: None,
+        },
+    )
+    .await;
+    // Out of rotation at once (the restart itself runs in the background).
+    pool.set_draining(index, true)
+        .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
+    tokio::spawn(async move {
+        match pool.restart(index).await {
+            Ok(()) => tracing::info!(worker = index, model, "worker restarted"),
+            Err(e) => tracing::error!(worker = index, model, error = %e, "worker restart failed"),
+        }
+    });
+    Ok(())
 }

@@ -442,12 +442,49 @@ pub async fn approve_compute(
         grant_program_id,
         grant_amount,
     };
-    app.clone()
+    let before = app.compute.request(&user, &id).await.map_err(fail)?;
+    let after = app
+        .clone()
         .compute
         .approve(&user, &id, &decision, db::now_ms())
         .await
         .map_err(fail)?;
+    audit_decision(&app, &user, "compute_request.approve", &before, &after).await;
     Ok(())
+}
+
+/// A decision on a compute request in the audit log: its status and allocation before and
+/// after.
+#[cfg(feature = "ssr")]
+async fn audit_decision(
+    app: &AppState,
+    user: &accounts::User,
+    action: &str,
+    before: &compute::ComputeRequest,
+    after: &compute::ComputeRequest,
+) {
+    let state = |r: &compute::ComputeRequest| {
+        serde_json::json!({
+            "status": r.status.code(),
+            "reason": r.reason,
+            "share_weight": r.allocation.as_ref().map(|a| a.share_weight),
+            "rate_limit_tpm": r.allocation.as_ref().map(|a| a.rate_limit_tpm),
+            "grant": r.grant.is_some(),
+        })
+    };
+    audited(
+        app,
+        user,
+        accounts::Change {
+            action,
+            target_kind: "compute_request",
+            target_id: &after.id,
+            target_org_id: Some(&after.org_id),
+            before: audit_json(state(before)),
+            after: audit_json(state(after)),
+        },
+    )
+    .await;
 }
 
 /// Rejects, sends back for changes, or ends early: every decision that carries a reason.
@@ -459,12 +496,20 @@ pub async fn answer_compute(id: String, answer: String, reason: String) -> Resul
     let user = require_user().await.map_err(fail)?;
     let c = app.clone().compute;
     let now = db::now_ms();
-    match answer.as_str() {
-        "reject" => c.reject(&user, &id, &reason, now).await,
-        "changes" => c.request_changes(&user, &id, &reason, now).await,
-        "end" => c.end(&user, &id, &reason, now).await,
+    let before = c.request(&user, &id).await.map_err(fail)?;
+    let (action, after) = match answer.as_str() {
+        "reject" => (
+            "compute_request.reject",
+            c.reject(&user, &id, &reason, now).await,
+        ),
+        "changes" => (
+            "compute_request.request_changes",
+            c.request_changes(&user, &id, &reason, now).await,
+        ),
+        "end" => ("compute_request.end", c.end(&user, &id, &reason, now).await),
         _ => return Err(fail(AppError::Invalid("Unknown answer.".into()))),
-    }
-    .map_err(fail)?;
+    };
+    let after = after.map_err(fail)?;
+    audit_decision(&app, &user, action, &before, &after).await;
     Ok(())
 }

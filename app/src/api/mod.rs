@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppError;
 
 mod admin;
+mod audit;
 mod batch_jobs;
 mod compute;
 mod credits;
@@ -18,6 +19,7 @@ mod usage;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
 pub use admin::*;
+pub use audit::*;
 pub use batch_jobs::*;
 pub use compute::*;
 pub use credits::*;
@@ -393,6 +395,22 @@ pub async fn create_partner(
         .create_partner(&user, &name, &region, &owner_email)
         .await
         .map_err(fail)?;
+    let after = serde_json::json!({
+        "name": org.name, "region": org.region.label(), "owner_invited": owner_email.trim(),
+    });
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "partner.create",
+            target_kind: "organization",
+            target_id: &org.id,
+            target_org_id: Some(&org.id),
+            before: None,
+            after: audit_json(after),
+        },
+    )
+    .await;
     Ok(NewPartner {
         name: org.name,
         link: format!("{}/invite/{token}", origin()),

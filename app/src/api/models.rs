@@ -56,10 +56,38 @@ pub async fn set_model_price(
     // until the future first yields.
     let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    app.clone()
+    let price = |p: &compute::ModelPrice| {
+        serde_json::json!({
+            "input_per_mtok": p.input_per_mtok.to_string(),
+            "output_per_mtok": p.output_per_mtok.to_string(),
+        })
+    };
+    let before = app
+        .compute
+        .prices()
+        .await
+        .map_err(fail)?
+        .iter()
+        .find(|p| p.model_id == model_id)
+        .map(price);
+    let set = app
+        .clone()
         .compute
         .set_price(&user, &model_id, &input_per_mtok, &output_per_mtok)
         .await
-        .map(|_| ())
-        .map_err(fail)
+        .map_err(fail)?;
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "model_price.set",
+            target_kind: "model",
+            target_id: &set.model_id,
+            target_org_id: None,
+            before: before.and_then(audit_json),
+            after: audit_json(price(&set)),
+        },
+    )
+    .await;
+    Ok(())
 }

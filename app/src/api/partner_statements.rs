@@ -422,6 +422,25 @@ pub async fn close_statement(partner_id: String, period: String) -> Result<i64, 
         .close(&partner_id, period, &user.email, db::now_ms())
         .await
         .map_err(fail)?;
+    let after = serde_json::json!({
+        "status": "closed",
+        "number": closed.document.number,
+        "sha256": statements::sha256_hex(closed.csv.as_bytes()),
+        "previous_sha256": closed.document.previous_sha256,
+    });
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "statement.close",
+            target_kind: "statement",
+            target_id: &format!("{partner_id}/{period}"),
+            target_org_id: Some(&partner_id),
+            before: audit_json(serde_json::json!({ "status": "draft" })),
+            after: audit_json(after),
+        },
+    )
+    .await;
     Ok(closed.document.number.unwrap_or_default())
 }
 
@@ -482,12 +501,18 @@ pub async fn create_agreement(form: AgreementForm) -> Result<i64, AppError> {
             })
         }
     };
+    let terms = serde_json::json!({
+        "from": statements::date_label(from), "to": to.map(statements::date_label),
+        "partner_share_bps": partner_share_bps, "credit_reimbursement_bps": credit_bps,
+        "recoupment_cost": recoupment.as_ref().map(|r| r.cost),
+        "recoupment_vendor_share_bps": recoupment.as_ref().map(|r| r.vendor_share_bps),
+    });
     let added = app
         .statements
         .add_agreement(
             &user.email,
             &statements::NewAgreement {
-                partner_org_id: partner_id,
+                partner_org_id: partner_id.clone(),
                 from,
                 to,
                 terms: statements::Terms {
@@ -501,6 +526,19 @@ pub async fn create_agreement(form: AgreementForm) -> Result<i64, AppError> {
         )
         .await
         .map_err(fail)?;
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "agreement.create",
+            target_kind: "agreement",
+            target_id: &format!("{partner_id}/v{}", added.version),
+            target_org_id: Some(&partner_id),
+            before: None,
+            after: audit_json(terms),
+        },
+    )
+    .await;
     Ok(added.version)
 }
 
@@ -535,6 +573,23 @@ pub async fn create_adjustment(
         )
         .await
         .map_err(fail)?;
+    let after = serde_json::json!({
+        "period": period.to_string(), "kind": format!("{kind:?}"), "amount": amount.to_string(),
+        "reason": reason.trim(),
+    });
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "statement.adjust",
+            target_kind: "statement",
+            target_id: &format!("{partner_id}/{period}"),
+            target_org_id: Some(&partner_id),
+            before: None,
+            after: audit_json(after),
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -562,5 +617,20 @@ pub async fn refund_usage(
         )
         .await
         .map_err(fail)?;
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "usage.refund",
+            target_kind: "usage_event",
+            target_id: usage_event_id.trim(),
+            target_org_id: None,
+            before: None,
+            after: audit_json(serde_json::json!({
+                "amount": amount.to_string(), "reason": reason.trim(),
+            })),
+        },
+    )
+    .await;
     Ok(())
 }

@@ -1,16 +1,20 @@
 //! Operators: the worker pool of this portal instance, refreshed every second without a
 //! reload: each worker's device, model, state, running and waiting sequences, KV-cache blocks,
-//! decode tokens per second and latest step time.
+//! decode tokens per second and latest step time; drain a worker (it takes nothing new), put
+//! it back, or restart it (drained, stopped, its model loaded again).
 
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use crate::api::worker_pool;
+use crate::api::{DrainWorker, RestartWorker, worker_pool};
+use crate::components::form::{FormError, general_error};
 use crate::pages::admin::AdminNav;
 
 #[component]
 pub fn AdminWorkers() -> impl IntoView {
     let tick = RwSignal::new(0u32);
+    let drain = ServerAction::<DrainWorker>::new();
+    let restart = ServerAction::<RestartWorker>::new();
     let workers = Resource::new(move || tick.get(), |_| worker_pool());
     // Poll once a second, for as long as the page is open.
     Effect::new(move |_| {
@@ -25,6 +29,8 @@ pub fn AdminWorkers() -> impl IntoView {
         <Title text="Workers · Admin · Tokenmill" />
         <h1>"Worker pool"</h1>
         <AdminNav />
+        <FormError message=general_error(drain.value()) />
+        <FormError message=general_error(restart.value()) />
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match workers.await {
@@ -34,11 +40,14 @@ pub fn AdminWorkers() -> impl IntoView {
                             <thead>
                                 <tr>
                                     <th>"Model"</th><th>"Device"</th><th>"Memory"</th><th>"State"</th><th>"Running"</th>
-                                    <th>"Waiting"</th><th>"KV blocks"</th><th>"Tokens/s"</th><th>"Last step"</th><th>"Generated"</th>
+                                    <th>"Waiting"</th><th>"KV blocks"</th><th>"Tokens/s"</th><th>"Last step"</th><th>"Generated"</th><th></th>
                                 </tr>
                             </thead>
                             <tbody>
-                                {list.into_iter().map(|w| view! {
+                                {list.into_iter().map(|w| {
+                                    let draining = w.state == "draining";
+                                    let loading = w.state == "loading";
+                                    view! {
                                     <tr data-testid=format!("worker-{}", w.model)>
                                         <td>{w.model.clone()}</td>
                                         <td>{w.device}</td>
@@ -50,8 +59,19 @@ pub fn AdminWorkers() -> impl IntoView {
                                         <td data-testid="tokens-per-s">{format!("{:.1}", w.tokens_per_s)}</td>
                                         <td>{format!("{:.2} ms", w.last_step_ms)}</td>
                                         <td data-testid="generated">{w.tokens_generated}</td>
+                                        <td>
+                                            <ActionForm action=drain attr:class="inline">
+                                                <input type="hidden" name="index" value=w.index />
+                                                <input type="hidden" name="drain" value=if draining { "0" } else { "1" } />
+                                                <button type="submit" disabled=loading>{if draining { "Resume" } else { "Drain" }}</button>
+                                            </ActionForm>
+                                            <ActionForm action=restart attr:class="inline">
+                                                <input type="hidden" name="index" value=w.index />
+                                                <button type="submit" disabled=loading>"Restart"</button>
+                                            </ActionForm>
+                                        </td>
                                     </tr>
-                                }).collect_view()}
+                                }}).collect_view()}
                             </tbody>
                         </table>
                     }.into_any(),

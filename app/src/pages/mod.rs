@@ -7,6 +7,7 @@ pub mod admin_orgs;
 pub mod admin_programs;
 pub mod admin_workers;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod batches;
 pub mod compute;

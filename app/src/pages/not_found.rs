@@ -2,6 +2,8 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
+use crate::components::request_id::RequestId;
+
 #[component]
 pub fn NotFound() -> impl IntoView {
     #[cfg(feature = "ssr")]
@@ -16,6 +18,7 @@ pub fn NotFound() -> impl IntoView {
             <p>
                 <A href="/">"Go to the start page"</A>
             </p>
+            <RequestId />
         </main>
     }
 }

@@ -46,7 +46,7 @@ pub async fn partner(app: &TestApp, ops: &Browser, name: &str, email: &str) -> (
 }
 
 /// Savanna Cloud's factory in Nairobi (H100) serving `models`, made by the operator.
-async fn nairobi_factory(ops: &Browser, partner_id: &str, models: &str) {
+pub async fn nairobi_factory(ops: &Browser, partner_id: &str, models: &str) {
     let (status, body) = ops
         .json(
             "/api/create_factory",
@@ -62,7 +62,12 @@ async fn nairobi_factory(ops: &Browser, partner_id: &str, models: &str) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-async fn set_price(who: &Browser, model: &str, input: &str, output: &str) -> (StatusCode, Value) {
+pub async fn set_price(
+    who: &Browser,
+    model: &str,
+    input: &str,
+    output: &str,
+) -> (StatusCode, Value) {
     who.json(
         "/api/set_model_price",
         &[

@@ -176,3 +176,78 @@ async fn the_tenant_dashboard_forecasts_from_the_last_week_of_spend() {
     assert_eq!(recent, tokens);
     assert_eq!(o["allocations"], json!([]));
 }
+
+#[tokio::test]
+async fn operators_drain_resume_and_restart_a_worker_and_tenants_cannot() {
+    let api = api_with(|_| {}).await;
+    let ops = crate::compute::operator(&api.app).await;
+    let body = json!({"model": "tiny-chat", "prompt": "abc", "max_tokens": 2});
+    let state = || async {
+        let (_, workers) = ops.json("/api/worker_pool", &[]).await;
+        workers[0]["state"].as_str().unwrap().to_string()
+    };
+    let tenant = api.app.owner("curious@startup.example", "Curious").await;
+    let (status, _) = tenant
+        .json("/api/drain_worker", &[("index", "0"), ("drain", "1")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        tenant
+            .json("/api/restart_worker", &[("index", "0")])
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // Drained: the only worker takes nothing new, so the model is unavailable (503).
+    let (status, b) = ops
+        .json("/api/drain_worker", &[("index", "0"), ("drain", "1")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(state().await, "draining");
+    let r = api.post("/v1/completions", &body).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    // Back in rotation.
+    ops.json("/api/drain_worker", &[("index", "0"), ("drain", "0")])
+        .await;
+    assert_eq!(state().await, "ready");
+    api.ok("/v1/completions", &body).await;
+    let (status, _) = ops
+        .json("/api/drain_worker", &[("index", "7"), ("drain", "1")])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Restarted: loading (or draining) for a moment, then ready with fresh counters, and it
+    // serves again.
+    let (_, before) = ops.json("/api/worker_pool", &[]).await;
+    assert!(before[0]["tokens_generated"].as_u64().unwrap() >= 2);
+    let (status, b) = ops.json("/api/restart_worker", &[("index", "0")]).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        let s = state().await;
+        if seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if s == "ready" && seen.len() > 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("ready"), "{seen:?}");
+    let (_, after) = ops.json("/api/worker_pool", &[]).await;
+    assert_eq!(after[0]["tokens_generated"], 0, "a new worker: {after}");
+    api.ok("/v1/completions", &body).await;
+    // Each control is in the audit log.
+    let (_, log) = ops
+        .json("/api/audit_entries", &[("search", "worker")])
+        .await;
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["worker.restart", "worker.resume", "worker.drain"]);
+}
