@@ -736,3 +736,65 @@ async fn a_first_start_that_stopped_half_way_is_finished_by_the_next() {
         assert_eq!(n, rows, "{table}");
     }
 }
+
+/// A burst far beyond what the worker runs and queues: the excess is refused at once with 429
+/// `queue_full` and `Retry-After`, every accepted request completes and is charged exactly, and
+/// nothing is left held. (How fast, and at what memory, is measured by `benches/load.rs`.)
+#[tokio::test]
+async fn a_burst_beyond_capacity_is_refused_with_retry_after_and_the_rest_complete() {
+    let slow = tempfile::tempdir().unwrap();
+    let spec = engine::fixture::FixtureSpec {
+        shape: engine::fixture::Shape::SmolLm2_135M,
+        dtype: engine::DType::BF16,
+        ..Default::default()
+    };
+    engine::fixture::write_fixture(slow.path(), &spec).unwrap();
+    let dir = slow.path().to_path_buf();
+    let api = std::sync::Arc::new(
+        api_with(move |c| {
+            c.engine.models = vec![(MODEL.into(), dir)];
+            c.engine.cpu_kv_mib = 64;
+            c.engine.max_running = 2;
+            c.engine.max_waiting = 2;
+        })
+        .await,
+    );
+    let before = api.available().await;
+    let body = json!({"model": MODEL, "prompt": "count", "max_tokens": 16, "ignore_eos": true});
+    let sent: Vec<_> = (0..24)
+        .map(|_| {
+            let (api, body) = (api.clone(), body.clone());
+            tokio::spawn(async move {
+                let r = api.post("/v1/completions", &body).await;
+                let status = r.status();
+                let retry_after = r.headers().get("retry-after").cloned();
+                (status, retry_after, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let (mut accepted, mut refused, mut charged) = (0, 0, 0);
+    for t in sent {
+        let (status, retry_after, v) = t.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                assert_eq!(v["usage"]["completion_tokens"], 16);
+                let (p, c, amount, partial) = api.usage_event(v["id"].as_str().unwrap()).await;
+                assert_eq!((c, partial), (16, 0));
+                assert_eq!(amount, cost(p, c));
+                charged += amount;
+                accepted += 1;
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(v["error"]["code"], "queue_full", "{v}");
+                assert_eq!(retry_after.unwrap(), "1");
+                refused += 1;
+            }
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert!(accepted >= 2, "what the worker queues completes: {accepted}");
+    assert!(refused >= 1, "the excess is refused: {accepted} accepted");
+    assert_eq!(api.open_holds().await, 0);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, accepted);
+    assert_eq!(before - api.available().await, charged);
+}
