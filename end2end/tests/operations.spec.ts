@@ -16,6 +16,10 @@ test("an operator sees a worker's live tokens per second and suspends a tenant m
   const opsEmail = `ops-live-${stamp}@tokenmill.example`;
   createOperator(opsEmail, playgroundDir);
   await logIn(ops, opsEmail, password, base);
+  // The operator's dashboard: the console at a glance.
+  await expect(ops.getByTestId("workers-ready")).toHaveText("1 / 1");
+  await expect(ops.getByTestId("console-partners")).toContainText("smollm2-test");
+  await expect(ops.getByTestId("console-programs")).toContainText("Starter credits");
 
   await ops.goto(`${base}/admin/workers`);
   await hydrated(ops);

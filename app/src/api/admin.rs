@@ -419,7 +419,11 @@ pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
 pub async fn restart_worker(index: usize) -> Result<(), AppError> {
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
-    let pool = app.jobs.pool().ok_or_else(|| fail(AppError::NotFound))?.clone();
+    let pool = app
+        .jobs
+        .pool()
+        .ok_or_else(|| fail(AppError::NotFound))?
+        .clone();
     let model = pool
         .status()
         .get(index)

@@ -2,7 +2,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use crate::api::{TenantSummary, UsageDay, me, team, tenant_overview};
+use crate::api::{ConsoleView, TenantSummary, UsageDay, console_glance, me, team, tenant_overview};
 
 /// The signed-in start page: the organisation at a glance.
 #[component]
@@ -45,6 +45,7 @@ pub fn Dashboard() -> impl IntoView {
                                 </article>
                             </section>
                             {(!me.is_operator && !me.is_partner).then(|| view! { <TenantPanel /> })}
+                            {me.is_operator.then(|| view! { <ConsolePanel /> })}
                         }
                             .into_any()
                     }
@@ -142,5 +143,86 @@ fn TokensChart(days: Vec<UsageDay>) -> impl IntoView {
             <text x="0" y=HEIGHT + 14.0>{first}</text>
             <text x=width y=HEIGHT + 14.0 text-anchor="end">{last}</text>
         </svg>
+    }
+}
+
+/// The operators' console at a glance.
+#[component]
+fn ConsolePanel() -> impl IntoView {
+    let glance = Resource::new(|| (), |_| console_glance());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                match glance.await {
+                    Ok(g) => console(g).into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+fn console(g: ConsoleView) -> impl IntoView {
+    view! {
+        <section class="cards" data-testid="console">
+            <article class="card">
+                <h2>"Approvals"</h2>
+                <p class="big" data-testid="pending-approvals">{g.pending_approvals}</p>
+                <p>"compute requests waiting"</p>
+                <A href="/approvals">"Review"</A>
+            </article>
+            <article class="card">
+                <h2>"Organisations"</h2>
+                <p class="big">{g.organizations}</p>
+                <p data-testid="suspended">{format!("{} suspended", g.suspended)}</p>
+                <A href="/admin/organizations">"Organisations"</A>
+            </article>
+            <article class="card">
+                <h2>"Workers"</h2>
+                <p class="big" data-testid="workers-ready">{format!("{} / {}", g.workers_ready, g.workers)}</p>
+                <p>{format!("ready; {} running, {} waiting", g.running, g.waiting)}</p>
+                <A href="/admin/workers">"Worker pool"</A>
+            </article>
+            <article class="card">
+                <h2>"Models"</h2>
+                <p class="big">{g.priced_models}</p>
+                <p>"with a list price"</p>
+                <A href="/models">"Models and prices"</A>
+            </article>
+        </section>
+        <h2>"Partners"</h2>
+        <table class="list" data-testid="console-partners">
+            <thead>
+                <tr><th>"Partner"</th><th>"Factories"</th><th>"Models"</th><th>"Statements closed"</th><th>"Next to close"</th></tr>
+            </thead>
+            <tbody>
+                {g.partners.into_iter().map(|p| view! {
+                    <tr data-testid=format!("partner-{}", p.name)>
+                        <td>{p.name.clone()}</td>
+                        <td>{p.factories}</td>
+                        <td>{p.models.join(", ")}</td>
+                        <td>{p.closed}</td>
+                        <td data-testid="next-to-close">{p.next_to_close.clone().map_or_else(
+                            || view! { <span>"up to date"</span> }.into_any(),
+                            |m| view! { <A href=format!("/statements?partner={}", p.id)>{m}</A> }.into_any(),
+                        )}</td>
+                    </tr>
+                }).collect_view()}
+            </tbody>
+        </table>
+        <h2>"Credit programs"</h2>
+        <table class="list" data-testid="console-programs">
+            <thead><tr><th>"Program"</th><th>"Budget"</th><th>"Used"</th><th></th></tr></thead>
+            <tbody>
+                {g.programs.into_iter().map(|p| view! {
+                    <tr data-testid=format!("program-{}", p.name)>
+                        <td>{p.name.clone()}</td>
+                        <td>{p.budget}</td>
+                        <td data-testid="used">{p.used}</td>
+                        <td><meter min="0" max="100" value=p.used_pct>{format!("{:.0} %", p.used_pct)}</meter></td>
+                    </tr>
+                }).collect_view()}
+            </tbody>
+        </table>
     }
 }

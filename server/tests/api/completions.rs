@@ -792,7 +792,10 @@ async fn a_burst_beyond_capacity_is_refused_with_retry_after_and_the_rest_comple
             other => panic!("{other}: {v}"),
         }
     }
-    assert!(accepted >= 2, "what the worker queues completes: {accepted}");
+    assert!(
+        accepted >= 2,
+        "what the worker queues completes: {accepted}"
+    );
     assert!(refused >= 1, "the excess is refused: {accepted} accepted");
     assert_eq!(api.open_holds().await, 0);
     assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, accepted);

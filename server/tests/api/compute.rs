@@ -202,6 +202,33 @@ async fn a_startup_requests_compute_and_the_operator_approves_with_a_grant() {
     let (_, page) = tenant.json("/api/compute", &[]).await;
     assert_eq!(page["requests"].as_array().unwrap().len(), 1);
 
+    // The operators' console counts it as waiting, with each partner's factories and models
+    // and each program's budget; tenants have no console.
+    let (status, glance) = ops.json("/api/console_glance", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{glance}");
+    assert_eq!(glance["pending_approvals"], 1, "{glance}");
+    let savanna_row = by_name(&glance["partners"], "Savanna Cloud");
+    assert_eq!(savanna_row["factories"], 1);
+    assert_eq!(
+        savanna_row["models"],
+        serde_json::json!(["tiny/llama", "tiny/qwen"])
+    );
+    assert_eq!(savanna_row["closed"], 0);
+    assert_eq!(
+        by_name(&glance["partners"], "Fjord Compute")["factories"],
+        0
+    );
+    let support = by_name(&glance["programs"], "Startup support");
+    assert_eq!(
+        (support["budget"].as_str(), support["used"].as_str()),
+        (Some("$1000.00"), Some("$0.00"))
+    );
+    assert_eq!(glance["suspended"], 0);
+    assert_eq!(
+        tenant.json("/api/console_glance", &[]).await.0,
+        StatusCode::FORBIDDEN
+    );
+
     // Another tenant and another partner do not see it; the right partner does.
     let other = app.owner("other@startup.example", "Other AI").await;
     for path in ["/api/compute_request", "/api/cancel_compute"] {
@@ -249,6 +276,34 @@ async fn a_startup_requests_compute_and_the_operator_approves_with_a_grant() {
         .map(|e| e["action"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(actions, ["submitted", "approved", "credit granted"]);
+    let (_, glance) = ops.json("/api/console_glance", &[]).await;
+    assert_eq!(glance["pending_approvals"], 0);
+    let support = by_name(&glance["programs"], "Startup support");
+    assert_eq!(
+        support["used"], "$250.00",
+        "the grant came out of the budget"
+    );
+    assert_eq!(support["used_pct"], 25.0);
+    // The approval is in the audit log with the request's state before and after.
+    let (_, log) = ops
+        .json("/api/audit_entries", &[("search", "approve")])
+        .await;
+    let approval = &log[0];
+    assert_eq!(approval["action"], "compute_request.approve");
+    assert!(
+        approval["before"]
+            .as_str()
+            .unwrap()
+            .contains(r#""status":"submitted""#),
+        "{approval}"
+    );
+    assert!(
+        approval["after"]
+            .as_str()
+            .unwrap()
+            .contains(r#""status":"approved""#),
+        "{approval}"
+    );
     let (_, credits) = tenant
         .json("/api/credits", &[("kind", ""), ("page", "1")])
         .await;
