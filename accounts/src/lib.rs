@@ -357,32 +357,44 @@ impl Accounts {
     }
 
     /// Suspends or resumes an organisation: operators only, and never the platform's own.
+    /// Suspends or resumes an organisation; returns whether it was suspended before.
     pub async fn set_suspended(
         &self,
         actor: &User,
         org_id: &str,
         suspended: bool,
-    ) -> Result<(), AccountError> {
+    ) -> Result<bool, AccountError> {
         if !actor.is_operator {
             return Err(AccountError::Forbidden);
         }
-        let done = db::sqlx::query(
-            "UPDATE organizations SET suspended_at = $1 WHERE id = $2 AND kind <> 'platform'",
+        let mut tx = self.db.begin_write().await?;
+        let before: Option<Option<i64>> = db::sqlx::query_scalar(
+            "SELECT suspended_at FROM organizations WHERE id = $1 AND kind <> 'platform'",
         )
-        .bind(suspended.then(now_ms))
         .bind(org_id)
-        .execute(self.db.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(before) = before else {
             return Err(AccountError::NotFound);
-        }
+        };
+        // A suspension keeps its first date.
+        db::sqlx::query("UPDATE organizations SET suspended_at = $1 WHERE id = $2")
+            .bind(if suspended {
+                before.or(Some(now_ms()))
+            } else {
+                None
+            })
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         tracing::info!(
             actor = actor.id,
             org_id,
             suspended,
             "organisation suspension changed"
         );
-        Ok(())
+        Ok(before.is_some())
     }
 
     /// Organisations for the operators' console, by name: each with when it was suspended.

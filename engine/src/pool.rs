@@ -23,6 +23,8 @@ struct Slot {
     draining: AtomicBool,
     /// A restart is under way (one at a time per slot).
     restarting: AtomicBool,
+    /// The last restart could not load the model: the slot has no worker and is dead.
+    failed: AtomicBool,
 }
 
 /// Where a worker is in its life, as the pool's page shows it.
@@ -98,6 +100,7 @@ impl Pool {
                 worker: RwLock::new(Some(Arc::new(w))),
                 draining: AtomicBool::new(false),
                 restarting: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
             });
         }
         Ok(Pool { slots })
@@ -174,6 +177,7 @@ impl Pool {
             return Err(ControlError::Restarting(index));
         }
         slot.draining.store(true, Ordering::SeqCst);
+        slot.failed.store(false, Ordering::SeqCst);
         let result = async {
             if let Some(old) = slot.current() {
                 let until = tokio::time::Instant::now() + RESTART_DRAIN;
@@ -209,8 +213,9 @@ impl Pool {
             }
         }
         .await;
-        if result.is_ok() {
-            slot.draining.store(false, Ordering::SeqCst);
+        match &result {
+            Ok(()) => slot.draining.store(false, Ordering::SeqCst),
+            Err(_) => slot.failed.store(true, Ordering::SeqCst),
         }
         slot.restarting.store(false, Ordering::SeqCst);
         result
@@ -228,7 +233,11 @@ impl Pool {
                 let Some(w) = slot.current() else {
                     return WorkerStatus {
                         index,
-                        state: WorkerState::Loading,
+                        state: if slot.failed.load(Ordering::SeqCst) {
+                            WorkerState::Dead
+                        } else {
+                            WorkerState::Loading
+                        },
                         model_id: slot.spec.model_id.clone(),
                         device: String::new(),
                         device_name: String::new(),
@@ -277,12 +286,18 @@ impl Pool {
     }
 
     /// Health: every worker generates one real token within `timeout`. Returns the failures.
-    /// A worker that is loading counts as a failure.
+    /// A model is healthy when one of its workers is (a worker that is restarting leaves its
+    /// model to the others); each failing model is reported once, with its last failure.
     pub async fn health(&self, timeout: Duration) -> Vec<(String, String)> {
-        let mut failures = Vec::new();
+        let mut failures: Vec<(String, String)> = Vec::new();
+        let mut healthy: Vec<String> = Vec::new();
         for slot in &self.slots {
+            let model = &slot.spec.model_id;
+            if healthy.contains(model) {
+                continue;
+            }
             let Some(w) = slot.current() else {
-                failures.push((slot.spec.model_id.clone(), "loading".into()));
+                failures.push((model.clone(), "loading".into()));
                 continue;
             };
             let mut probe = Request::new(Prompt::Tokens(vec![0]));
@@ -302,11 +317,19 @@ impl Pool {
                     },
                 },
             };
-            if let Err(e) = outcome {
-                failures.push((w.info.model_id.clone(), e));
+            match outcome {
+                Ok(()) => healthy.push(model.clone()),
+                Err(e) => failures.push((model.clone(), e)),
             }
         }
-        failures
+        failures.retain(|(m, _)| !healthy.contains(m));
+        let mut reported: Vec<(String, String)> = Vec::new();
+        for (m, e) in failures.into_iter().rev() {
+            if !reported.iter().any(|(r, _)| *r == m) {
+                reported.push((m, e));
+            }
+        }
+        reported
     }
 }
 

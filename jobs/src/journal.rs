@@ -50,20 +50,26 @@ pub struct Journal {
 pub struct Slot(u64);
 
 impl Journal {
-    /// Creates (and locks) `dir/<instance>.journal`.
+    /// Creates (and locks) `dir/<instance>.journal`. The file is made and locked under a
+    /// name no reader looks at, then renamed into place: a reader never finds it unlocked.
     pub fn open(dir: &Path, instance_id: &str) -> io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{instance_id}{SUFFIX}"));
+        if path.exists() {
+            return Err(io::Error::other(format!(
+                "{} exists: instance ids must be new",
+                path.display()
+            )));
+        }
+        let fresh = dir.join(format!(".{instance_id}.new"));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
-        // Locked before it is emptied: a file another live process holds is never touched.
+            .create_new(true)
+            .open(&fresh)?;
         file.try_lock()
-            .map_err(|e| io::Error::other(format!("locking {}: {e}", path.display())))?;
-        file.set_len(0)?;
+            .map_err(|e| io::Error::other(format!("locking {}: {e}", fresh.display())))?;
+        std::fs::rename(&fresh, &path)?;
         Ok(Journal {
             file,
             path,
@@ -165,20 +171,38 @@ pub fn dead_journals(dir: &Path, own: &str) -> io::Result<Vec<DeadJournal>> {
     let mut dead = Vec::new();
     for item in listing {
         let path = item?.path();
-        let Some(instance_id) = path
+        let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(SUFFIX))
-            .map(str::to_string)
-        else {
+            .unwrap_or_default();
+        if name.starts_with('.') && name.ends_with(".new") {
+            // A journal whose process died before it was renamed into place held nothing.
+            if let Ok(f) = OpenOptions::new().read(true).open(&path)
+                && f.try_lock().is_ok()
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
+        let Some(instance_id) = name.strip_suffix(SUFFIX).map(str::to_string) else {
             continue;
         };
         if instance_id == own {
             continue;
         }
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            // Removed meanwhile: a clean shutdown, or another reader finished it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if file.try_lock().is_err() {
             continue; // its process is alive
+        }
+        // Locked by us, but finished and removed by another reader between our listing and
+        // our lock: nothing left to do.
+        if !path.exists() {
+            continue;
         }
         let entries = read_entries(&file)?;
         dead.push(DeadJournal {
@@ -278,7 +302,7 @@ mod tests {
     fn a_journal_cannot_be_opened_twice() {
         let dir = tempfile::tempdir().unwrap();
         let _one = Journal::open(dir.path(), "x").unwrap();
-        // Same instance id: the second open is refused before it empties anything.
+        // Same instance id: refused, and the first file is untouched.
         assert!(Journal::open(dir.path(), "x").is_err());
     }
 }

@@ -59,8 +59,11 @@ impl Jobs {
     /// One job that cannot be failed is logged and the others still are.
     pub async fn recover_dead_instances(&self, now: i64) -> Result<u64, JobError> {
         // Streams of dead instances on this machine are charged for what they delivered first;
-        // what is left of theirs is then voided like any other instance's.
-        self.recover_journals().await?;
+        // what is left of theirs is then voided like any other instance's. A journal that
+        // cannot be read now is tried again at the next sweep.
+        if let Err(e) = self.recover_journals().await {
+            tracing::warn!(error = %e, "reading the journals of stopped instances failed");
+        }
         let rows = db::sqlx::query(
             "SELECT DISTINCT j.instance_id, i.heartbeat_at FROM jobs j \
              LEFT JOIN instances i ON i.id = j.instance_id \

@@ -209,10 +209,8 @@ impl RunningJob {
         while let Some(e) = self.next().await {
             events.push(e);
         }
-        self.delivered = events
-            .iter()
-            .filter(|e| matches!(e, Event::Token { .. }))
-            .count();
+        // Nothing was delivered: a job that ran to its end is charged from the engine's own
+        // counts, and one cut short (a shutdown) reached its client with none of its text.
         let receipt = self.settle().await?;
         Ok((events, receipt))
     }

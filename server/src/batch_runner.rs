@@ -250,12 +250,13 @@ async fn try_line(
         batches.stage(line, &staged).await?;
     }
     match answer.settle().await {
-        Ok(_) if whole.is_some() => batches.finish(line).await?,
+        // Cut by the shutdown (its staged answer is incomplete) and not charged: the line
+        // goes back to pending and runs again after it; `release` drops the staged answer.
         Ok(receipt) if receipt.shut_down => {
-            // Cancelled by the shutdown and not charged: the line runs again after it.
             batches.release(line).await?;
             return Ok(Outcome::Busy);
         }
+        Ok(_) if whole.is_some() => batches.finish(line).await?,
         Ok(receipt) => {
             let message = match receipt.charged {
                 jobs::Charged::Failed(m) => m,

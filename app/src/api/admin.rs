@@ -297,7 +297,8 @@ pub async fn set_org_suspended(org_id: String, suspend: String) -> Result<(), Ap
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
     let suspend = suspend == "1";
-    app.accounts
+    let was = app
+        .accounts
         .set_suspended(&user, &org_id, suspend)
         .await
         .map_err(fail)?;
@@ -313,7 +314,7 @@ pub async fn set_org_suspended(org_id: String, suspend: String) -> Result<(), Ap
             target_kind: "organization",
             target_id: &org_id,
             target_org_id: Some(&org_id),
-            before: audit_json(serde_json::json!({ "suspended": !suspend })),
+            before: audit_json(serde_json::json!({ "suspended": was })),
             after: audit_json(serde_json::json!({ "suspended": suspend })),
         },
     )
@@ -386,10 +387,10 @@ pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
     let user = require_operator().await.map_err(fail)?;
     let pool = app.jobs.pool().ok_or_else(|| fail(AppError::NotFound))?;
     let drain = drain == "1";
-    let model = pool
+    let (model, was) = pool
         .status()
         .get(index)
-        .map(|w| w.model_id.clone())
+        .map(|w| (w.model_id.clone(), w.state.as_str()))
         .ok_or_else(|| fail(AppError::NotFound))?;
     pool.set_draining(index, drain)
         .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
@@ -405,8 +406,10 @@ pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
             target_kind: "worker",
             target_id: &format!("{index} {model}"),
             target_org_id: None,
-            before: audit_json(serde_json::json!({ "draining": !drain })),
-            after: audit_json(serde_json::json!({ "draining": drain })),
+            before: audit_json(serde_json::json!({ "state": was })),
+            after: audit_json(
+                serde_json::json!({ "state": if drain { "draining" } else { "ready" } }),
+            ),
         },
     )
     .await;
@@ -424,11 +427,14 @@ pub async fn restart_worker(index: usize) -> Result<(), AppError> {
         .pool()
         .ok_or_else(|| fail(AppError::NotFound))?
         .clone();
-    let model = pool
+    let (model, was) = pool
         .status()
         .get(index)
-        .map(|w| w.model_id.clone())
+        .map(|w| (w.model_id.clone(), w.state.as_str()))
         .ok_or_else(|| fail(AppError::NotFound))?;
+    // Out of rotation at once (the restart itself runs in the background).
+    pool.set_draining(index, true)
+        .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
     audited(
         &app,
         &user,
@@ -437,14 +443,11 @@ pub async fn restart_worker(index: usize) -> Result<(), AppError> {
             target_kind: "worker",
             target_id: &format!("{index} {model}"),
             target_org_id: None,
-            before: None,
-            after: None,
+            before: audit_json(serde_json::json!({ "state": was })),
+            after: audit_json(serde_json::json!({ "state": "restarting" })),
         },
     )
     .await;
-    // Out of rotation at once (the restart itself runs in the background).
-    pool.set_draining(index, true)
-        .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
     tokio::spawn(async move {
         match pool.restart(index).await {
             Ok(()) => tracing::info!(worker = index, model, "worker restarted"),

@@ -42,7 +42,7 @@ pub struct ApiState {
     pub limits: Arc<limits::KeyLimits>,
     /// When the pool started (Unix seconds): the models' `created`.
     pub started: i64,
-    /// Generation requests being admitted or answered at once (see [`shed`]).
+    /// Generation requests being admitted or answered at once (see `completion`).
     pub admission: Arc<tokio::sync::Semaphore>,
 }
 
@@ -199,6 +199,18 @@ async fn completion(
         s.limits.check(&caller.0.key_id)?;
         let bytes = to_bytes(body, BODY_LIMIT).await.map_err(body_error)?;
         let parsed = params::parse(endpoint, &bytes)?;
+        // Load shedding: at most as many generation requests are in the portal at once as
+        // the pool runs and queues; the excess gets 429 `queue_full` with `Retry-After` at
+        // once, before the hold or any write, so an overloaded portal refuses fast and keeps
+        // its latency for what it accepted. Taken only for a caller with a valid key and a
+        // whole, valid body (nobody can hold one with a body that never ends), and held until
+        // the response starts: a whole answer's full run, a stream's admission (once queued,
+        // the worker's own queue bound applies).
+        let _permit = s
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::from(JobError::Overloaded))?;
         let who = caller.principal();
         let key = if parsed.stream {
             None
@@ -260,37 +272,15 @@ async fn wrong_method() -> ApiError {
     }
 }
 
-/// Load shedding: at most as many generation requests are in the portal at once as the pool
-/// runs and queues; the excess gets 429 `queue_full` with `Retry-After` at once, before any
-/// database work (key lookup, hold), so an overloaded portal refuses fast and keeps its latency
-/// for what it accepted. A permit lasts until the response starts: a whole answer's full run,
-/// a stream's admission (once queued, the worker's own queue bound applies).
-async fn shed(
-    State(s): State<ApiState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let Ok(_permit) = s.admission.clone().try_acquire_owned() else {
-        return axum::response::IntoResponse::into_response(ApiError::from(JobError::Overloaded));
-    };
-    next.run(req).await
-}
-
 pub fn router(state: ApiState) -> Router {
-    let shedding = axum::middleware::from_fn_with_state(state.clone(), shed);
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route(
             "/v1/chat/completions",
-            post(chat_completions)
-                .layer(shedding.clone())
-                .fallback(wrong_method),
+            post(chat_completions).fallback(wrong_method),
         )
-        .route(
-            "/v1/completions",
-            post(completions).layer(shedding).fallback(wrong_method),
-        )
+        .route("/v1/completions", post(completions).fallback(wrong_method))
         .route(
             "/v1/files",
             post(batch_api::upload)

@@ -222,6 +222,49 @@ impl Tenant {
     }
 }
 
+impl Tenant {
+    /// Uploads `n` completion lines of `max_tokens` each as a batch; returns its id.
+    async fn batch(&self, base: &str, n: usize, max_tokens: u32) -> String {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/completions",
+                       "body": {"model": MODEL, "prompt": format!("Count to {i}"), "max_tokens": max_tokens,
+                                "ignore_eos": true, "temperature": 0}})
+                .to_string()
+            })
+            .collect();
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part(
+                "file",
+                reqwest::multipart::Part::text(lines.join("\n")).file_name("requests.jsonl"),
+            );
+        let file: Value = self
+            .http
+            .post(format!("{base}/v1/files"))
+            .bearer_auth(&self.key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let batch: Value = self
+            .post(
+                base,
+                "/v1/batches",
+                &json!({"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h"}),
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        batch["id"].as_str().unwrap().to_string()
+    }
+}
+
 /// A server-sent event stream, read event by event.
 struct Events {
     response: reqwest::Response,
@@ -291,43 +334,7 @@ async fn a_portal_killed_mid_stream_charges_what_was_delivered_and_resumes_its_b
     assert_eq!(before, 10_000_000_000);
 
     // A batch of six lines, two running at a time.
-    let lines: Vec<String> = (0..6)
-        .map(|i| {
-            json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/completions",
-                   "body": {"model": MODEL, "prompt": format!("Count to {i}"), "max_tokens": 12,
-                            "ignore_eos": true, "temperature": 0}})
-            .to_string()
-        })
-        .collect();
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part(
-            "file",
-            reqwest::multipart::Part::text(lines.join("\n")).file_name("requests.jsonl"),
-        );
-    let file: Value = tenant
-        .http
-        .post(format!("{}/v1/files", portal.base))
-        .bearer_auth(&tenant.key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch: Value = tenant
-        .post(
-            &portal.base,
-            "/v1/batches",
-            &json!({"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h"}),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch_id = batch["id"].as_str().unwrap().to_string();
+    let batch_id = tenant.batch(&portal.base, 6, 12).await;
     // Once a line is done (others are running or waiting), a long stream starts.
     for _ in 0..600 {
         let b = tenant
@@ -548,13 +555,13 @@ async fn refused(r: reqwest::Response) -> Seen {
     }
 }
 
-async fn one_answer(tenant: &Tenant, base: &str) -> Seen {
-    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 3, "ignore_eos": true, "temperature": 0});
+async fn one_answer(tenant: &Tenant, base: &str, max_tokens: u32) -> Seen {
+    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": max_tokens, "ignore_eos": true, "temperature": 0});
     match tenant.post(base, "/v1/completions", &body).await {
         Err(_) => Seen::NoConnection,
         Ok(r) if r.status() == StatusCode::OK => {
             let v: Value = r.json().await.unwrap();
-            assert_eq!(v["usage"]["completion_tokens"], 3);
+            assert_eq!(v["usage"]["completion_tokens"], max_tokens);
             Seen::Answered
         }
         Ok(r) => refused(r).await,
@@ -572,10 +579,12 @@ async fn sigterm_under_load_refuses_new_work_ends_the_rest_cleanly_and_exits_zer
     let before = tenant.available(db).await;
     let base: Arc<str> = portal.base.clone().into();
 
-    // Three clients with long streams (longer than the grace), two with short answers and
-    // one with short streams, each sending again until the portal refuses or is gone.
+    // A batch whose lines outlast the grace.
+    let batch_id = tenant.batch(&portal.base, 4, 400).await;
+    // Clients with long streams and long whole answers (longer than the grace), with short
+    // answers and with short streams, each sending again until the portal refuses or is gone.
     let mut clients = Vec::new();
-    for (i, kind) in ["long", "long", "long", "short", "short", "brief"]
+    for (i, kind) in ["long", "long", "whole", "short", "short", "brief"]
         .into_iter()
         .enumerate()
     {
@@ -586,7 +595,8 @@ async fn sigterm_under_load_refuses_new_work_ends_the_rest_cleanly_and_exits_zer
                 let s = match kind {
                     "long" => one_stream(&tenant, &base, 600).await,
                     "brief" => one_stream(&tenant, &base, 4).await,
-                    _ => one_answer(&tenant, &base).await,
+                    "whole" => one_answer(&tenant, &base, 600).await,
+                    _ => one_answer(&tenant, &base, 3).await,
                 };
                 let last = matches!(s, Seen::NoConnection);
                 seen.push(s);
@@ -673,6 +683,42 @@ async fn sigterm_under_load_refuses_new_work_ends_the_rest_cleanly_and_exits_zer
             None => assert_eq!(*tokens, 0, "job {job}"),
         }
     }
+    // Only the cut streams are partial: a whole answer cut short reached its client with none
+    // of its text and was not charged.
+    let partial = site
+        .scalar(
+            "SELECT COUNT(*) FROM usage_events WHERE partial = 1 AND org_id = $1",
+            &tenant.org_id,
+        )
+        .await;
+    assert_eq!(partial, cut.iter().filter(|(_, t)| *t > 0).count() as i64);
+    // Batch lines cut by the shutdown went back to pending, uncharged; none failed, none is
+    // left running, and a finished one has its whole answer.
+    let lines = db::sqlx::query("SELECT status, job_id FROM batch_lines WHERE batch_id = $1")
+        .bind(&batch_id)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 4);
+    let mut pending = 0;
+    for line in &lines {
+        let status: String = line.try_get("status").unwrap();
+        match status.as_str() {
+            "pending" => pending += 1,
+            "done" => {
+                let job: String = line.try_get("job_id").unwrap();
+                let c = site
+                    .scalar(
+                        "SELECT completion_tokens FROM usage_events WHERE partial = 0 AND job_id = $1",
+                        &job,
+                    )
+                    .await;
+                assert_eq!(c, 400);
+            }
+            other => panic!("a batch line {other} after the shutdown"),
+        }
+    }
+    assert!(pending >= 1, "the long lines outlive the grace");
     let running = "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND org_id = $1";
     assert_eq!(site.scalar(running, &tenant.org_id).await, 0);
     assert_eq!(site.open_holds().await, 0);
