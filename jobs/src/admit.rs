@@ -136,15 +136,21 @@ impl Jobs {
         // meanwhile cannot leave a hold or a job row half made (a job it never receives is
         // dropped, which cancels and settles it).
         let (jobs, worker) = (self.clone(), worker);
-        tokio::spawn(async move {
-            let _admitting = admitting; // a shutdown waits for this admission to end
-            let refund = ctx.clone();
-            let admitted = jobs.commit(ctx, worker, prepared).await;
-            if admitted.is_err() {
-                refund.give_back_tokens(&jobs, 0);
-            }
-            admitted
-        })
+        // Every line logged for the job carries its id (and, as a child of the request's
+        // span, the request id).
+        let span = tracing::info_span!("job", job = %ctx.id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _admitting = admitting; // a shutdown waits for this admission to end
+                let refund = ctx.clone();
+                let admitted = jobs.commit(ctx, worker, prepared).await;
+                if admitted.is_err() {
+                    refund.give_back_tokens(&jobs, 0);
+                }
+                admitted
+            },
+            span,
+        ))
         .await
         .map_err(JobError::storage)?
     }

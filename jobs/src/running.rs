@@ -223,13 +223,17 @@ impl RunningJob {
         let end = self.end.take();
         let (jobs, ctx, delivered) = (self.jobs.clone(), self.ctx.clone(), self.delivered);
         let slot = self.slot.take();
-        tokio::spawn(async move {
-            let end = match end {
-                Some(end) => end,
-                None => drain(generation).await,
-            };
-            settle(&jobs, &ctx, end, delivered, slot).await
-        })
+        let span = tracing::info_span!("job", job = %ctx.id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let end = match end {
+                    Some(end) => end,
+                    None => drain(generation).await,
+                };
+                settle(&jobs, &ctx, end, delivered, slot).await
+            },
+            span,
+        ))
         .await
         .map_err(JobError::storage)?
     }
@@ -276,15 +280,19 @@ impl Drop for RunningJob {
         let delivered = self.delivered;
         let end = self.end.take();
         let slot = self.slot.take();
-        runtime.spawn(async move {
-            let end = match end {
-                Some(end) => end,
-                None => drain(Some(generation)).await,
-            };
-            if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
-                tracing::error!(job = ctx.id, error = %e, "settling an abandoned job failed; its hold expires by TTL");
-            }
-        });
+        let span = tracing::info_span!("job", job = %ctx.id);
+        runtime.spawn(tracing::Instrument::instrument(
+            async move {
+                let end = match end {
+                    Some(end) => end,
+                    None => drain(Some(generation)).await,
+                };
+                if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
+                    tracing::error!(error = %e, "settling an abandoned job failed; its hold expires by TTL");
+                }
+            },
+            span,
+        ));
     }
 }
 

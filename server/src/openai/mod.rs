@@ -272,13 +272,31 @@ async fn wrong_method() -> ApiError {
     }
 }
 
+/// While every admission permit is taken (see `completion`), a generation request is refused
+/// before its key is even looked up: under overload the refusal costs no database work. This
+/// only looks; the permit itself is taken after the key and the body, so no one can hold one
+/// without a valid key and a whole request.
+async fn refuse_when_full(
+    State(s): State<ApiState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if s.admission.available_permits() == 0 {
+        return axum::response::IntoResponse::into_response(ApiError::from(JobError::Overloaded));
+    }
+    next.run(req).await
+}
+
 pub fn router(state: ApiState) -> Router {
+    let full = axum::middleware::from_fn_with_state(state.clone(), refuse_when_full);
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route(
             "/v1/chat/completions",
-            post(chat_completions).fallback(wrong_method),
+            post(chat_completions)
+                .layer(full.clone())
+                .fallback(wrong_method),
         )
         .route("/v1/completions", post(completions).fallback(wrong_method))
         .route(
