@@ -7,9 +7,12 @@
 //!
 //! `cargo bench -p server --bench gateway` (add `TEST_DATABASE_URL=postgres://…` for both).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Portal;
 use db::testing::TestDb;
 use engine::fixture::{FixtureSpec, write_fixture};
 use engine::{Pool, Prompt, Request, SamplingParams, WorkerSpec};
@@ -72,62 +75,6 @@ async fn engine_direct(dir: &std::path::Path) -> Stats {
         w.stop();
     }
     stats(samples)
-}
-
-struct Portal {
-    base: String,
-    key: String,
-    _db: TestDb,
-}
-
-async fn portal(test_db: TestDb, dir: &std::path::Path) -> Portal {
-    let config = server::Config {
-        database_url: test_db.url.clone(),
-        engine: server::config::EngineSettings {
-            models: vec![(MODEL.into(), dir.to_path_buf())],
-            write_fixture: false,
-            device: engine::Device::Cpu,
-            cpu_kv_mib: 64,
-            ..server::config::EngineSettings::default()
-        },
-        key_rpm: std::num::NonZeroU32::new(1_000_000).unwrap(),
-        ..server::Config::default()
-    };
-    let server::Portal { router, db, .. } = server::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::serve(listener, router, std::future::pending()));
-    // A tenant with plenty of paid credit and a key.
-    let accounts = accounts::Accounts::new(db.clone(), Default::default());
-    let form = accounts::SignUpForm {
-        email: "bench@example.com".into(),
-        password: "a long benchmark passphrase".into(),
-        org_name: "Bench".into(),
-        org_kind: "enterprise".into(),
-        region: "europe".into(),
-    };
-    let accounts::SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
-        panic!("sign-up")
-    };
-    let user = accounts.user(&user_id).await.unwrap().unwrap();
-    credits::Credits::new(db.clone())
-        .credit_paid(
-            &user.org_id,
-            ledger::Nanos::from_dollars(10_000).unwrap(),
-            "bench",
-            "bench",
-        )
-        .await
-        .unwrap();
-    let (_, key) = keys::ApiKeys::new(db.clone())
-        .create(&user.org_id, &user.id, "bench", None)
-        .await
-        .unwrap();
-    Portal {
-        base,
-        key,
-        _db: test_db,
-    }
 }
 
 fn body(stream: bool) -> serde_json::Value {
@@ -204,7 +151,7 @@ async fn main() {
         dbs.push(("postgres", pg));
     }
     for (name, test_db) in dbs {
-        let p = Arc::new(portal(test_db, model.path()).await);
+        let p = Arc::new(common::portal(test_db, MODEL, model.path(), |_| {}, 10_000).await);
         for stream in [false, true] {
             let s = sequential(&p, stream).await;
             println!(

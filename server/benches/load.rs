@@ -8,10 +8,13 @@
 //!
 //! `cargo bench -p server --bench load` (add `TEST_DATABASE_URL=postgres://…` for both).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Portal;
 use db::testing::TestDb;
 use engine::fixture::{FixtureSpec, write_fixture};
 use serde_json::json;
@@ -21,62 +24,6 @@ const MAX_TOKENS: usize = 32;
 const MAX_RUNNING: usize = 16;
 const MAX_WAITING: usize = 32;
 const PHASE: Duration = Duration::from_secs(15);
-
-struct Portal {
-    base: String,
-    key: String,
-    _db: TestDb,
-}
-
-async fn portal(test_db: TestDb, dir: &std::path::Path) -> Portal {
-    let config = server::Config {
-        database_url: test_db.url.clone(),
-        engine: server::config::EngineSettings {
-            models: vec![(MODEL.into(), dir.to_path_buf())],
-            write_fixture: false,
-            device: engine::Device::Cpu,
-            cpu_kv_mib: 64,
-            max_running: MAX_RUNNING,
-            max_waiting: MAX_WAITING,
-        },
-        key_rpm: std::num::NonZeroU32::new(1_000_000).unwrap(),
-        ..server::Config::default()
-    };
-    let server::Portal { router, db, .. } = server::build(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::serve(listener, router, std::future::pending()));
-    let accounts = accounts::Accounts::new(db.clone(), Default::default());
-    let form = accounts::SignUpForm {
-        email: "load@example.com".into(),
-        password: "a long benchmark passphrase".into(),
-        org_name: "Load".into(),
-        org_kind: "enterprise".into(),
-        region: "europe".into(),
-    };
-    let accounts::SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
-        panic!("sign-up")
-    };
-    let user = accounts.user(&user_id).await.unwrap().unwrap();
-    credits::Credits::new(db.clone())
-        .credit_paid(
-            &user.org_id,
-            ledger::Nanos::from_dollars(100_000).unwrap(),
-            "load",
-            "load",
-        )
-        .await
-        .unwrap();
-    let (_, key) = keys::ApiKeys::new(db.clone())
-        .create(&user.org_id, &user.id, "load", None)
-        .await
-        .unwrap();
-    Portal {
-        base,
-        key,
-        _db: test_db,
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -230,7 +177,19 @@ async fn main() {
         dbs.push(("postgres", pg));
     }
     for (name, test_db) in dbs {
-        let p = Arc::new(portal(test_db, model.path()).await);
+        let p = Arc::new(
+            common::portal(
+                test_db,
+                MODEL,
+                model.path(),
+                |e| {
+                    e.max_running = MAX_RUNNING;
+                    e.max_waiting = MAX_WAITING;
+                },
+                100_000,
+            )
+            .await,
+        );
         let idle = rss_mib();
         let ((cap, rate), cap_peak) = with_peak_rss(capacity(p.clone())).await;
         println!(
