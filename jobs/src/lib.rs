@@ -27,6 +27,7 @@ use credits::Credits;
 use db::Db;
 
 pub use drain::{Busy, Drained};
+pub use engine::Pool as WorkerPool;
 pub use pricing::Rates;
 pub use running::{Charged, Receipt, RunningJob};
 pub use usage::{DailyUsage, UsageEvent};

@@ -96,20 +96,11 @@ pub async fn download(
     session: Session,
     Path((id, which)): Path<(String, String)>,
 ) -> Response {
-    let user = match user_of_session(&st, &session).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "Log in to download batch results.",
-            )
-                .into_response();
-        }
-        Err(app::AppError::Suspended) => return crate::downloads::suspended_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "batch download: session");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
+    let user = match crate::downloads::signed_in(&st, &session, "Log in to download batch results.")
+        .await
+    {
+        Ok(user) => user,
+        Err(refused) => return refused,
     };
     let found = async {
         let Some(batch) = st.batches.get(&user.org_id, &id).await? else {

@@ -24,16 +24,9 @@ pub async fn history_csv(
     session: Session,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let user = match user_of_session(&st, &session).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            return (StatusCode::UNAUTHORIZED, "Log in to download your history.").into_response();
-        }
-        Err(app::AppError::Suspended) => return suspended_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "history export: session");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
+    let user = match signed_in(&st, &session, "Log in to download your history.").await {
+        Ok(user) => user,
+        Err(refused) => return refused,
     };
     let kind = app::api::HISTORY_KINDS
         .iter()
@@ -64,20 +57,9 @@ pub async fn audit_csv(
     session: Session,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    let user = match user_of_session(&st, &session).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "Log in to download the audit log.",
-            )
-                .into_response();
-        }
-        Err(app::AppError::Suspended) => return suspended_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "audit export: session");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
+    let user = match signed_in(&st, &session, "Log in to download the audit log.").await {
+        Ok(user) => user,
+        Err(refused) => return refused,
     };
     let mut events = match st.accounts.audit_log(&user, &q.q, i64::MAX).await {
         Ok(events) => events,
@@ -146,16 +128,9 @@ pub async fn usage_csv(
     session: Session,
     Query(q): Query<UsageQuery>,
 ) -> Response {
-    let user = match user_of_session(&st, &session).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            return (StatusCode::UNAUTHORIZED, "Log in to download your usage.").into_response();
-        }
-        Err(app::AppError::Suspended) => return suspended_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "usage export: session");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
+    let user = match signed_in(&st, &session, "Log in to download your usage.").await {
+        Ok(user) => user,
+        Err(refused) => return refused,
     };
     let days = q.days.unwrap_or(30);
     if !app::api::USAGE_WINDOWS.contains(&days) {
@@ -170,6 +145,25 @@ pub async fn usage_csv(
         Err(e) => {
             tracing::error!(error = %e, "usage export");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The signed-in user of a plain (non-server-function) endpoint, or the response refusing the
+/// request: 401 saying `log_in` when no one is signed in, 403 for a suspended organisation,
+/// 500 when the session cannot be read.
+pub async fn signed_in(
+    st: &AppState,
+    session: &Session,
+    log_in: &'static str,
+) -> Result<accounts::User, Response> {
+    match user_of_session(st, session).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err((StatusCode::UNAUTHORIZED, log_in).into_response()),
+        Err(app::AppError::Suspended) => Err(suspended_response()),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the session");
+            Err(StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
     }
 }

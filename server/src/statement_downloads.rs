@@ -2,7 +2,7 @@
 //! and the usage events behind it as CSV. Served to the partner's own users and to operators;
 //! anyone else, and any partner asking for another's, gets 404.
 
-use app::ssr::{AppState, user_of_session};
+use app::ssr::AppState;
 use axum::{
     extract::{Path, State},
     http::{HeaderValue, StatusCode, header},
@@ -10,24 +10,18 @@ use axum::{
 };
 use tower_sessions::Session;
 
-use crate::downloads::{attachment, suspended_response};
+use crate::downloads::attachment;
 
 pub async fn download(
     State(st): State<AppState>,
     session: Session,
     Path((partner, period, file)): Path<(String, String, String)>,
 ) -> Response {
-    let user = match user_of_session(&st, &session).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            return (StatusCode::UNAUTHORIZED, "Log in to download statements.").into_response();
-        }
-        Err(app::AppError::Suspended) => return suspended_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "statement download: session");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
-    };
+    let user =
+        match crate::downloads::signed_in(&st, &session, "Log in to download statements.").await {
+            Ok(user) => user,
+            Err(refused) => return refused,
+        };
     let partner_id = match app::api::access::statement_partner(&st, &user, Some(&partner)).await {
         Ok(id) => id,
         Err(app::AppError::NotFound | app::AppError::Forbidden) => return not_found(),

@@ -379,40 +379,66 @@ pub async fn worker_pool() -> Result<Vec<WorkerView>, AppError> {
         .collect())
 }
 
+/// Worker `index` of this instance's pool: the pool, the worker's model and its state now.
+#[cfg(feature = "ssr")]
+fn worker_of(
+    app: &AppState,
+    index: usize,
+) -> Result<(std::sync::Arc<jobs::WorkerPool>, String, &'static str), AppError> {
+    let pool = app
+        .jobs
+        .pool()
+        .ok_or_else(|| fail(AppError::NotFound))?
+        .clone();
+    let (model, state) = pool
+        .status()
+        .get(index)
+        .map(|w| (w.model_id.clone(), w.state.as_str()))
+        .ok_or_else(|| fail(AppError::NotFound))?;
+    Ok((pool, model, state))
+}
+
+/// A drain, resume or restart in the audit log, with the worker's state before and after.
+#[cfg(feature = "ssr")]
+async fn audit_worker(
+    app: &AppState,
+    user: &accounts::User,
+    action: &str,
+    (index, model): (usize, &str),
+    before: &str,
+    after: &str,
+) {
+    audited(
+        app,
+        user,
+        accounts::Change {
+            action,
+            target_kind: "worker",
+            target_id: &format!("{index} {model}"),
+            target_org_id: None,
+            before: audit_json(serde_json::json!({ "state": before })),
+            after: audit_json(serde_json::json!({ "state": after })),
+        },
+    )
+    .await;
+}
+
 /// Takes a worker out of rotation (`drain` = "1": it finishes what it runs and takes nothing
 /// new) or puts it back ("0").
 #[server(endpoint = "drain_worker")]
 pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
-    let pool = app.jobs.pool().ok_or_else(|| fail(AppError::NotFound))?;
+    let (pool, model, was) = worker_of(&app, index)?;
     let drain = drain == "1";
-    let (model, was) = pool
-        .status()
-        .get(index)
-        .map(|w| (w.model_id.clone(), w.state.as_str()))
-        .ok_or_else(|| fail(AppError::NotFound))?;
     pool.set_draining(index, drain)
         .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
-    audited(
-        &app,
-        &user,
-        accounts::Change {
-            action: if drain {
-                "worker.drain"
-            } else {
-                "worker.resume"
-            },
-            target_kind: "worker",
-            target_id: &format!("{index} {model}"),
-            target_org_id: None,
-            before: audit_json(serde_json::json!({ "state": was })),
-            after: audit_json(
-                serde_json::json!({ "state": if drain { "draining" } else { "ready" } }),
-            ),
-        },
-    )
-    .await;
+    let (action, now) = if drain {
+        ("worker.drain", "draining")
+    } else {
+        ("worker.resume", "ready")
+    };
+    audit_worker(&app, &user, action, (index, &model), was, now).await;
     Ok(())
 }
 
@@ -422,30 +448,17 @@ pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
 pub async fn restart_worker(index: usize) -> Result<(), AppError> {
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
-    let pool = app
-        .jobs
-        .pool()
-        .ok_or_else(|| fail(AppError::NotFound))?
-        .clone();
-    let (model, was) = pool
-        .status()
-        .get(index)
-        .map(|w| (w.model_id.clone(), w.state.as_str()))
-        .ok_or_else(|| fail(AppError::NotFound))?;
+    let (pool, model, was) = worker_of(&app, index)?;
     // Out of rotation at once (the restart itself runs in the background).
     pool.set_draining(index, true)
         .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
-    audited(
+    audit_worker(
         &app,
         &user,
-        accounts::Change {
-            action: "worker.restart",
-            target_kind: "worker",
-            target_id: &format!("{index} {model}"),
-            target_org_id: None,
-            before: audit_json(serde_json::json!({ "state": was })),
-            after: audit_json(serde_json::json!({ "state": "restarting" })),
-        },
+        "worker.restart",
+        (index, &model),
+        was,
+        "restarting",
     )
     .await;
     tokio::spawn(async move {
