@@ -41,14 +41,16 @@ ensure_rust_tools() {
   done
   if ! cargo leptos --version 2>/dev/null | grep -q "$CARGO_LEPTOS_VERSION"; then
     log "Installing cargo-leptos $CARGO_LEPTOS_VERSION (once; about 15 minutes on 2 cores)"
-    cargo install cargo-leptos --locked --version "$CARGO_LEPTOS_VERSION"
+    # In cargo's own temporary directory: the shared target directory would stay locked
+    # (and every other build waiting) for as long as the install takes.
+    env -u CARGO_TARGET_DIR cargo install cargo-leptos --locked --version "$CARGO_LEPTOS_VERSION"
   fi
   # The wasm-bindgen CLI must match the wasm-bindgen library in Cargo.lock exactly.
   local want
   want="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)"
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $want\$"; then
     log "Installing wasm-bindgen-cli $want"
-    cargo install wasm-bindgen-cli --version "$want"
+    env -u CARGO_TARGET_DIR cargo install wasm-bindgen-cli --version "$want"
   fi
 }
 
