@@ -97,3 +97,30 @@ async fn migrations_are_idempotent_across_restarts() {
         t.finish().await;
     }
 }
+
+/// Metering commits skip the WAL flush on PostgreSQL for their own transaction only, unless
+/// durable metering is asked for; other transactions keep the server's setting.
+#[tokio::test]
+async fn metering_transactions_commit_without_the_flush_only_on_postgresql() {
+    async fn setting(tx: &mut db::sqlx::AnyConnection) -> String {
+        db::sqlx::query("SHOW synchronous_commit")
+            .fetch_one(tx)
+            .await
+            .unwrap()
+            .get(0)
+    }
+    let Some(mut t) = TestDb::postgres().await else {
+        return;
+    };
+    let mut tx = t.db.begin_metering().await.unwrap();
+    assert_eq!(setting(&mut tx).await, "off");
+    tx.commit().await.unwrap();
+    let mut tx = t.db.begin_write().await.unwrap();
+    assert_eq!(setting(&mut tx).await, "on");
+    tx.rollback().await.unwrap();
+    t.db.set_durable_metering(true);
+    let mut tx = t.db.begin_metering().await.unwrap();
+    assert_eq!(setting(&mut tx).await, "on");
+    tx.rollback().await.unwrap();
+    t.finish().await;
+}

@@ -192,7 +192,7 @@ impl Jobs {
         let mut tx = self
             .inner
             .db
-            .begin_write()
+            .begin_metering()
             .await
             .map_err(JobError::storage)?;
         if ctx.max_cost.get() > 0 {

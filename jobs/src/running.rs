@@ -459,7 +459,7 @@ pub(crate) async fn charge(
         tracing::error!(job = ctx.id, %amount, held = %ctx.max_cost, "charge above the hold");
         amount = ctx.max_cost;
     }
-    let mut tx = inner.db.begin_write().await.map_err(JobError::storage)?;
+    let mut tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
     let mut drawn = Vec::new();
     let mut transaction_id = None;
     if let (Some(hold_id), Some(revenue)) = (&ctx.hold_id, &revenue) {

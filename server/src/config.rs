@@ -45,6 +45,9 @@ pub struct Config {
     /// `TOKENMILL_SHUTDOWN_GRACE_SECONDS`, default 30: on SIGTERM, how long running jobs may
     /// go on before the rest are cancelled.
     pub shutdown_grace: Duration,
+    /// `TOKENMILL_DURABLE_METERING=1`: on PostgreSQL, holds and settlements wait for the WAL
+    /// flush like payments do (off by default: see `db::Db::begin_metering`).
+    pub durable_metering: bool,
 }
 
 /// A setting that must not reach the logs (`Config` is logged at start).
@@ -178,6 +181,7 @@ impl std::fmt::Debug for Config {
             .field("engine", &self.engine)
             .field("journal_dir", &self.journal_dir)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("durable_metering", &self.durable_metering)
             .finish()
     }
 }
@@ -212,6 +216,7 @@ impl Default for Config {
             // benchmarks) write nowhere they did not choose; `from_env` sets it.
             journal_dir: None,
             shutdown_grace: Duration::from_secs(30),
+            durable_metering: false,
         }
     }
 }
@@ -295,6 +300,8 @@ impl Config {
                 Some(v) => Some(PathBuf::from(v.trim())),
             },
             shutdown_grace: Duration::from_secs(number("TOKENMILL_SHUTDOWN_GRACE_SECONDS", 30)?),
+            durable_metering: var("TOKENMILL_DURABLE_METERING")
+                .is_some_and(|v| v == "1" || v == "true"),
         })
     }
 

@@ -65,9 +65,10 @@ pub struct Portal {
 
 /// Opens the database (creating and migrating it) and builds the full router.
 pub async fn build(config: &Config) -> anyhow::Result<Portal> {
-    let db = Db::connect(&config.database_url)
+    let mut db = Db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening {}", db::redact_url(&config.database_url)))?;
+    db.set_durable_metering(config.durable_metering);
     tokio::task::spawn_blocking(accounts::password::warm_up).await?;
     let accounts = Accounts::new(db.clone(), config.login_limits);
     let credits = credits::Credits::new(db.clone());
