@@ -264,8 +264,26 @@ pub async fn generate(
     }
 }
 
-async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
-    let (events, receipt) = job.collect().await?;
+async fn complete(mut job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
+    job.buffer();
+    let mut events = Vec::new();
+    while let Some(e) = job.next().await {
+        events.push(e);
+    }
+    // The usual end: the charge is the engine's counts (on PostgreSQL the answer goes out
+    // while the settlement commits).
+    if let Some(f) = job.completed().cloned() {
+        job.settle_completed().await;
+        let body = whole_body(
+            &shape,
+            &events,
+            f.prompt_tokens,
+            f.completion_tokens,
+            Some(f.reason),
+        );
+        return Ok(Json(body).into_response());
+    }
+    let receipt = job.settle().await?;
     if receipt.shut_down {
         return Err(shut_down(&receipt));
     }
@@ -348,6 +366,20 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                 }
                 Event::Failed(_) => {}
             }
+        }
+        // Ran to its end: usage is the engine's counts (on PostgreSQL settled while the stream
+        // ends).
+        if let Some(f) = job.completed().cloned() {
+            job.settle_completed().await;
+            if shape.include_usage {
+                yield data(&shape.envelope(
+                    Vec::new(),
+                    usage(f.prompt_tokens, f.completion_tokens),
+                    true,
+                ));
+            }
+            yield Ok(SseEvent::default().data("[DONE]"));
+            return;
         }
         match job.settle().await {
             Ok(receipt) => {

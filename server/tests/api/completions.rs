@@ -101,6 +101,7 @@ impl Api {
         let status = r.status();
         let v: Value = r.json().await.unwrap();
         assert_eq!(status, StatusCode::OK, "{v}");
+        self.app.settled().await;
         v
     }
 
@@ -115,6 +116,7 @@ impl Api {
     }
 
     pub async fn available(&self) -> i64 {
+        self.app.settled().await;
         credits::Credits::new(self.app.db().clone())
             .wallet(&self.org_id, db::now_ms())
             .await
@@ -124,6 +126,7 @@ impl Api {
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
+        self.app.settled().await;
         db::sqlx::query(sql)
             .fetch_one(self.app.db().pool())
             .await

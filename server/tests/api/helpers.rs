@@ -12,6 +12,7 @@ pub struct TestApp {
     /// The origin browsers send: the configured public URL, else `base`.
     pub origin: String,
     pub test_db: TestDb,
+    pub jobs: jobs::Jobs,
     /// The instance's delivery journal directory (removed with the app).
     pub _journal: tempfile::TempDir,
 }
@@ -53,13 +54,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     config.addr = addr;
-    let router = server::build(&config).await.expect("build app").router;
+    let server::Portal { router, jobs, .. } = server::build(&config).await.expect("build app");
     tokio::spawn(server::serve(listener, router, std::future::pending()));
     let base = format!("http://{addr}");
     TestApp {
         origin: config.public_url.clone().unwrap_or_else(|| base.clone()),
         base,
         test_db,
+        jobs,
         _journal: journal,
     }
 }
@@ -90,6 +92,18 @@ impl TestApp {
 
     pub fn db(&self) -> &db::Db {
         &self.test_db.db
+    }
+
+    /// Waits until every job admitted here is settled: an answer that ran to its end goes out
+    /// while its settlement commits, so a test reads the ledger only after this.
+    pub async fn settled(&self) {
+        for _ in 0..10_000 {
+            if self.jobs.unsettled() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{} jobs still unsettled after 10 s", self.jobs.unsettled());
     }
 
     /// Signs up an organisation and logs its owner in on a new browser.
