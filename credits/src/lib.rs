@@ -519,7 +519,8 @@ impl Credits {
              WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
              AND (a.expires_at IS NULL OR a.expires_at > $2) \
              AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) \
-             ORDER BY CASE a.kind WHEN 'wallet_grant' THEN 0 ELSE 1 END, a.expires_at, a.id",
+             ORDER BY CASE a.kind WHEN 'wallet_grant' THEN 0 ELSE 1 END, \
+             CASE WHEN a.expires_at IS NULL THEN 1 ELSE 0 END, a.expires_at, a.id",
         )
         .bind(org_id)
         .bind(now)
@@ -544,6 +545,47 @@ impl Credits {
             })
             .collect::<Result<_, db::sqlx::Error>>()?;
         Ok(Wallet { buckets })
+    }
+
+    /// What each of the wallet's accounts has available (balance − held), in burn order (the
+    /// [`Credits::wallet`] order), read inside `tx` with the rows locked until it ends: what
+    /// `Ledger::reserve_read_in` draws on, in one query.
+    pub async fn sources_in(
+        &self,
+        tx: &mut db::sqlx::AnyConnection,
+        org_id: &str,
+        now: i64,
+    ) -> Result<Vec<(String, i64)>, CreditsError> {
+        // Locked in id order (as every ledger write locks), then put in burn order here.
+        let lock = match self.db.backend() {
+            db::Backend::Postgres => " FOR UPDATE OF a",
+            db::Backend::Sqlite => "",
+        };
+        let rows = db::sqlx::query(&format!(
+            "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
+             FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
+             WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
+             AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
+             AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id{lock}"
+        ))
+        .bind(org_id)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut sources = rows
+            .iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let expires_at: Option<i64> = r.try_get("expires_at")?;
+                Ok((
+                    (kind != "wallet_grant", expires_at.is_none(), expires_at),
+                    (r.try_get("id")?, r.try_get("available")?),
+                ))
+            })
+            .collect::<Result<Vec<_>, db::sqlx::Error>>()?;
+        // Stable: equal keys keep the id order, as the wallet's last sort key has it.
+        sources.sort_by_key(|(burn, _)| *burn);
+        Ok(sources.into_iter().map(|(_, source)| source).collect())
     }
 
     /// Account ids to reserve from, in burn order.

@@ -154,6 +154,16 @@ async fn spending_burns_soonest_expiring_grants_then_paid_and_lapsed_grants_leav
         let labels: Vec<_> = wallet.buckets.iter().map(|b| b.label.as_str()).collect();
         assert_eq!(labels, ["Short", "Long", "Paid credit"]);
         assert_eq!(wallet.available(), Nanos::new(180));
+        // Read under lock for a hold: the same accounts in the same burn order.
+        let mut tx = t.db.begin_write().await.unwrap();
+        let locked = credits.sources_in(&mut tx, "o", now).await.unwrap();
+        tx.rollback().await.unwrap();
+        let expected: Vec<(String, i64)> = wallet
+            .buckets
+            .iter()
+            .map(|b| (b.account_id.clone(), b.balance.get() - b.held.get()))
+            .collect();
+        assert_eq!(locked, expected);
 
         let revenue = credits
             .ledger()

@@ -181,14 +181,6 @@ impl Jobs {
     async fn record(&self, ctx: &mut JobContext) -> Result<(), JobError> {
         let credits = &self.inner.credits;
         let who = &ctx.who;
-        let sources = if ctx.max_cost.get() > 0 {
-            credits
-                .sources(&who.org_id, ctx.created_at)
-                .await
-                .map_err(JobError::storage)?
-        } else {
-            Vec::new()
-        };
         let mut tx = self
             .inner
             .db
@@ -196,9 +188,15 @@ impl Jobs {
             .await
             .map_err(JobError::storage)?;
         if ctx.max_cost.get() > 0 {
+            // The wallet's accounts and what they have, read and locked in the transaction
+            // that draws on them: one query.
+            let sources = credits
+                .sources_in(&mut tx, &who.org_id, ctx.created_at)
+                .await
+                .map_err(JobError::storage)?;
             let reserved = credits
                 .ledger()
-                .reserve_in(
+                .reserve_read_in(
                     &mut tx,
                     &format!("job:{}", ctx.id),
                     Some(&who.org_id),
@@ -210,15 +208,10 @@ impl Jobs {
             match reserved {
                 Ok(hold_id) => ctx.hold_id = Some(hold_id),
                 Err(LedgerError::InsufficientFunds { .. }) => {
-                    drop(tx);
-                    let available = credits
-                        .wallet(&who.org_id, ctx.created_at)
-                        .await
-                        .map_err(JobError::storage)?
-                        .available();
+                    let available = sources.iter().map(|(_, a)| (*a).max(0)).sum::<i64>();
                     return Err(JobError::InsufficientCredits {
                         needed: ctx.max_cost,
-                        available,
+                        available: ledger::Nanos::new(available),
                     });
                 }
                 Err(e) => return Err(JobError::storage(e)),

@@ -157,6 +157,29 @@ impl Ledger {
         }
     }
 
+    /// [`Ledger::reserve_in`] for a caller that has just read, in `tx` and with the rows
+    /// locked until it ends (`Db::lock_rows`), what each source has available (balance − held),
+    /// in burn order: spares the ledger reading it again. An account that may go negative or
+    /// has expired must not be among them.
+    pub async fn reserve_read_in(
+        &self,
+        tx: &mut AnyConnection,
+        key: &str,
+        org_id: Option<&str>,
+        available: &[(String, i64)],
+        amount: Nanos,
+        ttl_ms: i64,
+    ) -> Result<String, LedgerError> {
+        match self
+            .draw_from(tx, key, org_id, available, amount, ttl_ms)
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(Draw::Duplicate) => Err(LedgerError::DuplicateKey(key.to_string())),
+            Err(Draw::Failed(e)) => Err(e),
+        }
+    }
+
     /// Takes `amount` from `sources` in burn order into a new open hold.
     async fn draw(
         &self,
@@ -188,17 +211,40 @@ impl Ledger {
         for s in sources {
             query = query.bind(s);
         }
-        let mut available = std::collections::HashMap::new();
+        let mut read = std::collections::HashMap::new();
         for row in query.fetch_all(&mut *tx).await.map_err(Draw::from)? {
-            available.insert(
+            read.insert(
                 row.try_get::<String, _>("id").map_err(Draw::from)?,
                 row.try_get::<i64, _>("available").map_err(Draw::from)?,
             );
         }
+        let available: Vec<(String, i64)> = sources
+            .iter()
+            .map(|s| (s.clone(), read.get(s).copied().unwrap_or(0)))
+            .collect();
+        self.draw_from(tx, key, org_id, &available, amount, ttl_ms)
+            .await
+    }
+
+    /// Takes `amount` from the sources (with what each has available, in burn order) into a
+    /// new open hold. The sources' rows must be locked (or the write lock held) by `tx`.
+    async fn draw_from(
+        &self,
+        tx: &mut AnyConnection,
+        key: &str,
+        org_id: Option<&str>,
+        available: &[(String, i64)],
+        amount: Nanos,
+        ttl_ms: i64,
+    ) -> Result<String, Draw> {
+        if amount.get() <= 0 {
+            return Err(Draw::Failed(LedgerError::NonPositiveAmount));
+        }
+        let now = now_ms();
         let mut remaining = amount.get();
-        let mut parts = Vec::new();
-        for source in sources {
-            let take = available.get(source).copied().unwrap_or(0).min(remaining);
+        let mut parts: Vec<(String, i64)> = Vec::new();
+        for (source, has) in available {
+            let take = (*has).min(remaining);
             if take > 0 && !parts.iter().any(|(id, _)| id == source) {
                 parts.push((source.clone(), take));
                 remaining -= take;
@@ -209,7 +255,10 @@ impl Ledger {
         }
         if remaining > 0 {
             return Err(Draw::Failed(LedgerError::InsufficientFunds {
-                account: sources.first().cloned().unwrap_or_default(),
+                account: available
+                    .first()
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_default(),
             }));
         }
         let hold_id = new_id();
