@@ -368,10 +368,7 @@ async fn settle(
     delivered: usize,
     slot: Option<crate::journal::Slot>,
 ) -> Result<Receipt, JobError> {
-    let __t = std::time::Instant::now();
-    let __s = settle_once(jobs, ctx, end, delivered).await;
-    eprintln!("TIMING settle {}", __t.elapsed().as_micros());
-    let result = match __s {
+    let result = match settle_once(jobs, ctx, end, delivered).await {
         Ok(r) => Ok(r),
         Err(e) => {
             tracing::error!(job = ctx.id, error = %e, "settlement failed; voiding the hold");
