@@ -171,7 +171,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         // the deadline would count from the last change to the session, not the last request.
         .with_always_save(true);
 
-    let routes = generate_route_list(App);
+    let routes = route_list();
     let page_state = app_state.clone();
     let upload_state = app_state.clone();
     let fallback_state = app_state;
@@ -230,6 +230,17 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
 
 /// `/v1` (bearer keys, OpenAI errors), `/ready` and `/metrics` (bearer token): no sessions and no CSRF checks, since no
 /// cookie authenticates them.
+/// The page routes, generated once per process. Generating them runs the app with a
+/// process-wide flag set (leptos_server's `SuppressResourceLoad`), and a resource first polled
+/// meanwhile by any page render in the process never resolves (leptos-rs/leptos#4773): with
+/// several portals in one process (the tests, the benchmarks), a later portal's build would
+/// now and then freeze another's page for good.
+fn route_list() -> Vec<leptos_axum::AxumRouteListing> {
+    static ROUTES: std::sync::OnceLock<Vec<leptos_axum::AxumRouteListing>> =
+        std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(App)).clone()
+}
+
 fn api_routes(
     api: openai::ApiState,
     readiness: inference::Readiness,
