@@ -150,11 +150,8 @@ impl Ledger {
         amount: Nanos,
         ttl_ms: i64,
     ) -> Result<String, LedgerError> {
-        match self.draw(tx, key, org_id, sources, amount, ttl_ms).await {
-            Ok(id) => Ok(id),
-            Err(Draw::Duplicate) => Err(LedgerError::DuplicateKey(key.to_string())),
-            Err(Draw::Failed(e)) => Err(e),
-        }
+        let drawn = self.draw(tx, key, org_id, sources, amount, ttl_ms).await;
+        new_key(drawn, key)
     }
 
     /// [`Ledger::reserve_in`] for a caller that has just read, in `tx` and with the rows
@@ -170,14 +167,10 @@ impl Ledger {
         amount: Nanos,
         ttl_ms: i64,
     ) -> Result<String, LedgerError> {
-        match self
+        let drawn = self
             .draw_from(tx, key, org_id, available, amount, ttl_ms)
-            .await
-        {
-            Ok(id) => Ok(id),
-            Err(Draw::Duplicate) => Err(LedgerError::DuplicateKey(key.to_string())),
-            Err(Draw::Failed(e)) => Err(e),
-        }
+            .await;
+        new_key(drawn, key)
     }
 
     /// Takes `amount` from `sources` in burn order into a new open hold.
@@ -487,6 +480,15 @@ impl Ledger {
 }
 
 /// Reads the hold back as this transaction left it, then commits.
+/// A hold drawn inside the caller's transaction, whose key must be new: a taken key is an
+/// error there, not a replay.
+fn new_key(drawn: Result<String, Draw>, key: &str) -> Result<String, LedgerError> {
+    drawn.map_err(|d| match d {
+        Draw::Duplicate => LedgerError::DuplicateKey(key.to_string()),
+        Draw::Failed(e) => e,
+    })
+}
+
 /// How drawing a hold failed: its key was taken (a replay, for `reserve`), or otherwise.
 enum Draw {
     Duplicate,
