@@ -231,7 +231,7 @@ impl RunningJob {
     /// always; the answer still goes out.
     ///
     /// On PostgreSQL the answer does not wait for the commit: the settlement runs beside the
-    /// caller's next request (measured: about 0.5 ms less per request, docs/perf.md). On
+    /// caller's next request (measured 0.4–0.9 ms less per request, docs/perf.md). On
     /// SQLite it does wait: with one writer, the next request's hold would queue behind the
     /// settlement anyway, and the overlap measured slower. Either way the job stays unsettled
     /// for a shutdown until the commit.
