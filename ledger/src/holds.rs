@@ -121,8 +121,9 @@ impl Ledger {
         if let Some(existing) = load_hold(&mut tx, "idempotency_key", key, "").await? {
             return Ok(existing);
         }
+        let available = self.available(&mut tx, sources).await?;
         match self
-            .draw(&mut tx, key, org_id, sources, amount, ttl_ms)
+            .draw_from(&mut tx, key, org_id, &available, amount, ttl_ms)
             .await
         {
             Ok(hold_id) => commit_with(tx, &hold_id).await,
@@ -150,8 +151,9 @@ impl Ledger {
         amount: Nanos,
         ttl_ms: i64,
     ) -> Result<String, LedgerError> {
-        let drawn = self.draw(tx, key, org_id, sources, amount, ttl_ms).await;
-        new_key(drawn, key)
+        let available = self.available(tx, sources).await?;
+        self.reserve_read_in(tx, key, org_id, &available, amount, ttl_ms)
+            .await
     }
 
     /// [`Ledger::reserve_in`] for a caller that has just read, in `tx` and with the rows
@@ -167,25 +169,23 @@ impl Ledger {
         amount: Nanos,
         ttl_ms: i64,
     ) -> Result<String, LedgerError> {
-        let drawn = self
-            .draw_from(tx, key, org_id, available, amount, ttl_ms)
-            .await;
-        new_key(drawn, key)
+        // The key must be new here: a taken key is an error, not a replay.
+        self.draw_from(tx, key, org_id, available, amount, ttl_ms)
+            .await
+            .map_err(|d| match d {
+                Draw::Duplicate => LedgerError::DuplicateKey(key.to_string()),
+                Draw::Failed(e) => e,
+            })
     }
 
-    /// Takes `amount` from `sources` in burn order into a new open hold.
-    async fn draw(
+    /// What each of `sources` has available (balance − held), in their order, read with the
+    /// rows locked (PostgreSQL) in id order; an expired account, one that may go negative or
+    /// an unknown one has nothing.
+    async fn available(
         &self,
         tx: &mut AnyConnection,
-        key: &str,
-        org_id: Option<&str>,
         sources: &[String],
-        amount: Nanos,
-        ttl_ms: i64,
-    ) -> Result<String, Draw> {
-        if amount.get() <= 0 {
-            return Err(Draw::Failed(LedgerError::NonPositiveAmount));
-        }
+    ) -> Result<Vec<(String, i64)>, LedgerError> {
         let now = now_ms();
         // Lock the sources (PostgreSQL) in id order, then draw on them in burn order.
         let placeholders: Vec<String> = (0..sources.len()).map(|i| format!("${}", i + 2)).collect();
@@ -205,18 +205,16 @@ impl Ledger {
             query = query.bind(s);
         }
         let mut read = std::collections::HashMap::new();
-        for row in query.fetch_all(&mut *tx).await.map_err(Draw::from)? {
+        for row in query.fetch_all(&mut *tx).await? {
             read.insert(
-                row.try_get::<String, _>("id").map_err(Draw::from)?,
-                row.try_get::<i64, _>("available").map_err(Draw::from)?,
+                row.try_get::<String, _>("id")?,
+                row.try_get::<i64, _>("available")?,
             );
         }
-        let available: Vec<(String, i64)> = sources
+        Ok(sources
             .iter()
             .map(|s| (s.clone(), read.get(s).copied().unwrap_or(0)))
-            .collect();
-        self.draw_from(tx, key, org_id, &available, amount, ttl_ms)
-            .await
+            .collect())
     }
 
     /// Takes `amount` from the sources (with what each has available, in burn order) into a
@@ -480,15 +478,6 @@ impl Ledger {
 }
 
 /// Reads the hold back as this transaction left it, then commits.
-/// A hold drawn inside the caller's transaction, whose key must be new: a taken key is an
-/// error there, not a replay.
-fn new_key(drawn: Result<String, Draw>, key: &str) -> Result<String, LedgerError> {
-    drawn.map_err(|d| match d {
-        Draw::Duplicate => LedgerError::DuplicateKey(key.to_string()),
-        Draw::Failed(e) => e,
-    })
-}
-
 /// How drawing a hold failed: its key was taken (a replay, for `reserve`), or otherwise.
 enum Draw {
     Duplicate,
