@@ -201,14 +201,22 @@ impl RunningJob {
         self.streaming = false;
     }
 
-    /// Runs the job to its end without streaming and settles it. If the caller goes away
-    /// before this returns, the job is cancelled and charged as delivered nothing.
-    pub async fn collect(mut self) -> Result<(Vec<Event>, Receipt), JobError> {
-        self.streaming = false;
+    /// Runs the job to its end with its answer assembled before anything is sent
+    /// ([`RunningJob::buffer`]): every event, the last included; settling is left to the
+    /// caller.
+    pub async fn run_buffered(&mut self) -> Vec<Event> {
+        self.buffer();
         let mut events = Vec::new();
         while let Some(e) = self.next().await {
             events.push(e);
         }
+        events
+    }
+
+    /// Runs the job to its end without streaming and settles it. If the caller goes away
+    /// before this returns, the job is cancelled and charged as delivered nothing.
+    pub async fn collect(mut self) -> Result<(Vec<Event>, Receipt), JobError> {
+        let events = self.run_buffered().await;
         // Nothing was delivered: a job that ran to its end is charged from the engine's own
         // counts, and one cut short (a shutdown) reached its client with none of its text.
         let receipt = self.settle().await?;

@@ -183,11 +183,7 @@ impl Admitted {
     /// response has it (usage from the engine's counts, which settlement charges), or `None`
     /// when the engine failed.
     pub async fn run_whole(&mut self) -> Option<Value> {
-        self.job.buffer();
-        let mut events = Vec::new();
-        while let Some(e) = self.job.next().await {
-            events.push(e);
-        }
+        let events = self.job.run_buffered().await;
         let finish = events.iter().find_map(|e| match e {
             Event::Finished(f) => Some(f.clone()),
             _ => None,
@@ -265,11 +261,7 @@ pub async fn generate(
 }
 
 async fn complete(mut job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
-    job.buffer();
-    let mut events = Vec::new();
-    while let Some(e) = job.next().await {
-        events.push(e);
-    }
+    let events = job.run_buffered().await;
     // The usual end: the charge is the engine's counts (on PostgreSQL the answer goes out
     // while the settlement commits).
     if let Some(f) = job.completed().cloned() {
