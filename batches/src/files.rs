@@ -128,7 +128,7 @@ impl Batches {
         purpose: Purpose,
         filename: &str,
         content: &str,
-        tx: Option<&mut db::sqlx::Transaction<'static, db::sqlx::Any>>,
+        tx: Option<&mut db::WriteTx>,
     ) -> Result<FileObject, BatchError> {
         let file = FileObject {
             id: format!("file-{}", new_id()),

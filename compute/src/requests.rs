@@ -225,7 +225,7 @@ pub(crate) const SYSTEM: Actor<'static> = Actor {
 };
 
 pub(crate) async fn record_event(
-    tx: &mut db::sqlx::Transaction<'static, db::sqlx::Any>,
+    tx: &mut db::WriteTx,
     request_id: &str,
     actor: Actor<'_>,
     action: &str,

@@ -6,13 +6,16 @@
 //! milliseconds) and run through `sqlx::Any`. The one place the dialects differ in behaviour is
 //! how a read-then-write transaction starts, which [`Db::begin_write`] hides.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    Any, AnyPool, Transaction,
+    Any, AnyConnection, AnyPool, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
+mod batch;
+
+pub use batch::{Batch, BatchError, Value};
 pub use sqlx;
 
 /// Errors of the storage layer. Domain crates map these into their own error type.
@@ -58,6 +61,40 @@ pub struct Db {
     /// Whether metering transactions wait for the WAL flush on PostgreSQL (see
     /// [`Db::begin_metering`]).
     durable_metering: bool,
+    /// Held by this process's SQLite write transaction, if one is open (see
+    /// [`Db::begin_write`]).
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction: a sqlx transaction (dereferences to its connection) that on SQLite
+/// also holds the process's writer lock until it commits, rolls back or is dropped.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -72,6 +109,9 @@ impl std::fmt::Debug for Db {
 /// run on every new connection.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
      PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
+
+/// The `busy_timeout` above.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Db {
     /// Opens (creating if needed) the database at `url` and runs the migrations.
@@ -99,6 +139,7 @@ impl Db {
             pool,
             backend,
             durable_metering: false,
+            writer: Arc::default(),
         };
         db.migrate().await?;
         tracing::info!(backend = ?backend, "database ready");
@@ -118,18 +159,40 @@ impl Db {
         self.backend
     }
 
+    /// An empty [`Batch`] of writes for this backend.
+    pub fn batch<R>(&self) -> Batch<R> {
+        Batch::new(self.backend)
+    }
+
     /// Starts a transaction that reads and then writes.
     ///
     /// SQLite's default `BEGIN` is deferred: two such transactions can both read, then one
     /// fails to upgrade its lock (`SQLITE_BUSY`) without the busy handler helping. `BEGIN
-    /// IMMEDIATE` takes the write lock up front, so concurrent writers queue instead. On
-    /// PostgreSQL callers lock rows (`FOR UPDATE`) or write conditionally.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, DbError> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(tx)
+    /// IMMEDIATE` takes the write lock up front, so concurrent writers queue instead. They
+    /// queue here first, in process, on [`Db`]'s writer lock: SQLite's busy handler waits by
+    /// sleeping (1 ms, then longer), which a writer that arrives while another commits would
+    /// otherwise pay in full. On PostgreSQL callers lock rows (`FOR UPDATE`) or write
+    /// conditionally.
+    pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
+        match self.backend {
+            Backend::Sqlite => self.begin_sqlite().await,
+            Backend::Postgres => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _writer: None,
+            }),
+        }
+    }
+
+    async fn begin_sqlite(&self) -> Result<WriteTx, DbError> {
+        // As long as SQLite itself would wait for the lock, then the same error.
+        let writer =
+            tokio::time::timeout(SQLITE_BUSY_TIMEOUT, Arc::clone(&self.writer).lock_owned())
+                .await
+                .map_err(|_| DbError::Sqlx(sqlx::Error::PoolTimedOut))?;
+        Ok(WriteTx {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _writer: Some(writer),
+        })
     }
 
     /// [`Db::begin_write`] for metering: a job's hold with its row, and its settlement with
@@ -142,12 +205,15 @@ impl Db {
     /// with its job row; a lost settlement leaves its hold to expire, which charges nobody).
     /// Money coming in (payments, credits, statements) keeps the full commit.
     /// [`Db::set_durable_metering`] restores it for metering too.
-    pub async fn begin_metering(&self) -> Result<Transaction<'static, Any>, DbError> {
+    pub async fn begin_metering(&self) -> Result<WriteTx, DbError> {
         match self.backend {
-            Backend::Postgres if !self.durable_metering => Ok(self
-                .pool
-                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                .await?),
+            Backend::Postgres if !self.durable_metering => Ok(WriteTx {
+                tx: self
+                    .pool
+                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await?,
+                _writer: None,
+            }),
             _ => self.begin_write().await,
         }
     }

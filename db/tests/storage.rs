@@ -124,3 +124,80 @@ async fn metering_transactions_commit_without_the_flush_only_on_postgresql() {
     tx.rollback().await.unwrap();
     t.finish().await;
 }
+
+/// A batch runs its statements in order inside the caller's transaction, numbering each
+/// statement's placeholders on from the last, reports what each changed, and stops at a
+/// statement that changed the wrong number of rows; rolling back then undoes the whole batch.
+#[tokio::test]
+async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
+    use db::Value;
+    for t in TestDb::all().await {
+        let backend = t.db.backend();
+        let org = "INSERT INTO organizations (id, name, kind, region, created_at) \
+                   VALUES ($1, $2, 'startup', 'europe', $3)";
+        let mut tx = t.db.begin_write().await.unwrap();
+        let mut batch = t.db.batch::<&str>();
+        batch.push(org, vec!["o1".into(), "First".into(), 1.into()]);
+        batch.push(org, vec!["o2".into(), "Second".into(), 2.into()]);
+        batch.push_expecting(
+            "UPDATE organizations SET name = $1, suspended_at = $2 WHERE id = $3",
+            vec!["Renamed".into(), Value::Int(None), "o1".into()],
+            1,
+            "o1 is missing",
+        );
+        batch.push(
+            "UPDATE organizations SET created_at = created_at + $1",
+            vec![10.into()],
+        );
+        let counts = batch.run(&mut tx).await.unwrap();
+        assert_eq!(counts, vec![1, 1, 1, 2], "{backend:?}");
+        tx.commit().await.unwrap();
+        let rows: Vec<(String, String, i64)> =
+            db::sqlx::query("SELECT id, name, created_at FROM organizations ORDER BY id")
+                .fetch_all(t.db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get("id"), r.get("name"), r.get("created_at")))
+                .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("o1".into(), "Renamed".into(), 11),
+                ("o2".into(), "Second".into(), 12)
+            ],
+            "{backend:?}"
+        );
+
+        // A check that fails names its refusal; the rollback keeps the rows inserted before it.
+        let mut tx = t.db.begin_write().await.unwrap();
+        let mut batch = t.db.batch::<&str>();
+        batch.push(org, vec!["o3".into(), "Third".into(), 3.into()]);
+        batch.push_expecting(
+            "UPDATE organizations SET name = $1 WHERE id = $2",
+            vec!["x".into(), "nobody".into()],
+            1,
+            "no such organisation",
+        );
+        let err = batch.run(&mut tx).await.unwrap_err();
+        assert_eq!(err.refusal(), Some(&"no such organisation"), "{backend:?}");
+        drop(tx);
+        let n: i64 = db::sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+            .fetch_one(t.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "{backend:?}: the failed batch left a row");
+
+        // A database error (a duplicate key) is the database's, not a refusal.
+        let mut tx = t.db.begin_write().await.unwrap();
+        let mut batch = t.db.batch::<&str>();
+        batch.push(org, vec!["o1".into(), "Again".into(), 4.into()]);
+        let err = batch.run(&mut tx).await.unwrap_err();
+        assert!(
+            err.sqlx().is_some_and(db::is_unique_violation),
+            "{backend:?}: {err}"
+        );
+        drop(tx);
+        t.finish().await;
+    }
+}

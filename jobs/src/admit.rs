@@ -124,7 +124,7 @@ impl Jobs {
             factory_id: factory.id,
             partner_org_id: factory.partner_org_id,
             rates,
-            hold_id: None,
+            hold: None,
             max_cost,
             prompt_tokens,
             max_tokens,
@@ -201,13 +201,15 @@ impl Jobs {
             .begin_metering()
             .await
             .map_err(JobError::storage)?;
+        // Everything after the reads goes in one batch: one round trip on SQLite.
+        let mut writes: ledger::Writes = self.inner.db.batch();
         if ctx.max_cost.get() > 0 {
             let ledger = credits.ledger();
             let (org, cost) = (Some(who.org_id.as_str()), ctx.max_cost);
             let reserved = match &listed {
                 Some(ids) => {
                     ledger
-                        .reserve_in(&mut tx, &key, org, ids, cost, HOLD_TTL_MS)
+                        .reserve_in(&mut tx, &mut writes, &key, org, ids, cost, HOLD_TTL_MS)
                         .await
                 }
                 None => {
@@ -215,50 +217,62 @@ impl Jobs {
                         .sources_in(&mut tx, &who.org_id, ctx.created_at)
                         .await
                         .map_err(JobError::storage)?;
-                    ledger
-                        .reserve_read_in(&mut tx, &key, org, &sources, cost, HOLD_TTL_MS)
-                        .await
+                    ledger.reserve_read(&mut writes, &key, org, &sources, cost, HOLD_TTL_MS)
                 }
             };
             match reserved {
-                Ok(hold_id) => ctx.hold_id = Some(hold_id),
-                Err(LedgerError::InsufficientFunds { .. }) => {
+                Ok(hold) => ctx.hold = Some(hold),
+                Err(e) => {
                     drop(tx);
-                    let available = credits
-                        .wallet(&who.org_id, ctx.created_at)
-                        .await
-                        .map_err(JobError::storage)?
-                        .available();
-                    return Err(JobError::InsufficientCredits {
-                        needed: ctx.max_cost,
-                        available,
-                    });
+                    return Err(self.not_reserved(ctx, e).await);
                 }
-                Err(e) => return Err(JobError::storage(e)),
             }
         }
-        db::sqlx::query(
+        writes.push(
             "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
              partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at, instance_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12, $13)",
-        )
-        .bind(&ctx.id)
-        .bind(&who.org_id)
-        .bind(&who.user_id)
-        .bind(&who.api_key_id)
-        .bind(ctx.kind.code())
-        .bind(&ctx.model)
-        .bind(&ctx.factory_id)
-        .bind(&ctx.partner_org_id)
-        .bind(&ctx.hold_id)
-        .bind(ctx.prompt_tokens as i64)
-        .bind(ctx.max_tokens as i64)
-        .bind(ctx.created_at)
-        .bind(&self.inner.instance_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(JobError::storage)?;
+            vec![
+                ctx.id.as_str().into(),
+                who.org_id.as_str().into(),
+                (&who.user_id).into(),
+                (&who.api_key_id).into(),
+                ctx.kind.code().into(),
+                ctx.model.as_str().into(),
+                ctx.factory_id.as_str().into(),
+                ctx.partner_org_id.as_str().into(),
+                ctx.hold.as_ref().map(|h| h.id.as_str()).into(),
+                (ctx.prompt_tokens as i64).into(),
+                (ctx.max_tokens as i64).into(),
+                ctx.created_at.into(),
+                self.inner.instance_id.as_str().into(),
+            ],
+        );
+        if let Err(e) = writes.run(&mut tx).await {
+            drop(tx);
+            return Err(self.not_reserved(ctx, e.into()).await);
+        }
         tx.commit().await.map_err(JobError::storage)
+    }
+
+    /// What the caller is told when the hold could not be made: how much the wallet has, when
+    /// it had too little.
+    async fn not_reserved(&self, ctx: &JobContext, e: LedgerError) -> JobError {
+        if !matches!(e, LedgerError::InsufficientFunds { .. }) {
+            return JobError::storage(e);
+        }
+        match self
+            .inner
+            .credits
+            .wallet(&ctx.who.org_id, ctx.created_at)
+            .await
+        {
+            Ok(wallet) => JobError::InsufficientCredits {
+                needed: ctx.max_cost,
+                available: wallet.available(),
+            },
+            Err(e) => JobError::storage(e),
+        }
     }
 
     /// The queue refused the job after it was recorded: no work was done, so the hold is voided
@@ -277,10 +291,10 @@ impl Jobs {
 
     /// Voids the job's hold (when it has one); a failure is logged and left to the TTL.
     pub(crate) async fn release(&self, ctx: &JobContext) {
-        if let Some(hold) = &ctx.hold_id
-            && let Err(e) = self.inner.credits.ledger().void(hold).await
+        if let Some(hold) = &ctx.hold
+            && let Err(e) = self.inner.credits.ledger().void(&hold.id).await
         {
-            tracing::warn!(job = ctx.id, hold, error = %e, "voiding a hold failed; it expires by its TTL");
+            tracing::warn!(job = ctx.id, hold = hold.id, error = %e, "voiding a hold failed; it expires by its TTL");
         }
     }
 }

@@ -170,10 +170,9 @@ impl Jobs {
     /// Ends one job of a dead instance from its journal entry; false when it had already ended.
     async fn settle_interrupted(&self, entry: &Entry) -> Result<bool, JobError> {
         let row = db::sqlx::query(
-            "SELECT j.org_id, j.user_id, j.api_key_id, j.kind, j.model, j.factory_id, \
-             j.partner_org_id, j.hold_id, j.prompt_tokens, j.max_tokens, j.created_at, h.amount \
-             FROM jobs j LEFT JOIN ledger_holds h ON h.id = j.hold_id AND h.status = 'open' \
-             WHERE j.id = $1 AND j.status = 'running'",
+            "SELECT org_id, user_id, api_key_id, kind, model, factory_id, partner_org_id, \
+             hold_id, prompt_tokens, max_tokens, created_at FROM jobs \
+             WHERE id = $1 AND status = 'running'",
         )
         .bind(&entry.job_id)
         .fetch_optional(self.inner.db.pool())
@@ -188,9 +187,19 @@ impl Jobs {
                 .map_err(JobError::storage)
         };
         let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(JobError::storage);
-        let held: Option<i64> = row.try_get("amount").map_err(JobError::storage)?;
-        let hold_id = get_o("hold_id")?;
-        if entry.delivered == 0 || (hold_id.is_some() && held.is_none()) {
+        let hold = match get_o("hold_id")? {
+            Some(id) => Some(
+                self.inner
+                    .credits
+                    .ledger()
+                    .hold(&id)
+                    .await
+                    .map_err(JobError::storage)?
+                    .filter(|h| h.status == ledger::HoldStatus::Open),
+            ),
+            None => None,
+        };
+        if entry.delivered == 0 || hold.as_ref().is_some_and(Option::is_none) {
             // Nothing reached the client, or the hold already lapsed: nothing to charge.
             self.abandon(
                 &entry.job_id,
@@ -214,8 +223,11 @@ impl Jobs {
             factory_id: get_s("factory_id")?,
             partner_org_id: get_s("partner_org_id")?,
             rates: entry.rates,
-            hold_id,
-            max_cost: Nanos::new(held.unwrap_or(0)),
+            max_cost: hold
+                .as_ref()
+                .and_then(|h| h.as_ref().map(|h| h.amount))
+                .unwrap_or(Nanos::new(0)),
+            hold: hold.flatten().map(ledger::Reserved::from),
             prompt_tokens: get_i("prompt_tokens")? as usize,
             max_tokens: max_tokens as usize,
             created_at: get_i("created_at")?,

@@ -20,7 +20,8 @@ pub(crate) struct JobContext {
     pub factory_id: String,
     pub partner_org_id: String,
     pub rates: Rates,
-    pub hold_id: Option<String>,
+    /// The job's hold as admission reserved it (none for a free job).
+    pub hold: Option<ledger::Reserved>,
     /// What the hold reserved: the largest possible charge.
     pub max_cost: Nanos,
     pub prompt_tokens: usize,
@@ -509,6 +510,9 @@ pub(crate) struct Settlement<'a> {
 
 /// In one transaction: settles the hold for the tokens (the rest goes back), records the usage
 /// event with its split by funding source, and ends the job. Returns the amount charged.
+///
+/// Everything is worked out first and written as one batch (one round trip on SQLite); the
+/// writes fail, and roll back whole, if the hold was resolved meanwhile.
 pub(crate) async fn charge(
     jobs: &Jobs,
     ctx: &JobContext,
@@ -519,131 +523,134 @@ pub(crate) async fn charge(
         .rates
         .cost(s.prompt_tokens as u64, s.completion_tokens as u64)
         .unwrap_or(Nanos::new(i64::MAX));
-    let revenue = match &ctx.hold_id {
-        Some(_) => Some(revenue_account(jobs, ctx).await?),
-        None => None,
-    };
     if amount > ctx.max_cost {
         // Cannot happen while the engine keeps to the prepared limits; charge the hold.
         tracing::error!(job = ctx.id, %amount, held = %ctx.max_cost, "charge above the hold");
         amount = ctx.max_cost;
     }
-    let mut tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
+    let mut writes: ledger::Writes = inner.db.batch();
     let mut drawn = Vec::new();
     let mut transaction_id = None;
-    if let (Some(hold_id), Some(revenue)) = (&ctx.hold_id, &revenue) {
-        let settled = inner
-            .credits
-            .ledger()
-            .settle_in(
-                &mut tx,
-                hold_id,
-                amount,
-                revenue,
-                &format!("{} {} job {}", ctx.kind.code(), ctx.model, ctx.id),
-            )
-            .await
-            .map_err(JobError::storage)?;
-        drawn = settled.drawn;
-        transaction_id = settled.transaction_id;
-    } else {
-        amount = Nanos::new(0);
+    match &ctx.hold {
+        Some(hold) => {
+            let revenue = revenue_account(jobs, ctx).await?;
+            let settled = inner
+                .credits
+                .ledger()
+                .settle_into(
+                    &mut writes,
+                    hold,
+                    amount,
+                    &revenue,
+                    &format!("{} {} job {}", ctx.kind.code(), ctx.model, ctx.id),
+                )
+                .map_err(JobError::storage)?;
+            drawn = settled.drawn;
+            transaction_id = settled.transaction_id;
+        }
+        None => amount = Nanos::new(0),
     }
     // Which grants paid: every drawn account that is not a grant's is paid credit.
     let mut grants = Vec::new();
     let mut paid = 0i64;
     for (account, part) in &drawn {
-        // Which grant an account holds never changes: looked up once per process.
-        let grant = match jobs.grant_of_account(account) {
-            Some(known) => known,
-            None => {
-                let row = db::sqlx::query(
-                    "SELECT id, program_id FROM credit_grants WHERE account_id = $1",
-                )
-                .bind(account)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(JobError::storage)?;
-                let grant = match row {
-                    Some(r) => Some((
-                        r.try_get::<String, _>("id").map_err(JobError::storage)?,
-                        r.try_get::<String, _>("program_id")
-                            .map_err(JobError::storage)?,
-                    )),
-                    None => None,
-                };
-                jobs.remember_grant_of_account(account, grant.clone());
-                grant
-            }
-        };
-        match grant {
+        match grant_of_account(jobs, account).await? {
             Some((grant_id, program_id)) => grants.push((grant_id, program_id, *part)),
             None => paid += part,
         }
     }
     let now = now_ms();
     let event_id = new_id();
-    db::sqlx::query(
+    writes.push(
         "INSERT INTO usage_events (id, job_id, org_id, user_id, api_key_id, kind, model, \
          factory_id, partner_org_id, prompt_tokens, completion_tokens, input_nanos_per_mtok, \
          output_nanos_per_mtok, amount, paid_amount, device_us, queue_ms, ttft_ms, duration_ms, \
          partial, finish_reason, transaction_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
          $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
-    )
-    .bind(&event_id)
-    .bind(&ctx.id)
-    .bind(&ctx.who.org_id)
-    .bind(&ctx.who.user_id)
-    .bind(&ctx.who.api_key_id)
-    .bind(ctx.kind.code())
-    .bind(&ctx.model)
-    .bind(&ctx.factory_id)
-    .bind(&ctx.partner_org_id)
-    .bind(s.prompt_tokens as i64)
-    .bind(s.completion_tokens as i64)
-    .bind(ctx.rates.input_nanos_per_mtok)
-    .bind(ctx.rates.output_nanos_per_mtok)
-    .bind(amount.get())
-    .bind(paid)
-    .bind(s.device_us)
-    .bind(s.queue_ms)
-    .bind(s.ttft_ms)
-    .bind(now - ctx.created_at)
-    .bind(i64::from(s.partial))
-    .bind(s.finish_reason)
-    .bind(&transaction_id)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(JobError::storage)?;
-    for (grant_id, program_id, part) in &grants {
-        db::sqlx::query(
+        vec![
+            event_id.as_str().into(),
+            ctx.id.as_str().into(),
+            ctx.who.org_id.as_str().into(),
+            (&ctx.who.user_id).into(),
+            (&ctx.who.api_key_id).into(),
+            ctx.kind.code().into(),
+            ctx.model.as_str().into(),
+            ctx.factory_id.as_str().into(),
+            ctx.partner_org_id.as_str().into(),
+            (s.prompt_tokens as i64).into(),
+            (s.completion_tokens as i64).into(),
+            ctx.rates.input_nanos_per_mtok.into(),
+            ctx.rates.output_nanos_per_mtok.into(),
+            amount.get().into(),
+            paid.into(),
+            s.device_us.into(),
+            s.queue_ms.into(),
+            s.ttft_ms.into(),
+            (now - ctx.created_at).into(),
+            i64::from(s.partial).into(),
+            s.finish_reason.into(),
+            (&transaction_id).into(),
+            now.into(),
+        ],
+    );
+    for (grant_id, program_id, part) in grants {
+        writes.push(
             "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) \
              VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&event_id)
-        .bind(grant_id)
-        .bind(program_id)
-        .bind(part)
-        .execute(&mut *tx)
-        .await
-        .map_err(JobError::storage)?;
+            vec![
+                event_id.as_str().into(),
+                grant_id.into(),
+                program_id.into(),
+                part.into(),
+            ],
+        );
     }
-    db::sqlx::query(
+    writes.push(
         "UPDATE jobs SET status = $1, completion_tokens = $2, finish_reason = $3, finished_at = $4, \
          error = $6 WHERE id = $5 AND status = 'running'",
-    )
-    .bind(s.status)
-    .bind(s.completion_tokens as i64)
-    .bind(s.finish_reason)
-    .bind(now)
-    .bind(&ctx.id)
-    .bind(&s.error)
-    .execute(&mut *tx)
-    .await
-    .map_err(JobError::storage)?;
+        vec![
+            s.status.into(),
+            (s.completion_tokens as i64).into(),
+            s.finish_reason.into(),
+            now.into(),
+            ctx.id.as_str().into(),
+            (&s.error).into(),
+        ],
+    );
+    // Only now the write lock (SQLite) or the rows (PostgreSQL): for one round trip each way.
+    let mut tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
+    writes
+        .run(&mut tx)
+        .await
+        .map_err(|e| JobError::storage(ledger::LedgerError::from(e)))?;
     tx.commit().await.map_err(JobError::storage)?;
     Ok(amount)
+}
+
+/// The grant (id, program) a wallet account holds, or `None` for paid credit. Which grant an
+/// account holds never changes: looked up once per process.
+async fn grant_of_account(
+    jobs: &Jobs,
+    account: &str,
+) -> Result<Option<(String, String)>, JobError> {
+    if let Some(known) = jobs.grant_of_account(account) {
+        return Ok(known);
+    }
+    let row = db::sqlx::query("SELECT id, program_id FROM credit_grants WHERE account_id = $1")
+        .bind(account)
+        .fetch_optional(jobs.inner.db.pool())
+        .await
+        .map_err(JobError::storage)?;
+    let grant = match row {
+        Some(r) => Some((
+            r.try_get::<String, _>("id").map_err(JobError::storage)?,
+            r.try_get::<String, _>("program_id")
+                .map_err(JobError::storage)?,
+        )),
+        None => None,
+    };
+    jobs.remember_grant_of_account(account, grant.clone());
+    Ok(grant)
 }
 
 async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt, JobError> {

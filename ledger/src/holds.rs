@@ -3,11 +3,25 @@
 //! expire by TTL so a crash never leaves money stuck. A hold resolves exactly once.
 
 use db::{
-    new_id, now_ms,
+    BatchError, Value, new_id, now_ms,
     sqlx::{AnyConnection, Row},
 };
 
 use crate::{Ledger, LedgerError, Leg, Nanos, Posted, Posting, apply_legs, insert_transaction};
+
+/// Writes queued for one transaction (sent in one round trip where the backend allows, see
+/// `db::Batch`); a write that finds the ledger other than the reads before it did (a hold no
+/// longer open, an account without the funds) reports the ledger's error.
+pub type Writes = db::Batch<LedgerError>;
+
+impl From<BatchError<LedgerError>> for LedgerError {
+    fn from(e: BatchError<LedgerError>) -> LedgerError {
+        match e {
+            BatchError::Refused { refusal, .. } => refusal,
+            BatchError::Db(e) => e.into(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldStatus {
@@ -56,6 +70,26 @@ pub struct Hold {
     /// (account id, amount reserved there), in burn order.
     pub parts: Vec<(String, i64)>,
     pub settled_amount: Option<Nanos>,
+}
+
+/// An open hold as its reservation made it: what settling it needs, so that settling does not
+/// read it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    pub id: String,
+    pub amount: Nanos,
+    /// (account id, amount reserved there), in burn order.
+    pub parts: Vec<(String, i64)>,
+}
+
+impl From<Hold> for Reserved {
+    fn from(h: Hold) -> Reserved {
+        Reserved {
+            id: h.id,
+            amount: h.amount,
+            parts: h.parts,
+        }
+    }
 }
 
 async fn load_hold(
@@ -122,60 +156,127 @@ impl Ledger {
             return Ok(existing);
         }
         let available = self.available(&mut tx, sources).await?;
-        match self
-            .draw_from(&mut tx, key, org_id, &available, amount, ttl_ms)
-            .await
-        {
-            Ok(hold_id) => commit_with(tx, &hold_id).await,
-            Err(Draw::Duplicate) => {
+        let mut writes = self.db.batch();
+        let reserved = self.reserve_read(&mut writes, key, org_id, &available, amount, ttl_ms)?;
+        match writes.run(&mut tx).await {
+            Ok(_) => commit_with(tx, &reserved.id).await,
+            // Reserved under this key meanwhile: a replay.
+            Err(BatchError::Db(e)) if db::is_unique_violation(&e) => {
                 drop(tx);
                 let mut conn = self.db.pool().acquire().await?;
                 load_hold(&mut conn, "idempotency_key", key, "")
                     .await?
                     .ok_or_else(|| LedgerError::UnknownHold(key.to_string()))
             }
-            Err(Draw::Failed(e)) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// [`Ledger::reserve`] inside the caller's write transaction (begun with
-    /// `Db::begin_write`), so that what the hold pays for is recorded with it or not at all.
-    /// `key` must be new: a key used before is an error here, not a replay. Returns the hold's
-    /// id.
+    /// `Db::begin_write`): reads what the sources have with `tx` and queues the hold on
+    /// `writes`, which the caller runs in `tx` with what the hold pays for, so that both are
+    /// recorded or neither. `key` must be new: a key used before makes the writes fail (a
+    /// unique violation), it is not a replay.
+    #[allow(clippy::too_many_arguments)]
     pub async fn reserve_in(
         &self,
         tx: &mut AnyConnection,
+        writes: &mut Writes,
         key: &str,
         org_id: Option<&str>,
         sources: &[String],
         amount: Nanos,
         ttl_ms: i64,
-    ) -> Result<String, LedgerError> {
+    ) -> Result<Reserved, LedgerError> {
         let available = self.available(tx, sources).await?;
-        self.reserve_read_in(tx, key, org_id, &available, amount, ttl_ms)
-            .await
+        self.reserve_read(writes, key, org_id, &available, amount, ttl_ms)
     }
 
-    /// [`Ledger::reserve_in`] for a caller that has just read, in `tx` and with the rows
-    /// locked until it ends (`Db::lock_rows`), what each source has available (balance − held),
-    /// in burn order: spares the ledger reading it again. An account that may go negative or
-    /// has expired must not be among them.
-    pub async fn reserve_read_in(
+    /// [`Ledger::reserve_in`] for a caller that has just read, in its transaction and with the
+    /// rows locked until it ends (`Db::lock_rows`), what each source has available
+    /// (balance − held), in burn order: spares the ledger reading it again. An account that
+    /// may go negative or has expired must not be among them. Takes `amount` from the sources
+    /// in that order into a new open hold, queued on `writes`; each account's reservation
+    /// still checks, when it runs, that the account has the funds.
+    pub fn reserve_read(
         &self,
-        tx: &mut AnyConnection,
+        writes: &mut Writes,
         key: &str,
         org_id: Option<&str>,
         available: &[(String, i64)],
         amount: Nanos,
         ttl_ms: i64,
-    ) -> Result<String, LedgerError> {
-        // The key must be new here: a taken key is an error, not a replay.
-        self.draw_from(tx, key, org_id, available, amount, ttl_ms)
-            .await
-            .map_err(|d| match d {
-                Draw::Duplicate => LedgerError::DuplicateKey(key.to_string()),
-                Draw::Failed(e) => e,
-            })
+    ) -> Result<Reserved, LedgerError> {
+        if amount.get() <= 0 {
+            return Err(LedgerError::NonPositiveAmount);
+        }
+        let now = now_ms();
+        let mut remaining = amount.get();
+        let mut parts: Vec<(String, i64)> = Vec::new();
+        for (source, has) in available {
+            let take = (*has).min(remaining);
+            if take > 0 && !parts.iter().any(|(id, _)| id == source) {
+                parts.push((source.clone(), take));
+                remaining -= take;
+            }
+            if remaining == 0 {
+                break;
+            }
+        }
+        if remaining > 0 {
+            return Err(LedgerError::InsufficientFunds {
+                account: available
+                    .first()
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        let hold_id = new_id();
+        writes.push(
+            "INSERT INTO ledger_holds (id, idempotency_key, org_id, amount, status, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, 'open', $5, $6)",
+            vec![
+                hold_id.as_str().into(),
+                key.into(),
+                org_id.into(),
+                amount.get().into(),
+                (now + ttl_ms).into(),
+                now.into(),
+            ],
+        );
+        for (account, part) in &parts {
+            writes.push_expecting(
+                "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1",
+                vec![(*part).into(), account.into()],
+                1,
+                LedgerError::InsufficientFunds {
+                    account: account.clone(),
+                },
+            );
+        }
+        let mut sql = String::from(
+            "INSERT INTO ledger_hold_parts (hold_id, account_id, position, amount) VALUES ",
+        );
+        let mut values = Vec::with_capacity(parts.len() * 4);
+        for (position, (account, part)) in parts.iter().enumerate() {
+            let n = position * 4;
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+            values.extend([
+                hold_id.as_str().into(),
+                account.into(),
+                (position as i64).into(),
+                (*part).into(),
+            ]);
+        }
+        writes.push(sql, values);
+        Ok(Reserved {
+            id: hold_id,
+            amount,
+            parts,
+        })
     }
 
     /// What each of `sources` has available (balance − held), in their order, read with the
@@ -217,87 +318,6 @@ impl Ledger {
             .collect())
     }
 
-    /// Takes `amount` from the sources (with what each has available, in burn order) into a
-    /// new open hold. The sources' rows must be locked (or the write lock held) by `tx`.
-    async fn draw_from(
-        &self,
-        tx: &mut AnyConnection,
-        key: &str,
-        org_id: Option<&str>,
-        available: &[(String, i64)],
-        amount: Nanos,
-        ttl_ms: i64,
-    ) -> Result<String, Draw> {
-        if amount.get() <= 0 {
-            return Err(Draw::Failed(LedgerError::NonPositiveAmount));
-        }
-        let now = now_ms();
-        let mut remaining = amount.get();
-        let mut parts: Vec<(String, i64)> = Vec::new();
-        for (source, has) in available {
-            let take = (*has).min(remaining);
-            if take > 0 && !parts.iter().any(|(id, _)| id == source) {
-                parts.push((source.clone(), take));
-                remaining -= take;
-            }
-            if remaining == 0 {
-                break;
-            }
-        }
-        if remaining > 0 {
-            return Err(Draw::Failed(LedgerError::InsufficientFunds {
-                account: available
-                    .first()
-                    .map(|(a, _)| a.clone())
-                    .unwrap_or_default(),
-            }));
-        }
-        let hold_id = new_id();
-        let inserted = db::sqlx::query(
-            "INSERT INTO ledger_holds (id, idempotency_key, org_id, amount, status, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, 'open', $5, $6)",
-        )
-        .bind(&hold_id)
-        .bind(key)
-        .bind(org_id)
-        .bind(amount.get())
-        .bind(now + ttl_ms)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => return Err(Draw::Duplicate),
-            Err(e) => return Err(Draw::from(e)),
-        }
-        for (position, (account, part)) in parts.iter().enumerate() {
-            let updated = db::sqlx::query(
-                "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1",
-            )
-            .bind(part)
-            .bind(account)
-            .execute(&mut *tx)
-            .await
-            .map_err(Draw::from)?;
-            if updated.rows_affected() != 1 {
-                return Err(Draw::Failed(LedgerError::InsufficientFunds {
-                    account: account.clone(),
-                }));
-            }
-            db::sqlx::query(
-                "INSERT INTO ledger_hold_parts (hold_id, account_id, position, amount) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&hold_id)
-            .bind(account)
-            .bind(position as i64)
-            .bind(part)
-            .execute(&mut *tx)
-            .await
-            .map_err(Draw::from)?;
-        }
-        Ok(hold_id)
-    }
-
     /// Charges `actual` (at most the reserved amount; zero when nothing was delivered) from the
     /// hold's accounts in burn order to `to`, and releases the rest.
     pub async fn settle(
@@ -308,64 +328,104 @@ impl Ledger {
         memo: &str,
     ) -> Result<Hold, LedgerError> {
         let mut tx = self.db.begin_write().await?;
-        self.settle_in(&mut tx, hold_id, actual, to, memo).await?;
+        let hold = self.open_hold(&mut tx, hold_id).await?;
+        let mut writes = self.db.batch();
+        self.settle_into(&mut writes, &hold.into(), actual, to, memo)?;
+        writes.run(&mut tx).await?;
         commit_with(tx, hold_id).await
     }
 
-    /// [`Ledger::settle`] inside the caller's write transaction, so that what the charge pays
-    /// for (a usage event) is recorded with it or not at all. Says which accounts paid what.
-    pub async fn settle_in(
+    /// [`Ledger::settle`] queued on `writes`, for the caller to run in its write transaction
+    /// with what the charge pays for (a usage event), so that both are recorded or neither.
+    /// Nothing is read: the hold is as `hold` says, and the writes fail (`HoldNotOpen`) if it
+    /// was resolved meanwhile. Says which accounts pay what.
+    pub fn settle_into(
         &self,
-        tx: &mut AnyConnection,
-        hold_id: &str,
+        writes: &mut Writes,
+        hold: &Reserved,
         actual: Nanos,
         to: &str,
         memo: &str,
     ) -> Result<Settled, LedgerError> {
-        let hold = self.open_hold(tx, hold_id).await?;
         if actual.get() < 0 || actual > hold.amount {
             return Err(LedgerError::SettleExceedsHold);
         }
-        release(tx, &hold).await?;
-        let mut settled = Settled {
-            transaction_id: None,
-            drawn: Vec::new(),
-        };
-        if actual.get() > 0 {
-            let mut remaining = actual.get();
+        let mut remaining = actual.get();
+        // Per account: what the hold releases there and what it draws.
+        let mut moves: Vec<(String, i64, i64)> = Vec::new();
+        let mut drawn = Vec::new();
+        for (account, part) in &hold.parts {
+            let take = (*part).min(remaining);
+            remaining -= take;
+            moves.push((account.clone(), *part, take));
+            if take > 0 {
+                drawn.push((account.clone(), take));
+            }
+        }
+        let posting = if actual.get() > 0 {
             let mut legs = vec![Leg {
                 account_id: to.to_string(),
                 amount: actual.get(),
             }];
-            for (account, part) in &hold.parts {
-                let take = (*part).min(remaining);
-                if take > 0 {
-                    legs.push(Leg {
-                        account_id: account.clone(),
-                        amount: -take,
-                    });
-                    settled.drawn.push((account.clone(), take));
-                    remaining -= take;
-                }
-            }
-            let posting =
-                Posting::new(format!("hold:{hold_id}:settle"), "usage", memo, None, legs)?;
-            let id = new_id();
-            insert_transaction(tx, &id, &posting).await?;
-            apply_legs(tx, &id, posting.legs()).await?;
-            settled.transaction_id = Some(id);
+            legs.extend(drawn.iter().map(|(account, take)| Leg {
+                account_id: account.clone(),
+                amount: -take,
+            }));
+            moves.push((to.to_string(), 0, -actual.get()));
+            let posting = Posting::new(
+                format!("hold:{}:settle", hold.id),
+                "usage",
+                memo,
+                None,
+                legs,
+            )?;
+            Some((new_id(), posting))
+        } else {
+            None
+        };
+        // The transaction first: the hold and the entries refer to it.
+        if let Some((id, posting)) = &posting {
+            queue_transaction(writes, id, posting);
         }
-        db::sqlx::query(
+        writes.push_expecting(
             "UPDATE ledger_holds SET status = 'settled', resolved_at = $1, settled_amount = $2, \
              settle_transaction_id = $3 WHERE id = $4 AND status = 'open'",
-        )
-        .bind(now_ms())
-        .bind(actual.get())
-        .bind(&settled.transaction_id)
-        .bind(hold_id)
-        .execute(&mut *tx)
-        .await?;
-        Ok(settled)
+            vec![
+                now_ms().into(),
+                actual.get().into(),
+                posting.as_ref().map(|(id, _)| id.as_str()).into(),
+                hold.id.as_str().into(),
+            ],
+            1,
+            LedgerError::HoldNotOpen,
+        );
+        // Accounts in id order, as postings lock them (PostgreSQL): no two writers wait on
+        // each other. Releasing and drawing are one statement per account; a debit may not
+        // take an account that must stay positive below what its other holds reserve.
+        moves.sort_by(|a, b| a.0.cmp(&b.0));
+        for (account, release, take) in moves {
+            let refusal = if account == to {
+                LedgerError::UnknownAccount(account.clone())
+            } else {
+                LedgerError::InsufficientFunds {
+                    account: account.clone(),
+                }
+            };
+            writes.push_expecting(
+                "UPDATE ledger_accounts SET held = held - $1, balance = balance - $2 \
+                 WHERE id = $3 AND (may_go_negative = 1 OR balance - held + $1 - $2 >= 0)",
+                vec![release.into(), take.into(), account.into()],
+                1,
+                refusal,
+            );
+        }
+        if let Some((id, posting)) = &posting {
+            queue_entries(writes, id, posting.legs());
+        }
+        Ok(Settled {
+            transaction_id: posting.map(|(id, _)| id),
+            drawn,
+        })
     }
 
     /// Releases a hold without charging (the work failed before producing anything).
@@ -478,22 +538,7 @@ impl Ledger {
 }
 
 /// Reads the hold back as this transaction left it, then commits.
-/// How drawing a hold failed: its key was taken (a replay, for `reserve`), or otherwise.
-enum Draw {
-    Duplicate,
-    Failed(LedgerError),
-}
-
-impl From<db::sqlx::Error> for Draw {
-    fn from(e: db::sqlx::Error) -> Draw {
-        Draw::Failed(e.into())
-    }
-}
-
-async fn commit_with(
-    mut tx: db::sqlx::Transaction<'static, db::sqlx::Any>,
-    hold_id: &str,
-) -> Result<Hold, LedgerError> {
+async fn commit_with(mut tx: db::WriteTx, hold_id: &str) -> Result<Hold, LedgerError> {
     let hold = load_hold(&mut tx, "id", hold_id, "")
         .await?
         .ok_or_else(|| LedgerError::UnknownHold(hold_id.to_string()))?;
@@ -511,4 +556,39 @@ async fn release(tx: &mut AnyConnection, hold: &Hold) -> Result<(), LedgerError>
             .await?;
     }
     Ok(())
+}
+
+/// Queues a posting's transaction row.
+fn queue_transaction(writes: &mut Writes, transaction_id: &str, posting: &Posting) {
+    writes.push(
+        "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        vec![
+            transaction_id.into(),
+            posting.key().into(),
+            posting.kind().into(),
+            posting.memo().into(),
+            posting.org_id().into(),
+            now_ms().into(),
+        ],
+    );
+}
+
+/// Queues a transaction's entries, one statement for all of them.
+fn queue_entries(writes: &mut Writes, transaction_id: &str, legs: &[Leg]) {
+    let mut sql =
+        String::from("INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES ");
+    let mut values = Vec::with_capacity(legs.len() * 3);
+    for (i, leg) in legs.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
+        values.extend([
+            Value::from(transaction_id),
+            leg.account_id.as_str().into(),
+            leg.amount.into(),
+        ]);
+    }
+    writes.push(sql, values);
 }

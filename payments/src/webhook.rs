@@ -110,7 +110,7 @@ fn intent_of(v: &Value) -> Option<String> {
     }
 }
 
-type Tx = db::sqlx::Transaction<'static, db::sqlx::Any>;
+type Tx = db::WriteTx;
 
 /// The ledger accounts of the organisation an event concerns.
 struct Books {

@@ -171,10 +171,17 @@ impl World {
         .execute(&mut *tx)
         .await
         .unwrap();
+        let mut writes: ledger::Writes = self.db.batch();
         let settled = ledger
-            .settle_in(&mut tx, &hold.id, Nanos::new(amount), &revenue, "job")
-            .await
+            .settle_into(
+                &mut writes,
+                &hold.clone().into(),
+                Nanos::new(amount),
+                &revenue,
+                "job",
+            )
             .unwrap();
+        writes.run(&mut tx).await.unwrap();
         let mut paid = 0;
         let mut grants = Vec::new();
         for (account, part) in &settled.drawn {

@@ -1,0 +1,287 @@
+//! Writes that need no answer between them, sent together.
+//!
+//! Through sqlx every statement on SQLite is a round trip to the connection's own thread
+//! (about 60 µs here, docs/perf.md), far more than SQLite takes to run it. A job's hold and
+//! its settlement are each a handful of inserts and updates whose values are all known before
+//! the first is sent, so on SQLite a [`Batch`] sends them as one multi-statement query: one
+//! round trip, and SQLite still reports each statement's result on its own. PostgreSQL's
+//! extended protocol takes one statement per query, so there they run one after another.
+//!
+//! Each statement is written with its own placeholders, `$1` up; the batch renumbers them
+//! when it joins statements. Statements must not contain `$` anywhere else (no string
+//! literals with a dollar sign), which holds for every statement the domain crates write.
+
+use sqlx::{Any, AnyConnection, Arguments, any::AnyArguments};
+
+use crate::Backend;
+
+/// A value bound to one placeholder; `None` is SQL `NULL` of that column type (PostgreSQL
+/// is told each parameter's type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Value {
+        Value::Int(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(Some(v.to_string()))
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(Some(v))
+    }
+}
+
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(Some(v.clone()))
+    }
+}
+
+impl From<Option<&str>> for Value {
+    fn from(v: Option<&str>) -> Value {
+        Value::Text(v.map(str::to_string))
+    }
+}
+
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Value {
+        Value::Text(v)
+    }
+}
+
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Value {
+        Value::Text(v.clone())
+    }
+}
+
+/// Statements to run in order inside the caller's transaction, each with what it must affect.
+/// `R` is what a statement that changed the wrong number of rows reports (the caller's own
+/// error, so that "not enough funds in account X" comes back as such).
+#[derive(Debug)]
+pub struct Batch<R = String> {
+    backend: Backend,
+    statements: Vec<Statement<R>>,
+}
+
+#[derive(Debug)]
+struct Statement<R> {
+    sql: String,
+    values: Vec<Value>,
+    /// How many rows it must change, and what to report when it changed another number.
+    expect: Option<(u64, R)>,
+}
+
+/// Why a batch stopped: the transaction it ran in must be rolled back (dropping it does).
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError<R> {
+    /// A statement changed another number of rows than it had to.
+    #[error("a statement changed {changed} rows, expected {expected}")]
+    Refused {
+        refusal: R,
+        changed: u64,
+        expected: u64,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl<R> BatchError<R> {
+    /// The refusal given with the statement that changed the wrong number of rows.
+    pub fn refusal(&self) -> Option<&R> {
+        match self {
+            BatchError::Refused { refusal, .. } => Some(refusal),
+            BatchError::Db(_) => None,
+        }
+    }
+
+    /// The database's own error, when that is what stopped the batch.
+    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            BatchError::Db(e) => Some(e),
+            BatchError::Refused { .. } => None,
+        }
+    }
+}
+
+impl<R> Batch<R> {
+    pub fn new(backend: Backend) -> Batch<R> {
+        Batch {
+            backend,
+            statements: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Adds a statement whose effect is not checked.
+    pub fn push(&mut self, sql: impl Into<String>, values: Vec<Value>) {
+        self.statements.push(Statement {
+            sql: sql.into(),
+            values,
+            expect: None,
+        });
+    }
+
+    /// Adds a statement that must change exactly `rows` rows; otherwise the batch fails with
+    /// `refusal` (and the caller's transaction is to be rolled back).
+    pub fn push_expecting(
+        &mut self,
+        sql: impl Into<String>,
+        values: Vec<Value>,
+        rows: u64,
+        refusal: R,
+    ) {
+        self.statements.push(Statement {
+            sql: sql.into(),
+            values,
+            expect: Some((rows, refusal)),
+        });
+    }
+
+    /// Runs the statements in order on `conn`, inside a transaction: after a failure the
+    /// statements before it stay applied until the transaction rolls back. Returns the rows
+    /// each statement changed.
+    pub async fn run(self, conn: &mut AnyConnection) -> Result<Vec<u64>, BatchError<R>> {
+        if self.statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts = match self.backend {
+            Backend::Sqlite => run_joined(&self.statements, conn).await?,
+            Backend::Postgres => run_each(&self.statements, conn).await?,
+        };
+        for (s, changed) in self.statements.into_iter().zip(counts.iter().copied()) {
+            if let Some((expected, refusal)) = s.expect
+                && changed != expected
+            {
+                return Err(BatchError::Refused {
+                    refusal,
+                    changed,
+                    expected,
+                });
+            }
+        }
+        Ok(counts)
+    }
+}
+
+fn bind(args: &mut AnyArguments<'_>, value: &Value) -> Result<(), sqlx::Error> {
+    let bound = match value {
+        Value::Int(v) => args.add(*v),
+        Value::Text(v) => args.add(v.clone()),
+    };
+    bound.map_err(sqlx::Error::Encode)
+}
+
+/// One round trip: the statements joined, their placeholders numbered on from each other.
+/// SQLite binds `$N` by its number across every statement of the query.
+async fn run_joined<R>(
+    statements: &[Statement<R>],
+    conn: &mut AnyConnection,
+) -> Result<Vec<u64>, sqlx::Error> {
+    use futures_util::TryStreamExt;
+    let mut sql = String::new();
+    let mut args = AnyArguments::default();
+    let mut offset = 0;
+    for s in statements {
+        sql.push_str(&renumber(&s.sql, offset));
+        sql.push_str(";\n");
+        for v in &s.values {
+            bind(&mut args, v)?;
+        }
+        offset += s.values.len();
+    }
+    let query = sqlx::query_with::<Any, _>(&sql, args);
+    let mut results = sqlx::Executor::fetch_many(&mut *conn, query);
+    let mut counts = Vec::with_capacity(statements.len());
+    while let Some(step) = results.try_next().await? {
+        if let sqlx::Either::Left(done) = step {
+            counts.push(done.rows_affected());
+        }
+    }
+    if counts.len() != statements.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "a batch of {} statements reported {} results",
+            statements.len(),
+            counts.len()
+        )));
+    }
+    Ok(counts)
+}
+
+async fn run_each<R>(
+    statements: &[Statement<R>],
+    conn: &mut AnyConnection,
+) -> Result<Vec<u64>, sqlx::Error> {
+    let mut counts = Vec::with_capacity(statements.len());
+    for s in statements {
+        let mut args = AnyArguments::default();
+        for v in &s.values {
+            bind(&mut args, v)?;
+        }
+        let done = sqlx::query_with::<Any, _>(&s.sql, args)
+            .execute(&mut *conn)
+            .await?;
+        counts.push(done.rows_affected());
+    }
+    Ok(counts)
+}
+
+/// `sql` with every `$N` placeholder made `$(N + offset)`.
+fn renumber(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber;
+
+    #[test]
+    fn placeholders_are_numbered_on() {
+        assert_eq!(
+            renumber("UPDATE t SET a = $1, b = $10 WHERE id = $2", 3),
+            "UPDATE t SET a = $4, b = $13 WHERE id = $5"
+        );
+        assert_eq!(renumber("SELECT $1", 0), "SELECT $1");
+        assert_eq!(renumber("no placeholders", 7), "no placeholders");
+        assert_eq!(renumber("ends with $", 7), "ends with $");
+    }
+}
