@@ -239,16 +239,15 @@ impl RunningJob {
     /// the next start charges them). A failed settlement is logged and voids the hold, as
     /// always; the answer still goes out.
     ///
-    /// On PostgreSQL the answer does not wait for the commit: the settlement runs beside the
-    /// caller's next request (measured 0.4–0.9 ms less per request, docs/perf.md). On
-    /// SQLite it does wait: with one writer, the next request's hold would queue behind the
-    /// settlement anyway, and the overlap measured slower. Either way the job stays unsettled
-    /// for a shutdown until the commit.
+    /// The answer does not wait for the commit: the settlement runs beside the caller's next
+    /// request (docs/perf.md). On SQLite that request's hold queues behind it on the
+    /// process's writer lock, for the one round trip the settlement's writes take. The job
+    /// stays unsettled for a shutdown until the commit.
     ///
     /// # Panics
     /// In debug builds, when the job did not run to its end (settle those with
     /// [`RunningJob::settle`], whose receipt says what happened).
-    pub async fn settle_completed(mut self) {
+    pub fn settle_completed(mut self) {
         debug_assert!(
             self.completed().is_some(),
             "settle_completed on an unfinished job"
@@ -268,9 +267,9 @@ impl RunningJob {
         );
         let end = self.end.take();
         self.generation = None;
-        let background = jobs.inner.db.backend() == db::Backend::Postgres;
         let span = tracing::info_span!("job", job = %ctx.id);
-        let settling = tokio::spawn(tracing::Instrument::instrument(
+        // Its own task: a caller that goes away cannot cut it in half.
+        tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let end = end.unwrap_or_else(|| End::Failed("no end".into()));
                 if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
@@ -279,10 +278,6 @@ impl RunningJob {
             },
             span,
         ));
-        if !background {
-            // Its own task all the same: a caller that goes away cannot cut it in half.
-            let _ = settling.await;
-        }
     }
 
     /// Settles after the last event (cancelling and waiting for it first if need be). The

@@ -262,10 +262,10 @@ pub async fn generate(
 
 async fn complete(mut job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
     let events = job.run_buffered().await;
-    // The usual end: the charge is the engine's counts (on PostgreSQL the answer goes out
-    // while the settlement commits).
+    // The usual end: the charge is the engine's counts (the answer goes out while the
+    // settlement commits).
     if let Some(f) = job.completed().cloned() {
-        job.settle_completed().await;
+        job.settle_completed();
         let body = whole_body(
             &shape,
             &events,
@@ -359,10 +359,9 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                 Event::Failed(_) => {}
             }
         }
-        // Ran to its end: usage is the engine's counts (on PostgreSQL settled while the stream
-        // ends).
+        // Ran to its end: usage is the engine's counts (settled while the stream ends).
         if let Some(f) = job.completed().cloned() {
-            job.settle_completed().await;
+            job.settle_completed();
             if shape.include_usage {
                 yield data(&shape.envelope(
                     Vec::new(),
