@@ -298,7 +298,10 @@ pub fn router(state: ApiState) -> Router {
                 .layer(full.clone())
                 .fallback(wrong_method),
         )
-        .route("/v1/completions", post(completions).fallback(wrong_method))
+        .route(
+            "/v1/completions",
+            post(completions).layer(full).fallback(wrong_method),
+        )
         .route(
             "/v1/files",
             post(batch_api::upload)
