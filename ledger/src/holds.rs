@@ -546,9 +546,13 @@ async fn commit_with(mut tx: db::WriteTx, hold_id: &str) -> Result<Hold, LedgerE
     Ok(hold)
 }
 
-/// Gives back what a hold reserved on each of its accounts.
+/// Gives back what a hold reserved on each of its accounts, in account id order: the order in
+/// which settlements, reservations and postings lock them (PostgreSQL), so that none of them
+/// waits on another in a cycle.
 async fn release(tx: &mut AnyConnection, hold: &Hold) -> Result<(), LedgerError> {
-    for (account, part) in &hold.parts {
+    let mut parts: Vec<&(String, i64)> = hold.parts.iter().collect();
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    for (account, part) in parts {
         db::sqlx::query("UPDATE ledger_accounts SET held = held - $1 WHERE id = $2")
             .bind(part)
             .bind(account)

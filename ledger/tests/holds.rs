@@ -310,3 +310,78 @@ async fn concurrent_reservations_never_overcommit() {
         t.finish().await;
     }
 }
+
+/// Settlements and voids of holds that span the same two accounts, all at once, where burn
+/// order is the reverse of id order: each locks the accounts in id order (PostgreSQL), so none
+/// waits on another in a cycle and every one resolves; what was settled is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_settlements_and_voids_on_shared_accounts_all_resolve() {
+    const HOLDS: i64 = 24;
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        // `grant_soon` was opened after `paid`: it has the larger id, and burns first.
+        assert!(w.grant_soon > w.paid);
+        let sources = vec![w.grant_soon.clone(), w.paid.clone()];
+        // The first takes the grant's 30 and 1 of paid; each later one 1 of a fresh top-up of
+        // the grant and 1 of paid.
+        let mut holds = vec![
+            w.ledger
+                .reserve("span-0", None, &sources, Nanos::new(31), HOUR)
+                .await
+                .unwrap(),
+        ];
+        for i in 1..HOLDS {
+            let top_up = Posting::transfer(
+                format!("top-up-{i}"),
+                "test",
+                "",
+                None,
+                &w.program,
+                &w.grant_soon,
+                Nanos::new(1),
+            )
+            .unwrap();
+            w.ledger.post(&top_up).await.unwrap();
+            let hold = w
+                .ledger
+                .reserve(&format!("span-{i}"), None, &sources, Nanos::new(2), HOUR)
+                .await
+                .unwrap();
+            assert_eq!(hold.parts.len(), 2, "{:?}", hold.parts);
+            holds.push(hold);
+        }
+        let tasks: Vec<_> = holds
+            .iter()
+            .enumerate()
+            .map(|(i, hold)| {
+                let (ledger, id, revenue) = (w.ledger.clone(), hold.id.clone(), w.revenue.clone());
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        ledger.settle(&id, Nanos::new(1), &revenue, "job").await
+                    } else {
+                        ledger.void(&id).await
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            let resolved = task.await.unwrap();
+            assert!(resolved.is_ok(), "{:?}: {resolved:?}", t.db.backend());
+        }
+        let settled = HOLDS / 2;
+        // Every settlement drew its 1 from the grant (first in burn order); nothing stays held.
+        let grant = w
+            .ledger
+            .account_by_code("grant-soon")
+            .await
+            .unwrap()
+            .unwrap();
+        let paid = w.ledger.account_by_code("paid").await.unwrap().unwrap();
+        let revenue = w.ledger.account_by_code("revenue").await.unwrap().unwrap();
+        assert_eq!((grant.held.get(), paid.held.get()), (0, 0));
+        assert_eq!(grant.balance.get(), 30 + (HOLDS - 1) - settled);
+        assert_eq!(paid.balance.get(), 100);
+        assert_eq!(revenue.balance.get(), settled);
+        t.finish().await;
+    }
+}
