@@ -3,8 +3,10 @@
 //! The backend is chosen once, from the URL scheme: `sqlite:` (the embedded default) or
 //! `postgres:`. Everything after that is generic: queries are written once in a portable dialect
 //! (`$N` placeholders, `BIGINT`/`TEXT` columns, ids made by the application, times as Unix
-//! milliseconds) and run through `sqlx::Any`. The one place the dialects differ in behaviour is
-//! how a read-then-write transaction starts, which [`Db::begin_write`] hides.
+//! milliseconds) and run through `sqlx::Any`. The dialects differ in behaviour in two places,
+//! each hidden behind one call: how a read-then-write transaction starts ([`Db::begin_write`])
+//! and how a batch of writes is sent ([`Batch`]: one query on SQLite, one per statement on
+//! PostgreSQL).
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
