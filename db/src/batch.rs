@@ -128,14 +128,6 @@ impl<R> Batch<R> {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.statements.len()
-    }
-
     /// Adds a statement whose effect is not checked.
     pub fn push(&mut self, sql: impl Into<String>, values: Vec<Value>) {
         self.statements.push(Statement {
