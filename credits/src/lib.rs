@@ -552,7 +552,7 @@ impl Credits {
     /// `Ledger::reserve_read_in` draws on, in one query.
     pub async fn sources_in(
         &self,
-        tx: &mut db::sqlx::AnyConnection,
+        tx: &mut db::MeterTx,
         org_id: &str,
         now: i64,
     ) -> Result<Vec<(String, i64)>, CreditsError> {
@@ -561,17 +561,18 @@ impl Credits {
             db::Backend::Postgres => " FOR UPDATE OF a",
             db::Backend::Sqlite => "",
         };
-        let rows = db::sqlx::query(&format!(
-            "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
-             FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
-             WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
-             AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
-             AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id{lock}"
-        ))
-        .bind(org_id)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = tx
+            .fetch_all(
+                &format!(
+                    "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
+                     FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
+                     WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
+                     AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
+                     AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id{lock}"
+                ),
+                vec![org_id.into(), now.into()],
+            )
+            .await?;
         let mut sources = rows
             .iter()
             .map(|r| {

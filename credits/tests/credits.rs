@@ -155,7 +155,7 @@ async fn spending_burns_soonest_expiring_grants_then_paid_and_lapsed_grants_leav
         assert_eq!(labels, ["Short", "Long", "Paid credit"]);
         assert_eq!(wallet.available(), Nanos::new(180));
         // Read under lock for a hold: the same accounts in the same burn order.
-        let mut tx = t.db.begin_write().await.unwrap();
+        let mut tx = t.db.begin_metering().await.unwrap();
         let locked = credits.sources_in(&mut tx, "o", now).await.unwrap();
         tx.rollback().await.unwrap();
         let expected: Vec<(String, i64)> = wallet

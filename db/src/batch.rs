@@ -6,6 +6,8 @@
 //! the first is sent, so on SQLite a [`Batch`] sends them as one multi-statement query: one
 //! round trip, and SQLite still reports each statement's result on its own. PostgreSQL's
 //! extended protocol takes one statement per query, so there they run one after another.
+//! A metering transaction ([`crate::MeterTx`]) can also send its `COMMIT` (and its `BEGIN`)
+//! inside the batch's query; each checked row count is then checked by the query itself.
 //!
 //! Each statement is written with its own placeholders, `$1` up; the batch renumbers them
 //! when it joins statements. Statements must not contain `$` anywhere else (no string
@@ -179,7 +181,7 @@ impl<R> Batch<R> {
     }
 }
 
-fn bind(args: &mut AnyArguments<'_>, value: &Value) -> Result<(), sqlx::Error> {
+pub(crate) fn bind(args: &mut AnyArguments<'_>, value: &Value) -> Result<(), sqlx::Error> {
     let bound = match value {
         Value::Int(v) => args.add(*v),
         Value::Text(v) => args.add(v.clone()),
@@ -187,40 +189,138 @@ fn bind(args: &mut AnyArguments<'_>, value: &Value) -> Result<(), sqlx::Error> {
     bound.map_err(sqlx::Error::Encode)
 }
 
+/// What each statement of a joined query is, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Begin,
+    /// The batch's statement with this index.
+    Statement(usize),
+    /// The check that the batch's statement with this index changed what it had to.
+    Guard(usize),
+    Commit,
+}
+
+/// The temporary table (one per SQLite connection, made when it opens) that turns a
+/// statement's unexpected row count into an error inside the query: a guard inserts a row
+/// only when the count is wrong, and the table refuses every row. SQLite has no `RAISE`
+/// outside triggers, and a query that ends in `COMMIT` must stop before it.
+pub(crate) const SQLITE_GUARD_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS batch_refusals \
+     (statement INTEGER, CONSTRAINT unexpected_row_count CHECK (statement IS NULL));";
+
 /// One round trip: the statements joined, their placeholders numbered on from each other.
 /// SQLite binds `$N` by its number across every statement of the query.
 async fn run_joined<R>(
     statements: &[Statement<R>],
     conn: &mut AnyConnection,
 ) -> Result<Vec<u64>, sqlx::Error> {
-    use futures_util::TryStreamExt;
+    let sent: Vec<Sent> = (0..statements.len()).map(Sent::Statement).collect();
+    let (counts, failed) = send_joined(statements, &sent, conn).await;
+    match failed {
+        Some((_, e)) => Err(e),
+        None => Ok(counts),
+    }
+}
+
+/// The batch as a whole transaction in one round trip on SQLite: `BEGIN IMMEDIATE` first when
+/// `begin` (the caller holds the process's writer lock and has sent nothing yet), then each
+/// statement followed by its guard when it has an expected row count, then `COMMIT`. A wrong
+/// count stops the query at its guard, before the commit; the caller then rolls back.
+pub(crate) async fn run_committing<R>(
+    batch: Batch<R>,
+    conn: &mut AnyConnection,
+    begin: bool,
+) -> Result<Vec<u64>, BatchError<R>> {
+    let mut sent = Vec::with_capacity(batch.statements.len() * 2 + 2);
+    if begin {
+        sent.push(Sent::Begin);
+    }
+    for (i, s) in batch.statements.iter().enumerate() {
+        sent.push(Sent::Statement(i));
+        if s.expect.is_some() {
+            sent.push(Sent::Guard(i));
+        }
+    }
+    sent.push(Sent::Commit);
+    let (counts, failed) = send_joined(&batch.statements, &sent, conn).await;
+    let Some((at, e)) = failed else {
+        return Ok(counts);
+    };
+    match at {
+        Some(Sent::Guard(i)) => {
+            let changed = counts[i];
+            let statement = batch.statements.into_iter().nth(i);
+            match statement.and_then(|s| s.expect) {
+                Some((expected, refusal)) => Err(BatchError::Refused {
+                    refusal,
+                    changed,
+                    expected,
+                }),
+                None => Err(BatchError::Db(e)),
+            }
+        }
+        _ => Err(BatchError::Db(e)),
+    }
+}
+
+/// Sends `sent` as one query. Returns the rows each of the batch's statements changed (as far
+/// as they ran) and, when the query failed, where and why.
+async fn send_joined<R>(
+    statements: &[Statement<R>],
+    sent: &[Sent],
+    conn: &mut AnyConnection,
+) -> (Vec<u64>, Option<(Option<Sent>, sqlx::Error)>) {
+    use futures_util::StreamExt;
+    let mut counts = Vec::with_capacity(statements.len());
     let mut sql = String::new();
     let mut args = AnyArguments::default();
     let mut offset = 0;
-    for s in statements {
-        sql.push_str(&renumber(&s.sql, offset));
-        sql.push_str(";\n");
-        for v in &s.values {
-            bind(&mut args, v)?;
+    for part in sent {
+        match *part {
+            Sent::Begin => sql.push_str("BEGIN IMMEDIATE"),
+            Sent::Commit => sql.push_str("COMMIT"),
+            Sent::Guard(i) => {
+                let expected = statements[i].expect.as_ref().map_or(0, |(n, _)| *n);
+                sql.push_str(&format!(
+                    "INSERT INTO temp.batch_refusals (statement) SELECT {i} WHERE changes() <> {expected}"
+                ));
+            }
+            Sent::Statement(i) => {
+                let s = &statements[i];
+                sql.push_str(&renumber(&s.sql, offset));
+                for v in &s.values {
+                    if let Err(e) = bind(&mut args, v) {
+                        return (counts, Some((None, e)));
+                    }
+                }
+                offset += s.values.len();
+            }
         }
-        offset += s.values.len();
+        sql.push_str(";\n");
     }
     let query = sqlx::query_with::<Any, _>(&sql, args);
     let mut results = sqlx::Executor::fetch_many(&mut *conn, query);
-    let mut counts = Vec::with_capacity(statements.len());
-    while let Some(step) = results.try_next().await? {
-        if let sqlx::Either::Left(done) = step {
-            counts.push(done.rows_affected());
+    // Each statement ends with its result (`Left`), after any rows it returned.
+    let mut done = 0;
+    while let Some(step) = results.next().await {
+        match step {
+            Ok(sqlx::Either::Left(result)) => {
+                if let Some(Sent::Statement(_)) = sent.get(done) {
+                    counts.push(result.rows_affected());
+                }
+                done += 1;
+            }
+            Ok(sqlx::Either::Right(_)) => {}
+            Err(e) => return (counts, Some((sent.get(done).copied(), e))),
         }
     }
-    if counts.len() != statements.len() {
-        return Err(sqlx::Error::Protocol(format!(
-            "a batch of {} statements reported {} results",
-            statements.len(),
-            counts.len()
-        )));
+    if done != sent.len() {
+        let e = sqlx::Error::Protocol(format!(
+            "a batch of {} statements reported {done} results",
+            sent.len()
+        ));
+        return (counts, Some((None, e)));
     }
-    Ok(counts)
+    (counts, None)
 }
 
 async fn run_each<R>(

@@ -3,10 +3,11 @@
 //! The backend is chosen once, from the URL scheme: `sqlite:` (the embedded default) or
 //! `postgres:`. Everything after that is generic: queries are written once in a portable dialect
 //! (`$N` placeholders, `BIGINT`/`TEXT` columns, ids made by the application, times as Unix
-//! milliseconds) and run through `sqlx::Any`. The dialects differ in behaviour in two places,
-//! each hidden behind one call: how a read-then-write transaction starts ([`Db::begin_write`])
-//! and how a batch of writes is sent ([`Batch`]: one query on SQLite, one per statement on
-//! PostgreSQL).
+//! milliseconds) and run through `sqlx::Any`. The dialects differ in behaviour in three places,
+//! each hidden behind one call: how a read-then-write transaction starts ([`Db::begin_write`]),
+//! how a batch of writes is sent ([`Batch`]: one query on SQLite, one per statement on
+//! PostgreSQL), and how a metering transaction travels ([`MeterTx`]: on SQLite its `BEGIN` and
+//! `COMMIT` go inside its queries).
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -16,8 +17,10 @@ use sqlx::{
 };
 
 mod batch;
+mod metering;
 
 pub use batch::{Batch, BatchError, Value};
+pub use metering::MeterTx;
 pub use sqlx;
 
 /// Errors of the storage layer. Domain crates map these into their own error type.
@@ -141,6 +144,7 @@ impl Db {
             Backend::Sqlite => pool_options.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     sqlx::Executor::execute(&mut *conn, SQLITE_PRAGMAS).await?;
+                    sqlx::Executor::execute(&mut *conn, batch::SQLITE_GUARD_TABLE).await?;
                     Ok(())
                 })
             }),
@@ -203,38 +207,19 @@ impl Db {
     }
 
     async fn begin_sqlite(&self) -> Result<WriteTx, DbError> {
-        // As long as SQLite itself would wait for the lock, then the same error.
-        let writer =
-            tokio::time::timeout(SQLITE_BUSY_TIMEOUT, Arc::clone(&self.writer).lock_owned())
-                .await
-                .map_err(|_| DbError::Sqlx(sqlx::Error::PoolTimedOut))?;
+        let writer = self.writer_lock().await?;
         Ok(WriteTx {
             tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
             _writer: Some(writer),
         })
     }
 
-    /// [`Db::begin_write`] for metering: a job's hold with its row, and its settlement with
-    /// its usage event. On PostgreSQL their commit does not wait for the WAL flush
-    /// (`synchronous_commit = off` for this transaction only), which is most of a request's
-    /// time on an ordinary disk: the same durability SQLite has here in WAL mode with
-    /// `synchronous = NORMAL`. A crash of the portal loses nothing; a crash of the database
-    /// server (or of its machine) can lose the last fraction of a second of committed
-    /// metering, always a suffix, so the ledger stays balanced and consistent (a lost hold
-    /// with its job row; a lost settlement leaves its hold to expire, which charges nobody).
-    /// Money coming in (payments, credits, statements) keeps the full commit.
-    /// [`Db::set_durable_metering`] restores it for metering too.
-    pub async fn begin_metering(&self) -> Result<WriteTx, DbError> {
-        match self.backend {
-            Backend::Postgres if !self.durable_metering => Ok(WriteTx {
-                tx: self
-                    .pool
-                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?,
-                _writer: None,
-            }),
-            _ => self.begin_write().await,
-        }
+    /// The process's SQLite writer lock; as long as SQLite itself would wait for its own
+    /// lock, then the same error.
+    async fn writer_lock(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, DbError> {
+        tokio::time::timeout(SQLITE_BUSY_TIMEOUT, Arc::clone(&self.writer).lock_owned())
+            .await
+            .map_err(|_| DbError::Sqlx(sqlx::Error::PoolTimedOut))
     }
 
     /// Makes metering commits wait for the WAL flush like every other (PostgreSQL).

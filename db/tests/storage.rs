@@ -113,14 +113,14 @@ async fn metering_transactions_commit_without_the_flush_only_on_postgresql() {
         return;
     };
     let mut tx = t.db.begin_metering().await.unwrap();
-    assert_eq!(setting(&mut tx).await, "off");
-    tx.commit().await.unwrap();
+    assert_eq!(setting(tx.connection().await.unwrap()).await, "off");
+    tx.rollback().await.unwrap();
     let mut tx = t.db.begin_write().await.unwrap();
     assert_eq!(setting(&mut tx).await, "on");
     tx.rollback().await.unwrap();
     t.db.set_durable_metering(true);
     let mut tx = t.db.begin_metering().await.unwrap();
-    assert_eq!(setting(&mut tx).await, "on");
+    assert_eq!(setting(tx.connection().await.unwrap()).await, "on");
     tx.rollback().await.unwrap();
     t.finish().await;
 }
@@ -198,6 +198,137 @@ async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
             "{backend:?}: {err}"
         );
         drop(tx);
+        t.finish().await;
+    }
+}
+
+/// A metering transaction: its read sees the database inside the transaction, its batch
+/// commits with the writes (checked row counts included), a refused or failed batch keeps
+/// nothing, and one dropped half way keeps nothing and leaves the pool usable. On SQLite the
+/// `BEGIN` and `COMMIT` travel inside those queries, so these are the checks that they do.
+#[tokio::test]
+async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
+    use db::Value;
+    async fn names(db: &db::Db) -> Vec<String> {
+        db::sqlx::query_scalar("SELECT name FROM organizations ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+    }
+    for t in TestDb::all().await {
+        let backend = t.db.backend();
+        let org = "INSERT INTO organizations (id, name, kind, region, created_at) \
+                   VALUES ($1, $2, 'startup', 'europe', $3)";
+        // A batch alone (a settlement): begins, writes, commits.
+        let tx = t.db.begin_metering().await.unwrap();
+        let mut batch = t.db.batch::<&str>();
+        batch.push(org, vec!["o1".into(), "First".into(), 1.into()]);
+        batch.push(org, vec!["o2".into(), "Second".into(), 2.into()]);
+        let counts = tx.commit_with(batch).await.unwrap();
+        assert_eq!(counts, vec![1, 1], "{backend:?}");
+
+        // A read, then writes whose checks hold (two rows where two are expected).
+        let mut tx = t.db.begin_metering().await.unwrap();
+        let rows = tx
+            .fetch_all(
+                "SELECT id FROM organizations WHERE created_at >= $1 ORDER BY id",
+                vec![1.into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2, "{backend:?}");
+        let mut batch = t.db.batch::<&str>();
+        batch.push_expecting(
+            "UPDATE organizations SET name = name || $1",
+            vec!["!".into()],
+            2,
+            "not two",
+        );
+        batch.push_expecting(
+            "UPDATE organizations SET suspended_at = $1 WHERE id = $2",
+            vec![Value::Int(None), "o1".into()],
+            1,
+            "no o1",
+        );
+        assert_eq!(tx.commit_with(batch).await.unwrap(), vec![2, 1]);
+        assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
+
+        // A check that fails: its refusal, and the statements before it are undone.
+        let mut tx = t.db.begin_metering().await.unwrap();
+        tx.fetch_all("SELECT id FROM organizations", vec![])
+            .await
+            .unwrap();
+        let mut batch = t.db.batch::<&str>();
+        batch.push(org, vec!["o3".into(), "Third".into(), 3.into()]);
+        batch.push_expecting(
+            "UPDATE organizations SET name = $1 WHERE id = $2",
+            vec!["x".into(), "nobody".into()],
+            1,
+            "no such organisation",
+        );
+        batch.push(org, vec!["o4".into(), "Fourth".into(), 4.into()]);
+        let err = tx.commit_with(batch).await.unwrap_err();
+        assert_eq!(err.refusal(), Some(&"no such organisation"), "{backend:?}");
+        assert!(
+            matches!(
+                err,
+                db::BatchError::Refused {
+                    changed: 0,
+                    expected: 1,
+                    ..
+                }
+            ),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
+
+        // A database error (a duplicate key), without a read first: the database's own.
+        let tx = t.db.begin_metering().await.unwrap();
+        let mut batch = t.db.batch::<&str>();
+        batch.push(org, vec!["o5".into(), "Fifth".into(), 5.into()]);
+        batch.push(org, vec!["o1".into(), "Again".into(), 6.into()]);
+        let err = tx.commit_with(batch).await.unwrap_err();
+        assert!(
+            err.sqlx().is_some_and(db::is_unique_violation),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
+
+        // Dropped after its read and a write on its connection: nothing stays, and every
+        // connection the pool hands out afterwards is outside a transaction.
+        let mut tx = t.db.begin_metering().await.unwrap();
+        tx.fetch_all("SELECT id FROM organizations", vec![])
+            .await
+            .unwrap();
+        db::sqlx::query("UPDATE organizations SET name = 'lost'")
+            .execute(tx.connection().await.unwrap())
+            .await
+            .unwrap();
+        drop(tx);
+        // An explicit rollback after a read, too.
+        let mut tx = t.db.begin_metering().await.unwrap();
+        tx.fetch_all("SELECT id FROM organizations", vec![])
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        for i in 0..12 {
+            let mut tx = t.db.begin_write().await.unwrap();
+            db::sqlx::query("UPDATE organizations SET created_at = created_at + 1")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            let tx = t.db.begin_metering().await.unwrap();
+            let mut batch = t.db.batch::<&str>();
+            batch.push(
+                "UPDATE organizations SET created_at = created_at + $1",
+                vec![1.into()],
+            );
+            tx.commit_with(batch)
+                .await
+                .unwrap_or_else(|e| panic!("{backend:?}, round {i}: {e}"));
+        }
+        assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
         t.finish().await;
     }
 }

@@ -201,17 +201,21 @@ impl Jobs {
             .begin_metering()
             .await
             .map_err(JobError::storage)?;
-        // Everything after the reads goes in one batch: one round trip on SQLite.
+        // Everything after the reads goes in one batch with the commit: on SQLite the read
+        // carries the BEGIN and the batch the COMMIT, two round trips in all.
         let mut writes: ledger::Writes = self.inner.db.batch();
         if ctx.max_cost.get() > 0 {
             let ledger = credits.ledger();
             let (org, cost) = (Some(who.org_id.as_str()), ctx.max_cost);
             let reserved = match &listed {
-                Some(ids) => {
-                    ledger
-                        .reserve_in(&mut tx, &mut writes, &key, org, ids, cost, HOLD_TTL_MS)
-                        .await
-                }
+                Some(ids) => match tx.connection().await {
+                    Ok(conn) => {
+                        ledger
+                            .reserve_in(conn, &mut writes, &key, org, ids, cost, HOLD_TTL_MS)
+                            .await
+                    }
+                    Err(e) => Err(e.into()),
+                },
                 None => {
                     let sources = credits
                         .sources_in(&mut tx, &who.org_id, ctx.created_at)
@@ -223,7 +227,9 @@ impl Jobs {
             match reserved {
                 Ok(hold) => ctx.hold = Some(hold),
                 Err(e) => {
-                    drop(tx);
+                    if let Err(e) = tx.rollback().await {
+                        tracing::warn!(error = %e, "rolling back a refused hold failed");
+                    }
                     return Err(self.not_reserved(ctx, e).await);
                 }
             }
@@ -248,11 +254,10 @@ impl Jobs {
                 self.inner.instance_id.as_str().into(),
             ],
         );
-        if let Err(e) = writes.run(&mut tx).await {
-            drop(tx);
-            return Err(self.not_reserved(ctx, e.into()).await);
+        match tx.commit_with(writes).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.not_reserved(ctx, e.into()).await),
         }
-        tx.commit().await.map_err(JobError::storage)
     }
 
     /// What the caller is told when the hold could not be made: how much the wallet has, when

@@ -612,13 +612,12 @@ pub(crate) async fn charge(
             (&s.error).into(),
         ],
     );
-    // Only now the write lock (SQLite) or the rows (PostgreSQL): for one round trip each way.
-    let mut tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
-    writes
-        .run(&mut tx)
+    // Only now the write lock (SQLite) or the rows (PostgreSQL). On SQLite the whole
+    // transaction is one query.
+    let tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
+    tx.commit_with(writes)
         .await
         .map_err(|e| JobError::storage(ledger::LedgerError::from(e)))?;
-    tx.commit().await.map_err(JobError::storage)?;
     Ok(amount)
 }
 
