@@ -549,44 +549,36 @@ impl Credits {
 
     /// What each of the wallet's accounts has available (balance − held), in burn order (the
     /// [`Credits::wallet`] order), read inside `tx` with the rows locked until it ends: what
-    /// `Ledger::reserve_read_in` draws on, in one query.
+    /// `Ledger::reserve_read` draws on, in one query.
     pub async fn sources_in(
         &self,
         tx: &mut db::MeterTx,
         org_id: &str,
         now: i64,
     ) -> Result<Vec<(String, i64)>, CreditsError> {
-        // Locked in id order (as every ledger write locks), then put in burn order here.
+        let (sql, values) = self.sources_read(org_id, now);
+        sources_from(&tx.fetch_all(&sql, values).await?)
+    }
+
+    /// The read of [`Credits::sources_in`] (with its `$N` values), for a caller that sends it
+    /// with reads of its own ([`db::MeterTx::fetch_each`]); [`sources_from`] reads its rows.
+    pub fn sources_read(&self, org_id: &str, now: i64) -> (String, Vec<db::Value>) {
+        // Locked in id order (as every ledger write locks), then put in burn order by
+        // `sources_from`.
         let lock = match self.db.backend() {
             db::Backend::Postgres => " FOR UPDATE OF a",
             db::Backend::Sqlite => "",
         };
-        let rows = tx
-            .fetch_all(
-                &format!(
-                    "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
-                     FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
-                     WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
-                     AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
-                     AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id{lock}"
-                ),
-                vec![org_id.into(), now.into()],
-            )
-            .await?;
-        let mut sources = rows
-            .iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                let expires_at: Option<i64> = r.try_get("expires_at")?;
-                Ok((
-                    (kind != "wallet_grant", expires_at.is_none(), expires_at),
-                    (r.try_get("id")?, r.try_get("available")?),
-                ))
-            })
-            .collect::<Result<Vec<_>, db::sqlx::Error>>()?;
-        // Stable: equal keys keep the id order, as the wallet's last sort key has it.
-        sources.sort_by_key(|(burn, _)| *burn);
-        Ok(sources.into_iter().map(|(_, source)| source).collect())
+        (
+            format!(
+                "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
+                 FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
+                 WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
+                 AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
+                 AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id{lock}"
+            ),
+            vec![org_id.into(), now.into()],
+        )
     }
 
     /// Account ids to reserve from, in burn order.
@@ -692,4 +684,22 @@ fn iso_utc(ms: i64) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+/// The sources of [`Credits::sources_read`]'s rows: (account, available) in burn order.
+pub fn sources_from(rows: &[db::sqlx::any::AnyRow]) -> Result<Vec<(String, i64)>, CreditsError> {
+    let mut sources = rows
+        .iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            let expires_at: Option<i64> = r.try_get("expires_at")?;
+            Ok((
+                (kind != "wallet_grant", expires_at.is_none(), expires_at),
+                (r.try_get("id")?, r.try_get("available")?),
+            ))
+        })
+        .collect::<Result<Vec<_>, db::sqlx::Error>>()?;
+    // Stable: equal keys keep the id order, as the wallet's last sort key has it.
+    sources.sort_by_key(|(burn, _)| *burn);
+    Ok(sources.into_iter().map(|(_, source)| source).collect())
 }

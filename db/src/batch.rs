@@ -342,7 +342,7 @@ async fn run_each<R>(
 }
 
 /// `sql` with every `$N` placeholder made `$(N + offset)`.
-fn renumber(sql: &str, offset: usize) -> String {
+pub(crate) fn renumber(sql: &str, offset: usize) -> String {
     if offset == 0 {
         return sql.to_string();
     }

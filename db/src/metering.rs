@@ -8,7 +8,7 @@
 
 use sqlx::{Any, AnyConnection, any::AnyRow, pool::PoolConnection};
 
-use crate::batch::{Batch, BatchError, Value, bind, run_committing};
+use crate::batch::{Batch, BatchError, Value, bind, renumber, run_committing};
 use crate::{Db, DbError, WriteTx};
 
 /// A write transaction for metering; see the module. Begun by [`Db::begin_metering`]; ends
@@ -83,37 +83,78 @@ impl MeterTx {
         sql: &str,
         values: Vec<Value>,
     ) -> Result<Vec<AnyRow>, sqlx::Error> {
-        let mut args = sqlx::any::AnyArguments::default();
-        for v in &values {
-            bind(&mut args, v)?;
-        }
-        match &mut self.inner {
+        let mut each = self.fetch_each(vec![(sql.to_string(), values)]).await?;
+        Ok(each.pop().unwrap_or_default())
+    }
+
+    /// The rows of each read, in order, inside the transaction: on SQLite one query (with
+    /// the `BEGIN` when nothing was sent yet), on PostgreSQL one after another. Each read is
+    /// written with its own placeholders, `$1` up.
+    pub async fn fetch_each(
+        &mut self,
+        reads: Vec<(String, Vec<Value>)>,
+    ) -> Result<Vec<Vec<AnyRow>>, sqlx::Error> {
+        let s = match &mut self.inner {
             Inner::Postgres(tx) => {
-                sqlx::query_with::<Any, _>(sql, args)
-                    .fetch_all(&mut **tx)
-                    .await
-            }
-            Inner::Sqlite(s) if s.begun => {
-                sqlx::query_with::<Any, _>(sql, args)
-                    .fetch_all(&mut *s.conn)
-                    .await
-            }
-            Inner::Sqlite(s) => {
-                use futures_util::TryStreamExt;
-                s.begun = true;
-                s.clean = false;
-                let sql = format!("BEGIN IMMEDIATE;\n{sql}");
-                let query = sqlx::query_with::<Any, _>(&sql, args);
-                let mut results = sqlx::Executor::fetch_many(&mut *s.conn, query);
-                let mut rows = Vec::new();
-                while let Some(step) = results.try_next().await? {
-                    if let sqlx::Either::Right(row) = step {
-                        rows.push(row);
+                let mut each = Vec::with_capacity(reads.len());
+                for (sql, values) in &reads {
+                    let mut args = sqlx::any::AnyArguments::default();
+                    for v in values {
+                        bind(&mut args, v)?;
                     }
+                    each.push(
+                        sqlx::query_with::<Any, _>(sql, args)
+                            .fetch_all(&mut **tx)
+                            .await?,
+                    );
                 }
-                Ok(rows)
+                return Ok(each);
+            }
+            Inner::Sqlite(s) => s,
+        };
+        use futures_util::TryStreamExt;
+        let mut sql = String::new();
+        let mut args = sqlx::any::AnyArguments::default();
+        let begin = !s.begun;
+        if begin {
+            sql.push_str("BEGIN IMMEDIATE;\n");
+        }
+        let mut offset = 0;
+        for (read, values) in &reads {
+            sql.push_str(&renumber(read, offset));
+            sql.push_str(";\n");
+            for v in values {
+                bind(&mut args, v)?;
+            }
+            offset += values.len();
+        }
+        s.begun = true;
+        s.clean = false;
+        let query = sqlx::query_with::<Any, _>(&sql, args);
+        let mut results = sqlx::Executor::fetch_many(&mut *s.conn, query);
+        // Each statement ends with its result (`Left`), after the rows it returned.
+        let mut each: Vec<Vec<AnyRow>> = Vec::with_capacity(reads.len());
+        let mut rows = Vec::new();
+        let mut ended = 0;
+        while let Some(step) = results.try_next().await? {
+            match step {
+                sqlx::Either::Right(row) => rows.push(row),
+                sqlx::Either::Left(_) => {
+                    if !(begin && ended == 0) {
+                        each.push(std::mem::take(&mut rows));
+                    }
+                    ended += 1;
+                }
             }
         }
+        if each.len() != reads.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} reads reported {} results",
+                reads.len(),
+                each.len()
+            )));
+        }
+        Ok(each)
     }
 
     /// The connection, for reads that [`MeterTx::fetch_all`] does not cover. On SQLite this

@@ -227,16 +227,37 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
         let counts = tx.commit_with(batch).await.unwrap();
         assert_eq!(counts, vec![1, 1], "{backend:?}");
 
-        // A read, then writes whose checks hold (two rows where two are expected).
+        // Reads (the first carries the BEGIN on SQLite), each with its own rows, an empty
+        // answer included; then writes whose checks hold (two rows where two are expected).
         let mut tx = t.db.begin_metering().await.unwrap();
+        let each = tx
+            .fetch_each(vec![
+                (
+                    "SELECT id FROM organizations WHERE created_at >= $1 ORDER BY id".into(),
+                    vec![1.into()],
+                ),
+                (
+                    "SELECT id FROM organizations WHERE name = $1".into(),
+                    vec!["nobody".into()],
+                ),
+                (
+                    "SELECT name FROM organizations WHERE id = $1 AND created_at = $2".into(),
+                    vec!["o2".into(), 2.into()],
+                ),
+            ])
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = each.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 0, 1], "{backend:?}");
+        assert_eq!(each[2][0].get::<String, _>("name"), "Second");
         let rows = tx
             .fetch_all(
-                "SELECT id FROM organizations WHERE created_at >= $1 ORDER BY id",
-                vec![1.into()],
+                "SELECT id FROM organizations WHERE id = $1",
+                vec!["o1".into()],
             )
             .await
             .unwrap();
-        assert_eq!(rows.len(), 2, "{backend:?}");
+        assert_eq!(rows.len(), 1, "{backend:?}");
         let mut batch = t.db.batch::<&str>();
         batch.push_expecting(
             "UPDATE organizations SET name = name || $1",

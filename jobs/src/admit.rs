@@ -201,8 +201,36 @@ impl Jobs {
             .begin_metering()
             .await
             .map_err(JobError::storage)?;
-        // Everything after the reads goes in one batch with the commit: on SQLite the read
-        // carries the BEGIN and the batch the COMMIT, two round trips in all.
+        // The reads go as one query on SQLite, with the BEGIN: the API key's state when the
+        // key came from those found valid lately, and the wallet's sources. Everything after
+        // them goes in one batch with the COMMIT: two round trips in all.
+        let mut reads = Vec::new();
+        let recheck = match &who.api_key_id {
+            Some(key_id) if who.recheck_key => {
+                reads.push(keys::recheck(key_id));
+                true
+            }
+            _ => false,
+        };
+        let read_sources = ctx.max_cost.get() > 0 && listed.is_none();
+        if read_sources {
+            reads.push(credits.sources_read(&who.org_id, ctx.created_at));
+        }
+        let mut read = if reads.is_empty() {
+            Vec::new()
+        } else {
+            tx.fetch_each(reads).await.map_err(JobError::storage)?
+        }
+        .into_iter();
+        if recheck
+            && let Err(e) = keys::recheck_rows(&read.next().unwrap_or_default(), ctx.created_at)
+        {
+            abandon(tx).await;
+            return Err(match e {
+                keys::KeyError::Storage(e) => JobError::Storage(e),
+                refused => JobError::Key(refused),
+            });
+        }
         let mut writes: ledger::Writes = self.inner.db.batch();
         if ctx.max_cost.get() > 0 {
             let ledger = credits.ledger();
@@ -216,20 +244,20 @@ impl Jobs {
                     }
                     Err(e) => Err(e.into()),
                 },
-                None => {
-                    let sources = credits
-                        .sources_in(&mut tx, &who.org_id, ctx.created_at)
-                        .await
-                        .map_err(JobError::storage)?;
-                    ledger.reserve_read(&mut writes, &key, org, &sources, cost, HOLD_TTL_MS)
-                }
+                None => match credits::sources_from(&read.next().unwrap_or_default()) {
+                    Ok(sources) => {
+                        ledger.reserve_read(&mut writes, &key, org, &sources, cost, HOLD_TTL_MS)
+                    }
+                    Err(e) => {
+                        abandon(tx).await;
+                        return Err(JobError::storage(e));
+                    }
+                },
             };
             match reserved {
                 Ok(hold) => ctx.hold = Some(hold),
                 Err(e) => {
-                    if let Err(e) = tx.rollback().await {
-                        tracing::warn!(error = %e, "rolling back a refused hold failed");
-                    }
+                    abandon(tx).await;
                     return Err(self.not_reserved(ctx, e).await);
                 }
             }
@@ -301,5 +329,13 @@ impl Jobs {
         {
             tracing::warn!(job = ctx.id, hold = hold.id, error = %e, "voiding a hold failed; it expires by its TTL");
         }
+    }
+}
+
+/// Ends a metering transaction that admission refused; a failure is logged (the connection
+/// is then closed, which rolls it back).
+async fn abandon(tx: db::MeterTx) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "rolling back a refused admission failed");
     }
 }

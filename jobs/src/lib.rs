@@ -74,6 +74,9 @@ pub struct Principal {
     pub org_id: String,
     pub user_id: Option<String>,
     pub api_key_id: Option<String>,
+    /// The API key was taken from those found valid lately (`keys::Checked::Recently`):
+    /// admission checks it again inside the hold's transaction.
+    pub recheck_key: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,10 @@ pub enum JobError {
     /// This instance is shutting down and takes no new work.
     #[error("This server is shutting down and takes no new requests; retry in a few seconds.")]
     ShuttingDown,
+    /// The API key was revoked, expired or its organisation suspended since it was last
+    /// looked up (see [`Principal::recheck_key`]).
+    #[error("{0}")]
+    Key(keys::KeyError),
     #[error("storage: {0}")]
     Storage(String),
 }

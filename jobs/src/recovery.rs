@@ -216,6 +216,7 @@ impl Jobs {
                 org_id: get_s("org_id")?,
                 user_id: get_o("user_id")?,
                 api_key_id: get_o("api_key_id")?,
+                recheck_key: false,
             },
             kind: JobKind::from_code(&kind)
                 .ok_or_else(|| JobError::Storage(format!("job kind {kind:?}")))?,

@@ -184,6 +184,7 @@ impl World {
             org_id: self.tenant.org_id.clone(),
             user_id: Some(self.tenant.id.clone()),
             api_key_id: None,
+            recheck_key: false,
         }
     }
 
@@ -511,6 +512,7 @@ fn principal(user: &User) -> Principal {
         org_id: user.org_id.clone(),
         user_id: Some(user.id.clone()),
         api_key_id: None,
+        recheck_key: false,
     }
 }
 

@@ -2,7 +2,9 @@
 //! 62 (190 random bits) and a 6-character CRC-32 of those, so a mistyped or truncated key is
 //! refused without a database lookup and leaked keys are easy to scan for. Only the key's
 //! SHA-256 is stored, with a display form (`tmk_AbCd…wxyz`) to recognise it by; the secret is
-//! returned once, at creation. Revocation and expiry take effect on the next request.
+//! returned once, at creation. Revocation and expiry take effect on the next request: a key
+//! taken from those found valid lately ([`ApiKeys::authenticate_recent`]) is checked again
+//! where the request acts ([`recheck`]).
 
 use db::{
     Db, new_id, now_ms,
@@ -10,6 +12,9 @@ use db::{
 };
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 pub const PREFIX: &str = "tmk_";
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -133,11 +138,41 @@ const KEY_COLUMNS: &str = "k.id, k.org_id, k.created_by, k.name, k.display, k.cr
 #[derive(Clone, Debug)]
 pub struct ApiKeys {
     db: Db,
+    recent: Arc<Recent>,
+}
+
+/// How long a key found valid is taken as known (see [`ApiKeys::authenticate_recent`]).
+pub const RECENT_TTL: Duration = Duration::from_secs(30);
+
+/// Entries kept before the stale ones are dropped.
+const RECENT_PRUNE_AT: usize = 10_000;
+
+/// Keys found valid lately, by hash: what [`ApiKeys::authenticate_recent`] trusts.
+#[derive(Debug, Default)]
+struct Recent {
+    keys: Mutex<HashMap<String, (Instant, KeyIdentity)>>,
+}
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, KeyIdentity)>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a key was read from the database for this request, or taken from those found valid
+/// lately (and must be checked again where the request acts: [`recheck`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    Now,
+    Recently,
 }
 
 impl ApiKeys {
     pub fn new(db: Db) -> ApiKeys {
-        ApiKeys { db }
+        ApiKeys {
+            db,
+            recent: Arc::default(),
+        }
     }
 
     /// Creates a key for `org_id`; returns it with the secret, which is not kept.
@@ -210,6 +245,7 @@ impl ApiKeys {
         .bind(org_id)
         .execute(self.db.pool())
         .await?;
+        self.forget(key_id);
         if done.rows_affected() == 1 {
             return Ok(());
         }
@@ -227,28 +263,21 @@ impl ApiKeys {
         if !well_formed(presented) {
             return Err(KeyError::Invalid);
         }
+        let hash = hash(presented);
         // The organisation's state comes in the same query: a suspension bites on the next
         // request without a second round trip.
         let row = db::sqlx::query(&format!(
             "SELECT {KEY_COLUMNS}, o.suspended_at AS org_suspended_at FROM api_keys k \
              JOIN organizations o ON o.id = k.org_id WHERE k.key_hash = $1"
         ))
-        .bind(hash(presented))
+        .bind(&hash)
         .fetch_optional(self.db.pool())
         .await?
         .ok_or(KeyError::Invalid)?;
         let key = from_row(&row)?;
         let suspended: Option<i64> = row.try_get("org_suspended_at")?;
         let now = now_ms();
-        if key.revoked_at.is_some() {
-            return Err(KeyError::Revoked);
-        }
-        if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(KeyError::Expired);
-        }
-        if suspended.is_some() {
-            return Err(KeyError::Suspended);
-        }
+        verdict(key.revoked_at, key.expires_at, suspended, now)?;
         if key
             .last_used_at
             .is_none_or(|t| t < now - LAST_USED_RESOLUTION_MS)
@@ -259,12 +288,86 @@ impl ApiKeys {
                 .execute(self.db.pool())
                 .await?;
         }
-        Ok(KeyIdentity {
+        let identity = KeyIdentity {
             key_id: key.id,
             org_id: key.org_id,
             created_by: key.created_by,
-        })
+        };
+        let mut recent = self.recent.lock();
+        if recent.len() >= RECENT_PRUNE_AT {
+            recent.retain(|_, (at, _)| at.elapsed() < RECENT_TTL);
+        }
+        recent.insert(hash, (Instant::now(), identity.clone()));
+        Ok(identity)
     }
+
+    /// [`ApiKeys::authenticate`] for a request that checks the key again inside the
+    /// transaction where it acts (with [`recheck`], which rides on a query it sends anyway):
+    /// a key found valid in the last [`RECENT_TTL`] is not read again. Revocation, expiry and
+    /// suspension still stop such a request before it does anything; what the recent key
+    /// skips is the lookup's round trip and its `last_used_at` update, which the next lookup
+    /// (within [`RECENT_TTL`]) makes.
+    pub async fn authenticate_recent(
+        &self,
+        presented: &str,
+    ) -> Result<(KeyIdentity, Checked), KeyError> {
+        if !well_formed(presented) {
+            return Err(KeyError::Invalid);
+        }
+        if let Some((at, identity)) = self.recent.lock().get(&hash(presented))
+            && at.elapsed() < RECENT_TTL
+        {
+            return Ok((identity.clone(), Checked::Recently));
+        }
+        Ok((self.authenticate(presented).await?, Checked::Now))
+    }
+
+    /// Drops `key_id` from the keys found valid lately: after its revocation, or when a
+    /// [`recheck`] refused it.
+    pub fn forget(&self, key_id: &str) {
+        self.recent.lock().retain(|_, (_, k)| k.key_id != key_id);
+    }
+}
+
+/// The statement that reads again what decides whether the key `key_id` may act (with its
+/// `$N` values), for a caller to send inside its own transaction; [`recheck_rows`] reads its
+/// answer.
+pub fn recheck(key_id: &str) -> (String, Vec<db::Value>) {
+    (
+        "SELECT k.revoked_at, k.expires_at, o.suspended_at AS org_suspended_at FROM api_keys k \
+         JOIN organizations o ON o.id = k.org_id WHERE k.id = $1"
+            .to_string(),
+        vec![key_id.into()],
+    )
+}
+
+/// Whether the key may act, from the rows of [`recheck`].
+pub fn recheck_rows(rows: &[AnyRow], now: i64) -> Result<(), KeyError> {
+    let row = rows.first().ok_or(KeyError::Invalid)?;
+    verdict(
+        row.try_get("revoked_at")?,
+        row.try_get("expires_at")?,
+        row.try_get("org_suspended_at")?,
+        now,
+    )
+}
+
+fn verdict(
+    revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+    org_suspended_at: Option<i64>,
+    now: i64,
+) -> Result<(), KeyError> {
+    if revoked_at.is_some() {
+        return Err(KeyError::Revoked);
+    }
+    if expires_at.is_some_and(|e| e <= now) {
+        return Err(KeyError::Expired);
+    }
+    if org_suspended_at.is_some() {
+        return Err(KeyError::Suspended);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -227,6 +227,7 @@ async fn try_line(
         org_id: line.creator.org_id.clone(),
         user_id: line.creator.user_id.clone(),
         api_key_id: line.creator.api_key_id.clone(),
+        recheck_key: false,
     };
     let mut answer = match openai::admit(jobs, &who, JobKind::Batch, endpoint, parsed).await {
         Ok(a) => a,

@@ -38,6 +38,7 @@ pub async fn chat(State(st): State<AppState>, session: Session, body: Bytes) -> 
         org_id: user.org_id,
         user_id: Some(user.id),
         api_key_id: None,
+        recheck_key: false,
     };
     match openai::generate(&st.jobs, &who, JobKind::Playground, Endpoint::Chat, parsed).await {
         Ok(r) => r,

@@ -65,7 +65,7 @@ pub async fn upload(State(s): State<ApiState>, caller: Caller, req: Request) -> 
             purpose.ok_or_else(|| ApiError::invalid("purpose", "The purpose field is missing."))?;
         let (name, bytes) =
             file.ok_or_else(|| ApiError::invalid("file", "The file field is missing."))?;
-        let org = caller.0.org_id.clone();
+        let org = caller.key.org_id.clone();
         let f = s
             .batches
             .upload(&org, &purpose, &name, bytes.to_vec())
@@ -115,7 +115,7 @@ pub async fn list_files(
         })?),
     };
     let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
-    let files = s.batches.files(&caller.0.org_id, purpose, limit).await?;
+    let files = s.batches.files(&caller.key.org_id, purpose, limit).await?;
     let data: Vec<Value> = files.iter().map(|f| f.to_openai()).collect();
     Ok(Json(
         json!({ "object": "list", "data": data, "has_more": false }),
@@ -134,7 +134,7 @@ pub async fn get_file(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let f = s.batches.file(&caller.0.org_id, &id).await?;
+    let f = s.batches.file(&caller.key.org_id, &id).await?;
     Ok(Json(f.ok_or_else(|| no_file(&id))?.to_openai()))
 }
 
@@ -145,7 +145,7 @@ pub async fn file_content(
 ) -> Result<Response, ApiError> {
     let (file, content) = s
         .batches
-        .file_content(&caller.0.org_id, &id)
+        .file_content(&caller.key.org_id, &id)
         .await?
         .ok_or_else(|| no_file(&id))?;
     Ok(jsonl_download(content, &file.filename))
@@ -161,7 +161,7 @@ pub async fn delete_file(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if s.batches.delete_file(&caller.0.org_id, &id).await? {
+    if s.batches.delete_file(&caller.key.org_id, &id).await? {
         Ok(Json(json!({ "id": id, "object": "file", "deleted": true })))
     } else {
         Err(no_file(&id))
@@ -217,7 +217,7 @@ pub async fn get_batch(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let b = s.batches.get(&caller.0.org_id, &id).await?;
+    let b = s.batches.get(&caller.key.org_id, &id).await?;
     Ok(Json(
         b.ok_or(BatchError::NotFound("batch", id))?.to_openai(),
     ))
@@ -237,7 +237,7 @@ pub async fn list_batches(
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     let (list, more) = s
         .batches
-        .list(&caller.0.org_id, q.after.as_deref(), limit)
+        .list(&caller.key.org_id, q.after.as_deref(), limit)
         .await?;
     let data: Vec<Value> = list.iter().map(|b| b.to_openai()).collect();
     Ok(Json(json!({
@@ -255,6 +255,6 @@ pub async fn cancel_batch(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        s.batches.cancel(&caller.0.org_id, &id).await?.to_openai(),
+        s.batches.cancel(&caller.key.org_id, &id).await?.to_openai(),
     ))
 }

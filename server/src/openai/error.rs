@@ -53,6 +53,12 @@ impl ApiError {
         }
     }
 
+    /// Whether this refuses the request's API key (invalid, revoked or expired, or its
+    /// organisation suspended).
+    pub fn refuses_key(&self) -> bool {
+        self.status == StatusCode::UNAUTHORIZED || self.code == Some("organization_suspended")
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError {
             code: Some("invalid_api_key"),
@@ -162,12 +168,27 @@ impl From<JobError> for ApiError {
                 code: Some("shutting_down"),
                 ..ApiError::unavailable()
             },
+            JobError::Key(e) => ApiError::from(e),
             JobError::Storage(detail) => {
                 tracing::error!(error = %detail, "job storage failed");
                 ApiError::internal(
                     "The request could not be recorded; you were not charged. Try again.",
                 )
             }
+        }
+    }
+}
+
+/// Why a presented API key is refused: 401, or 403 when its organisation is suspended.
+impl From<keys::KeyError> for ApiError {
+    fn from(e: keys::KeyError) -> ApiError {
+        match e {
+            keys::KeyError::Storage(e) => {
+                tracing::error!(error = %e, "API key lookup failed");
+                ApiError::internal("The request could not be authenticated; try again.")
+            }
+            keys::KeyError::Suspended => ApiError::suspended(),
+            e => ApiError::unauthorized(format!("Incorrect API key provided: {e}.")),
         }
     }
 }

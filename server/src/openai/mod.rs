@@ -81,46 +81,75 @@ impl ApiState {
 }
 
 /// The organisation a request's API key acts for.
-pub struct Caller(pub keys::KeyIdentity);
+pub struct Caller {
+    pub key: keys::KeyIdentity,
+    /// Taken from the keys found valid lately: admission checks it again (see
+    /// [`RecentCaller`]).
+    recheck: bool,
+}
 
 impl Caller {
     fn principal(&self) -> Principal {
         Principal {
-            org_id: self.0.org_id.clone(),
-            user_id: Some(self.0.created_by.clone()),
-            api_key_id: Some(self.0.key_id.clone()),
+            org_id: self.key.org_id.clone(),
+            user_id: Some(self.key.created_by.clone()),
+            api_key_id: Some(self.key.key_id.clone()),
+            recheck_key: self.recheck,
         }
     }
+}
+
+/// The bearer key of a request, or 401 saying how to send one.
+fn presented(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "You didn't provide an API key. Send it as Authorization: Bearer <key>; keys are made on the API keys page.",
+            )
+        })
 }
 
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "You didn't provide an API key. Send it as Authorization: Bearer <key>; keys are made on the API keys page.",
-                )
-            })?;
-        match state.keys.authenticate(presented).await {
-            Ok(identity) => Ok(Caller(identity)),
-            Err(keys::KeyError::Storage(e)) => {
-                tracing::error!(error = %e, "API key lookup failed");
-                Err(ApiError::internal(
-                    "The request could not be authenticated; try again.",
-                ))
-            }
-            Err(keys::KeyError::Suspended) => Err(ApiError::suspended()),
-            Err(e) => Err(ApiError::unauthorized(format!(
-                "Incorrect API key provided: {e}."
-            ))),
+        let key = state.keys.authenticate(presented(parts)?).await?;
+        Ok(Caller {
+            key,
+            recheck: false,
+        })
+    }
+}
+
+/// [`Caller`] for chat and completions, whose admission reads the key's state again inside
+/// the hold's transaction (in the same query as the wallet, so on SQLite without a round trip
+/// of its own): a key found valid in the last `keys::RECENT_TTL` is not looked up first. A
+/// revoked or expired key, or a suspended organisation, is still refused before any work or
+/// charge. Not with `Idempotency-Key`, whose claim is written before admission.
+pub struct RecentCaller(Caller);
+
+impl FromRequestParts<ApiState> for RecentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let presented = presented(parts)?;
+        if parts.headers.contains_key(idempotency::HEADER) {
+            let key = state.keys.authenticate(presented).await?;
+            return Ok(RecentCaller(Caller {
+                key,
+                recheck: false,
+            }));
         }
+        let (key, checked) = state.keys.authenticate_recent(presented).await?;
+        Ok(RecentCaller(Caller {
+            key,
+            recheck: checked == keys::Checked::Recently,
+        }))
     }
 }
 
@@ -168,7 +197,7 @@ async fn model(
 
 async fn chat_completions(
     State(s): State<ApiState>,
-    caller: Caller,
+    RecentCaller(caller): RecentCaller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -178,7 +207,7 @@ async fn chat_completions(
 
 async fn completions(
     State(s): State<ApiState>,
-    caller: Caller,
+    RecentCaller(caller): RecentCaller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -196,7 +225,7 @@ async fn completion(
 ) -> Response {
     use axum::response::IntoResponse;
     let run = async {
-        s.limits.check(&caller.0.key_id)?;
+        s.limits.check(&caller.key.key_id)?;
         let bytes = to_bytes(body, BODY_LIMIT).await.map_err(body_error)?;
         let parsed = params::parse(endpoint, &bytes)?;
         // Load shedding: at most as many generation requests are in the portal at once as
@@ -232,7 +261,12 @@ async fn completion(
     };
     match run.await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if caller.recheck && e.refuses_key() {
+                s.keys.forget(&caller.key.key_id);
+            }
+            e.into_response()
+        }
     }
 }
 

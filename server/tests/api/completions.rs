@@ -804,3 +804,91 @@ async fn a_burst_beyond_capacity_is_refused_with_retry_after_and_the_rest_comple
     assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, accepted);
     assert_eq!(before - api.available().await, charged);
 }
+
+/// A key used a moment ago is taken from those found valid lately, without a lookup, so
+/// admission reads its state again inside the hold's transaction. Revoked through another
+/// handle on the database (as another portal instance would), expired, or its organisation
+/// suspended: the next completion, whole or streamed, is refused before any hold, job or
+/// charge.
+#[tokio::test]
+async fn a_key_revoked_or_expired_elsewhere_is_refused_on_its_next_completion() {
+    let api = api().await;
+    let elsewhere = keys::ApiKeys::new(api.app.db().clone());
+    let me = elsewhere.authenticate(&api.key).await.unwrap();
+    let (second, second_secret) = elsewhere
+        .create(&api.org_id, &me.created_by, "second", None)
+        .await
+        .unwrap();
+    let send = |key: String, path: &'static str, body: Value| {
+        let r = api
+            .http
+            .post(format!("{}{path}", api.app.base))
+            .bearer_auth(key)
+            .json(&body)
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            let status = r.status();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let whole = json!({"model": MODEL, "prompt": "x", "max_tokens": 2});
+    let streamed = chat("x", json!({"max_tokens": 2, "stream": true}));
+    for key in [&api.key, &second_secret] {
+        let (status, text) = send(key.clone(), "/v1/completions", whole.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    let before = api.available().await;
+    let jobs = api.scalar("SELECT COUNT(*) FROM jobs").await;
+    let holds = api.scalar("SELECT COUNT(*) FROM ledger_holds").await;
+
+    elsewhere.revoke(&api.org_id, &me.key_id).await.unwrap();
+    for (path, body) in [
+        ("/v1/completions", whole.clone()),
+        ("/v1/chat/completions", streamed.clone()),
+    ] {
+        let (status, text) = send(api.key.clone(), path, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("revoked"),
+            "{v}"
+        );
+    }
+
+    let set = |sql: &'static str, value: Option<i64>, id: String| {
+        let db = api.app.db().clone();
+        async move {
+            db::sqlx::query(sql)
+                .bind(value)
+                .bind(id)
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+    };
+    let expire = "UPDATE api_keys SET expires_at = $1 WHERE id = $2";
+    set(expire, Some(db::now_ms() - 1), second.id.clone()).await;
+    let (status, text) = send(second_secret.clone(), "/v1/completions", whole.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    assert!(text.contains("expired"), "{text}");
+
+    // Valid again (and found so by a lookup), then the organisation is suspended.
+    set(expire, None, second.id.clone()).await;
+    let (status, text) = send(second_secret.clone(), "/v1/completions", whole.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, jobs + 1);
+    let before = api.available().await;
+    let (jobs, holds) = (jobs + 1, holds + 1);
+    let suspend = "UPDATE organizations SET suspended_at = $1 WHERE id = $2";
+    set(suspend, Some(db::now_ms()), api.org_id.clone()).await;
+    let (status, text) = send(second_secret.clone(), "/v1/chat/completions", streamed).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("organization_suspended"), "{text}");
+
+    assert_eq!(api.available().await, before);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, jobs);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM ledger_holds").await, holds);
+    assert_eq!(api.open_holds().await, 0);
+}
