@@ -874,6 +874,10 @@ async fn a_key_revoked_or_expired_elsewhere_is_refused_on_its_next_completion() 
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
     assert!(text.contains("expired"), "{text}");
 
+    assert_eq!(api.available().await, before);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM jobs").await, jobs);
+    assert_eq!(api.scalar("SELECT COUNT(*) FROM ledger_holds").await, holds);
+
     // Valid again (and found so by a lookup), then the organisation is suspended.
     set(expire, None, second.id.clone()).await;
     let (status, text) = send(second_secret.clone(), "/v1/completions", whole.clone()).await;
