@@ -171,14 +171,7 @@ async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
 
         // A check that fails names its refusal; the rollback keeps the rows inserted before it.
         let mut tx = t.db.begin_write().await.unwrap();
-        let mut batch = t.db.batch::<&str>();
-        batch.push(org, vec!["o3".into(), "Third".into(), 3.into()]);
-        batch.push_expecting(
-            "UPDATE organizations SET name = $1 WHERE id = $2",
-            vec!["x".into(), "nobody".into()],
-            1,
-            "no such organisation",
-        );
+        let batch = insert_then_miss(&t.db, org);
         let err = batch.run(&mut tx).await.unwrap_err();
         assert_eq!(err.refusal(), Some(&"no such organisation"), "{backend:?}");
         drop(tx);
@@ -279,14 +272,7 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
         tx.fetch_all("SELECT id FROM organizations", vec![])
             .await
             .unwrap();
-        let mut batch = t.db.batch::<&str>();
-        batch.push(org, vec!["o3".into(), "Third".into(), 3.into()]);
-        batch.push_expecting(
-            "UPDATE organizations SET name = $1 WHERE id = $2",
-            vec!["x".into(), "nobody".into()],
-            1,
-            "no such organisation",
-        );
+        let mut batch = insert_then_miss(&t.db, org);
         batch.push(org, vec!["o4".into(), "Fourth".into(), 4.into()]);
         let err = tx.commit_with(batch).await.unwrap_err();
         assert_eq!(err.refusal(), Some(&"no such organisation"), "{backend:?}");
@@ -352,4 +338,18 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
         assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
         t.finish().await;
     }
+}
+
+/// A batch that inserts organisation `o3` and then expects to rename one that does not exist:
+/// its check fails with "no such organisation".
+fn insert_then_miss(db: &db::Db, insert: &'static str) -> db::Batch<&'static str> {
+    let mut batch = db.batch::<&str>();
+    batch.push(insert, vec!["o3".into(), "Third".into(), 3.into()]);
+    batch.push_expecting(
+        "UPDATE organizations SET name = $1 WHERE id = $2",
+        vec!["x".into(), "nobody".into()],
+        1,
+        "no such organisation",
+    );
+    batch
 }
