@@ -271,32 +271,27 @@ async fn send_joined<R>(
 ) -> (Vec<u64>, Option<(Option<Sent>, sqlx::Error)>) {
     use futures_util::StreamExt;
     let mut counts = Vec::with_capacity(statements.len());
-    let mut sql = String::new();
-    let mut args = AnyArguments::default();
-    let mut offset = 0;
-    for part in sent {
-        match *part {
-            Sent::Begin => sql.push_str("BEGIN IMMEDIATE"),
-            Sent::Commit => sql.push_str("COMMIT"),
+    let parts: Vec<(String, &[Value])> = sent
+        .iter()
+        .map(|part| match *part {
+            Sent::Begin => ("BEGIN IMMEDIATE".to_string(), &[][..]),
+            Sent::Commit => ("COMMIT".to_string(), &[][..]),
             Sent::Guard(i) => {
                 let expected = statements[i].expect.as_ref().map_or(0, |(n, _)| *n);
-                sql.push_str(&format!(
-                    "INSERT INTO temp.batch_refusals (statement) SELECT {i} WHERE changes() <> {expected}"
-                ));
+                (
+                    format!(
+                        "INSERT INTO temp.batch_refusals (statement) SELECT {i} WHERE changes() <> {expected}"
+                    ),
+                    &[][..],
+                )
             }
-            Sent::Statement(i) => {
-                let s = &statements[i];
-                sql.push_str(&renumber(&s.sql, offset));
-                for v in &s.values {
-                    if let Err(e) = bind(&mut args, v) {
-                        return (counts, Some((None, e)));
-                    }
-                }
-                offset += s.values.len();
-            }
-        }
-        sql.push_str(";\n");
-    }
+            Sent::Statement(i) => (statements[i].sql.clone(), &statements[i].values[..]),
+        })
+        .collect();
+    let (sql, args) = match join(parts.iter().map(|(sql, values)| (sql.as_str(), *values))) {
+        Ok(joined) => joined,
+        Err(e) => return (counts, Some((None, e))),
+    };
     let query = sqlx::query_with::<Any, _>(&sql, args);
     let mut results = sqlx::Executor::fetch_many(&mut *conn, query);
     // Each statement ends with its result (`Left`), after any rows it returned.
@@ -341,8 +336,27 @@ async fn run_each<R>(
     Ok(counts)
 }
 
+/// Statements joined into one SQLite query with their values bound, each statement's own
+/// `$1`-up placeholders numbered on from the statements before it.
+pub(crate) fn join<'a>(
+    statements: impl IntoIterator<Item = (&'a str, &'a [Value])>,
+) -> Result<(String, AnyArguments<'static>), sqlx::Error> {
+    let mut sql = String::new();
+    let mut args = AnyArguments::default();
+    let mut offset = 0;
+    for (statement, values) in statements {
+        sql.push_str(&renumber(statement, offset));
+        sql.push_str(";\n");
+        for v in values {
+            bind(&mut args, v)?;
+        }
+        offset += values.len();
+    }
+    Ok((sql, args))
+}
+
 /// `sql` with every `$N` placeholder made `$(N + offset)`.
-pub(crate) fn renumber(sql: &str, offset: usize) -> String {
+fn renumber(sql: &str, offset: usize) -> String {
     if offset == 0 {
         return sql.to_string();
     }

@@ -8,7 +8,7 @@
 
 use sqlx::{Any, AnyConnection, any::AnyRow, pool::PoolConnection};
 
-use crate::batch::{Batch, BatchError, Value, bind, renumber, run_committing};
+use crate::batch::{Batch, BatchError, Value, bind, join, run_committing};
 use crate::{Db, DbError, WriteTx};
 
 /// A write transaction for metering; see the module. Begun by [`Db::begin_metering`]; ends
@@ -113,21 +113,16 @@ impl MeterTx {
             Inner::Sqlite(s) => s,
         };
         use futures_util::TryStreamExt;
-        let mut sql = String::new();
-        let mut args = sqlx::any::AnyArguments::default();
         let begin = !s.begun;
-        if begin {
-            sql.push_str("BEGIN IMMEDIATE;\n");
-        }
-        let mut offset = 0;
-        for (read, values) in &reads {
-            sql.push_str(&renumber(read, offset));
-            sql.push_str(";\n");
-            for v in values {
-                bind(&mut args, v)?;
-            }
-            offset += values.len();
-        }
+        let statements = begin
+            .then_some(("BEGIN IMMEDIATE", &[][..]))
+            .into_iter()
+            .chain(
+                reads
+                    .iter()
+                    .map(|(sql, values)| (sql.as_str(), &values[..])),
+            );
+        let (sql, args) = join(statements)?;
         s.begun = true;
         s.clean = false;
         let query = sqlx::query_with::<Any, _>(&sql, args);
