@@ -548,7 +548,8 @@ impl Credits {
     }
 
     /// What each of the wallet's accounts has available (balance − held), in burn order (the
-    /// [`Credits::wallet`] order), read inside `tx` with the rows locked until it ends: what
+    /// [`Credits::wallet`] order), read through `tx` (see [`db::MeterTx`]: inside its
+    /// transaction on SQLite, just before its writes on PostgreSQL): what
     /// `Ledger::reserve_read` draws on, in one query.
     pub async fn sources_in(
         &self,
@@ -562,21 +563,17 @@ impl Credits {
 
     /// The read of [`Credits::sources_in`] (with its `$N` values), for a caller that sends it
     /// with reads of its own ([`db::MeterTx::fetch_each`]); [`sources_from`] reads its rows.
+    /// Nothing is locked: on SQLite the metering transaction holds the write lock, and on
+    /// PostgreSQL each reservation checks again, as it is written, that the account still
+    /// has the funds.
     pub fn sources_read(&self, org_id: &str, now: i64) -> (String, Vec<db::Value>) {
-        // Locked in id order (as every ledger write locks), then put in burn order by
-        // `sources_from`.
-        let lock = match self.db.backend() {
-            db::Backend::Postgres => " FOR UPDATE OF a",
-            db::Backend::Sqlite => "",
-        };
         (
-            format!(
-                "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
-                 FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
-                 WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
-                 AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
-                 AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id{lock}"
-            ),
+            "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
+             FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
+             WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
+             AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
+             AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id"
+                .to_string(),
             vec![org_id.into(), now.into()],
         )
     }

@@ -8,6 +8,8 @@
 //! extended protocol takes one statement per query, so there they run one after another.
 //! A metering transaction ([`crate::MeterTx`]) can also send its `COMMIT` (and its `BEGIN`)
 //! inside the batch's query; each checked row count is then checked by the query itself.
+//! On PostgreSQL a metering batch is instead one statement of data-modifying `WITH` queries,
+//! committed on its own ([`run_as_one_statement`]).
 //!
 //! Each statement is written with its own placeholders, `$1` up; the batch renumbers them
 //! when it joins statements. Statements must not contain `$` anywhere else (no string
@@ -316,6 +318,114 @@ async fn send_joined<R>(
         return (counts, Some((None, e)));
     }
     (counts, None)
+}
+
+/// The function (one per PostgreSQL connection, made when it opens, in its temporary schema)
+/// that stops a one-statement batch whose statement changed the wrong number of rows: the
+/// error undoes the whole statement, and its detail (text of ours, never translated) says
+/// which statement it was and what it changed. Plain SQL cannot raise an error of its own.
+pub(crate) const POSTGRES_GUARD_FUNCTION: &str = "CREATE OR REPLACE FUNCTION \
+     pg_temp.batch_refuse(statement BIGINT, changed BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS \
+     'BEGIN RAISE EXCEPTION USING ERRCODE = ''TMB01'', \
+     MESSAGE = ''a batch statement changed an unexpected number of rows'', \
+     DETAIL = statement || '' '' || changed; END'";
+
+/// The SQLSTATE [`POSTGRES_GUARD_FUNCTION`] raises.
+const POSTGRES_REFUSED: &str = "TMB01";
+
+/// The batch as one PostgreSQL statement, committed on its own (no transaction around it):
+/// each statement a data-modifying `WITH` query that returns a row per row it changed, and
+/// the main query counting them and calling the guard function where a count is wrong. A
+/// statement is atomic, so a refusal or an error keeps nothing. Every part runs on the
+/// snapshot the statement began with: no statement sees another's changes (rows another
+/// inserts still satisfy its foreign keys, which are checked at the end), and no row may
+/// be changed by two of them. With `async_commit` the commit does not wait for the WAL flush
+/// (`synchronous_commit` set for this statement's own transaction only).
+pub(crate) async fn run_as_one_statement<R>(
+    batch: Batch<R>,
+    pool: &sqlx::AnyPool,
+    async_commit: bool,
+) -> Result<Vec<u64>, BatchError<R>> {
+    let statements = batch.statements;
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from("WITH ");
+    let mut args = AnyArguments::default();
+    let mut offset = 0;
+    for (i, s) in statements.iter().enumerate() {
+        let statement = s.sql.trim_end();
+        debug_assert!(
+            !statement.ends_with(';') && !statement.to_ascii_uppercase().contains("RETURNING"),
+            "a batch statement for PostgreSQL is one statement without RETURNING: {statement}"
+        );
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "s{i} AS ({} RETURNING 1)",
+            renumber(statement, offset)
+        ));
+        for v in &s.values {
+            bind(&mut args, v)?;
+        }
+        offset += s.values.len();
+    }
+    // Evaluated in this order: the setting first, then each count, each guard after it.
+    sql.push_str(" SELECT ");
+    sql.push_str(if async_commit {
+        "set_config('synchronous_commit', 'off', true)"
+    } else {
+        "NULL"
+    });
+    for (i, s) in statements.iter().enumerate() {
+        let count = format!("(SELECT count(*) FROM s{i})");
+        sql.push_str(&format!(", {count}"));
+        if let Some((expected, _)) = &s.expect {
+            sql.push_str(&format!(
+                ", CASE WHEN {count} <> {expected} THEN pg_temp.batch_refuse({i}, {count}) END"
+            ));
+        }
+    }
+    let row = match sqlx::query_with::<Any, _>(&sql, args).fetch_one(pool).await {
+        Ok(row) => row,
+        Err(e) => return Err(refused_on_postgres(statements, e)),
+    };
+    let mut counts = Vec::with_capacity(statements.len());
+    let mut column = 1;
+    for s in &statements {
+        let changed: i64 = sqlx::Row::try_get(&row, column)?;
+        counts.push(changed as u64);
+        column += if s.expect.is_some() { 2 } else { 1 };
+    }
+    Ok(counts)
+}
+
+/// The refusal of the statement the guard function named, or the database's error as it is.
+fn refused_on_postgres<R>(statements: Vec<Statement<R>>, e: sqlx::Error) -> BatchError<R> {
+    let named = e
+        .as_database_error()
+        .filter(|d| d.code().as_deref() == Some(POSTGRES_REFUSED))
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|d| d.detail())
+        .and_then(|detail| {
+            let (statement, changed) = detail.split_once(' ')?;
+            Some((
+                statement.parse::<usize>().ok()?,
+                changed.parse::<u64>().ok()?,
+            ))
+        });
+    let Some((i, changed)) = named else {
+        return BatchError::Db(e);
+    };
+    match statements.into_iter().nth(i).and_then(|s| s.expect) {
+        Some((expected, refusal)) => BatchError::Refused {
+            refusal,
+            changed,
+            expected,
+        },
+        None => BatchError::Db(e),
+    }
 }
 
 async fn run_each<R>(

@@ -7,7 +7,7 @@
 //! each hidden behind one call: how a read-then-write transaction starts ([`Db::begin_write`]),
 //! how a batch of writes is sent ([`Batch`]: one query on SQLite, one per statement on
 //! PostgreSQL), and how a metering transaction travels ([`MeterTx`]: on SQLite its `BEGIN` and
-//! `COMMIT` go inside its queries).
+//! `COMMIT` go inside its queries; on PostgreSQL its writes are one statement).
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -148,14 +148,21 @@ impl Db {
                     Ok(())
                 })
             }),
-            Backend::Postgres => pool_options.before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_AFTER_IDLE {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
+            Backend::Postgres => pool_options
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(&mut *conn, batch::POSTGRES_GUARD_FUNCTION).await?;
+                        Ok(())
+                    })
                 })
-            }),
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_AFTER_IDLE {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                }),
         };
         let pool = pool_options.connect_with(options).await?;
         let db = Db {

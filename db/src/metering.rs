@@ -1,15 +1,23 @@
 //! Metering transactions: a job's hold with its row, and its settlement with its usage event.
-//! Both run on every request, so on SQLite their `BEGIN` and `COMMIT` travel with the
-//! statements next to them instead of as round trips of their own (each about 0.1 ms through
-//! sqlx, docs/perf.md): a hold is its read (with `BEGIN IMMEDIATE`) and then its writes (with
-//! `COMMIT`), a settlement one query. sqlx does not know of a transaction begun this way, so
-//! one that is dropped while open closes its connection (which rolls it back) instead of
-//! returning it to the pool. On PostgreSQL a metering transaction is an ordinary one.
+//! Both run on every request, so their `BEGIN` and `COMMIT` are not round trips of their own
+//! (each about 0.1 ms through sqlx on SQLite and more on PostgreSQL, docs/perf.md).
+//!
+//! On SQLite a hold is its read (with `BEGIN IMMEDIATE`) and then its writes (with `COMMIT`),
+//! a settlement one query. sqlx does not know of a transaction begun this way, so one that is
+//! dropped while open closes its connection (which rolls it back) instead of returning it to
+//! the pool.
+//!
+//! On PostgreSQL there is no transaction around the reads: they run side by side, each on a
+//! pooled connection, and the writes are one statement, atomic on its own
+//! ([`crate::batch::run_as_one_statement`]). So what was read may have changed by the time the
+//! writes run; every write that depends on it must check it again (a reservation that the
+//! account still has the funds, a settlement that the hold is still open), with a row count
+//! the batch checks. A hold is then two round trips, a settlement one.
 
-use sqlx::{Any, AnyConnection, any::AnyRow, pool::PoolConnection};
+use sqlx::{Any, AnyPool, any::AnyRow, pool::PoolConnection};
 
-use crate::batch::{Batch, BatchError, Value, bind, join, run_committing};
-use crate::{Db, DbError, WriteTx};
+use crate::batch::{Batch, BatchError, Value, bind, join, run_as_one_statement, run_committing};
+use crate::{Db, DbError};
 
 /// A write transaction for metering; see the module. Begun by [`Db::begin_metering`]; ends
 /// with [`MeterTx::commit_with`] or [`MeterTx::rollback`] (or by being dropped, which rolls
@@ -20,7 +28,11 @@ pub struct MeterTx {
 
 enum Inner {
     Sqlite(SqliteTx),
-    Postgres(WriteTx),
+    Postgres {
+        pool: AnyPool,
+        /// The commit waits for the WAL flush.
+        durable: bool,
+    },
 }
 
 struct SqliteTx {
@@ -42,15 +54,15 @@ impl Drop for SqliteTx {
 
 impl Db {
     /// A metering transaction (see [`MeterTx`]). On SQLite it holds the process's writer lock
-    /// from here (as [`Db::begin_write`] does) but sends nothing yet. On PostgreSQL its commit
-    /// does not wait for the WAL flush (`synchronous_commit = off` for this transaction only),
-    /// which is most of a request's time on an ordinary disk: the same durability SQLite has
-    /// here in WAL mode with `synchronous = NORMAL`. A crash of the portal loses nothing; a
-    /// crash of the database server (or of its machine) can lose the last fraction of a
-    /// second of committed metering, always a suffix, so the ledger stays balanced and
-    /// consistent (a lost hold with its job row; a lost settlement leaves its hold to expire,
-    /// which charges nobody). Money coming in (payments, credits, statements) keeps the full
-    /// commit. [`Db::set_durable_metering`] restores it for metering too.
+    /// from here (as [`Db::begin_write`] does) but sends nothing yet. On PostgreSQL it holds
+    /// nothing, and its commit does not wait for the WAL flush (`synchronous_commit = off`
+    /// for that commit only), which is most of a request's time on an ordinary disk: the same
+    /// durability SQLite has here in WAL mode with `synchronous = NORMAL`. A crash of the
+    /// portal loses nothing; a crash of the database server (or of its machine) can lose the
+    /// last fraction of a second of committed metering, always a suffix, so the ledger stays
+    /// balanced and consistent (a lost hold with its job row; a lost settlement leaves its
+    /// hold to expire, which charges nobody). Money coming in (payments, credits, statements)
+    /// keeps the full commit. [`Db::set_durable_metering`] restores it for metering too.
     pub async fn begin_metering(&self) -> Result<MeterTx, DbError> {
         let inner = match self.backend {
             crate::Backend::Sqlite => {
@@ -62,22 +74,18 @@ impl Db {
                     _writer: writer,
                 })
             }
-            crate::Backend::Postgres if !self.durable_metering => Inner::Postgres(WriteTx {
-                tx: self
-                    .pool
-                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?,
-                _writer: None,
-            }),
-            crate::Backend::Postgres => Inner::Postgres(self.begin_write().await?),
+            crate::Backend::Postgres => Inner::Postgres {
+                pool: self.pool.clone(),
+                durable: self.durable_metering,
+            },
         };
         Ok(MeterTx { inner })
     }
 }
 
 impl MeterTx {
-    /// The rows of one read inside the transaction (`sql` with `$N` placeholders for
-    /// `values`). On SQLite the first statement sent carries the `BEGIN`.
+    /// The rows of one read (`sql` with `$N` placeholders for `values`); see
+    /// [`MeterTx::fetch_each`]. On SQLite the first statement sent carries the `BEGIN`.
     pub async fn fetch_all(
         &mut self,
         sql: &str,
@@ -87,28 +95,26 @@ impl MeterTx {
         Ok(each.pop().unwrap_or_default())
     }
 
-    /// The rows of each read, in order, inside the transaction: on SQLite one query (with
-    /// the `BEGIN` when nothing was sent yet), on PostgreSQL one after another. Each read is
-    /// written with its own placeholders, `$1` up.
+    /// The rows of each read, in order: on SQLite inside the transaction, in one query (with
+    /// the `BEGIN` when nothing was sent yet); on PostgreSQL side by side, each on a pooled
+    /// connection. Each read is written with its own placeholders, `$1` up.
     pub async fn fetch_each(
         &mut self,
         reads: Vec<(String, Vec<Value>)>,
     ) -> Result<Vec<Vec<AnyRow>>, sqlx::Error> {
         let s = match &mut self.inner {
-            Inner::Postgres(tx) => {
-                let mut each = Vec::with_capacity(reads.len());
-                for (sql, values) in &reads {
-                    let mut args = sqlx::any::AnyArguments::default();
-                    for v in values {
-                        bind(&mut args, v)?;
-                    }
-                    each.push(
-                        sqlx::query_with::<Any, _>(sql, args)
-                            .fetch_all(&mut **tx)
-                            .await?,
-                    );
-                }
-                return Ok(each);
+            Inner::Postgres { pool, .. } => {
+                let pool = &*pool;
+                return futures_util::future::try_join_all(reads.into_iter().map(
+                    |(sql, values)| async move {
+                        let mut args = sqlx::any::AnyArguments::default();
+                        for v in &values {
+                            bind(&mut args, v)?;
+                        }
+                        sqlx::query_with::<Any, _>(&sql, args).fetch_all(pool).await
+                    },
+                ))
+                .await;
             }
             Inner::Sqlite(s) => s,
         };
@@ -152,31 +158,13 @@ impl MeterTx {
         Ok(each)
     }
 
-    /// The connection, for reads that [`MeterTx::fetch_all`] does not cover. On SQLite this
-    /// sends the `BEGIN` now, a round trip of its own.
-    pub async fn connection(&mut self) -> Result<&mut AnyConnection, sqlx::Error> {
-        match &mut self.inner {
-            Inner::Postgres(tx) => Ok(&mut **tx),
-            Inner::Sqlite(s) => {
-                if !s.begun {
-                    s.begun = true;
-                    s.clean = false;
-                    sqlx::Executor::execute(&mut *s.conn, "BEGIN IMMEDIATE").await?;
-                }
-                Ok(&mut *s.conn)
-            }
-        }
-    }
-
     /// Runs `writes` and commits: on SQLite in one query that ends in `COMMIT` (and begins
-    /// with `BEGIN IMMEDIATE` if nothing was sent yet). When a statement fails or changes
-    /// the wrong number of rows the transaction is rolled back, so nothing of it stays.
+    /// with `BEGIN IMMEDIATE` if nothing was sent yet), on PostgreSQL as one statement. When a
+    /// statement fails or changes the wrong number of rows nothing of the writes stays.
     pub async fn commit_with<R>(self, writes: Batch<R>) -> Result<Vec<u64>, BatchError<R>> {
         match self.inner {
-            Inner::Postgres(mut tx) => {
-                let counts = writes.run(&mut tx).await?;
-                tx.commit().await?;
-                Ok(counts)
+            Inner::Postgres { pool, durable } => {
+                run_as_one_statement(writes, &pool, !durable).await
             }
             Inner::Sqlite(mut s) => {
                 let begin = !s.begun;
@@ -195,11 +183,11 @@ impl MeterTx {
         }
     }
 
-    /// Ends the transaction without keeping anything. On SQLite, when nothing was sent this
-    /// sends nothing either.
+    /// Ends the transaction without keeping anything. When nothing was sent (and always on
+    /// PostgreSQL, where nothing was written yet) this sends nothing either.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self.inner {
-            Inner::Postgres(tx) => tx.rollback().await,
+            Inner::Postgres { .. } => Ok(()),
             Inner::Sqlite(mut s) => {
                 if s.begun {
                     rollback_sqlite(&mut s).await;

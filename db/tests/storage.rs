@@ -98,13 +98,29 @@ async fn migrations_are_idempotent_across_restarts() {
     }
 }
 
-/// Metering commits skip the WAL flush on PostgreSQL for their own transaction only, unless
+/// Metering commits skip the WAL flush on PostgreSQL for their own statement only, unless
 /// durable metering is asked for; other transactions keep the server's setting.
 #[tokio::test]
 async fn metering_transactions_commit_without_the_flush_only_on_postgresql() {
-    async fn setting(tx: &mut db::sqlx::AnyConnection) -> String {
+    /// The setting as a metering batch's statement saw it while it ran (it records it).
+    async fn seen_by_metering(db: &db::Db, id: &str) -> String {
+        let tx = db.begin_metering().await.unwrap();
+        let mut batch = db.batch::<&str>();
+        batch.push(
+            "INSERT INTO organizations (id, name, kind, region, created_at) \
+             VALUES ($1, current_setting('synchronous_commit'), 'startup', 'europe', 1)",
+            vec![id.into()],
+        );
+        tx.commit_with(batch).await.unwrap();
+        db::sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
+            .bind(id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+    }
+    async fn setting(conn: &mut db::sqlx::AnyConnection) -> String {
         db::sqlx::query("SHOW synchronous_commit")
-            .fetch_one(tx)
+            .fetch_one(conn)
             .await
             .unwrap()
             .get(0)
@@ -112,16 +128,16 @@ async fn metering_transactions_commit_without_the_flush_only_on_postgresql() {
     let Some(mut t) = TestDb::postgres().await else {
         return;
     };
-    let mut tx = t.db.begin_metering().await.unwrap();
-    assert_eq!(setting(tx.connection().await.unwrap()).await, "off");
-    tx.rollback().await.unwrap();
+    assert_eq!(seen_by_metering(&t.db, "o1").await, "off");
+    // The connection it ran on (the pool's only one so far) is back to the server's setting.
+    let mut conn = t.db.pool().acquire().await.unwrap();
+    assert_eq!(setting(&mut conn).await, "on");
+    drop(conn);
     let mut tx = t.db.begin_write().await.unwrap();
     assert_eq!(setting(&mut tx).await, "on");
     tx.rollback().await.unwrap();
     t.db.set_durable_metering(true);
-    let mut tx = t.db.begin_metering().await.unwrap();
-    assert_eq!(setting(tx.connection().await.unwrap()).await, "on");
-    tx.rollback().await.unwrap();
+    assert_eq!(seen_by_metering(&t.db, "o2").await, "on");
     t.finish().await;
 }
 
@@ -171,7 +187,8 @@ async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
 
         // A check that fails names its refusal; the rollback keeps the rows inserted before it.
         let mut tx = t.db.begin_write().await.unwrap();
-        let batch = insert_then_miss(&t.db, org);
+        let mut batch = t.db.batch::<&str>();
+        insert_then_miss(&mut batch, org);
         let err = batch.run(&mut tx).await.unwrap_err();
         assert_eq!(err.refusal(), Some(&"no such organisation"), "{backend:?}");
         drop(tx);
@@ -258,13 +275,14 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
             2,
             "not two",
         );
+        // (No row is changed twice: on PostgreSQL the batch is one statement.)
         batch.push_expecting(
-            "UPDATE organizations SET suspended_at = $1 WHERE id = $2",
-            vec![Value::Int(None), "o1".into()],
-            1,
-            "no o1",
+            "DELETE FROM organizations WHERE id = $1 AND suspended_at = $2",
+            vec!["o1".into(), Value::Int(None)],
+            0,
+            "o1 was suspended",
         );
-        assert_eq!(tx.commit_with(batch).await.unwrap(), vec![2, 1]);
+        assert_eq!(tx.commit_with(batch).await.unwrap(), vec![2, 0]);
         assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
 
         // A check that fails: its refusal, and the statements before it are undone.
@@ -272,7 +290,15 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
         tx.fetch_all("SELECT id FROM organizations", vec![])
             .await
             .unwrap();
-        let mut batch = insert_then_miss(&t.db, org);
+        // A check that holds comes first: the refusal is the failing statement's own.
+        let mut batch = t.db.batch::<&str>();
+        batch.push_expecting(
+            "UPDATE organizations SET created_at = created_at WHERE id = $1",
+            vec!["o2".into()],
+            1,
+            "no o2",
+        );
+        insert_then_miss(&mut batch, org);
         batch.push(org, vec!["o4".into(), "Fourth".into(), 4.into()]);
         let err = tx.commit_with(batch).await.unwrap_err();
         assert_eq!(err.refusal(), Some(&"no such organisation"), "{backend:?}");
@@ -301,14 +327,10 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
         );
         assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
 
-        // Dropped after its read and a write on its connection: nothing stays, and every
-        // connection the pool hands out afterwards is outside a transaction.
+        // Dropped after its read (on SQLite, inside its transaction): every connection the
+        // pool hands out afterwards is outside a transaction.
         let mut tx = t.db.begin_metering().await.unwrap();
         tx.fetch_all("SELECT id FROM organizations", vec![])
-            .await
-            .unwrap();
-        db::sqlx::query("UPDATE organizations SET name = 'lost'")
-            .execute(tx.connection().await.unwrap())
             .await
             .unwrap();
         drop(tx);
@@ -340,10 +362,9 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
     }
 }
 
-/// A batch that inserts organisation `o3` and then expects to rename one that does not exist:
-/// its check fails with "no such organisation".
-fn insert_then_miss(db: &db::Db, insert: &'static str) -> db::Batch<&'static str> {
-    let mut batch = db.batch::<&str>();
+/// Adds to `batch` the insert of organisation `o3` and then a rename of one that does not
+/// exist, whose check fails with "no such organisation".
+fn insert_then_miss(batch: &mut db::Batch<&'static str>, insert: &'static str) {
     batch.push(insert, vec!["o3".into(), "Third".into(), 3.into()]);
     batch.push_expecting(
         "UPDATE organizations SET name = $1 WHERE id = $2",
@@ -351,5 +372,4 @@ fn insert_then_miss(db: &db::Db, insert: &'static str) -> db::Batch<&'static str
         1,
         "no such organisation",
     );
-    batch
 }

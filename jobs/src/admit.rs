@@ -179,31 +179,44 @@ impl Jobs {
 
     /// The hold for the job's largest cost, in burn order, and the job row, together.
     async fn record(&self, ctx: &mut JobContext) -> Result<(), JobError> {
+        // On PostgreSQL the wallet is read before the writes, not locked (see `db::MeterTx`):
+        // a hold made by another job in between can leave an account without the funds this
+        // one planned to take from it. The writes then refuse, and the hold is planned again
+        // from a new read, which spreads it over the other accounts or finds too little.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.record_once(ctx).await {
+                Err(Raced) if tries < RECORD_TRIES => continue,
+                Err(Raced) => {
+                    return Err(self
+                        .not_reserved(
+                            ctx,
+                            LedgerError::InsufficientFunds {
+                                account: String::new(),
+                            },
+                        )
+                        .await);
+                }
+                Ok(recorded) => return recorded,
+            }
+        }
+    }
+
+    /// One try of [`Jobs::record`]: `Err(Raced)` when the wallet changed between its read and
+    /// the hold's writes.
+    async fn record_once(&self, ctx: &mut JobContext) -> Result<Result<(), JobError>, Raced> {
         let credits = &self.inner.credits;
         let who = &ctx.who;
         let key = format!("job:{}", ctx.id);
-        // Where the hold's sources come from (both measured, docs/perf.md). SQLite: one query
-        // inside the transaction, which the write lock already guards. PostgreSQL: the
-        // wallet's accounts listed before it and then locked by id inside it, which measured
-        // faster than one locking join.
-        let listed = match self.inner.db.backend() {
-            db::Backend::Postgres if ctx.max_cost.get() > 0 => Some(
-                credits
-                    .sources(&who.org_id, ctx.created_at)
-                    .await
-                    .map_err(JobError::storage)?,
-            ),
-            _ => None,
+        let mut tx = match self.inner.db.begin_metering().await {
+            Ok(tx) => tx,
+            Err(e) => return Ok(Err(JobError::storage(e))),
         };
-        let mut tx = self
-            .inner
-            .db
-            .begin_metering()
-            .await
-            .map_err(JobError::storage)?;
-        // The reads go as one query on SQLite, with the BEGIN: the API key's state when the
-        // key came from those found valid lately, and the wallet's sources. Everything after
-        // them goes in one batch with the COMMIT: two round trips in all.
+        // The reads go together (one query with the BEGIN on SQLite, side by side on
+        // PostgreSQL): the API key's state when the key came from those found valid lately,
+        // and the wallet's sources. Everything after them goes as one statement (PostgreSQL)
+        // or in one batch with the COMMIT (SQLite): two round trips in all.
         let mut reads = Vec::new();
         let recheck = match &who.api_key_id {
             Some(key_id) if who.recheck_key => {
@@ -212,53 +225,53 @@ impl Jobs {
             }
             _ => false,
         };
-        let read_sources = ctx.max_cost.get() > 0 && listed.is_none();
-        if read_sources {
-            reads.push(credits.sources_read(&who.org_id, ctx.created_at));
+        let charged = ctx.max_cost.get() > 0;
+        if charged {
+            reads.push(credits.sources_read(&who.org_id, now_ms()));
         }
         let mut read = if reads.is_empty() {
             Vec::new()
         } else {
-            tx.fetch_each(reads).await.map_err(JobError::storage)?
+            match tx.fetch_each(reads).await {
+                Ok(read) => read,
+                Err(e) => {
+                    abandon(tx).await;
+                    return Ok(Err(JobError::storage(e)));
+                }
+            }
         }
         .into_iter();
         if recheck
             && let Err(e) = keys::recheck_rows(&read.next().unwrap_or_default(), ctx.created_at)
         {
             abandon(tx).await;
-            return Err(match e {
+            return Ok(Err(match e {
                 keys::KeyError::Storage(e) => JobError::Storage(e),
                 refused => JobError::Key(refused),
-            });
+            }));
         }
         let mut writes: ledger::Writes = self.inner.db.batch();
-        if ctx.max_cost.get() > 0 {
-            let ledger = credits.ledger();
-            let (org, cost) = (Some(who.org_id.as_str()), ctx.max_cost);
-            let reserved = match &listed {
-                Some(ids) => match tx.connection().await {
-                    Ok(conn) => {
-                        ledger
-                            .reserve_in(conn, &mut writes, &key, org, ids, cost, HOLD_TTL_MS)
-                            .await
-                    }
-                    Err(e) => Err(e.into()),
-                },
-                None => match credits::sources_from(&read.next().unwrap_or_default()) {
-                    Ok(sources) => {
-                        ledger.reserve_read(&mut writes, &key, org, &sources, cost, HOLD_TTL_MS)
-                    }
-                    Err(e) => {
-                        abandon(tx).await;
-                        return Err(JobError::storage(e));
-                    }
-                },
+        ctx.hold = None;
+        if charged {
+            let reserved = match credits::sources_from(&read.next().unwrap_or_default()) {
+                Ok(sources) => credits.ledger().reserve_read(
+                    &mut writes,
+                    &key,
+                    Some(who.org_id.as_str()),
+                    &sources,
+                    ctx.max_cost,
+                    HOLD_TTL_MS,
+                ),
+                Err(e) => {
+                    abandon(tx).await;
+                    return Ok(Err(JobError::storage(e)));
+                }
             };
             match reserved {
                 Ok(hold) => ctx.hold = Some(hold),
                 Err(e) => {
                     abandon(tx).await;
-                    return Err(self.not_reserved(ctx, e).await);
+                    return Ok(Err(self.not_reserved(ctx, e).await));
                 }
             }
         }
@@ -283,8 +296,17 @@ impl Jobs {
             ],
         );
         match tx.commit_with(writes).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.not_reserved(ctx, e.into()).await),
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match LedgerError::from(e) {
+                LedgerError::InsufficientFunds { .. } => {
+                    ctx.hold = None;
+                    Err(Raced)
+                }
+                e => {
+                    ctx.hold = None;
+                    Ok(Err(self.not_reserved(ctx, e).await))
+                }
+            },
         }
     }
 
@@ -331,6 +353,13 @@ impl Jobs {
         }
     }
 }
+
+/// How many times admission plans a hold when the wallet keeps changing under it (only on
+/// PostgreSQL, where the wallet is not locked while the hold is planned).
+const RECORD_TRIES: u32 = 3;
+
+/// The wallet changed between a hold's read and its writes: plan it again.
+struct Raced;
 
 /// Ends a metering transaction that admission refused; a failure is logged (the connection
 /// is then closed, which rolls it back).

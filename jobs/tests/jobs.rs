@@ -740,3 +740,105 @@ async fn the_jobs_of_a_stopped_instance_are_failed_and_their_holds_voided() {
     })
     .await;
 }
+
+/// Holds started at once for one wallet never reserve more than it has, however its accounts
+/// share them. On PostgreSQL each hold reads the wallet unlocked and its writes check every
+/// account again: a hold that lost a race for an account is planned again or refused, never
+/// made from money another hold took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
+    for t in TestDb::all().await {
+        let backend = t.db.backend();
+        let w = world_with(&t.db, Shape::Tiny, |s| s.max_waiting = 64).await;
+        w.price().await;
+        // What one job holds, from another tenant's job of the same size.
+        let probe = w.second_tenant().await;
+        let job = w
+            .jobs
+            .start(&principal(&probe), JobKind::Production, MODEL, request(8))
+            .await
+            .unwrap();
+        let cost = RATES.cost(job.prompt_tokens() as u64, 8).unwrap().get();
+        drop(job);
+        // A grant for two and a half holds, paid credit for as much: five holds, the third
+        // taken from both.
+        let program = w
+            .credits
+            .create_program(&ProgramSpec {
+                name: "Race support".into(),
+                sponsor_org_id: None,
+                eligible_kinds: vec![OrgKind::Startup],
+                eligible_regions: vec![],
+                grant_amount: Nanos::new(cost * 5 / 2),
+                grant_lifetime_days: 30,
+                budget: Nanos::from_dollars(1).unwrap(),
+                auto_on_signup: false,
+            })
+            .await
+            .unwrap();
+        let org = w.credits_org().await;
+        w.credits
+            .grant(&program, &org, None, "test", "race")
+            .await
+            .unwrap();
+        w.credits
+            .credit_paid(
+                &w.tenant.org_id,
+                Nanos::new(cost * 5 / 2),
+                "topup:race",
+                "test top-up",
+            )
+            .await
+            .unwrap();
+        let funds = w.available().await.get();
+        assert!(funds >= 5 * cost && funds < 6 * cost, "{backend:?}");
+
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let (jobs, who) = (w.jobs.clone(), w.who());
+            starts.spawn(async move {
+                jobs.start(&who, JobKind::Production, MODEL, request(8))
+                    .await
+            });
+        }
+        let mut admitted = Vec::new();
+        while let Some(started) = starts.join_next().await {
+            match started.unwrap() {
+                Ok(job) => admitted.push(job),
+                Err(JobError::InsufficientCredits { .. }) => {}
+                Err(e) => panic!("{backend:?}: {e:?}"),
+            }
+        }
+        assert!(
+            (1..=5).contains(&admitted.len()),
+            "{backend:?}: {} admitted",
+            admitted.len()
+        );
+        let overdrawn = w
+            .count(
+                "SELECT COUNT(*) FROM ledger_accounts WHERE may_go_negative = 0 AND held > balance",
+            )
+            .await;
+        assert_eq!(overdrawn, 0, "{backend:?}");
+        let held: i64 = db::sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(held), 0) AS BIGINT) FROM ledger_accounts WHERE org_id = $1",
+        )
+        .bind(&w.tenant.org_id)
+        .fetch_one(w.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(held, admitted.len() as i64 * cost, "{backend:?}");
+        let open: i64 = db::sqlx::query_scalar(
+            "SELECT COUNT(*) FROM ledger_holds WHERE status = 'open' AND org_id = $1",
+        )
+        .bind(&w.tenant.org_id)
+        .fetch_one(w.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(open, admitted.len() as i64, "{backend:?}");
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+        drop(admitted);
+        w.jobs.pool().unwrap().workers()[0].stop();
+        t.finish().await;
+    }
+}

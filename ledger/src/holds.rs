@@ -172,32 +172,16 @@ impl Ledger {
         }
     }
 
-    /// [`Ledger::reserve`] inside the caller's write transaction (begun with
-    /// `Db::begin_write`): reads what the sources have with `tx` and queues the hold on
-    /// `writes`, which the caller runs in `tx` with what the hold pays for, so that both are
-    /// recorded or neither. `key` must be new: a key used before makes the writes fail (a
-    /// unique violation), it is not a replay.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn reserve_in(
-        &self,
-        tx: &mut AnyConnection,
-        writes: &mut Writes,
-        key: &str,
-        org_id: Option<&str>,
-        sources: &[String],
-        amount: Nanos,
-        ttl_ms: i64,
-    ) -> Result<Reserved, LedgerError> {
-        let available = self.available(tx, sources).await?;
-        self.reserve_read(writes, key, org_id, &available, amount, ttl_ms)
-    }
-
-    /// [`Ledger::reserve_in`] for a caller that has just read, in its transaction and with the
-    /// rows locked until it ends (`Db::lock_rows`), what each source has available
-    /// (balance − held), in burn order: spares the ledger reading it again. An account that
-    /// may go negative or has expired must not be among them. Takes `amount` from the sources
-    /// in that order into a new open hold, queued on `writes`; each account's reservation
-    /// still checks, when it runs, that the account has the funds.
+    /// [`Ledger::reserve`] inside the caller's transaction, for a caller that has read what
+    /// each source has available (balance − held), in burn order: spares the ledger reading
+    /// it again. An account that may go negative or has expired must not be among them.
+    /// Takes `amount` from the sources in that order into a new open hold, queued on
+    /// `writes`, which the caller runs with what the hold pays for, so that both are recorded
+    /// or neither. Each account's reservation checks, when it runs, that the account still
+    /// has the funds and has not expired (the read may be older than the writes: see
+    /// `db::MeterTx`); when one does not, the writes fail with `InsufficientFunds`. `key` must
+    /// be new: a key used before makes the writes fail (a unique violation), it is not a
+    /// replay.
     pub fn reserve_read(
         &self,
         writes: &mut Writes,
@@ -246,8 +230,9 @@ impl Ledger {
         );
         for (account, part) in &parts {
             writes.push_expecting(
-                "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1",
-                vec![(*part).into(), account.into()],
+                "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1 \
+                 AND (expires_at IS NULL OR expires_at > $3)",
+                vec![(*part).into(), account.into(), now.into()],
                 1,
                 LedgerError::InsufficientFunds {
                     account: account.clone(),
