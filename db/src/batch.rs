@@ -371,16 +371,22 @@ pub(crate) async fn run_as_one_statement<R>(
         }
         offset += s.values.len();
     }
-    // Evaluated in this order: the setting first, then each count, each guard after it.
+    // Evaluated in this order: the setting, then each statement when its count is read.
+    // Checked statements go last: they are the updates of rows other requests also change
+    // (a wallet's account, a hold), whose locks are then held for less of the statement.
     sql.push_str(" SELECT ");
     sql.push_str(if async_commit {
         "set_config('synchronous_commit', 'off', true)"
     } else {
         "NULL"
     });
-    for (i, s) in statements.iter().enumerate() {
+    let (checked, unchecked): (Vec<_>, Vec<_>) = statements
+        .iter()
+        .enumerate()
+        .partition(|(_, s)| s.expect.is_some());
+    for (i, s) in unchecked.into_iter().chain(checked) {
         let count = format!("(SELECT count(*) FROM s{i})");
-        sql.push_str(&format!(", {count}"));
+        sql.push_str(&format!(", {count} AS c{i}"));
         if let Some((expected, _)) = &s.expect {
             sql.push_str(&format!(
                 ", CASE WHEN {count} <> {expected} THEN pg_temp.batch_refuse({i}, {count}) END"
@@ -391,14 +397,13 @@ pub(crate) async fn run_as_one_statement<R>(
         Ok(row) => row,
         Err(e) => return Err(refused_on_postgres(statements, e)),
     };
-    let mut counts = Vec::with_capacity(statements.len());
-    let mut column = 1;
-    for s in &statements {
-        let changed: i64 = sqlx::Row::try_get(&row, column)?;
-        counts.push(changed as u64);
-        column += if s.expect.is_some() { 2 } else { 1 };
-    }
-    Ok(counts)
+    (0..statements.len())
+        .map(|i| {
+            let changed: i64 = sqlx::Row::try_get(&row, format!("c{i}").as_str())?;
+            Ok(changed as u64)
+        })
+        .collect::<Result<Vec<u64>, sqlx::Error>>()
+        .map_err(BatchError::Db)
 }
 
 /// The refusal of the statement the guard function named, or the database's error as it is.
