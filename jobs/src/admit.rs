@@ -183,36 +183,33 @@ impl Jobs {
         // a hold made by another job in between can leave an account without the funds this
         // one planned to take from it. The writes then refuse, and the hold is planned again
         // from a new read, which spreads it over the other accounts or finds too little.
-        let mut tries = 0;
+        let mut tries = 1;
         loop {
-            tries += 1;
             match self.record_once(ctx).await {
-                Err(Raced) if tries < RECORD_TRIES => continue,
-                Err(Raced) => {
-                    return Err(self
-                        .not_reserved(
-                            ctx,
-                            LedgerError::InsufficientFunds {
-                                account: String::new(),
-                            },
-                        )
-                        .await);
+                Ok(()) => return Ok(()),
+                Err(NotRecorded::Refused(e)) => return Err(e),
+                Err(NotRecorded::Raced) if tries < RECORD_TRIES => tries += 1,
+                Err(NotRecorded::Raced) => {
+                    let short = LedgerError::InsufficientFunds {
+                        account: String::new(),
+                    };
+                    return Err(self.not_reserved(ctx, short).await);
                 }
-                Ok(recorded) => return recorded,
             }
         }
     }
 
-    /// One try of [`Jobs::record`]: `Err(Raced)` when the wallet changed between its read and
-    /// the hold's writes.
-    async fn record_once(&self, ctx: &mut JobContext) -> Result<Result<(), JobError>, Raced> {
+    /// One try of [`Jobs::record`].
+    async fn record_once(&self, ctx: &mut JobContext) -> Result<(), NotRecorded> {
         let credits = &self.inner.credits;
         let who = &ctx.who;
         let key = format!("job:{}", ctx.id);
-        let mut tx = match self.inner.db.begin_metering().await {
-            Ok(tx) => tx,
-            Err(e) => return Ok(Err(JobError::storage(e))),
-        };
+        let mut tx = self
+            .inner
+            .db
+            .begin_metering()
+            .await
+            .map_err(JobError::storage)?;
         // The reads go together (one query with the BEGIN on SQLite, side by side on
         // PostgreSQL): the API key's state when the key came from those found valid lately,
         // and the wallet's sources. Everything after them goes as one statement (PostgreSQL)
@@ -229,26 +226,27 @@ impl Jobs {
         if charged {
             reads.push(credits.sources_read(&who.org_id, now_ms()));
         }
-        let mut read = if reads.is_empty() {
-            Vec::new()
+        let read = if reads.is_empty() {
+            Ok(Vec::new())
         } else {
-            match tx.fetch_each(reads).await {
-                Ok(read) => read,
-                Err(e) => {
-                    abandon(tx).await;
-                    return Ok(Err(JobError::storage(e)));
-                }
+            tx.fetch_each(reads).await
+        };
+        let mut read = match read {
+            Ok(read) => read.into_iter(),
+            Err(e) => {
+                abandon(tx).await;
+                return Err(JobError::storage(e).into());
             }
-        }
-        .into_iter();
+        };
         if recheck
             && let Err(e) = keys::recheck_rows(&read.next().unwrap_or_default(), ctx.created_at)
         {
             abandon(tx).await;
-            return Ok(Err(match e {
+            return Err(match e {
                 keys::KeyError::Storage(e) => JobError::Storage(e),
                 refused => JobError::Key(refused),
-            }));
+            }
+            .into());
         }
         let mut writes: ledger::Writes = self.inner.db.batch();
         ctx.hold = None;
@@ -264,14 +262,14 @@ impl Jobs {
                 ),
                 Err(e) => {
                     abandon(tx).await;
-                    return Ok(Err(JobError::storage(e)));
+                    return Err(JobError::storage(e).into());
                 }
             };
             match reserved {
                 Ok(hold) => ctx.hold = Some(hold),
                 Err(e) => {
                     abandon(tx).await;
-                    return Ok(Err(self.not_reserved(ctx, e).await));
+                    return Err(self.not_reserved(ctx, e).await.into());
                 }
             }
         }
@@ -295,18 +293,14 @@ impl Jobs {
                 self.inner.instance_id.as_str().into(),
             ],
         );
-        match tx.commit_with(writes).await {
-            Ok(_) => Ok(Ok(())),
-            Err(e) => match LedgerError::from(e) {
-                LedgerError::InsufficientFunds { .. } => {
-                    ctx.hold = None;
-                    Err(Raced)
-                }
-                e => {
-                    ctx.hold = None;
-                    Ok(Err(self.not_reserved(ctx, e).await))
-                }
-            },
+        let committed = tx.commit_with(writes).await;
+        if committed.is_err() {
+            ctx.hold = None;
+        }
+        match committed.map_err(LedgerError::from) {
+            Ok(_) => Ok(()),
+            Err(LedgerError::InsufficientFunds { .. }) => Err(NotRecorded::Raced),
+            Err(e) => Err(self.not_reserved(ctx, e).await.into()),
         }
     }
 
@@ -358,8 +352,19 @@ impl Jobs {
 /// PostgreSQL, where the wallet is not locked while the hold is planned).
 const RECORD_TRIES: u32 = 3;
 
-/// The wallet changed between a hold's read and its writes: plan it again.
-struct Raced;
+/// Why one try of recording a job kept nothing.
+enum NotRecorded {
+    /// The wallet changed between the hold's read and its writes: plan it again.
+    Raced,
+    /// Refused for good (or storage trouble): what the caller is told.
+    Refused(JobError),
+}
+
+impl From<JobError> for NotRecorded {
+    fn from(e: JobError) -> NotRecorded {
+        NotRecorded::Refused(e)
+    }
+}
 
 /// Ends a metering transaction that admission refused; a failure is logged (the connection
 /// is then closed, which rolls it back).
