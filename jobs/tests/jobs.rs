@@ -316,26 +316,7 @@ async fn a_finished_job_is_charged_exactly_once_with_its_funding_split() {
     each_db(async |w: &World| {
         w.price().await;
         // A $0.0001 grant burns first, then paid credit.
-        let program = w
-            .credits
-            .create_program(&ProgramSpec {
-                name: "Tiny support".into(),
-                sponsor_org_id: None,
-                eligible_kinds: vec![OrgKind::Startup],
-                eligible_regions: vec![],
-                grant_amount: Nanos::new(100_000),
-                grant_lifetime_days: 30,
-                budget: Nanos::from_dollars(1).unwrap(),
-                auto_on_signup: false,
-            })
-            .await
-            .unwrap();
-        let org = w.credits_org().await;
-        let grant = w
-            .credits
-            .grant(&program, &org, None, "test", "g1")
-            .await
-            .unwrap();
+        let grant = w.grant("Tiny support", Nanos::new(100_000)).await;
         w.top_up(1).await;
         let before = w.available().await;
         let job = w
@@ -474,6 +455,29 @@ async fn cancelled_and_abandoned_jobs_pay_for_what_was_delivered() {
 }
 
 impl World {
+    /// A grant of `amount` to the tenant, from a new program of that name (30 days).
+    async fn grant(&self, program: &str, amount: Nanos) -> credits::Grant {
+        let program = self
+            .credits
+            .create_program(&ProgramSpec {
+                name: program.into(),
+                sponsor_org_id: None,
+                eligible_kinds: vec![OrgKind::Startup],
+                eligible_regions: vec![],
+                grant_amount: amount,
+                grant_lifetime_days: 30,
+                budget: Nanos::from_dollars(1).unwrap(),
+                auto_on_signup: false,
+            })
+            .await
+            .unwrap();
+        let org = self.credits_org().await;
+        self.credits
+            .grant(&program, &org, None, "test", &program.id)
+            .await
+            .unwrap()
+    }
+
     async fn credits_org(&self) -> accounts::Org {
         Accounts::new(self.db.clone(), Default::default())
             .org(&self.tenant.org_id)
@@ -762,25 +766,7 @@ async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
         drop(job);
         // A grant for two and a half holds, paid credit for as much: five holds, the third
         // taken from both.
-        let program = w
-            .credits
-            .create_program(&ProgramSpec {
-                name: "Race support".into(),
-                sponsor_org_id: None,
-                eligible_kinds: vec![OrgKind::Startup],
-                eligible_regions: vec![],
-                grant_amount: Nanos::new(cost * 5 / 2),
-                grant_lifetime_days: 30,
-                budget: Nanos::from_dollars(1).unwrap(),
-                auto_on_signup: false,
-            })
-            .await
-            .unwrap();
-        let org = w.credits_org().await;
-        w.credits
-            .grant(&program, &org, None, "test", "race")
-            .await
-            .unwrap();
+        w.grant("Race support", Nanos::new(cost * 5 / 2)).await;
         w.credits
             .credit_paid(
                 &w.tenant.org_id,
