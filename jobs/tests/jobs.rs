@@ -806,21 +806,17 @@ async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
             )
             .await;
         assert_eq!(overdrawn, 0, "{backend:?}");
-        let held: i64 = db::sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(held), 0) AS BIGINT) FROM ledger_accounts WHERE org_id = $1",
+        // What the tenant's accounts hold, and its open holds.
+        let (held, open): (i64, i64) = db::sqlx::query_as(
+            "SELECT (SELECT CAST(COALESCE(SUM(held), 0) AS BIGINT) FROM ledger_accounts \
+             WHERE org_id = $1), \
+             (SELECT COUNT(*) FROM ledger_holds WHERE status = 'open' AND org_id = $1)",
         )
         .bind(&w.tenant.org_id)
         .fetch_one(w.db.pool())
         .await
         .unwrap();
         assert_eq!(held, admitted.len() as i64 * cost, "{backend:?}");
-        let open: i64 = db::sqlx::query_scalar(
-            "SELECT COUNT(*) FROM ledger_holds WHERE status = 'open' AND org_id = $1",
-        )
-        .bind(&w.tenant.org_id)
-        .fetch_one(w.db.pool())
-        .await
-        .unwrap();
         assert_eq!(open, admitted.len() as i64, "{backend:?}");
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
         drop(admitted);
