@@ -350,27 +350,20 @@ pub(crate) async fn run_as_one_statement<R>(
     if statements.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = String::from("WITH ");
-    let mut args = AnyArguments::default();
-    let mut offset = 0;
-    for (i, s) in statements.iter().enumerate() {
-        let statement = s.sql.trim_end();
+    for s in &statements {
         debug_assert!(
-            !statement.ends_with(';') && !statement.to_ascii_uppercase().contains("RETURNING"),
-            "a batch statement for PostgreSQL is one statement without RETURNING: {statement}"
+            !s.sql.trim_end().ends_with(';') && !s.sql.to_ascii_uppercase().contains("RETURNING"),
+            "a batch statement for PostgreSQL is one statement without RETURNING: {}",
+            s.sql
         );
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "s{i} AS ({} RETURNING 1)",
-            renumber(statement, offset)
-        ));
-        for v in &s.values {
-            bind(&mut args, v)?;
-        }
-        offset += s.values.len();
     }
+    let (numbered, args) = numbered(statements.iter().map(|s| (s.sql.as_str(), &s.values[..])))?;
+    let queries: Vec<String> = numbered
+        .iter()
+        .enumerate()
+        .map(|(i, statement)| format!("s{i} AS ({} RETURNING 1)", statement.trim_end()))
+        .collect();
+    let mut sql = format!("WITH {}", queries.join(", "));
     // Evaluated in this order: the setting, then each statement when its count is read.
     // Checked statements go last: they are the updates of rows other requests also change
     // (a wallet's account, a hold), whose locks are then held for less of the statement.
@@ -456,18 +449,27 @@ async fn run_each<R>(
 pub(crate) fn join<'a>(
     statements: impl IntoIterator<Item = (&'a str, &'a [Value])>,
 ) -> Result<(String, AnyArguments<'static>), sqlx::Error> {
-    let mut sql = String::new();
+    let (numbered, args) = numbered(statements)?;
+    Ok((numbered.join(";\n") + ";\n", args))
+}
+
+/// Each statement with its placeholders numbered on from the statements before it, and all
+/// their values bound in that order: the parts of one query (SQLite) or one statement
+/// (PostgreSQL's `WITH` queries), which bind `$N` by its number across all of them.
+fn numbered<'a>(
+    statements: impl IntoIterator<Item = (&'a str, &'a [Value])>,
+) -> Result<(Vec<String>, AnyArguments<'static>), sqlx::Error> {
+    let mut numbered = Vec::new();
     let mut args = AnyArguments::default();
     let mut offset = 0;
     for (statement, values) in statements {
-        sql.push_str(&renumber(statement, offset));
-        sql.push_str(";\n");
+        numbered.push(renumber(statement, offset));
         for v in values {
             bind(&mut args, v)?;
         }
         offset += values.len();
     }
-    Ok((sql, args))
+    Ok((numbered, args))
 }
 
 /// `sql` with every `$N` placeholder made `$(N + offset)`.

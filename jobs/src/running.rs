@@ -612,8 +612,8 @@ pub(crate) async fn charge(
             (&s.error).into(),
         ],
     );
-    // Only now the write lock (SQLite) or the rows (PostgreSQL). On SQLite the whole
-    // transaction is one query.
+    // Only now the write lock (SQLite) or the rows (PostgreSQL). The whole settlement is one
+    // query on SQLite (with its BEGIN and COMMIT) and one statement on PostgreSQL.
     let tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
     tx.commit_with(writes)
         .await
