@@ -212,10 +212,10 @@ async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
     }
 }
 
-/// A metering transaction: its read sees the database inside the transaction, its batch
-/// commits with the writes (checked row counts included), a refused or failed batch keeps
-/// nothing, and one dropped half way keeps nothing and leaves the pool usable. On SQLite the
-/// `BEGIN` and `COMMIT` travel inside those queries, so these are the checks that they do.
+/// A metering transaction: its reads see the database (inside the transaction on SQLite),
+/// its batch commits with the writes (checked row counts included), a refused or failed batch
+/// keeps nothing, and one dropped half way keeps nothing and leaves the pool usable. On SQLite
+/// the `BEGIN` and `COMMIT` travel inside those queries, so these are the checks that they do.
 #[tokio::test]
 async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
     use db::Value;

@@ -75,7 +75,7 @@ pub struct Principal {
     pub user_id: Option<String>,
     pub api_key_id: Option<String>,
     /// The API key was taken from those found valid lately (`keys::Checked::Recently`):
-    /// admission checks it again inside the hold's transaction.
+    /// admission checks it again with the hold's wallet read, before anything is written.
     pub recheck_key: bool,
 }
 

@@ -301,8 +301,8 @@ impl ApiKeys {
         Ok(identity)
     }
 
-    /// [`ApiKeys::authenticate`] for a request that checks the key again inside the
-    /// transaction where it acts (with [`recheck`], which rides on a query it sends anyway):
+    /// [`ApiKeys::authenticate`] for a request that checks the key again just before it acts
+    /// (with [`recheck`], which goes with reads it makes anyway):
     /// a key found valid in the last [`RECENT_TTL`] is not read again. Revocation, expiry and
     /// suspension still stop such a request before it does anything; what the recent key
     /// skips is the lookup's round trip and its `last_used_at` update, which the next lookup
@@ -330,8 +330,7 @@ impl ApiKeys {
 }
 
 /// The statement that reads again what decides whether the key `key_id` may act (with its
-/// `$N` values), for a caller to send inside its own transaction; [`recheck_rows`] reads its
-/// answer.
+/// `$N` values), for a caller to send with its own reads; [`recheck_rows`] reads its answer.
 pub fn recheck(key_id: &str) -> (String, Vec<db::Value>) {
     (
         "SELECT k.revoked_at, k.expires_at, o.suspended_at AS org_suspended_at FROM api_keys k \

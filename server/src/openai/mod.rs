@@ -126,9 +126,9 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
-/// [`Caller`] for chat and completions, whose admission reads the key's state again inside
-/// the hold's transaction (in the same query as the wallet, so on SQLite without a round trip
-/// of its own): a key found valid in the last `keys::RECENT_TTL` is not looked up first. A
+/// [`Caller`] for chat and completions, whose admission reads the key's state again with the
+/// hold's wallet read (in the same query on SQLite, beside it on PostgreSQL: no round trip of
+/// its own): a key found valid in the last `keys::RECENT_TTL` is not looked up first. A
 /// revoked or expired key, or a suspended organisation, is still refused before any work or
 /// charge. Not with `Idempotency-Key`, whose claim is written before admission.
 pub struct RecentCaller(Caller);

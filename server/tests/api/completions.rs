@@ -806,7 +806,7 @@ async fn a_burst_beyond_capacity_is_refused_with_retry_after_and_the_rest_comple
 }
 
 /// A key used a moment ago is taken from those found valid lately, without a lookup, so
-/// admission reads its state again inside the hold's transaction. Revoked through another
+/// admission reads its state again with the hold's wallet read. Revoked through another
 /// handle on the database (as another portal instance would), expired, or its organisation
 /// suspended: the next completion, whole or streamed, is refused before any hold, job or
 /// charge.
