@@ -228,7 +228,13 @@ impl Ledger {
                 now.into(),
             ],
         );
-        for (account, part) in &parts {
+        // The reservations in account id order, the order every posting and settlement locks
+        // accounts in (PostgreSQL): in burn order a hold could take a grant's row and then wait
+        // for paid credit's while a settlement holds paid credit's and waits for the grant's,
+        // a deadlock. The parts keep their burn order.
+        let mut by_id: Vec<&(String, i64)> = parts.iter().collect();
+        by_id.sort_by(|a, b| a.0.cmp(&b.0));
+        for (account, part) in by_id {
             writes.push_expecting(
                 "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1 \
                  AND (expires_at IS NULL OR expires_at > $3)",

@@ -385,3 +385,76 @@ async fn concurrent_settlements_and_voids_on_shared_accounts_all_resolve() {
         t.finish().await;
     }
 }
+
+/// A hold takes its accounts' row locks in id order, as settlements and postings do
+/// (PostgreSQL). A hold that spans a grant (first in burn order, but the larger id) and paid
+/// credit, written while another transaction holds the paid account and then wants the
+/// grant, waits for it; taking the grant first, in burn order, would deadlock with it, and
+/// PostgreSQL would fail one of the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_locks_its_accounts_in_id_order_and_never_deadlocks_with_another_writer() {
+    for t in TestDb::all().await {
+        if t.db.backend() != db::Backend::Postgres {
+            t.finish().await;
+            continue;
+        }
+        let w = wallet(&t).await;
+        assert!(
+            w.paid < w.grant_soon,
+            "account ids follow the order they opened in"
+        );
+        let lock = "UPDATE ledger_accounts SET balance = balance WHERE id = $1";
+        let mut other = t.db.pool().begin().await.unwrap();
+        db::sqlx::query(lock)
+            .bind(&w.paid)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+
+        let (ledger, db) = (w.ledger.clone(), t.db.clone());
+        let sources = vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 100)];
+        let hold = tokio::spawn(async move {
+            let mut writes = db.batch();
+            let reserved = ledger
+                .reserve_read(
+                    &mut writes,
+                    "spans-both",
+                    Some("org"),
+                    &sources,
+                    Nanos::new(40),
+                    HOUR,
+                )
+                .unwrap();
+            db.begin_metering()
+                .await
+                .unwrap()
+                .commit_with(writes)
+                .await
+                .map(|_| reserved)
+        });
+        // The hold's statement is waiting for the paid account by now.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db::sqlx::query(lock)
+            .bind(&w.grant_soon)
+            .execute(&mut *other)
+            .await
+            .expect("the other writer takes the grant's row: the hold does not hold it");
+        other.commit().await.unwrap();
+
+        let reserved = hold
+            .await
+            .unwrap()
+            .expect("the hold is written once the row is free");
+        assert_eq!(
+            reserved.parts,
+            vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 10)],
+            "the hold keeps its burn order"
+        );
+        assert_eq!(
+            w.balances().await,
+            vec![(30, 30), (50, 0), (100, 10), (0, 0)]
+        );
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
