@@ -512,8 +512,9 @@ impl Credits {
     /// out) holds nothing and is not shown.
     pub async fn wallet(&self, org_id: &str, now: i64) -> Result<Wallet, CreditsError> {
         let rows = db::sqlx::query(
-            "SELECT a.id, a.kind, a.balance, a.held, a.expires_at, p.name AS program \
-             FROM ledger_accounts a \
+            "SELECT a.id, a.kind, a.balance, r.reserved - a.released AS held, a.expires_at, \
+             p.name AS program FROM ledger_accounts a \
+             JOIN ledger_account_reserves r ON r.account_id = a.id \
              LEFT JOIN credit_grants g ON g.account_id = a.id \
              LEFT JOIN credit_programs p ON p.id = g.program_id \
              WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
@@ -568,8 +569,9 @@ impl Credits {
     /// has the funds.
     pub fn sources_read(&self, org_id: &str, now: i64) -> (String, Vec<db::Value>) {
         (
-            "SELECT a.id, a.kind, a.expires_at, a.balance - a.held AS available \
-             FROM ledger_accounts a LEFT JOIN credit_grants g ON g.account_id = a.id \
+            "SELECT a.id, a.kind, a.expires_at, a.balance + a.released - r.reserved AS available \
+             FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id \
+             LEFT JOIN credit_grants g ON g.account_id = a.id \
              WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
              AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
              AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id"
@@ -597,7 +599,8 @@ impl Credits {
             .await?;
         let accounts: Vec<String> = db::sqlx::query(
             "SELECT a.id FROM credit_grants g JOIN ledger_accounts a ON a.id = g.account_id \
-             WHERE a.expires_at <= $1 AND a.balance - a.held > 0",
+             JOIN ledger_account_reserves r ON r.account_id = a.id \
+             WHERE a.expires_at <= $1 AND a.balance + a.released - r.reserved > 0",
         )
         .bind(now)
         .fetch_all(self.db.pool())

@@ -244,6 +244,15 @@ impl Db {
         }
     }
 
+    /// [`Db::lock_rows`] for a `SELECT` that joins tables: locks only the rows read from
+    /// `alias`.
+    pub fn lock_rows_of(&self, alias: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(" FOR UPDATE OF {alias}"),
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

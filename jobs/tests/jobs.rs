@@ -802,14 +802,17 @@ async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
         );
         let overdrawn = w
             .count(
-                "SELECT COUNT(*) FROM ledger_accounts WHERE may_go_negative = 0 AND held > balance",
+                "SELECT COUNT(*) FROM ledger_accounts a JOIN ledger_account_reserves r \
+                 ON r.account_id = a.id WHERE a.may_go_negative = 0 \
+                 AND r.reserved - a.released > a.balance",
             )
             .await;
         assert_eq!(overdrawn, 0, "{backend:?}");
         // What the tenant's accounts hold, and its open holds.
         let (held, open): (i64, i64) = db::sqlx::query_as(
-            "SELECT (SELECT CAST(COALESCE(SUM(held), 0) AS BIGINT) FROM ledger_accounts \
-             WHERE org_id = $1), \
+            "SELECT (SELECT CAST(COALESCE(SUM(r.reserved - a.released), 0) AS BIGINT) \
+             FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id \
+             WHERE a.org_id = $1), \
              (SELECT COUNT(*) FROM ledger_holds WHERE status = 'open' AND org_id = $1)",
         )
         .bind(&w.tenant.org_id)

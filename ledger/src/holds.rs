@@ -228,16 +228,23 @@ impl Ledger {
                 now.into(),
             ],
         );
-        // The reservations in account id order, the order every posting and settlement locks
-        // accounts in (PostgreSQL): in burn order a hold could take a grant's row and then wait
-        // for paid credit's while a settlement holds paid credit's and waits for the grant's,
-        // a deadlock. The parts keep their burn order.
+        // The reservations in account id order, the order every posting locks accounts in
+        // (PostgreSQL): in burn order a hold could take a grant's reserves row and then wait
+        // for paid credit's while a refund holds paid credit's and waits for the grant's, a
+        // deadlock. The parts keep their burn order.
+        //
+        // Each updates only the account's reserves row, never the account row that
+        // settlements update, and checks the funds as it writes: against the latest reserves
+        // row (PostgreSQL waits for another reservation and checks again) and an account row
+        // that may be older, which only ever errs on the safe side (see the migration that
+        // made `ledger_account_reserves`).
         let mut by_id: Vec<&(String, i64)> = parts.iter().collect();
         by_id.sort_by(|a, b| a.0.cmp(&b.0));
         for (account, part) in by_id {
             writes.push_expecting(
-                "UPDATE ledger_accounts SET held = held + $1 WHERE id = $2 AND balance - held >= $1 \
-                 AND (expires_at IS NULL OR expires_at > $3)",
+                "UPDATE ledger_account_reserves SET reserved = reserved + $1 WHERE account_id = $2 \
+                 AND (SELECT balance + released FROM ledger_accounts WHERE id = $2 \
+                 AND (expires_at IS NULL OR expires_at > $3)) - reserved >= $1",
                 vec![(*part).into(), account.into(), now.into()],
                 1,
                 LedgerError::InsufficientFunds {
@@ -270,9 +277,9 @@ impl Ledger {
         })
     }
 
-    /// What each of `sources` has available (balance − held), in their order, read with the
-    /// rows locked (PostgreSQL) in id order; an expired account, one that may go negative or
-    /// an unknown one has nothing.
+    /// What each of `sources` has available (balance − held), in their order, read with their
+    /// reserves rows locked (PostgreSQL) in id order; an expired account, one that may go
+    /// negative or an unknown one has nothing.
     async fn available(
         &self,
         tx: &mut AnyConnection,
@@ -282,15 +289,16 @@ impl Ledger {
         // Lock the sources (PostgreSQL) in id order, then draw on them in burn order.
         let placeholders: Vec<String> = (0..sources.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT id, balance - held AS available FROM ledger_accounts \
-             WHERE may_go_negative = 0 AND (expires_at IS NULL OR expires_at > $1) \
-             AND id IN ({}) ORDER BY id{}",
+            "SELECT a.id, a.balance + a.released - r.reserved AS available \
+             FROM ledger_account_reserves r JOIN ledger_accounts a ON a.id = r.account_id \
+             WHERE a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $1) \
+             AND r.account_id IN ({}) ORDER BY r.account_id{}",
             if placeholders.is_empty() {
                 "NULL".to_string()
             } else {
                 placeholders.join(", ")
             },
-            self.db.lock_rows()
+            self.db.lock_rows_of("r")
         );
         let mut query = db::sqlx::query(&sql).bind(now);
         for s in sources {
@@ -391,8 +399,10 @@ impl Ledger {
             LedgerError::HoldNotOpen,
         );
         // Accounts in id order, as postings lock them (PostgreSQL): no two writers wait on
-        // each other. Releasing and drawing are one statement per account; a debit may not
-        // take an account that must stay positive below what its other holds reserve.
+        // each other. Releasing and drawing are one statement per account, on the account row
+        // only: the hold's reservation covers the draw, so what the account has available can
+        // only grow, and no reservation waits for it. The guard is the ledger's own check that
+        // it did not fall below what its other holds reserve.
         moves.sort_by(|a, b| a.0.cmp(&b.0));
         for (account, release, take) in moves {
             let refusal = if account == to {
@@ -403,8 +413,8 @@ impl Ledger {
                 }
             };
             writes.push_expecting(
-                "UPDATE ledger_accounts SET held = held - $1, balance = balance - $2 \
-                 WHERE id = $3 AND (may_go_negative = 1 OR balance - held + $1 - $2 >= 0)",
+                "UPDATE ledger_accounts SET released = released + $1, balance = balance - $2 \
+                 WHERE id = $3 AND (may_go_negative = 1 OR balance - $2 >= 0)",
                 vec![release.into(), take.into(), account.into()],
                 1,
                 refusal,
@@ -488,9 +498,12 @@ impl Ledger {
         now: i64,
     ) -> Result<Option<Posted>, LedgerError> {
         let mut tx = self.db.begin_write().await?;
+        // The reserves row locked (PostgreSQL): nothing lowers what is available meanwhile.
         let Some(row) = db::sqlx::query(&format!(
-            "SELECT balance - held AS available, expires_at FROM ledger_accounts WHERE id = $1{}",
-            self.db.lock_rows()
+            "SELECT a.balance + a.released - r.reserved AS available, a.expires_at \
+             FROM ledger_account_reserves r JOIN ledger_accounts a ON a.id = r.account_id \
+             WHERE r.account_id = $1{}",
+            self.db.lock_rows_of("r")
         ))
         .bind(account_id)
         .fetch_optional(&mut *tx)
@@ -538,13 +551,13 @@ async fn commit_with(mut tx: db::WriteTx, hold_id: &str) -> Result<Hold, LedgerE
 }
 
 /// Gives back what a hold reserved on each of its accounts, in account id order: the order in
-/// which settlements, reservations and postings lock them (PostgreSQL), so that none of them
-/// waits on another in a cycle.
+/// which settlements and postings lock them (PostgreSQL), so that none of them waits on
+/// another in a cycle.
 async fn release(tx: &mut AnyConnection, hold: &Hold) -> Result<(), LedgerError> {
     let mut parts: Vec<&(String, i64)> = hold.parts.iter().collect();
     parts.sort_by(|a, b| a.0.cmp(&b.0));
     for (account, part) in parts {
-        db::sqlx::query("UPDATE ledger_accounts SET held = held - $1 WHERE id = $2")
+        db::sqlx::query("UPDATE ledger_accounts SET released = released + $1 WHERE id = $2")
             .bind(part)
             .bind(account)
             .execute(&mut *tx)

@@ -167,7 +167,9 @@ const WALLET_MOVES: &str = "FROM ledger_transactions t \
      WHERE a.org_id = $1 AND a.kind IN ('wallet_paid', 'wallet_grant') \
      AND (CAST($2 AS TEXT) IS NULL OR t.kind = CAST($2 AS TEXT))";
 
-const ACCOUNT_COLUMNS: &str = "id, code, org_id, balance, held";
+/// An account with what its open holds reserve (see `ledger_account_reserves`).
+const ACCOUNT_SELECT: &str = "SELECT a.id, a.code, a.org_id, a.balance, r.reserved - a.released AS held \
+     FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id";
 
 impl Ledger {
     pub fn new(db: Db) -> Ledger {
@@ -179,23 +181,32 @@ impl Ledger {
         if let Some(account) = self.account_by_code(&spec.code).await? {
             return Ok(account);
         }
+        // The account and its reserves row together: every account has both.
+        let id = new_id();
+        let mut tx = self.db.begin_write().await?;
         let inserted = db::sqlx::query(
             "INSERT INTO ledger_accounts (id, code, org_id, kind, may_go_negative, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(new_id())
+        .bind(&id)
         .bind(&spec.code)
         .bind(spec.org_id.as_deref())
         .bind(spec.kind.code())
         .bind(i64::from(spec.kind.may_go_negative()))
         .bind(spec.expires_at)
         .bind(now_ms())
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(_) => {}
+            Ok(_) => {
+                db::sqlx::query("INSERT INTO ledger_account_reserves (account_id) VALUES ($1)")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
             // Opened concurrently by someone else: theirs is the account.
-            Err(e) if db::is_unique_violation(&e) => {}
+            Err(e) if db::is_unique_violation(&e) => drop(tx),
             Err(e) => return Err(e.into()),
         }
         self.account_by_code(&spec.code)
@@ -204,12 +215,10 @@ impl Ledger {
     }
 
     pub async fn account_by_code(&self, code: &str) -> Result<Option<Account>, LedgerError> {
-        let row = db::sqlx::query(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE code = $1"
-        ))
-        .bind(code)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let row = db::sqlx::query(&format!("{ACCOUNT_SELECT} WHERE a.code = $1"))
+            .bind(code)
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(account_from_row).transpose()
     }
 
@@ -258,15 +267,17 @@ impl Ledger {
     }
 
     /// An account's current balance and what open holds reserve of it, read in the caller's
-    /// transaction (locked on PostgreSQL).
+    /// transaction. On PostgreSQL the account's reserves row is locked, so that nothing lowers
+    /// what is available until the transaction ends (a settlement may still raise it).
     pub async fn balance_in(
         &self,
         conn: &mut AnyConnection,
         account_id: &str,
     ) -> Result<(Nanos, Nanos), LedgerError> {
         let row = db::sqlx::query(&format!(
-            "SELECT balance, held FROM ledger_accounts WHERE id = $1{}",
-            self.db.lock_rows()
+            "SELECT a.balance, r.reserved - a.released AS held FROM ledger_account_reserves r \
+             JOIN ledger_accounts a ON a.id = r.account_id WHERE r.account_id = $1{}",
+            self.db.lock_rows_of("r")
         ))
         .bind(account_id)
         .fetch_optional(&mut *conn)
@@ -362,8 +373,9 @@ impl Ledger {
     }
 
     /// Checks the ledger's invariants over all rows: every transaction sums to zero, every
-    /// cached balance equals the sum of its entries, and no account that may not go negative
-    /// is below zero. Returns the first violation found.
+    /// cached balance equals the sum of its entries, what every account holds equals what its
+    /// open holds reserve there, and no account that may not go negative is below zero.
+    /// Returns the first violation found.
     pub async fn verify(&self) -> Result<Result<(), String>, LedgerError> {
         let unbalanced = db::sqlx::query(
             "SELECT transaction_id FROM ledger_entries GROUP BY transaction_id HAVING SUM(amount) <> 0",
@@ -386,8 +398,22 @@ impl Ledger {
                 "account {code}: balance differs from its entries"
             )));
         }
+        let held = db::sqlx::query(
+            "SELECT a.code FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id \
+             WHERE r.reserved - a.released <> COALESCE((SELECT SUM(p.amount) FROM ledger_hold_parts p \
+             JOIN ledger_holds h ON h.id = p.hold_id WHERE p.account_id = a.id AND h.status = 'open'), 0)",
+        )
+        .fetch_optional(self.db.pool())
+        .await?;
+        if let Some(row) = held {
+            let code: String = row.try_get("code")?;
+            return Ok(Err(format!(
+                "account {code}: what it holds differs from its open holds"
+            )));
+        }
         let negative = db::sqlx::query(
-            "SELECT code FROM ledger_accounts WHERE may_go_negative = 0 AND balance - held < 0",
+            "SELECT a.code FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id \
+             WHERE a.may_go_negative = 0 AND a.balance - (r.reserved - a.released) < 0",
         )
         .fetch_optional(self.db.pool())
         .await?;
@@ -428,18 +454,21 @@ async fn apply_legs(
     legs: &[Leg],
 ) -> Result<(), LedgerError> {
     let transaction_id = transaction_id.to_string();
-    // Legs are sorted by account id, so concurrent postings lock rows in one order.
+    // Legs are sorted by account id, so concurrent postings lock rows in one order (for each
+    // account its reserves row first, as reservations lock only that one).
     for leg in legs {
-        // The debit and its check are one statement: no read-then-write gap.
-        let updated = db::sqlx::query(
-            "UPDATE ledger_accounts SET balance = balance + $1 \
-                 WHERE id = $2 AND (may_go_negative = 1 OR balance - held + $1 >= 0)",
-        )
-        .bind(leg.amount)
-        .bind(&leg.account_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
+        let moved = if leg.amount < 0 {
+            debit(tx, &leg.account_id, leg.amount).await?
+        } else {
+            db::sqlx::query("UPDATE ledger_accounts SET balance = balance + $1 WHERE id = $2")
+                .bind(leg.amount)
+                .bind(&leg.account_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        };
+        if !moved {
             let exists = db::sqlx::query("SELECT 1 AS one FROM ledger_accounts WHERE id = $1")
                 .bind(&leg.account_id)
                 .fetch_optional(&mut *tx)
@@ -463,6 +492,35 @@ async fn apply_legs(
         .await?;
     }
     Ok(())
+}
+
+/// Takes `amount` (negative) off an account: reserved and released at once, so that a
+/// reservation running beside it sees the debit on the reserves row it waits for (it may read
+/// the account row as it was before; see the `ledger_account_reserves` migration). Whether it
+/// was taken: not when the account may not go negative and lacks the funds.
+async fn debit(tx: &mut AnyConnection, account_id: &str, amount: i64) -> Result<bool, LedgerError> {
+    let reserved = db::sqlx::query(
+        "UPDATE ledger_account_reserves SET reserved = reserved - $1 WHERE account_id = $2",
+    )
+    .bind(amount)
+    .bind(account_id)
+    .execute(&mut *tx)
+    .await?;
+    if reserved.rows_affected() != 1 {
+        return Ok(false);
+    }
+    // The reserves row is this transaction's now, so the check reads it exactly: with the
+    // debit reserved, the account has enough when balance + released still covers it.
+    let taken = db::sqlx::query(
+        "UPDATE ledger_accounts SET balance = balance + $1, released = released - $1 \
+         WHERE id = $2 AND (may_go_negative = 1 OR balance + released \
+         - (SELECT reserved FROM ledger_account_reserves WHERE account_id = $2) >= 0)",
+    )
+    .bind(amount)
+    .bind(account_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(taken.rows_affected() == 1)
 }
 
 /// The transaction already posted under this posting's key, if any; an error if that

@@ -386,10 +386,10 @@ async fn concurrent_settlements_and_voids_on_shared_accounts_all_resolve() {
     }
 }
 
-/// A hold takes its accounts' row locks in id order, as settlements and postings do
-/// (PostgreSQL). A hold that spans a grant (first in burn order, but the larger id) and paid
-/// credit, written while another transaction holds the paid account and then wants the
-/// grant, waits for it; taking the grant first, in burn order, would deadlock with it, and
+/// A hold takes its accounts' reserves rows in id order, as postings do (PostgreSQL). A hold
+/// that spans a grant (first in burn order, but the larger id) and paid credit, written while
+/// another transaction (a debit) holds the paid account's reserves row and then wants the
+/// grant's, waits for it; taking the grant first, in burn order, would deadlock with it, and
 /// PostgreSQL would fail one of the two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_locks_its_accounts_in_id_order_and_never_deadlocks_with_another_writer() {
@@ -403,7 +403,7 @@ async fn a_hold_locks_its_accounts_in_id_order_and_never_deadlocks_with_another_
             w.paid < w.grant_soon,
             "account ids follow the order they opened in"
         );
-        let lock = "UPDATE ledger_accounts SET balance = balance WHERE id = $1";
+        let lock = "UPDATE ledger_account_reserves SET reserved = reserved WHERE account_id = $1";
         let mut other = t.db.pool().begin().await.unwrap();
         db::sqlx::query(lock)
             .bind(&w.paid)
@@ -438,7 +438,7 @@ async fn a_hold_locks_its_accounts_in_id_order_and_never_deadlocks_with_another_
             .bind(&w.grant_soon)
             .execute(&mut *other)
             .await
-            .expect("the other writer takes the grant's row: the hold does not hold it");
+            .expect("the other writer takes the grant's reserves: the hold does not hold them");
         other.commit().await.unwrap();
 
         let reserved = hold
@@ -454,6 +454,116 @@ async fn a_hold_locks_its_accounts_in_id_order_and_never_deadlocks_with_another_
             w.balances().await,
             vec![(30, 30), (50, 0), (100, 10), (0, 0)]
         );
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
+
+/// A hold never waits for a settlement (PostgreSQL): a settlement updates its accounts' rows
+/// and keeps them locked until it commits, and a hold reserves on the reserves rows only. So
+/// with another transaction holding both of the wallet's account rows, a hold is written at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_does_not_wait_for_a_settlement_of_its_accounts() {
+    for t in TestDb::all().await {
+        if t.db.backend() != db::Backend::Postgres {
+            t.finish().await;
+            continue;
+        }
+        let w = wallet(&t).await;
+        let mut settling = t.db.pool().begin().await.unwrap();
+        for account in [&w.grant_soon, &w.paid] {
+            db::sqlx::query("UPDATE ledger_accounts SET balance = balance WHERE id = $1")
+                .bind(account)
+                .execute(&mut *settling)
+                .await
+                .unwrap();
+        }
+        let sources = vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 100)];
+        let mut writes = t.db.batch();
+        let reserved = w
+            .ledger
+            .reserve_read(
+                &mut writes,
+                "beside-a-settlement",
+                Some("org"),
+                &sources,
+                Nanos::new(40),
+                HOUR,
+            )
+            .unwrap();
+        let written = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            t.db.begin_metering().await.unwrap().commit_with(writes),
+        )
+        .await
+        .expect("the hold does not wait for the locked account rows");
+        written.unwrap();
+        assert_eq!(
+            reserved.parts,
+            vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 10)]
+        );
+        settling.rollback().await.unwrap();
+        assert_eq!(
+            w.balances().await,
+            vec![(30, 30), (50, 0), (100, 10), (0, 0)]
+        );
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
+
+/// A hold checks the funds against an account row that may be older than the reserves row it
+/// writes (PostgreSQL). A debit outside a hold therefore goes through the reserves row too: a
+/// hold that waited for a refund taking most of the paid credit sees what the refund took,
+/// and is refused rather than reserving money that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_waited_for_a_debit_sees_what_it_took() {
+    for t in TestDb::all().await {
+        if t.db.backend() != db::Backend::Postgres {
+            t.finish().await;
+            continue;
+        }
+        let w = wallet(&t).await;
+        let mut refund = t.db.pool().begin().await.unwrap();
+        let taken = Posting::transfer(
+            "refund",
+            "test",
+            "",
+            None,
+            &w.paid,
+            &w.stripe,
+            Nanos::new(95),
+        )
+        .unwrap();
+        w.ledger.post_in(&mut refund, &taken).await.unwrap();
+
+        let (ledger, db) = (w.ledger.clone(), t.db.clone());
+        let sources = vec![(w.paid.clone(), 100)];
+        let hold = tokio::spawn(async move {
+            let mut writes = db.batch();
+            ledger
+                .reserve_read(
+                    &mut writes,
+                    "after-the-refund",
+                    Some("org"),
+                    &sources,
+                    Nanos::new(10),
+                    HOUR,
+                )
+                .unwrap();
+            db.begin_metering().await.unwrap().commit_with(writes).await
+        });
+        // The hold's statement has read the paid account as it was and waits for its reserves.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        refund.commit().await.unwrap();
+
+        let refused = hold.await.unwrap().map_err(ledger::LedgerError::from);
+        assert!(
+            matches!(refused, Err(ledger::LedgerError::InsufficientFunds { ref account }) if *account == w.paid),
+            "{refused:?}"
+        );
+        assert_eq!(w.balances().await, vec![(30, 0), (50, 0), (5, 0), (0, 0)]);
         assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
