@@ -87,6 +87,36 @@ impl Wallet {
     }
 }
 
+/// Writes a hold of `amount` over `sources` (account, available) as admission does: planned
+/// from those reads, then reserved in one metering commit. Owned arguments, so it can run on
+/// a task of its own while the test holds locks.
+async fn write_hold(
+    ledger: Ledger,
+    db: db::Db,
+    key: &'static str,
+    sources: Vec<(String, i64)>,
+    amount: i64,
+) -> Result<ledger::Reserved, LedgerError> {
+    let mut writes = db.batch();
+    let reserved = ledger
+        .reserve_read(
+            &mut writes,
+            key,
+            Some("org"),
+            &sources,
+            Nanos::new(amount),
+            HOUR,
+        )
+        .unwrap();
+    db.begin_metering()
+        .await
+        .unwrap()
+        .commit_with(writes)
+        .await
+        .map(|_| reserved)
+        .map_err(LedgerError::from)
+}
+
 #[tokio::test]
 async fn a_hold_burns_soonest_expiring_grants_first_and_releases_the_rest() {
     for t in TestDb::all().await {
@@ -411,27 +441,14 @@ async fn a_hold_locks_its_accounts_in_id_order_and_never_deadlocks_with_another_
             .await
             .unwrap();
 
-        let (ledger, db) = (w.ledger.clone(), t.db.clone());
         let sources = vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 100)];
-        let hold = tokio::spawn(async move {
-            let mut writes = db.batch();
-            let reserved = ledger
-                .reserve_read(
-                    &mut writes,
-                    "spans-both",
-                    Some("org"),
-                    &sources,
-                    Nanos::new(40),
-                    HOUR,
-                )
-                .unwrap();
-            db.begin_metering()
-                .await
-                .unwrap()
-                .commit_with(writes)
-                .await
-                .map(|_| reserved)
-        });
+        let hold = tokio::spawn(write_hold(
+            w.ledger.clone(),
+            t.db.clone(),
+            "spans-both",
+            sources,
+            40,
+        ));
         // The hold's statement is waiting for the paid account by now.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         db::sqlx::query(lock)
@@ -480,25 +497,19 @@ async fn a_hold_does_not_wait_for_a_settlement_of_its_accounts() {
                 .unwrap();
         }
         let sources = vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 100)];
-        let mut writes = t.db.batch();
-        let reserved = w
-            .ledger
-            .reserve_read(
-                &mut writes,
-                "beside-a-settlement",
-                Some("org"),
-                &sources,
-                Nanos::new(40),
-                HOUR,
-            )
-            .unwrap();
-        let written = tokio::time::timeout(
+        let reserved = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            t.db.begin_metering().await.unwrap().commit_with(writes),
+            write_hold(
+                w.ledger.clone(),
+                t.db.clone(),
+                "beside-a-settlement",
+                sources,
+                40,
+            ),
         )
         .await
-        .expect("the hold does not wait for the locked account rows");
-        written.unwrap();
+        .expect("the hold does not wait for the locked account rows")
+        .unwrap();
         assert_eq!(
             reserved.parts,
             vec![(w.grant_soon.clone(), 30), (w.paid.clone(), 10)]
@@ -538,29 +549,21 @@ async fn a_hold_that_waited_for_a_debit_sees_what_it_took() {
         .unwrap();
         w.ledger.post_in(&mut refund, &taken).await.unwrap();
 
-        let (ledger, db) = (w.ledger.clone(), t.db.clone());
         let sources = vec![(w.paid.clone(), 100)];
-        let hold = tokio::spawn(async move {
-            let mut writes = db.batch();
-            ledger
-                .reserve_read(
-                    &mut writes,
-                    "after-the-refund",
-                    Some("org"),
-                    &sources,
-                    Nanos::new(10),
-                    HOUR,
-                )
-                .unwrap();
-            db.begin_metering().await.unwrap().commit_with(writes).await
-        });
+        let hold = tokio::spawn(write_hold(
+            w.ledger.clone(),
+            t.db.clone(),
+            "after-the-refund",
+            sources,
+            10,
+        ));
         // The hold's statement has read the paid account as it was and waits for its reserves.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         refund.commit().await.unwrap();
 
-        let refused = hold.await.unwrap().map_err(ledger::LedgerError::from);
+        let refused = hold.await.unwrap();
         assert!(
-            matches!(refused, Err(ledger::LedgerError::InsufficientFunds { ref account }) if *account == w.paid),
+            matches!(refused, Err(LedgerError::InsufficientFunds { ref account }) if *account == w.paid),
             "{refused:?}"
         );
         assert_eq!(w.balances().await, vec![(30, 0), (50, 0), (5, 0), (0, 0)]);
