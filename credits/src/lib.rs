@@ -569,14 +569,56 @@ impl Credits {
     /// has the funds.
     pub fn sources_read(&self, org_id: &str, now: i64) -> (String, Vec<db::Value>) {
         (
-            "SELECT a.id, a.kind, a.expires_at, a.balance + a.released - r.reserved AS available \
-             FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id \
-             LEFT JOIN credit_grants g ON g.account_id = a.id \
-             WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
-             AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
-             AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL) ORDER BY a.id"
-                .to_string(),
+            format!(
+                "SELECT a.id, a.kind, a.expires_at, {AVAILABLE} AS available {SOURCES} ORDER BY a.id"
+            ),
             vec![org_id.into(), now.into()],
+        )
+    }
+
+    /// A condition (with its `$N` values) that holds while a hold planned from `sources` (an
+    /// earlier [`Credits::sources_read`] of `org_id`'s wallet, in burn order) taking all of its
+    /// amount from the account `from` is the plan a read now would give: the wallet has
+    /// exactly those accounts, and none that burns before `from` has anything available.
+    /// That `from` has the funds its reservation checks itself. For a caller that plans from
+    /// what it read before instead of reading again, and makes its writes depend on this.
+    pub fn plan_still_holds(
+        &self,
+        org_id: &str,
+        now: i64,
+        sources: &[(String, i64)],
+        from: &str,
+    ) -> (String, Vec<db::Value>) {
+        let mut values: Vec<db::Value> = vec![org_id.into(), now.into()];
+        let mut list = |ids: &mut dyn Iterator<Item = &String>| {
+            let mut placeholders = Vec::new();
+            for id in ids {
+                values.push(id.into());
+                placeholders.push(format!("${}", values.len()));
+            }
+            placeholders.join(", ")
+        };
+        let all = list(&mut sources.iter().map(|(id, _)| id));
+        let earlier = list(
+            &mut sources
+                .iter()
+                .map(|(id, _)| id)
+                .take_while(|id| id.as_str() != from),
+        );
+        let n = sources.len() as i64;
+        values.push(n.into());
+        let n = values.len();
+        let earlier_funded = if earlier.is_empty() {
+            "0".to_string()
+        } else {
+            format!("CASE WHEN a.id IN ({earlier}) AND {AVAILABLE} > 0 THEN 1 ELSE 0 END")
+        };
+        (
+            format!(
+                "(SELECT count(*) = ${n} AND sum(CASE WHEN a.id IN ({all}) THEN 1 ELSE 0 END) = ${n} \
+                 AND sum({earlier_funded}) = 0 {SOURCES})"
+            ),
+            values,
         )
     }
 
@@ -685,6 +727,17 @@ fn iso_utc(ms: i64) -> String {
         rem % 60
     )
 }
+
+/// The accounts a wallet's holds draw on (for `$1` the org at `$2` now): its paid credit and
+/// its live grants.
+const SOURCES: &str = "FROM ledger_accounts a JOIN ledger_account_reserves r ON r.account_id = a.id \
+     LEFT JOIN credit_grants g ON g.account_id = a.id \
+     WHERE a.org_id = $1 AND a.kind IN ('wallet_grant', 'wallet_paid') \
+     AND a.may_go_negative = 0 AND (a.expires_at IS NULL OR a.expires_at > $2) \
+     AND (a.kind = 'wallet_paid' OR g.id IS NOT NULL)";
+
+/// What an account of [`SOURCES`] has available (balance − held).
+const AVAILABLE: &str = "a.balance + a.released - r.reserved";
 
 /// The sources of [`Credits::sources_read`]'s rows: (account, available) in burn order.
 pub fn sources_from(rows: &[db::sqlx::any::AnyRow]) -> Result<Vec<(String, i64)>, CreditsError> {

@@ -472,8 +472,9 @@ fn numbered<'a>(
     Ok((numbered, args))
 }
 
-/// `sql` with every `$N` placeholder made `$(N + offset)`.
-fn renumber(sql: &str, offset: usize) -> String {
+/// `sql` with every `$N` placeholder made `$(N + offset)`: for a caller that joins a
+/// condition written with its own `$1`-up placeholders onto a statement's.
+pub fn renumber(sql: &str, offset: usize) -> String {
     if offset == 0 {
         return sql.to_string();
     }

@@ -19,7 +19,7 @@ use sqlx::{
 mod batch;
 mod metering;
 
-pub use batch::{Batch, BatchError, Value};
+pub use batch::{Batch, BatchError, Value, renumber};
 pub use metering::MeterTx;
 pub use sqlx;
 

@@ -12,7 +12,8 @@
 //! ([`crate::batch::run_as_one_statement`]). So what was read may have changed by the time the
 //! writes run; every write that depends on it must check it again (a reservation that the
 //! account still has the funds, a settlement that the hold is still open), with a row count
-//! the batch checks. A hold is then two round trips, a settlement one.
+//! the batch checks. A hold is then two round trips, a settlement one; a hold planned from an
+//! earlier read, with its writes checking that plan, is one.
 
 use sqlx::{Any, AnyPool, any::AnyRow, pool::PoolConnection};
 

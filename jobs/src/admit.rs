@@ -179,13 +179,32 @@ impl Jobs {
 
     /// The hold for the job's largest cost, in burn order, and the job row, together.
     async fn record(&self, ctx: &mut JobContext) -> Result<(), JobError> {
+        // First without reading: from what was read of the wallet before, when that plan takes
+        // the hold from one account, and with the key's state checked by the writes. When
+        // either no longer holds, the writes refuse and the hold is planned from a read.
+        let charged = ctx.max_cost.get() > 0;
+        let unread = if charged {
+            self.inner
+                .wallets
+                .plan(&ctx.who.org_id, ctx.max_cost.get())
+                .map(Some)
+        } else {
+            ctx.who.recheck_key.then_some(None)
+        };
+        if let Some(sources) = unread {
+            match self.record_once(ctx, Planned::Unread(sources)).await {
+                Ok(()) => return Ok(()),
+                Err(NotRecorded::Refused(e)) => return Err(e),
+                Err(NotRecorded::Raced) => self.inner.wallets.forget(&ctx.who.org_id),
+            }
+        }
         // On PostgreSQL the wallet is read before the writes, not locked (see `db::MeterTx`):
         // a hold made by another job in between can leave an account without the funds this
         // one planned to take from it. The writes then refuse, and the hold is planned again
         // from a new read, which spreads it over the other accounts or finds too little.
         let mut tries = 1;
         loop {
-            match self.record_once(ctx).await {
+            match self.record_once(ctx, Planned::FromReads).await {
                 Ok(()) => return Ok(()),
                 Err(NotRecorded::Refused(e)) => return Err(e),
                 Err(NotRecorded::Raced) if tries < RECORD_TRIES => tries += 1,
@@ -199,32 +218,43 @@ impl Jobs {
         }
     }
 
-    /// One try of [`Jobs::record`].
-    async fn record_once(&self, ctx: &mut JobContext) -> Result<(), NotRecorded> {
+    /// One try of [`Jobs::record`], planned as `planned` says.
+    async fn record_once(&self, ctx: &mut JobContext, planned: Planned) -> Result<(), NotRecorded> {
         let credits = &self.inner.credits;
         let who = &ctx.who;
         let key = format!("job:{}", ctx.id);
+        let now = now_ms();
+        let charged = ctx.max_cost.get() > 0;
+        let (unread, known) = match planned {
+            Planned::FromReads => (false, None),
+            Planned::Unread(known) => (true, known),
+        };
         let mut tx = self
             .inner
             .db
             .begin_metering()
             .await
             .map_err(JobError::storage)?;
-        // The reads go together (one query with the BEGIN on SQLite, side by side on
-        // PostgreSQL): the API key's state when the key came from those found valid lately,
-        // and the wallet's sources. Everything after them goes as one statement (PostgreSQL)
-        // or in one batch with the COMMIT (SQLite): two round trips in all.
+        // Planned from reads, the reads go together (one query with the BEGIN on SQLite,
+        // side by side on PostgreSQL): the API key's state when the key came from those found
+        // valid lately, and the wallet's sources. Everything after them goes as one statement
+        // (PostgreSQL) or in one batch with the COMMIT (SQLite): two round trips in all. Unread,
+        // only the writes: one round trip, the writes carrying the checks instead.
         let mut reads = Vec::new();
+        let mut conditions = Vec::new();
         let recheck = match &who.api_key_id {
+            Some(key_id) if who.recheck_key && unread => {
+                conditions.push(keys::still_valid(key_id, ctx.created_at));
+                false
+            }
             Some(key_id) if who.recheck_key => {
                 reads.push(keys::recheck(key_id));
                 true
             }
             _ => false,
         };
-        let charged = ctx.max_cost.get() > 0;
-        if charged {
-            reads.push(credits.sources_read(&who.org_id, now_ms()));
+        if charged && !unread {
+            reads.push(credits.sources_read(&who.org_id, now));
         }
         let read = if reads.is_empty() {
             Ok(Vec::new())
@@ -250,55 +280,67 @@ impl Jobs {
         }
         let mut writes: ledger::Writes = self.inner.db.batch();
         ctx.hold = None;
+        let mut sources = Vec::new();
         if charged {
-            let reserved = match credits::sources_from(&read.next().unwrap_or_default()) {
-                Ok(sources) => credits.ledger().reserve_read(
-                    &mut writes,
-                    &key,
-                    Some(who.org_id.as_str()),
-                    &sources,
-                    ctx.max_cost,
-                    HOLD_TTL_MS,
-                ),
-                Err(e) => {
-                    abandon(tx).await;
-                    return Err(JobError::storage(e).into());
-                }
+            sources = match known {
+                Some(sources) => sources,
+                None => match credits::sources_from(&read.next().unwrap_or_default()) {
+                    Ok(sources) => sources,
+                    Err(e) => {
+                        abandon(tx).await;
+                        return Err(JobError::storage(e).into());
+                    }
+                },
             };
+            let reserved = credits.ledger().reserve_read(
+                &mut writes,
+                &key,
+                Some(who.org_id.as_str()),
+                &sources,
+                ctx.max_cost,
+                HOLD_TTL_MS,
+            );
             match reserved {
                 Ok(hold) => ctx.hold = Some(hold),
+                Err(e) if unread => {
+                    abandon(tx).await;
+                    tracing::debug!(error = %e, "a hold planned without a read did not fit");
+                    return Err(NotRecorded::Raced);
+                }
                 Err(e) => {
                     abandon(tx).await;
                     return Err(self.not_reserved(ctx, e).await.into());
                 }
             }
+            if unread && let Some(hold) = &ctx.hold {
+                let from = hold.parts.first().map(|(a, _)| a.as_str()).unwrap_or("");
+                conditions.push(credits.plan_still_holds(&who.org_id, now, &sources, from));
+            }
         }
-        writes.push(
-            "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
-             partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at, instance_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12, $13)",
-            vec![
-                ctx.id.as_str().into(),
-                who.org_id.as_str().into(),
-                (&who.user_id).into(),
-                (&who.api_key_id).into(),
-                ctx.kind.code().into(),
-                ctx.model.as_str().into(),
-                ctx.factory_id.as_str().into(),
-                ctx.partner_org_id.as_str().into(),
-                ctx.hold.as_ref().map(|h| h.id.as_str()).into(),
-                (ctx.prompt_tokens as i64).into(),
-                (ctx.max_tokens as i64).into(),
-                ctx.created_at.into(),
-                self.inner.instance_id.as_str().into(),
-            ],
-        );
+        let (sql, values) = job_row(ctx, &self.inner.instance_id, conditions);
+        match values {
+            JobRow::Unchecked(values) => writes.push(sql, values),
+            // Refused (no row) when a condition no longer holds: planned again from a read.
+            JobRow::Checked(values) => writes.push_expecting(
+                sql,
+                values,
+                1,
+                LedgerError::InsufficientFunds {
+                    account: String::new(),
+                },
+            ),
+        }
         let committed = tx.commit_with(writes).await;
         if committed.is_err() {
             ctx.hold = None;
         }
         match committed.map_err(LedgerError::from) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if charged && let Some(hold) = &ctx.hold {
+                    self.inner.wallets.read(&who.org_id, sources, &hold.parts);
+                }
+                Ok(())
+            }
             Err(LedgerError::InsufficientFunds { .. }) => Err(NotRecorded::Raced),
             Err(e) => Err(self.not_reserved(ctx, e).await.into()),
         }
@@ -346,6 +388,65 @@ impl Jobs {
             tracing::warn!(job = ctx.id, hold = hold.id, error = %e, "voiding a hold failed; it expires by its TTL");
         }
     }
+}
+
+/// How one try of recording a job plans its hold.
+enum Planned {
+    /// From the wallet's sources and the key's state, read first.
+    FromReads,
+    /// Without a read: from these sources of the wallet (account, available, in burn order;
+    /// none when nothing is charged), the writes checking that plan and the key's state.
+    Unread(Option<Vec<(String, i64)>>),
+}
+
+/// The values of a job's row, and whether its insert depends on conditions (then it must
+/// insert exactly one row).
+enum JobRow {
+    Unchecked(Vec<db::Value>),
+    Checked(Vec<db::Value>),
+}
+
+/// The insert of the job's row (as `running`), made only when every one of `conditions` (each
+/// with its own `$1`-up values) holds.
+fn job_row(
+    ctx: &JobContext,
+    instance_id: &str,
+    conditions: Vec<(String, Vec<db::Value>)>,
+) -> (String, JobRow) {
+    let who = &ctx.who;
+    let mut values: Vec<db::Value> = vec![
+        ctx.id.as_str().into(),
+        who.org_id.as_str().into(),
+        (&who.user_id).into(),
+        (&who.api_key_id).into(),
+        ctx.kind.code().into(),
+        ctx.model.as_str().into(),
+        ctx.factory_id.as_str().into(),
+        ctx.partner_org_id.as_str().into(),
+        ctx.hold.as_ref().map(|h| h.id.as_str()).into(),
+        (ctx.prompt_tokens as i64).into(),
+        (ctx.max_tokens as i64).into(),
+        ctx.created_at.into(),
+        instance_id.into(),
+    ];
+    let columns = "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
+                   partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at, instance_id) ";
+    let row = "$1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12, $13";
+    if conditions.is_empty() {
+        return (
+            format!("{columns}VALUES ({row})"),
+            JobRow::Unchecked(values),
+        );
+    }
+    let mut sql = format!("{columns}SELECT {row} WHERE ");
+    for (i, (condition, condition_values)) in conditions.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" AND ");
+        }
+        sql.push_str(&db::renumber(&condition, values.len()));
+        values.extend(condition_values);
+    }
+    (sql, JobRow::Checked(values))
 }
 
 /// How many times admission plans a hold when the wallet keeps changing under it (only on

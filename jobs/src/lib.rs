@@ -20,6 +20,7 @@ mod pricing;
 pub mod recovery;
 mod running;
 mod usage;
+mod wallets;
 
 use std::sync::Arc;
 
@@ -203,6 +204,8 @@ struct Inner {
     journal: std::sync::OnceLock<(journal::Journal, std::path::PathBuf)>,
     /// Admission, tracking and cancellation of the jobs a shutdown waits for.
     drain: drain::DrainState,
+    /// What admission last read of each wallet (see [`wallets`]).
+    wallets: wallets::Wallets,
 }
 
 impl Jobs {
@@ -226,6 +229,7 @@ impl Jobs {
                 seen_heartbeats: Default::default(),
                 journal: std::sync::OnceLock::new(),
                 drain: drain::DrainState::default(),
+                wallets: wallets::Wallets::default(),
             }),
         }
     }

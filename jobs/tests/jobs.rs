@@ -827,3 +827,96 @@ async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
         t.finish().await;
     }
 }
+
+/// The accounts a running job's hold draws on, in burn order.
+async fn hold_accounts(w: &World, job: &jobs::RunningJob) -> Vec<String> {
+    db::sqlx::query(
+        "SELECT p.account_id FROM ledger_hold_parts p JOIN jobs j ON j.hold_id = p.hold_id \
+         WHERE j.id = $1 ORDER BY p.position",
+    )
+    .bind(job.id())
+    .fetch_all(w.db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String, _>("account_id").unwrap())
+    .collect()
+}
+
+/// Admission plans a hold from what it last read of the wallet, without reading it again;
+/// the writes refuse that plan when a read would give another, and it is planned again. Each
+/// case below is one a plan from the earlier read would get wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_planned_without_a_read_keeps_the_burn_order() {
+    each_db(async |w: &World| {
+        w.price().await;
+        w.top_up(1).await;
+        let paid = {
+            let job = w
+                .jobs
+                .start(&w.who(), JobKind::Production, MODEL, request(4))
+                .await
+                .unwrap();
+            let from = hold_accounts(w, &job).await;
+            job.collect().await.unwrap();
+            assert_eq!(from.len(), 1);
+            from[0].clone()
+        };
+
+        // A grant given since the last read burns first.
+        let grant = w.grant("Later support", Nanos::new(1_000_000)).await;
+        let job = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(4))
+            .await
+            .unwrap();
+        assert_eq!(hold_accounts(w, &job).await, [grant.account_id.as_str()]);
+        job.collect().await.unwrap();
+
+        // The grant held whole elsewhere: this job's hold comes from paid credit...
+        let on_grant = || async {
+            let wallet = w
+                .credits
+                .wallet(&w.tenant.org_id, db::now_ms())
+                .await
+                .unwrap();
+            let b = wallet
+                .buckets
+                .iter()
+                .find(|b| b.account_id == grant.account_id);
+            b.map(|b| b.balance.get() - b.held.get()).unwrap()
+        };
+        let elsewhere = w
+            .credits
+            .ledger()
+            .reserve(
+                "elsewhere",
+                Some(&w.tenant.org_id),
+                std::slice::from_ref(&grant.account_id),
+                Nanos::new(on_grant().await),
+                60_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(on_grant().await, 0);
+        let job = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(4))
+            .await
+            .unwrap();
+        assert_eq!(hold_accounts(w, &job).await, [paid.as_str()]);
+        job.collect().await.unwrap();
+        // ...and once that hold is voided, from the grant again.
+        w.credits.ledger().void(&elsewhere.id).await.unwrap();
+        let job = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(4))
+            .await
+            .unwrap();
+        assert_eq!(hold_accounts(w, &job).await, [grant.account_id.as_str()]);
+        job.collect().await.unwrap();
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+    })
+    .await;
+}

@@ -340,6 +340,19 @@ pub fn recheck(key_id: &str) -> (String, Vec<db::Value>) {
     )
 }
 
+/// [`recheck`] as a condition (with its `$N` values) that holds when the key may act at `now`,
+/// for a caller that makes its writes depend on it instead of reading first: the same rules
+/// as [`recheck_rows`], which a caller refused by it runs to learn why.
+pub fn still_valid(key_id: &str, now: i64) -> (String, Vec<db::Value>) {
+    (
+        "EXISTS (SELECT 1 FROM api_keys k JOIN organizations o ON o.id = k.org_id \
+         WHERE k.id = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2) \
+         AND o.suspended_at IS NULL)"
+            .to_string(),
+        vec![key_id.into(), now.into()],
+    )
+}
+
 /// Whether the key may act, from the rows of [`recheck`].
 pub fn recheck_rows(rows: &[AnyRow], now: i64) -> Result<(), KeyError> {
     let row = rows.first().ok_or(KeyError::Invalid)?;
