@@ -218,28 +218,63 @@ impl Jobs {
         }
     }
 
-    /// One try of [`Jobs::record`], planned as `planned` says.
+    /// One try of [`Jobs::record`], planned as `planned` says: the hold and the job row are
+    /// written together, or nothing is.
     async fn record_once(&self, ctx: &mut JobContext, planned: Planned) -> Result<(), NotRecorded> {
-        let credits = &self.inner.credits;
-        let who = &ctx.who;
-        let key = format!("job:{}", ctx.id);
-        let now = now_ms();
-        let charged = ctx.max_cost.get() > 0;
-        let (unread, known) = match planned {
-            Planned::FromReads => (false, None),
-            Planned::Unread(known) => (true, known),
-        };
         let mut tx = self
             .inner
             .db
             .begin_metering()
             .await
             .map_err(JobError::storage)?;
-        // Planned from reads, the reads go together (one query with the BEGIN on SQLite,
-        // side by side on PostgreSQL): the API key's state when the key came from those found
-        // valid lately, and the wallet's sources. Everything after them goes as one statement
-        // (PostgreSQL) or in one batch with the COMMIT (SQLite): two round trips in all. Unread,
-        // only the writes: one round trip, the writes carrying the checks instead.
+        let (writes, sources) = match self.plan_writes(&mut tx, ctx, planned).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                ctx.hold = None;
+                abandon(tx).await;
+                return Err(e);
+            }
+        };
+        let committed = tx.commit_with(writes).await;
+        if committed.is_err() {
+            ctx.hold = None;
+        }
+        match committed.map_err(LedgerError::from) {
+            Ok(_) => {
+                if let Some(hold) = &ctx.hold {
+                    self.inner
+                        .wallets
+                        .read(&ctx.who.org_id, sources, &hold.parts);
+                }
+                Ok(())
+            }
+            Err(LedgerError::InsufficientFunds { .. }) => Err(NotRecorded::Raced),
+            Err(e) => Err(self.not_reserved(ctx, e).await.into()),
+        }
+    }
+
+    /// The writes of one try of [`Jobs::record`] (the hold, set on `ctx`, and the job row),
+    /// with the wallet's sources the hold was planned from.
+    ///
+    /// Planned from reads, the reads go first and together (one query with the BEGIN on
+    /// SQLite, side by side on PostgreSQL): the API key's state when the key came from those
+    /// found valid lately, and the wallet's sources. The writes then go as one statement
+    /// (PostgreSQL) or in one batch with the COMMIT (SQLite): two round trips in all. Planned
+    /// without a read, the writes carry those checks as conditions: one round trip.
+    async fn plan_writes(
+        &self,
+        tx: &mut db::MeterTx,
+        ctx: &mut JobContext,
+        planned: Planned,
+    ) -> Result<(ledger::Writes, Vec<(String, i64)>), NotRecorded> {
+        let credits = &self.inner.credits;
+        let who = &ctx.who;
+        let now = now_ms();
+        let charged = ctx.max_cost.get() > 0;
+        let (unread, known) = match planned {
+            Planned::FromReads => (false, None),
+            Planned::Unread(known) => (true, known),
+        };
         let mut reads = Vec::new();
         let mut conditions = Vec::new();
         let recheck = match &who.api_key_id {
@@ -256,27 +291,19 @@ impl Jobs {
         if charged && !unread {
             reads.push(credits.sources_read(&who.org_id, now));
         }
-        let read = if reads.is_empty() {
-            Ok(Vec::new())
+        let mut read = if reads.is_empty() {
+            Vec::new()
         } else {
-            tx.fetch_each(reads).await
-        };
-        let mut read = match read {
-            Ok(read) => read.into_iter(),
-            Err(e) => {
-                abandon(tx).await;
-                return Err(JobError::storage(e).into());
-            }
-        };
-        if recheck
-            && let Err(e) = keys::recheck_rows(&read.next().unwrap_or_default(), ctx.created_at)
-        {
-            abandon(tx).await;
-            return Err(match e {
-                keys::KeyError::Storage(e) => JobError::Storage(e),
-                refused => JobError::Key(refused),
-            }
-            .into());
+            tx.fetch_each(reads).await.map_err(JobError::storage)?
+        }
+        .into_iter();
+        if recheck {
+            keys::recheck_rows(&read.next().unwrap_or_default(), ctx.created_at).map_err(|e| {
+                match e {
+                    keys::KeyError::Storage(e) => JobError::Storage(e),
+                    refused => JobError::Key(refused),
+                }
+            })?;
         }
         let mut writes: ledger::Writes = self.inner.db.batch();
         ctx.hold = None;
@@ -284,38 +311,30 @@ impl Jobs {
         if charged {
             sources = match known {
                 Some(sources) => sources,
-                None => match credits::sources_from(&read.next().unwrap_or_default()) {
-                    Ok(sources) => sources,
-                    Err(e) => {
-                        abandon(tx).await;
-                        return Err(JobError::storage(e).into());
-                    }
-                },
+                None => credits::sources_from(&read.next().unwrap_or_default())
+                    .map_err(JobError::storage)?,
             };
             let reserved = credits.ledger().reserve_read(
                 &mut writes,
-                &key,
+                &format!("job:{}", ctx.id),
                 Some(who.org_id.as_str()),
                 &sources,
                 ctx.max_cost,
                 HOLD_TTL_MS,
             );
-            match reserved {
-                Ok(hold) => ctx.hold = Some(hold),
+            let hold = match reserved {
+                Ok(hold) => hold,
                 Err(e) if unread => {
-                    abandon(tx).await;
                     tracing::debug!(error = %e, "a hold planned without a read did not fit");
                     return Err(NotRecorded::Raced);
                 }
-                Err(e) => {
-                    abandon(tx).await;
-                    return Err(self.not_reserved(ctx, e).await.into());
-                }
-            }
-            if unread && let Some(hold) = &ctx.hold {
-                let from = hold.parts.first().map(|(a, _)| a.as_str()).unwrap_or("");
+                Err(e) => return Err(self.not_reserved(ctx, e).await.into()),
+            };
+            if unread {
+                let from = hold.parts.first().map_or("", |(a, _)| a.as_str());
                 conditions.push(credits.plan_still_holds(&who.org_id, now, &sources, from));
             }
+            ctx.hold = Some(hold);
         }
         let (sql, values) = job_row(ctx, &self.inner.instance_id, conditions);
         match values {
@@ -330,20 +349,7 @@ impl Jobs {
                 },
             ),
         }
-        let committed = tx.commit_with(writes).await;
-        if committed.is_err() {
-            ctx.hold = None;
-        }
-        match committed.map_err(LedgerError::from) {
-            Ok(_) => {
-                if charged && let Some(hold) = &ctx.hold {
-                    self.inner.wallets.read(&who.org_id, sources, &hold.parts);
-                }
-                Ok(())
-            }
-            Err(LedgerError::InsufficientFunds { .. }) => Err(NotRecorded::Raced),
-            Err(e) => Err(self.not_reserved(ctx, e).await.into()),
-        }
+        Ok((writes, sources))
     }
 
     /// What the caller is told when the hold could not be made: how much the wallet has, when
