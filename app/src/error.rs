@@ -154,7 +154,7 @@ impl From<keys::KeyError> for AppError {
             E::NotFound => AppError::NotFound,
             E::Invalid | E::Revoked | E::Expired => AppError::Unauthorized(e.to_string()),
             E::Suspended => AppError::Suspended,
-            E::Storage(_) => {
+            E::Busy | E::Storage(_) => {
                 tracing::error!(error = %e, "API keys error");
                 AppError::Internal
             }

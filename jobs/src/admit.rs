@@ -301,6 +301,7 @@ impl Jobs {
             keys::recheck_rows(&read.next().unwrap_or_default(), ctx.created_at).map_err(|e| {
                 match e {
                     keys::KeyError::Storage(e) => JobError::Storage(e),
+                    keys::KeyError::Busy => JobError::Busy,
                     refused => JobError::Key(refused),
                 }
             })?;

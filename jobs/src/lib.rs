@@ -133,12 +133,25 @@ pub enum JobError {
     /// looked up (see [`Principal::recheck_key`]).
     #[error("{0}")]
     Key(keys::KeyError),
+    /// The database gave no connection in time: every one was busy for the pool's whole
+    /// wait. Nothing was recorded; the same request may succeed shortly.
+    #[error("The server is busy; retry shortly. You were not charged.")]
+    Busy,
     #[error("storage: {0}")]
     Storage(String),
 }
 
 impl JobError {
-    fn storage(e: impl std::fmt::Display) -> JobError {
+    /// A storage failure as the caller is told it: [`JobError::Busy`] when what failed, or
+    /// anything it failed from, was a wait for a pooled connection that ran out.
+    fn storage(e: impl std::error::Error + 'static) -> JobError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if let Some(db::sqlx::Error::PoolTimedOut) = c.downcast_ref::<db::sqlx::Error>() {
+                return JobError::Busy;
+            }
+            cause = c.source();
+        }
         JobError::Storage(e.to_string())
     }
 }
@@ -278,5 +291,23 @@ impl Jobs {
             .filter(|m| prices.iter().any(|p| &p.model_id == m))
             .filter(|m| factories.iter().any(|f| f.serves(m)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobError;
+    use db::{DbError, sqlx};
+
+    #[test]
+    fn a_pool_that_ran_out_of_time_is_busy_however_deep_it_is_wrapped() {
+        let wrapped = ledger::LedgerError::Db(DbError::Sqlx(sqlx::Error::PoolTimedOut));
+        assert!(matches!(JobError::storage(wrapped), JobError::Busy));
+        assert!(matches!(
+            JobError::storage(sqlx::Error::PoolTimedOut),
+            JobError::Busy
+        ));
+        let other = ledger::LedgerError::Db(DbError::Sqlx(sqlx::Error::RowNotFound));
+        assert!(matches!(JobError::storage(other), JobError::Storage(_)));
     }
 }

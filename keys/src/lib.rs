@@ -43,13 +43,19 @@ pub enum KeyError {
     NotFound,
     #[error("{0}")]
     BadInput(String),
+    /// The database gave no connection in time (every one busy for the pool's whole wait).
+    #[error("the server is busy; retry shortly")]
+    Busy,
     #[error("storage: {0}")]
     Storage(String),
 }
 
 impl From<db::sqlx::Error> for KeyError {
     fn from(e: db::sqlx::Error) -> Self {
-        KeyError::Storage(e.to_string())
+        match e {
+            db::sqlx::Error::PoolTimedOut => KeyError::Busy,
+            e => KeyError::Storage(e.to_string()),
+        }
     }
 }
 

@@ -78,6 +78,16 @@ impl ApiError {
         }
     }
 
+    /// The database had no connection free for the whole of the pool's wait: nothing was
+    /// done, and the same request may succeed in a moment.
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: Some("server_busy"),
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
+    }
+
     pub fn rate_limited(
         message: impl Into<String>,
         code: &'static str,
@@ -169,6 +179,7 @@ impl From<JobError> for ApiError {
                 ..ApiError::unavailable()
             },
             JobError::Key(e) => ApiError::from(e),
+            JobError::Busy => ApiError::busy(message),
             JobError::Storage(detail) => {
                 tracing::error!(error = %detail, "job storage failed");
                 ApiError::internal(
@@ -187,6 +198,7 @@ impl From<keys::KeyError> for ApiError {
                 tracing::error!(error = %e, "API key lookup failed");
                 ApiError::internal("The request could not be authenticated; try again.")
             }
+            keys::KeyError::Busy => ApiError::busy(e.to_string()),
             keys::KeyError::Suspended => ApiError::suspended(),
             e => ApiError::unauthorized(format!("Incorrect API key provided: {e}.")),
         }
@@ -228,5 +240,18 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.param, Some("max_tokens"));
         assert!(e.message.contains("5000 tokens"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_database_with_no_connection_free_is_a_503_with_retry_after_not_a_500() {
+        let r = ApiError::from(JobError::Busy).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let key = keys::KeyError::from(db::sqlx::Error::PoolTimedOut);
+        let r = ApiError::from(key).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let other = keys::KeyError::from(db::sqlx::Error::RowNotFound);
+        let e = ApiError::from(other);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
