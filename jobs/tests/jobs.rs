@@ -828,9 +828,14 @@ async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
     }
 }
 
-/// The accounts a running job's hold draws on, in burn order.
-async fn hold_accounts(w: &World, job: &jobs::RunningJob) -> Vec<String> {
-    db::sqlx::query(
+/// Runs a 4-token production job to its end: the accounts its hold drew on, in burn order.
+async fn drawn_on(w: &World) -> Vec<String> {
+    let job = w
+        .jobs
+        .start(&w.who(), JobKind::Production, MODEL, request(4))
+        .await
+        .unwrap();
+    let accounts = db::sqlx::query(
         "SELECT p.account_id FROM ledger_hold_parts p JOIN jobs j ON j.hold_id = p.hold_id \
          WHERE j.id = $1 ORDER BY p.position",
     )
@@ -840,7 +845,9 @@ async fn hold_accounts(w: &World, job: &jobs::RunningJob) -> Vec<String> {
     .unwrap()
     .iter()
     .map(|r| r.try_get::<String, _>("account_id").unwrap())
-    .collect()
+    .collect();
+    job.collect().await.unwrap();
+    accounts
 }
 
 /// Admission plans a hold from what it last read of the wallet, without reading it again;
@@ -851,27 +858,13 @@ async fn a_hold_planned_without_a_read_keeps_the_burn_order() {
     each_db(async |w: &World| {
         w.price().await;
         w.top_up(1).await;
-        let paid = {
-            let job = w
-                .jobs
-                .start(&w.who(), JobKind::Production, MODEL, request(4))
-                .await
-                .unwrap();
-            let from = hold_accounts(w, &job).await;
-            job.collect().await.unwrap();
-            assert_eq!(from.len(), 1);
-            from[0].clone()
-        };
+        let paid = drawn_on(w).await;
+        assert_eq!(paid.len(), 1);
+        let paid = &paid[0];
 
         // A grant given since the last read burns first.
         let grant = w.grant("Later support", Nanos::new(1_000_000)).await;
-        let job = w
-            .jobs
-            .start(&w.who(), JobKind::Production, MODEL, request(4))
-            .await
-            .unwrap();
-        assert_eq!(hold_accounts(w, &job).await, [grant.account_id.as_str()]);
-        job.collect().await.unwrap();
+        assert_eq!(drawn_on(w).await, [grant.account_id.as_str()]);
 
         // The grant held whole elsewhere: this job's hold comes from paid credit...
         let on_grant = || async {
@@ -899,22 +892,10 @@ async fn a_hold_planned_without_a_read_keeps_the_burn_order() {
             .await
             .unwrap();
         assert_eq!(on_grant().await, 0);
-        let job = w
-            .jobs
-            .start(&w.who(), JobKind::Production, MODEL, request(4))
-            .await
-            .unwrap();
-        assert_eq!(hold_accounts(w, &job).await, [paid.as_str()]);
-        job.collect().await.unwrap();
+        assert_eq!(drawn_on(w).await, [paid.as_str()]);
         // ...and once that hold is voided, from the grant again.
         w.credits.ledger().void(&elsewhere.id).await.unwrap();
-        let job = w
-            .jobs
-            .start(&w.who(), JobKind::Production, MODEL, request(4))
-            .await
-            .unwrap();
-        assert_eq!(hold_accounts(w, &job).await, [grant.account_id.as_str()]);
-        job.collect().await.unwrap();
+        assert_eq!(drawn_on(w).await, [grant.account_id.as_str()]);
         assert_eq!(w.open_holds().await, 0);
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
     })
