@@ -32,6 +32,9 @@ pub enum AppError {
     /// The thing changed state first (decided already, cancelled, …).
     #[error("{0}")]
     Conflict(String),
+    /// The database had no connection free in time: nothing was done.
+    #[error("The server is busy right now. Please try again in a moment.")]
+    Busy,
     /// Details are logged on the server, never sent.
     #[error("Something went wrong on our side. Please try again.")]
     Internal,
@@ -65,6 +68,7 @@ impl AppError {
             AppError::NotFound => 404,
             AppError::Conflict(_) => 409,
             AppError::RateLimited { .. } => 429,
+            AppError::Busy => 503,
             AppError::Internal => 500,
         }
     }
@@ -76,6 +80,19 @@ impl FromServerFnError for AppError {
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         AppError::Request(value.to_string())
     }
+}
+
+/// Storage trouble as the pages show it: busy when the database had no connection free in
+/// time (the same action may work in a moment), else an internal error whose details stay in
+/// the log.
+#[cfg(feature = "ssr")]
+fn storage(e: &(dyn std::error::Error + 'static), area: &str) -> AppError {
+    if db::is_pool_timeout(e) {
+        tracing::warn!(error = %e, area, "database busy");
+        return AppError::Busy;
+    }
+    tracing::error!(error = %e, area, "storage error");
+    AppError::Internal
 }
 
 #[cfg(feature = "ssr")]
@@ -95,10 +112,7 @@ impl From<accounts::AccountError> for AppError {
             E::NotFound => AppError::NotFound,
             E::Forbidden => AppError::Forbidden,
             E::InvitationInvalid => AppError::Invalid(e.to_string()),
-            E::Internal(_) | E::Db(_) => {
-                tracing::error!(error = %e, "accounts error");
-                AppError::Internal
-            }
+            E::Internal(_) | E::Db(_) => storage(&e, "accounts"),
         }
     }
 }
@@ -114,10 +128,7 @@ impl From<credits::CreditsError> for AppError {
             },
             E::BudgetExhausted | E::NotEligible => AppError::Invalid(e.to_string()),
             E::NotFound => AppError::NotFound,
-            E::Ledger(_) | E::Db(_) | E::Export(_) => {
-                tracing::error!(error = %e, "credits error");
-                AppError::Internal
-            }
+            E::Ledger(_) | E::Db(_) | E::Export(_) => storage(&e, "credits"),
         }
     }
 }
@@ -137,10 +148,7 @@ impl From<compute::ComputeError> for AppError {
             E::BudgetExhausted => AppError::Conflict(e.to_string()),
             E::Credits(c) => c.into(),
             E::Accounts(a) => a.into(),
-            E::Db(_) => {
-                tracing::error!(error = %e, "compute error");
-                AppError::Internal
-            }
+            E::Db(_) => storage(&e, "compute"),
         }
     }
 }
@@ -154,10 +162,8 @@ impl From<keys::KeyError> for AppError {
             E::NotFound => AppError::NotFound,
             E::Invalid | E::Revoked | E::Expired => AppError::Unauthorized(e.to_string()),
             E::Suspended => AppError::Suspended,
-            E::Busy | E::Storage(_) => {
-                tracing::error!(error = %e, "API keys error");
-                AppError::Internal
-            }
+            E::Busy => AppError::Busy,
+            E::Storage(_) => storage(&e, "API keys"),
         }
     }
 }
@@ -176,10 +182,7 @@ impl From<payments::PaymentsError> for AppError {
                 AppError::Invalid(e.to_string())
             }
             E::Credits(c) => c.into(),
-            E::Ledger(_) | E::Db(_) => {
-                tracing::error!(error = %e, "payments error");
-                AppError::Internal
-            }
+            E::Ledger(_) | E::Db(_) => storage(&e, "payments"),
         }
     }
 }
@@ -193,10 +196,28 @@ impl From<statements::StatementError> for AppError {
             E::UnknownPartner | E::NotFound | E::UnknownUsage => AppError::NotFound,
             E::Conflict(message) => AppError::Conflict(message),
             E::Credits(c) => c.into(),
-            E::Ledger(_) | E::Db(_) => {
-                tracing::error!(error = %e, "statements error");
-                AppError::Internal
-            }
+            E::Ledger(_) | E::Db(_) => storage(&e, "statements"),
         }
+    }
+}
+
+#[cfg(all(test, feature = "ssr"))]
+mod tests {
+    use super::*;
+    use db::{DbError, sqlx};
+
+    #[test]
+    fn a_database_with_no_connection_free_is_busy_on_the_pages_not_an_internal_error() {
+        let busy = AppError::from(credits::CreditsError::Db(DbError::Sqlx(
+            sqlx::Error::PoolTimedOut,
+        )));
+        assert_eq!(busy, AppError::Busy);
+        assert_eq!(busy.status(), 503);
+        assert_eq!(AppError::from(keys::KeyError::Busy).status(), 503);
+        let broken = AppError::from(compute::ComputeError::Db(DbError::Sqlx(
+            sqlx::Error::RowNotFound,
+        )));
+        assert_eq!(broken, AppError::Internal);
+        assert_eq!(broken.status(), 500);
     }
 }

@@ -41,12 +41,18 @@ pub enum BatchError {
     /// The request is valid but the object's state does not allow it.
     #[error("{0}")]
     Conflict(String),
+    /// The database had no connection free in time: nothing was done; retry shortly.
+    #[error("The server is busy; retry shortly.")]
+    Busy,
     #[error("storage: {0}")]
     Storage(String),
 }
 
 impl BatchError {
-    fn storage(e: impl std::fmt::Display) -> BatchError {
+    fn storage(e: impl std::error::Error + 'static) -> BatchError {
+        if db::is_pool_timeout(&e) {
+            return BatchError::Busy;
+        }
         BatchError::Storage(e.to_string())
     }
 
@@ -539,5 +545,18 @@ impl Batches {
         self.get(org_id, id)
             .await?
             .ok_or_else(|| BatchError::NotFound("batch", id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_with_no_connection_free_is_busy_not_a_storage_failure() {
+        let busy = BatchError::storage(db::sqlx::Error::PoolTimedOut);
+        assert!(matches!(busy, BatchError::Busy));
+        let broken = BatchError::storage(db::sqlx::Error::RowNotFound);
+        assert!(matches!(broken, BatchError::Storage(_)));
     }
 }

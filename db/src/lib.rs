@@ -303,6 +303,20 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
+/// Whether `err`, or anything it failed from, is a wait for a pooled connection that ran out:
+/// the database is busy rather than broken, nothing was done, and the same request may
+/// succeed in a moment (callers answer 503 with a retry hint, not 500).
+pub fn is_pool_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(c) = cause {
+        if let Some(sqlx::Error::PoolTimedOut) = c.downcast_ref::<sqlx::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A new primary key: a UUIDv7 (time-ordered, so indexes stay compact), as text.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
@@ -319,6 +333,14 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_found_however_deep_it_is_wrapped() {
+        assert!(is_pool_timeout(&sqlx::Error::PoolTimedOut));
+        assert!(is_pool_timeout(&DbError::Sqlx(sqlx::Error::PoolTimedOut)));
+        assert!(!is_pool_timeout(&DbError::Sqlx(sqlx::Error::RowNotFound)));
+        assert!(!is_pool_timeout(&sqlx::Error::PoolClosed));
+    }
 
     #[test]
     fn redacts_passwords_in_urls() {

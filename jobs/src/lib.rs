@@ -145,12 +145,8 @@ impl JobError {
     /// A storage failure as the caller is told it: [`JobError::Busy`] when what failed, or
     /// anything it failed from, was a wait for a pooled connection that ran out.
     fn storage(e: impl std::error::Error + 'static) -> JobError {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(c) = cause {
-            if let Some(db::sqlx::Error::PoolTimedOut) = c.downcast_ref::<db::sqlx::Error>() {
-                return JobError::Busy;
-            }
-            cause = c.source();
+        if db::is_pool_timeout(&e) {
+            return JobError::Busy;
         }
         JobError::Storage(e.to_string())
     }

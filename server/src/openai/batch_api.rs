@@ -22,6 +22,7 @@ impl From<BatchError> for ApiError {
             BatchError::Conflict(_) => {
                 ApiError::conflict(StatusCode::CONFLICT, message, "invalid_state")
             }
+            BatchError::Busy => ApiError::busy(message),
             BatchError::Storage(detail) => {
                 tracing::error!(error = %detail, "batch storage failed");
                 ApiError::internal("The request could not be completed; try again.")

@@ -253,5 +253,8 @@ mod tests {
         let other = keys::KeyError::from(db::sqlx::Error::RowNotFound);
         let e = ApiError::from(other);
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let r = ApiError::from(batches::BatchError::Busy).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -60,7 +60,10 @@ pub enum Outcome {
     Replay(Response),
 }
 
-fn storage(e: impl std::fmt::Display) -> ApiError {
+fn storage(e: impl std::error::Error + 'static) -> ApiError {
+    if db::is_pool_timeout(&e) {
+        return ApiError::busy("The server is busy; retry shortly.");
+    }
     tracing::error!(error = %e, "idempotency storage failed");
     ApiError::internal("The request could not be recorded; try again.")
 }
