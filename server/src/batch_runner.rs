@@ -161,7 +161,10 @@ async fn resolve(
 }
 
 fn storage(e: batches::BatchError) -> JobError {
-    JobError::Storage(e.to_string())
+    match e {
+        batches::BatchError::Busy => JobError::Busy,
+        e => JobError::Storage(e.to_string()),
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
