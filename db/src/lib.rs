@@ -17,6 +17,7 @@ use sqlx::{
 };
 
 mod batch;
+mod checkpoint;
 mod metering;
 
 pub use batch::{Batch, BatchError, Value, renumber};
@@ -69,6 +70,9 @@ pub struct Db {
     /// Held by this process's SQLite write transaction, if one is open (see
     /// [`Db::begin_write`]).
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite's WAL checkpoints, run beside the commits rather than inside one (see
+    /// [`checkpoint`]); stopped with the last clone of this handle.
+    _checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
 /// A write transaction: a sqlx transaction (dereferences to its connection) that on SQLite
@@ -112,8 +116,13 @@ impl std::fmt::Debug for Db {
 
 /// Per-connection settings for SQLite. `journal_mode` is persistent, the others are not, so all
 /// run on every new connection.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-     PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
+fn sqlite_pragmas() -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+         PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {};",
+        checkpoint::BACKSTOP_PAGES
+    )
+}
 
 /// How long a PostgreSQL connection may sit idle in the pool before it is pinged when handed
 /// out again.
@@ -143,7 +152,7 @@ impl Db {
         let pool_options = match backend {
             Backend::Sqlite => pool_options.after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    sqlx::Executor::execute(&mut *conn, SQLITE_PRAGMAS).await?;
+                    sqlx::Executor::execute(&mut *conn, sqlite_pragmas().as_str()).await?;
                     sqlx::Executor::execute(&mut *conn, batch::SQLITE_GUARD_TABLE).await?;
                     Ok(())
                 })
@@ -165,11 +174,18 @@ impl Db {
                 }),
         };
         let pool = pool_options.connect_with(options).await?;
+        let checkpointer = (backend == Backend::Sqlite).then(|| {
+            Arc::new(checkpoint::Checkpointer::start(
+                pool.clone(),
+                checkpoint::CHECKPOINT_EVERY,
+            ))
+        });
         let db = Db {
             pool,
             backend,
             durable_metering: false,
             writer: Arc::default(),
+            _checkpointer: checkpointer,
         };
         db.migrate().await?;
         tracing::info!(backend = ?backend, "database ready");

@@ -22,10 +22,72 @@ async fn sqlite_runs_with_wal_foreign_keys_and_a_busy_timeout() {
         .await
         .unwrap()
         .get(0);
+    let autocheckpoint: i64 = db::sqlx::query("PRAGMA wal_autocheckpoint")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(mode, "wal");
     assert_eq!(fk, 1);
     assert!(busy >= 5000, "{busy}");
+    // SQLite's own checkpoint (1 000 pages by default) is only a backstop here.
+    assert!(autocheckpoint > 1000, "{autocheckpoint}");
     drop(conn);
+    t.finish().await;
+}
+
+/// How many times the WAL has been started over: its header's checkpoint sequence number
+/// (big-endian, bytes 12..16). SQLite starts the log over at the first write after a
+/// checkpoint copied all of it back, and never before.
+fn wal_restarts(t: &TestDb) -> u32 {
+    let db_path = t
+        .url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap();
+    let header = std::fs::read(format!("{db_path}-wal")).unwrap();
+    u32::from_be_bytes(header[12..16].try_into().unwrap())
+}
+
+/// Nothing a request commits reaches SQLite's own checkpoint (whose fsyncs the committing
+/// request would wait for): the log is copied back by the pool's task, beside the commits.
+#[tokio::test]
+async fn sqlite_copies_the_wal_back_beside_the_commits() {
+    let t = TestDb::sqlite().await;
+    let pool = t.db.pool();
+    db::sqlx::query("CREATE TABLE filler (b BLOB)")
+        .execute(pool)
+        .await
+        .unwrap();
+    // About 500 pages in the log: half of SQLite's default threshold, a twentieth of the
+    // backstop, so only the task can copy them back.
+    db::sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
+         INSERT INTO filler SELECT randomblob(3000) FROM n",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let before = wal_restarts(&t);
+    // One small write per 100 ms for 10 s adds some 200 frames: not even SQLite's default
+    // threshold would be reached, so the log starts over only if the task copied it back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // The write that finds the log copied back starts it over.
+        db::sqlx::query("INSERT INTO filler VALUES (x'00')")
+            .execute(pool)
+            .await
+            .unwrap();
+        if wal_restarts(&t) > before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was never copied back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     t.finish().await;
 }
 
