@@ -2,8 +2,10 @@
 //! price and allocation lookups, the hold, the job row, dispatch, settlement with its usage
 //! event, JSON or SSE over real HTTP) against calling the engine directly with the same
 //! request, median and p99 of sequential requests; then the requests per second the portal
-//! sustains with concurrent clients. The test model on the CPU, a fresh database (SQLite, or
-//! PostgreSQL when `TEST_DATABASE_URL` is set: both run, side by side).
+//! sustains with concurrent clients. The HTTP floor (a request the server answers without
+//! work) shows how much of the overhead is HTTP on both ends. The test model on the CPU, a
+//! fresh database (SQLite, or PostgreSQL when `TEST_DATABASE_URL` is set: both run, side by
+//! side).
 //!
 //! `cargo bench -p server --bench gateway` (add `TEST_DATABASE_URL=postgres://…` for both).
 
@@ -96,6 +98,29 @@ async fn one(http: &reqwest::Client, p: &Portal, stream: bool) {
     assert!(!stream || text.ends_with("data: [DONE]\n\n"));
 }
 
+/// The HTTP floor: a request through the same server and middleware that does no work (an
+/// unknown `/v1` route, answered 404 with OpenAI's error body), to tell HTTP on both ends
+/// from the portal's own work in the overhead.
+async fn floor(p: &Portal) -> Stats {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/nothing-here", p.base);
+    let once = || async {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        r.text().await.unwrap();
+    };
+    for _ in 0..20 {
+        once().await;
+    }
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    for _ in 0..SEQUENTIAL {
+        let t = Instant::now();
+        once().await;
+        samples.push(t.elapsed());
+    }
+    stats(samples)
+}
+
 async fn sequential(p: &Portal, stream: bool) -> Stats {
     let http = reqwest::Client::new();
     for _ in 0..20 {
@@ -152,6 +177,12 @@ async fn main() {
     }
     for (name, test_db) in dbs {
         let p = Arc::new(common::portal(test_db, MODEL, model.path(), |_| {}, 10_000).await);
+        let f = floor(&p).await;
+        println!(
+            "{name:8} HTTP floor (404, no work) median {}  p99 {}",
+            ms(f.median),
+            ms(f.p99)
+        );
         for stream in [false, true] {
             let s = sequential(&p, stream).await;
             println!(
