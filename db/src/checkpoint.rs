@@ -2,8 +2,8 @@
 //!
 //! In WAL mode with `synchronous = NORMAL` a commit appends to the log without an fsync; the
 //! fsyncs come with the checkpoint that copies the log back into the database file. By default
-//! SQLite runs that checkpoint inside whichever commit takes the log past 1 000 pages, so one
-//! request in a few dozen waits for two fsyncs (the slow tail of the gateway benchmark on
+//! SQLite runs that checkpoint inside whichever commit takes the log past 1 000 pages, and
+//! the request behind that commit waits for them (the slow tail of the gateway benchmark on
 //! SQLite, docs/perf.md). Here a task of the pool's own checkpoints every
 //! [`CHECKPOINT_EVERY`] instead, in `PASSIVE` mode: it waits for no reader and blocks no
 //! writer, and commits keep appending while it copies. SQLite's own checkpoint stays as a
@@ -54,7 +54,7 @@ impl Drop for Checkpointer {
 }
 
 /// Copies what the log holds back into the database file, as far as no reader still needs it.
-pub(crate) async fn checkpoint(pool: &AnyPool) -> Result<(), sqlx::Error> {
+async fn checkpoint(pool: &AnyPool) -> Result<(), sqlx::Error> {
     sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
         .execute(pool)
         .await
