@@ -9,6 +9,11 @@
 //! writer, and commits keep appending while it copies. SQLite's own checkpoint stays as a
 //! backstop at [`BACKSTOP_PAGES`], so the log stays bounded when writes outrun the task or no
 //! task runs.
+//!
+//! The checkpoint's first step is an fsync of the log, and until then a commit could be lost
+//! to a power cut (`synchronous = NORMAL`). With SQLite's own checkpoint alone, a database
+//! that went quiet kept its last commits unsynced until 1 000 more pages came; with the task,
+//! every commit is on disk within about [`CHECKPOINT_EVERY`].
 
 use std::time::Duration;
 
