@@ -35,17 +35,28 @@ impl Checkpointer {
         Checkpointer(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Said once when checkpoints start failing and once when they work again, not
+            // four times a second in between.
+            let mut failing = false;
             loop {
                 ticks.tick().await;
                 if pool.is_closed() {
                     return;
                 }
-                if let Err(e) = checkpoint(&pool).await {
-                    if pool.is_closed() {
-                        return;
+                match checkpoint(&pool).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("SQLite WAL checkpoints work again");
                     }
-                    // The backstop still bounds the log; the next tick tries again.
-                    tracing::warn!(error = %e, "SQLite WAL checkpoint failed");
+                    Ok(()) => {}
+                    Err(_) if pool.is_closed() => return,
+                    Err(e) => {
+                        // The backstop still bounds the log; the next tick tries again.
+                        if !failing {
+                            tracing::warn!(error = %e, "SQLite WAL checkpoint failed");
+                        }
+                        failing = true;
+                    }
                 }
             }
         }))
