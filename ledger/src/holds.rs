@@ -61,6 +61,15 @@ pub struct Settled {
     pub drawn: Vec<(String, i64)>,
 }
 
+/// One hold to settle in [`Ledger::settle_many_into`]: `actual` of it charged to `to`.
+#[derive(Debug, Clone, Copy)]
+pub struct ToSettle<'a> {
+    pub hold: &'a Reserved,
+    pub actual: Nanos,
+    pub to: &'a str,
+    pub memo: &'a str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub id: String,
@@ -346,66 +355,112 @@ impl Ledger {
         to: &str,
         memo: &str,
     ) -> Result<Settled, LedgerError> {
-        if actual.get() < 0 || actual > hold.amount {
-            return Err(LedgerError::SettleExceedsHold);
-        }
-        let mut remaining = actual.get();
-        // Per account: what the hold releases there and what it draws.
-        let mut moves: Vec<(String, i64, i64)> = Vec::new();
-        let mut drawn = Vec::new();
-        for (account, part) in &hold.parts {
-            let take = (*part).min(remaining);
-            remaining -= take;
-            moves.push((account.clone(), *part, take));
-            if take > 0 {
-                drawn.push((account.clone(), take));
-            }
-        }
-        let posting = if actual.get() > 0 {
-            let mut legs = vec![Leg {
-                account_id: to.to_string(),
-                amount: actual.get(),
-            }];
-            legs.extend(drawn.iter().map(|(account, take)| Leg {
-                account_id: account.clone(),
-                amount: -take,
-            }));
-            moves.push((to.to_string(), 0, -actual.get()));
-            let posting = Posting::new(
-                format!("hold:{}:settle", hold.id),
-                "usage",
-                memo,
-                None,
-                legs,
-            )?;
-            Some((new_id(), posting))
-        } else {
-            None
+        let one = ToSettle {
+            hold,
+            actual,
+            to,
+            memo,
         };
-        // The transaction first: the hold and the entries refer to it.
-        if let Some((id, posting)) = &posting {
-            queue_transaction(writes, id, posting);
+        let mut settled = self.settle_many_into(writes, std::slice::from_ref(&one))?;
+        Ok(settled.pop().unwrap_or(Settled {
+            transaction_id: None,
+            drawn: Vec::new(),
+        }))
+    }
+
+    /// Several holds settled as [`Ledger::settle_into`] settles one, in one set of writes that
+    /// stand or fall together: a transaction and its entries for each charge, each hold
+    /// marked settled, but each account's row updated once for all of them (what they release
+    /// and draw there added up). Every hold charges its own transaction, so statements and
+    /// balances read the same as when each was settled alone; the account rows, which every
+    /// settlement of a tenant (its wallet) or of a factory (its revenue) updates, take one
+    /// new version per batch instead of one per job, and on PostgreSQL a batch can be one
+    /// statement, which may change a row only once. The [`Settled`]s are in `items`' order.
+    pub fn settle_many_into(
+        &self,
+        writes: &mut Writes,
+        items: &[ToSettle<'_>],
+    ) -> Result<Vec<Settled>, LedgerError> {
+        let now = now_ms();
+        // Per account: what the holds release there and what they draw (a negative draw is
+        // money coming in, to a revenue account).
+        let mut moves: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        let mut postings = Vec::new();
+        let mut settled = Vec::with_capacity(items.len());
+        for item in items {
+            let (hold, actual) = (item.hold, item.actual);
+            if actual.get() < 0 || actual > hold.amount {
+                return Err(LedgerError::SettleExceedsHold);
+            }
+            let mut remaining = actual.get();
+            let mut drawn = Vec::new();
+            for (account, part) in &hold.parts {
+                let take = (*part).min(remaining);
+                remaining -= take;
+                let m = moves.entry(account.clone()).or_default();
+                m.0 += part;
+                m.1 += take;
+                if take > 0 {
+                    drawn.push((account.clone(), take));
+                }
+            }
+            let posting = if actual.get() > 0 {
+                let mut legs = vec![Leg {
+                    account_id: item.to.to_string(),
+                    amount: actual.get(),
+                }];
+                legs.extend(drawn.iter().map(|(account, take)| Leg {
+                    account_id: account.clone(),
+                    amount: -take,
+                }));
+                moves.entry(item.to.to_string()).or_default().1 -= actual.get();
+                let posting = Posting::new(
+                    format!("hold:{}:settle", hold.id),
+                    "usage",
+                    item.memo,
+                    None,
+                    legs,
+                )?;
+                Some((new_id(), posting))
+            } else {
+                None
+            };
+            settled.push(Settled {
+                transaction_id: posting.as_ref().map(|(id, _)| id.clone()),
+                drawn,
+            });
+            postings.push(posting);
         }
-        writes.push_expecting(
-            "UPDATE ledger_holds SET status = 'settled', resolved_at = $1, settled_amount = $2, \
-             settle_transaction_id = $3 WHERE id = $4 AND status = 'open'",
-            vec![
-                now_ms().into(),
-                actual.get().into(),
-                posting.as_ref().map(|(id, _)| id.as_str()).into(),
-                hold.id.as_str().into(),
-            ],
-            1,
-            LedgerError::HoldNotOpen,
-        );
+        // The transactions first: the holds and the entries refer to them.
+        let charged: Vec<(&str, &Posting)> = postings
+            .iter()
+            .flatten()
+            .map(|(id, p)| (id.as_str(), p))
+            .collect();
+        queue_transactions(writes, &charged, now);
+        for (item, posting) in items.iter().zip(&postings) {
+            writes.push_expecting(
+                "UPDATE ledger_holds SET status = 'settled', resolved_at = $1, settled_amount = $2, \
+                 settle_transaction_id = $3 WHERE id = $4 AND status = 'open'",
+                vec![
+                    now.into(),
+                    item.actual.get().into(),
+                    posting.as_ref().map(|(id, _)| id.as_str()).into(),
+                    item.hold.id.as_str().into(),
+                ],
+                1,
+                LedgerError::HoldNotOpen,
+            );
+        }
         // Accounts in id order, as postings lock them (PostgreSQL): no two writers wait on
         // each other. Releasing and drawing are one statement per account, on the account row
-        // only: the hold's reservation covers the draw, so what the account has available can
+        // only: the holds' reservations cover the draws, so what the account has available can
         // only grow, and no reservation waits for it. The guard is the ledger's own check that
-        // it did not fall below what its other holds reserve.
-        moves.sort_by(|a, b| a.0.cmp(&b.0));
-        for (account, release, take) in moves {
-            let refusal = if account == to {
+        // it did not fall below what its other holds reserve; the draws only ever lower the
+        // balance, so checking their sum checks each of them.
+        let receiving: std::collections::HashSet<&str> = items.iter().map(|i| i.to).collect();
+        for (account, (release, take)) in moves {
+            let refusal = if receiving.contains(account.as_str()) {
                 LedgerError::UnknownAccount(account.clone())
             } else {
                 LedgerError::InsufficientFunds {
@@ -420,13 +475,8 @@ impl Ledger {
                 refusal,
             );
         }
-        if let Some((id, posting)) = &posting {
-            queue_entries(writes, id, posting.legs());
-        }
-        Ok(Settled {
-            transaction_id: posting.map(|(id, _)| id),
-            drawn,
-        })
+        queue_entries_of(writes, &charged);
+        Ok(settled)
     }
 
     /// Releases a hold without charging (the work failed before producing anything).
@@ -566,37 +616,63 @@ async fn release(tx: &mut AnyConnection, hold: &Hold) -> Result<(), LedgerError>
     Ok(())
 }
 
-/// Queues a posting's transaction row.
-fn queue_transaction(writes: &mut Writes, transaction_id: &str, posting: &Posting) {
-    writes.push(
-        "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        vec![
-            transaction_id.into(),
+/// Queues the transactions (id, posting), one statement for all of them; nothing for none.
+fn queue_transactions(writes: &mut Writes, postings: &[(&str, &Posting)], now: i64) {
+    if postings.is_empty() {
+        return;
+    }
+    let mut sql = String::from(
+        "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) VALUES ",
+    );
+    let mut values = Vec::with_capacity(postings.len() * 6);
+    for (i, (id, posting)) in postings.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let n = i * 6;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6
+        ));
+        values.extend([
+            Value::from(*id),
             posting.key().into(),
             posting.kind().into(),
             posting.memo().into(),
             posting.org_id().into(),
-            now_ms().into(),
-        ],
-    );
+            now.into(),
+        ]);
+    }
+    writes.push(sql, values);
 }
 
-/// Queues a transaction's entries, one statement for all of them.
-fn queue_entries(writes: &mut Writes, transaction_id: &str, legs: &[Leg]) {
+/// Queues the entries of every transaction (id, posting), one statement for all of them;
+/// nothing for none.
+fn queue_entries_of(writes: &mut Writes, postings: &[(&str, &Posting)]) {
+    if postings.is_empty() {
+        return;
+    }
     let mut sql =
         String::from("INSERT INTO ledger_entries (transaction_id, account_id, amount) VALUES ");
-    let mut values = Vec::with_capacity(legs.len() * 3);
-    for (i, leg) in legs.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
+    let mut values: Vec<Value> = Vec::new();
+    for (id, posting) in postings {
+        for leg in posting.legs() {
+            let n = values.len();
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+            values.extend([
+                Value::from(*id),
+                leg.account_id.as_str().into(),
+                leg.amount.into(),
+            ]);
         }
-        sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-        values.extend([
-            Value::from(transaction_id),
-            leg.account_id.as_str().into(),
-            leg.amount.into(),
-        ]);
     }
     writes.push(sql, values);
 }

@@ -15,7 +15,7 @@ use db::{
     sqlx::{AnyConnection, Row},
 };
 
-pub use holds::{Hold, HoldStatus, Reserved, Settled, Writes};
+pub use holds::{Hold, HoldStatus, Reserved, Settled, ToSettle, Writes};
 pub use money::{MoneyError, NANOS_PER_DOLLAR, Nanos};
 pub use posting::{Leg, Posting};
 

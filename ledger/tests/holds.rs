@@ -572,3 +572,107 @@ async fn a_hold_that_waited_for_a_debit_sees_what_it_took() {
     assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
     t.finish().await;
 }
+
+#[tokio::test]
+async fn holds_settled_together_each_charge_their_own_and_fall_together() {
+    for t in TestDb::all().await {
+        let w = wallet(&t).await;
+        let mut holds = Vec::new();
+        for (key, amount) in [("job-1", 40), ("job-2", 20), ("job-3", 30)] {
+            let h = w
+                .ledger
+                .reserve(key, Some("org"), &w.sources(), Nanos::new(amount), HOUR)
+                .await
+                .unwrap();
+            holds.push(ledger::Reserved::from(h));
+        }
+        // 40 = 30 of the first grant and 10 of the second; 20 of the second; 20 of the second
+        // and 10 paid. Every hold draws on the second grant, whose row is updated once.
+        let charge = |i: usize, actual: i64| ledger::ToSettle {
+            hold: &holds[i],
+            actual: Nanos::new(actual),
+            to: &w.revenue,
+            memo: "together",
+        };
+        let mut writes = t.db.batch();
+        let settled = w
+            .ledger
+            .settle_many_into(&mut writes, &[charge(0, 35), charge(1, 0), charge(2, 25)])
+            .unwrap();
+        t.db.begin_metering()
+            .await
+            .unwrap()
+            .commit_with(writes)
+            .await
+            .unwrap();
+        assert_eq!(
+            settled[0].drawn,
+            vec![(w.grant_soon.clone(), 30), (w.grant_later.clone(), 5)]
+        );
+        assert!(settled[1].drawn.is_empty() && settled[1].transaction_id.is_none());
+        assert_eq!(
+            settled[2].drawn,
+            vec![(w.grant_later.clone(), 20), (w.paid.clone(), 5)]
+        );
+        assert_ne!(settled[0].transaction_id, settled[2].transaction_id);
+        // As if settled one by one: each account's draws and releases added up.
+        assert_eq!(w.balances().await, vec![(0, 0), (25, 0), (95, 0), (60, 0)]);
+        for (hold, amount) in holds.iter().zip([35, 0, 25]) {
+            let h = w.ledger.hold(&hold.id).await.unwrap().unwrap();
+            assert_eq!(h.status, HoldStatus::Settled);
+            assert_eq!(h.settled_amount, Some(Nanos::new(amount)));
+        }
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+
+        // One hold of a batch no longer open: nothing of the batch stays.
+        let mut next = Vec::new();
+        for key in ["job-4", "job-5"] {
+            let h = w
+                .ledger
+                .reserve(key, Some("org"), &w.sources(), Nanos::new(10), HOUR)
+                .await
+                .unwrap();
+            next.push(ledger::Reserved::from(h));
+        }
+        w.ledger.void(&next[1].id).await.unwrap();
+        let before = w.balances().await;
+        let mut writes = t.db.batch();
+        w.ledger
+            .settle_many_into(
+                &mut writes,
+                &[
+                    ledger::ToSettle {
+                        hold: &next[0],
+                        actual: Nanos::new(10),
+                        to: &w.revenue,
+                        memo: "",
+                    },
+                    ledger::ToSettle {
+                        hold: &next[1],
+                        actual: Nanos::new(10),
+                        to: &w.revenue,
+                        memo: "",
+                    },
+                ],
+            )
+            .unwrap();
+        let refused =
+            t.db.begin_metering()
+                .await
+                .unwrap()
+                .commit_with(writes)
+                .await
+                .map_err(LedgerError::from);
+        assert!(
+            matches!(refused, Err(LedgerError::HoldNotOpen)),
+            "{refused:?}"
+        );
+        assert_eq!(w.balances().await, before);
+        assert_eq!(
+            w.ledger.hold(&next[0].id).await.unwrap().unwrap().status,
+            HoldStatus::Open
+        );
+        assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
+        t.finish().await;
+    }
+}
