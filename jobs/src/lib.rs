@@ -19,6 +19,7 @@ pub mod metrics;
 mod pricing;
 pub mod recovery;
 mod running;
+mod settler;
 mod usage;
 mod wallets;
 
@@ -215,6 +216,8 @@ struct Inner {
     drain: drain::DrainState,
     /// What admission last read of each wallet (see [`wallets`]).
     wallets: wallets::Wallets,
+    /// Finished jobs waiting to be settled together (see [`settler`]).
+    settler: settler::Settler,
 }
 
 impl Jobs {
@@ -239,6 +242,7 @@ impl Jobs {
                 journal: std::sync::OnceLock::new(),
                 drain: drain::DrainState::default(),
                 wallets: wallets::Wallets::default(),
+                settler: settler::Settler::default(),
             }),
         }
     }

@@ -91,7 +91,7 @@ pub struct RunningJob {
 }
 
 #[derive(Debug, Clone)]
-enum End {
+pub(crate) enum End {
     Finished(Finish),
     Failed(String),
 }
@@ -239,10 +239,9 @@ impl RunningJob {
     /// the next start charges them). A failed settlement is logged and voids the hold, as
     /// always; the answer still goes out.
     ///
-    /// The answer does not wait for the commit: the settlement runs beside the caller's next
-    /// request (docs/perf.md). On SQLite that request's hold queues behind it on the
-    /// process's writer lock, for the one round trip the settlement's writes take. The job
-    /// stays unsettled for a shutdown until the commit.
+    /// The answer does not wait for the commit: the settlement waits a moment for others and
+    /// is written with them in one transaction (see `settler`), beside the caller's next
+    /// requests (docs/perf.md). The job stays unsettled for a shutdown until the commit.
     ///
     /// # Panics
     /// In debug builds, when the job did not run to its end (settle those with
@@ -267,17 +266,27 @@ impl RunningJob {
         );
         let end = self.end.take();
         self.generation = None;
-        let span = tracing::info_span!("job", job = %ctx.id);
-        // Its own task: a caller that goes away cannot cut it in half.
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let end = end.unwrap_or_else(|| End::Failed("no end".into()));
-                if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
-                    tracing::error!(error = %e, "settling a finished job failed; not charged");
-                }
-            },
-            span,
-        ));
+        match end {
+            Some(End::Finished(finish)) if finish.reason != FinishReason::Cancelled => {
+                let settler = &self.jobs.inner.settler;
+                settler.send(crate::settler::Finished::new(
+                    jobs, ctx, finish, delivered, slot,
+                ));
+            }
+            end => {
+                let span = tracing::info_span!("job", job = %ctx.id);
+                // Its own task: a caller that goes away cannot cut it in half.
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let end = end.unwrap_or_else(|| End::Failed("no end".into()));
+                        if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
+                            tracing::error!(error = %e, "settling a finished job failed; not charged");
+                        }
+                    },
+                    span,
+                ));
+            }
+        }
     }
 
     /// Settles after the last event (cancelling and waiting for it first if need be). The
@@ -365,7 +374,7 @@ impl Drop for RunningJob {
 /// is voided and the job marked failed, so nothing stays reserved and the caller's "not
 /// charged" is true. The journal slot is freed only after, so a crash before the settlement
 /// committed still finds the delivered count.
-async fn settle(
+pub(crate) async fn settle(
     jobs: &Jobs,
     ctx: &JobContext,
     end: End,
@@ -382,7 +391,20 @@ async fn settle(
             Err(e)
         }
     };
-    let (status, receipt) = match &result {
+    settled(jobs, ctx, &result, slot);
+    result
+}
+
+/// After a job's settlement committed (or failed for good): its metrics, its journal slot
+/// (freed only now, so a crash before the commit still finds the delivered count) and the
+/// shutdown's count of unsettled jobs.
+pub(crate) fn settled(
+    jobs: &Jobs,
+    ctx: &JobContext,
+    result: &Result<Receipt, JobError>,
+    slot: Option<crate::journal::Slot>,
+) {
+    let (status, receipt) = match result {
         Ok(
             r @ Receipt {
                 charged: Charged::Complete,
@@ -412,7 +434,6 @@ async fn settle(
         journal.release(slot);
     }
     jobs.untrack(&ctx.id);
-    result
 }
 
 async fn settle_once(
@@ -441,12 +462,21 @@ async fn settle_once(
         }
         End::Finished(f) => f,
     };
+    let s = settlement_of(&f, delivered);
+    ctx.give_back_tokens(jobs, s.prompt_tokens + s.completion_tokens);
+    let amount = charge(jobs, ctx, &s).await?;
+    Ok(receipt_of(jobs, ctx, &f, &s, amount))
+}
+
+/// What a job that ended with `f` is charged for, `delivered` tokens having reached its
+/// client: every token when it ran to its end; when it was cut short, the prompt (once it was
+/// processed) and only the delivered output.
+pub(crate) fn settlement_of(f: &Finish, delivered: usize) -> Settlement<'static> {
     let complete = f.reason != FinishReason::Cancelled;
     let (prompt_tokens, completion_tokens) = if complete {
         (f.prompt_tokens, f.completion_tokens)
     } else {
-        // The prompt was processed when the first token came out; only delivered output is
-        // charged.
+        // The prompt was processed when the first token came out.
         let prompt = if f.completion_tokens > 0 {
             f.prompt_tokens
         } else {
@@ -454,39 +484,43 @@ async fn settle_once(
         };
         (prompt, delivered.min(f.completion_tokens))
     };
-    ctx.give_back_tokens(jobs, prompt_tokens + completion_tokens);
-    let amount = charge(
-        jobs,
-        ctx,
-        &Settlement {
-            prompt_tokens,
-            completion_tokens,
-            partial: !complete,
-            finish_reason: f.reason.as_str(),
-            device_us: (f.device_seconds * 1e6).round() as i64,
-            queue_ms: f.queue_time.as_millis() as i64,
-            ttft_ms: (f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64),
-            status: if complete { "succeeded" } else { "cancelled" },
-            error: None,
-        },
-    )
-    .await?;
-    Ok(Receipt {
-        job_id: ctx.id.clone(),
-        charged: if complete {
-            Charged::Complete
-        } else {
-            Charged::Partial
-        },
+    Settlement {
         prompt_tokens,
         completion_tokens,
+        partial: !complete,
+        finish_reason: f.reason.as_str(),
+        device_us: (f.device_seconds * 1e6).round() as i64,
+        queue_ms: f.queue_time.as_millis() as i64,
+        ttft_ms: (f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64),
+        status: if complete { "succeeded" } else { "cancelled" },
+        error: None,
+    }
+}
+
+/// The receipt of a job that ended with `f`, charged `amount` for `s`.
+pub(crate) fn receipt_of(
+    jobs: &Jobs,
+    ctx: &JobContext,
+    f: &Finish,
+    s: &Settlement<'_>,
+    amount: Nanos,
+) -> Receipt {
+    Receipt {
+        job_id: ctx.id.clone(),
+        charged: if s.partial {
+            Charged::Partial
+        } else {
+            Charged::Complete
+        },
+        prompt_tokens: s.prompt_tokens,
+        completion_tokens: s.completion_tokens,
         amount,
         finish_reason: Some(f.reason),
         time_to_first_token: f.time_to_first_token,
         decode_time: f.decode_time,
         device_seconds: f.device_seconds,
-        shut_down: !complete && jobs.cancelled_for_shutdown(),
-    })
+        shut_down: s.partial && jobs.cancelled_for_shutdown(),
+    }
 }
 
 /// What a job is charged for and how it ended, as recorded.
@@ -505,56 +539,122 @@ pub(crate) struct Settlement<'a> {
 
 /// In one transaction: settles the hold for the tokens (the rest goes back), records the usage
 /// event with its split by funding source, and ends the job. Returns the amount charged.
-///
-/// Everything is worked out first and written as one batch (one round trip on SQLite); the
-/// writes fail, and roll back whole, if the hold was resolved meanwhile.
 pub(crate) async fn charge(
     jobs: &Jobs,
     ctx: &JobContext,
     s: &Settlement<'_>,
 ) -> Result<Nanos, JobError> {
+    let mut amounts = charge_many(jobs, &[(ctx, s)]).await?;
+    Ok(amounts.pop().unwrap_or(Nanos::new(0)))
+}
+
+/// [`charge`] for several jobs in one transaction, which stands or falls whole: each job's hold
+/// settled (the ledger's `settle_many_into`), usage event and end. Returns what each was
+/// charged, in order.
+///
+/// Everything is worked out first and written as one batch (one round trip on SQLite, one
+/// statement on PostgreSQL); the writes fail, and roll back whole, if a hold was resolved
+/// meanwhile.
+pub(crate) async fn charge_many(
+    jobs: &Jobs,
+    items: &[(&JobContext, &Settlement<'_>)],
+) -> Result<Vec<Nanos>, JobError> {
     let inner = &jobs.inner;
-    let mut amount = ctx
-        .rates
-        .cost(s.prompt_tokens as u64, s.completion_tokens as u64)
-        .unwrap_or(Nanos::new(i64::MAX));
-    if amount > ctx.max_cost {
-        // Cannot happen while the engine keeps to the prepared limits; charge the hold.
-        tracing::error!(job = ctx.id, %amount, held = %ctx.max_cost, "charge above the hold");
-        amount = ctx.max_cost;
+    let mut amounts = Vec::with_capacity(items.len());
+    // Per job: where its charge goes and the memo of its transaction (none without a hold).
+    let mut receivers = Vec::with_capacity(items.len());
+    for (ctx, s) in items {
+        let mut amount = ctx
+            .rates
+            .cost(s.prompt_tokens as u64, s.completion_tokens as u64)
+            .unwrap_or(Nanos::new(i64::MAX));
+        if amount > ctx.max_cost {
+            // Cannot happen while the engine keeps to the prepared limits; charge the hold.
+            tracing::error!(job = ctx.id, %amount, held = %ctx.max_cost, "charge above the hold");
+            amount = ctx.max_cost;
+        }
+        match &ctx.hold {
+            Some(_) => receivers.push(Some((
+                revenue_account(jobs, ctx).await?,
+                format!("{} {} job {}", ctx.kind.code(), ctx.model, ctx.id),
+            ))),
+            None => {
+                amount = Nanos::new(0);
+                receivers.push(None);
+            }
+        }
+        amounts.push(amount);
     }
+    let to_settle: Vec<ledger::ToSettle<'_>> = items
+        .iter()
+        .zip(&receivers)
+        .zip(&amounts)
+        .filter_map(|(((ctx, _), to), amount)| {
+            let (hold, (to, memo)) = (ctx.hold.as_ref()?, to.as_ref()?);
+            Some(ledger::ToSettle {
+                hold,
+                actual: *amount,
+                to,
+                memo,
+            })
+        })
+        .collect();
     let mut writes: ledger::Writes = inner.db.batch();
-    let mut drawn = Vec::new();
-    let mut transaction_id = None;
-    match &ctx.hold {
-        Some(hold) => {
-            let revenue = revenue_account(jobs, ctx).await?;
-            let settled = inner
-                .credits
-                .ledger()
-                .settle_into(
-                    &mut writes,
-                    hold,
-                    amount,
-                    &revenue,
-                    &format!("{} {} job {}", ctx.kind.code(), ctx.model, ctx.id),
-                )
-                .map_err(JobError::storage)?;
-            drawn = settled.drawn;
-            transaction_id = settled.transaction_id;
-        }
-        None => amount = Nanos::new(0),
-    }
-    // Which grants paid: every drawn account that is not a grant's is paid credit.
-    let mut grants = Vec::new();
-    let mut paid = 0i64;
-    for (account, part) in &drawn {
-        match grant_of_account(jobs, account).await? {
-            Some((grant_id, program_id)) => grants.push((grant_id, program_id, *part)),
-            None => paid += part,
-        }
-    }
+    let mut settled = inner
+        .credits
+        .ledger()
+        .settle_many_into(&mut writes, &to_settle)
+        .map_err(JobError::storage)?
+        .into_iter();
     let now = now_ms();
+    for (((ctx, s), amount), to) in items.iter().zip(&amounts).zip(&receivers) {
+        let (drawn, transaction_id) = match to.as_ref().and_then(|_| settled.next()) {
+            Some(settled) => (settled.drawn, settled.transaction_id),
+            None => (Vec::new(), None),
+        };
+        // Which grants paid: every drawn account that is not a grant's is paid credit.
+        let mut grants = Vec::new();
+        let mut paid = 0i64;
+        for (account, part) in &drawn {
+            match grant_of_account(jobs, account).await? {
+                Some((grant_id, program_id)) => grants.push((grant_id, program_id, *part)),
+                None => paid += part,
+            }
+        }
+        record_usage(
+            &mut writes,
+            ctx,
+            s,
+            &Charge {
+                amount: *amount,
+                paid,
+                grants,
+                transaction_id,
+                now,
+            },
+        );
+    }
+    // Only now the write lock (SQLite) or the rows (PostgreSQL). The whole settlement is one
+    // query on SQLite (with its BEGIN and COMMIT) and one statement on PostgreSQL.
+    let tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
+    tx.commit_with(writes)
+        .await
+        .map_err(|e| JobError::storage(ledger::LedgerError::from(e)))?;
+    Ok(amounts)
+}
+
+/// What one job's settlement charged, as its usage event records it.
+struct Charge {
+    amount: Nanos,
+    /// The part paid from paid credit; the rest came from `grants` (grant, program, amount).
+    paid: i64,
+    grants: Vec<(String, String, i64)>,
+    transaction_id: Option<String>,
+    now: i64,
+}
+
+/// Queues the job's usage event (with its split by grant) and its end.
+fn record_usage(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_>, c: &Charge) {
     let event_id = new_id();
     writes.push(
         "INSERT INTO usage_events (id, job_id, org_id, user_id, api_key_id, kind, model, \
@@ -576,27 +676,27 @@ pub(crate) async fn charge(
             (s.completion_tokens as i64).into(),
             ctx.rates.input_nanos_per_mtok.into(),
             ctx.rates.output_nanos_per_mtok.into(),
-            amount.get().into(),
-            paid.into(),
+            c.amount.get().into(),
+            c.paid.into(),
             s.device_us.into(),
             s.queue_ms.into(),
             s.ttft_ms.into(),
-            (now - ctx.created_at).into(),
+            (c.now - ctx.created_at).into(),
             i64::from(s.partial).into(),
             s.finish_reason.into(),
-            (&transaction_id).into(),
-            now.into(),
+            (&c.transaction_id).into(),
+            c.now.into(),
         ],
     );
-    for (grant_id, program_id, part) in grants {
+    for (grant_id, program_id, part) in &c.grants {
         writes.push(
             "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) \
              VALUES ($1, $2, $3, $4)",
             vec![
                 event_id.as_str().into(),
-                grant_id.into(),
-                program_id.into(),
-                part.into(),
+                grant_id.as_str().into(),
+                program_id.as_str().into(),
+                (*part).into(),
             ],
         );
     }
@@ -607,18 +707,11 @@ pub(crate) async fn charge(
             s.status.into(),
             (s.completion_tokens as i64).into(),
             s.finish_reason.into(),
-            now.into(),
+            c.now.into(),
             ctx.id.as_str().into(),
             (&s.error).into(),
         ],
     );
-    // Only now the write lock (SQLite) or the rows (PostgreSQL). The whole settlement is one
-    // query on SQLite (with its BEGIN and COMMIT) and one statement on PostgreSQL.
-    let tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
-    tx.commit_with(writes)
-        .await
-        .map_err(|e| JobError::storage(ledger::LedgerError::from(e)))?;
-    Ok(amount)
 }
 
 /// The grant (id, program) a wallet account holds, or `None` for paid credit. Which grant an

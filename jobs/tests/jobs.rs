@@ -901,3 +901,118 @@ async fn a_hold_planned_without_a_read_keeps_the_burn_order() {
     })
     .await;
 }
+
+/// Each job run to its end (its answer assembled), not yet settled.
+async fn finished_jobs(w: &World, n: usize) -> Vec<jobs::RunningJob> {
+    let mut done = Vec::new();
+    for _ in 0..n {
+        let mut job = w
+            .jobs
+            .start(&w.who(), JobKind::Production, MODEL, request(4))
+            .await
+            .unwrap();
+        job.run_buffered().await;
+        assert!(job.completed().is_some());
+        done.push(job);
+    }
+    done
+}
+
+async fn all_settled(w: &World) {
+    for _ in 0..10_000 {
+        if w.jobs.unsettled() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{} jobs still unsettled after 10 s", w.jobs.unsettled());
+}
+
+/// (status, amount charged, paid part, the grants' part) of each job, in `ids`' order.
+async fn charges(w: &World, ids: &[String]) -> Vec<(String, Option<(i64, i64, i64)>)> {
+    let mut out = Vec::new();
+    for id in ids {
+        let status = db::sqlx::query("SELECT status FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(w.db.pool())
+            .await
+            .unwrap()
+            .try_get::<String, _>("status")
+            .unwrap();
+        let event = db::sqlx::query(
+            "SELECT e.amount, e.paid_amount, \
+             CAST((SELECT COALESCE(SUM(g.amount), 0) FROM usage_event_grants g WHERE g.usage_event_id = e.id) AS BIGINT) AS granted \
+             FROM usage_events e WHERE e.job_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(w.db.pool())
+        .await
+        .unwrap()
+        .map(|r| {
+            (
+                r.try_get::<i64, _>("amount").unwrap(),
+                r.try_get::<i64, _>("paid_amount").unwrap(),
+                r.try_get::<i64, _>("granted").unwrap(),
+            )
+        });
+        out.push((status, event));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_settled_together_are_each_charged_and_a_bad_one_fails_alone() {
+    each_db(async |w: &World| {
+        w.price().await;
+        w.top_up(1).await;
+        let start = w.available().await.get();
+        let done = finished_jobs(w, 3).await;
+        let cost = RATES.cost(done[0].prompt_tokens() as u64, 4).unwrap().get();
+        // A grant that pays for the first job whole and part of the second: it burns first,
+        // so each job's split depends on what the one before it drew, in the same batch.
+        w.grant("Tiny support", Nanos::new(cost + cost / 2)).await;
+        let ids: Vec<String> = done.iter().map(|j| j.id().to_string()).collect();
+        // Settled one right after another: together, in one transaction.
+        for job in done {
+            job.settle_completed();
+        }
+        all_settled(w).await;
+        // The holds were taken before the grant came, so paid credit pays every job.
+        let charged = charges(w, &ids).await;
+        for (status, event) in &charged {
+            assert_eq!(status, "succeeded");
+            assert_eq!(*event, Some((cost, cost, 0)));
+        }
+        let granted = cost + cost / 2;
+        assert_eq!(start + granted - w.available().await.get(), 3 * cost);
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+
+        // Now the grant burns first: the first job from it whole, the second half from it.
+        // The second job's hold is voided before the batch is written: the batch fails,
+        // and each job is settled alone: the others charged, that one failed, not charged.
+        let start = w.available().await.get();
+        let done = finished_jobs(w, 3).await;
+        let ids: Vec<String> = done.iter().map(|j| j.id().to_string()).collect();
+        let hold: String = db::sqlx::query("SELECT hold_id FROM jobs WHERE id = $1")
+            .bind(&ids[1])
+            .fetch_one(w.db.pool())
+            .await
+            .unwrap()
+            .try_get("hold_id")
+            .unwrap();
+        w.credits.ledger().void(&hold).await.unwrap();
+        for job in done {
+            job.settle_completed();
+        }
+        all_settled(w).await;
+        let charged = charges(w, &ids).await;
+        assert_eq!(charged[0], ("succeeded".into(), Some((cost, 0, cost))));
+        assert_eq!(charged[1], ("failed".into(), None));
+        assert_eq!(charged[2], ("succeeded".into(), Some((cost, cost, 0))));
+        assert_eq!(start - w.available().await.get(), 2 * cost);
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+    })
+    .await;
+}
