@@ -256,6 +256,7 @@ impl Jobs {
                 error: Some(format!(
                     "The portal instance running this job stopped mid-stream; the {delivered} tokens delivered were charged."
                 )),
+                ended_at: db::now_ms(),
             },
         )
         .await?;

@@ -391,18 +391,19 @@ pub(crate) async fn settle(
             Err(e)
         }
     };
-    settled(jobs, ctx, &result, slot);
+    settled(jobs, ctx, &result, slot, now_ms());
     result
 }
 
-/// After a job's settlement committed (or failed for good): its metrics, its journal slot
-/// (freed only now, so a crash before the commit still finds the delivered count) and the
-/// shutdown's count of unsettled jobs.
+/// After a job's settlement committed (or failed for good): its metrics (the job having
+/// ended at `ended_at`, milliseconds), its journal slot (freed only now, so a crash before
+/// the commit still finds the delivered count) and the shutdown's count of unsettled jobs.
 pub(crate) fn settled(
     jobs: &Jobs,
     ctx: &JobContext,
     result: &Result<Receipt, JobError>,
     slot: Option<crate::journal::Slot>,
+    ended_at: i64,
 ) {
     let (status, receipt) = match result {
         Ok(
@@ -428,7 +429,7 @@ pub(crate) fn settled(
         completion_tokens: receipt.map_or(0, |r| r.completion_tokens),
         time_to_first_token: receipt.map_or(Duration::ZERO, |r| r.time_to_first_token),
         decode_time: receipt.map_or(Duration::ZERO, |r| r.decode_time),
-        e2e_seconds: (now_ms() - ctx.created_at).max(0) as f64 / 1000.0,
+        e2e_seconds: (ended_at - ctx.created_at).max(0) as f64 / 1000.0,
     });
     if let (Some(slot), Some(journal)) = (slot, jobs.journal()) {
         journal.release(slot);
@@ -462,7 +463,7 @@ async fn settle_once(
         }
         End::Finished(f) => f,
     };
-    let s = settlement_of(&f, delivered);
+    let s = settlement_of(&f, delivered, now_ms());
     ctx.give_back_tokens(jobs, s.prompt_tokens + s.completion_tokens);
     let amount = charge(jobs, ctx, &s).await?;
     Ok(receipt_of(jobs, ctx, &f, &s, amount))
@@ -470,8 +471,8 @@ async fn settle_once(
 
 /// What a job that ended with `f` is charged for, `delivered` tokens having reached its
 /// client: every token when it ran to its end; when it was cut short, the prompt (once it was
-/// processed) and only the delivered output.
-pub(crate) fn settlement_of(f: &Finish, delivered: usize) -> Settlement<'static> {
+/// processed) and only the delivered output. It ended at `ended_at` (milliseconds).
+pub(crate) fn settlement_of(f: &Finish, delivered: usize, ended_at: i64) -> Settlement<'static> {
     let complete = f.reason != FinishReason::Cancelled;
     let (prompt_tokens, completion_tokens) = if complete {
         (f.prompt_tokens, f.completion_tokens)
@@ -494,6 +495,7 @@ pub(crate) fn settlement_of(f: &Finish, delivered: usize) -> Settlement<'static>
         ttft_ms: (f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64),
         status: if complete { "succeeded" } else { "cancelled" },
         error: None,
+        ended_at,
     }
 }
 
@@ -535,6 +537,9 @@ pub(crate) struct Settlement<'a> {
     /// The job's final status.
     pub status: &'static str,
     pub error: Option<String>,
+    /// When the job ended (milliseconds): its row's `finished_at`, and where its usage
+    /// event's duration ends. Not when the settlement is written, which may be later.
+    pub ended_at: i64,
 }
 
 /// In one transaction: settles the hold for the tokens (the rest goes back), records the usage
@@ -681,7 +686,7 @@ fn record_usage(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_
             s.device_us.into(),
             s.queue_ms.into(),
             s.ttft_ms.into(),
-            (c.now - ctx.created_at).into(),
+            (s.ended_at - ctx.created_at).into(),
             i64::from(s.partial).into(),
             s.finish_reason.into(),
             (&c.transaction_id).into(),
@@ -707,7 +712,7 @@ fn record_usage(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_
             s.status.into(),
             (s.completion_tokens as i64).into(),
             s.finish_reason.into(),
-            c.now.into(),
+            s.ended_at.into(),
             ctx.id.as_str().into(),
             (&s.error).into(),
         ],

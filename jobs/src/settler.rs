@@ -38,6 +38,8 @@ pub(crate) struct Finished {
     delivered: usize,
     slot: Option<Slot>,
     queued: Instant,
+    /// When the job ended (milliseconds), which its records say, not when they are written.
+    ended_at: i64,
 }
 
 impl Finished {
@@ -55,6 +57,7 @@ impl Finished {
             delivered,
             slot,
             queued: Instant::now(),
+            ended_at: db::now_ms(),
         }
     }
 }
@@ -111,7 +114,7 @@ async fn settle_batch(batch: Vec<Finished>) {
     };
     let settlements: Vec<_> = batch
         .iter()
-        .map(|f| running::settlement_of(&f.finish, f.delivered))
+        .map(|f| running::settlement_of(&f.finish, f.delivered, f.ended_at))
         .collect();
     for (f, s) in batch.iter().zip(&settlements) {
         f.ctx
@@ -122,7 +125,7 @@ async fn settle_batch(batch: Vec<Finished>) {
         Ok(amounts) => {
             for ((f, s), amount) in batch.into_iter().zip(&settlements).zip(amounts) {
                 let receipt = running::receipt_of(&f.jobs, &f.ctx, &f.finish, s, amount);
-                running::settled(&f.jobs, &f.ctx, &Ok(receipt), f.slot);
+                running::settled(&f.jobs, &f.ctx, &Ok(receipt), f.slot, f.ended_at);
             }
         }
         Err(e) => {

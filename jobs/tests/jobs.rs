@@ -976,7 +976,23 @@ async fn finished_jobs_settled_together_are_each_charged_and_a_bad_one_fails_alo
         for job in done {
             job.settle_completed();
         }
+        let handed_over = db::now_ms();
         all_settled(w).await;
+        // The records say when each job ended, not when its batch was written (later).
+        for id in &ids {
+            let r = db::sqlx::query(
+                "SELECT j.finished_at - j.created_at AS took, e.duration_ms, j.finished_at \
+                 FROM jobs j JOIN usage_events e ON e.job_id = j.id WHERE j.id = $1",
+            )
+            .bind(id)
+            .fetch_one(w.db.pool())
+            .await
+            .unwrap();
+            let finished_at: i64 = r.try_get("finished_at").unwrap();
+            assert!(finished_at <= handed_over, "{finished_at} > {handed_over}");
+            let took: i64 = r.try_get("took").unwrap();
+            assert_eq!(took, r.try_get::<i64, _>("duration_ms").unwrap());
+        }
         // The holds were taken before the grant came, so paid credit pays every job.
         let charged = charges(w, &ids).await;
         for (status, event) in &charged {
