@@ -383,16 +383,20 @@ pub(crate) async fn settle(
 ) -> Result<Receipt, JobError> {
     let result = match settle_once(jobs, ctx, end, delivered).await {
         Ok(r) => Ok(r),
-        Err(e) => {
-            tracing::error!(job = ctx.id, error = %e, "settlement failed; voiding the hold");
-            if let Err(again) = fail(jobs, ctx, format!("settlement failed: {e}")).await {
-                tracing::error!(job = ctx.id, error = %again, "marking the job failed also failed");
-            }
-            Err(e)
-        }
+        Err(e) => Err(not_settled(jobs, ctx, e).await),
     };
     settled(jobs, ctx, &result, slot, now_ms());
     result
+}
+
+/// A settlement that failed (`e`): the hold is voided and the job marked failed, so nothing
+/// stays reserved and the job is not charged. Returns `e`.
+pub(crate) async fn not_settled(jobs: &Jobs, ctx: &JobContext, e: JobError) -> JobError {
+    tracing::error!(job = ctx.id, error = %e, "settlement failed; voiding the hold");
+    if let Err(again) = fail(jobs, ctx, format!("settlement failed: {e}")).await {
+        tracing::error!(job = ctx.id, error = %again, "marking the job failed also failed");
+    }
+    e
 }
 
 /// After a job's settlement committed (or failed for good): its metrics (the job having

@@ -11,7 +11,8 @@
 //! A job waiting here is still counted as unsettled (a shutdown waits for it) and its
 //! delivered tokens are already in the journal, so a process killed meanwhile still charges
 //! it on the next start. A batch whose writes fail is settled again job by job, each as it
-//! would have been alone (charged, or its hold voided when it cannot be).
+//! would have been alone (charged, or its hold voided when it cannot be); a batch of one that
+//! fails has its hold voided at once.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -126,6 +127,13 @@ async fn settle_batch(batch: Vec<Finished>) {
             for ((f, s), amount) in batch.into_iter().zip(&settlements).zip(amounts) {
                 let receipt = running::receipt_of(&f.jobs, &f.ctx, &f.finish, s, amount);
                 running::settled(&f.jobs, &f.ctx, &Ok(receipt), f.slot, f.ended_at);
+            }
+        }
+        // Alone already: written again it would fail the same way.
+        Err(e) if batch.len() == 1 => {
+            if let Some(f) = batch.into_iter().next() {
+                let e = running::not_settled(&f.jobs, &f.ctx, e).await;
+                running::settled(&f.jobs, &f.ctx, &Err(e), f.slot, f.ended_at);
             }
         }
         Err(e) => {

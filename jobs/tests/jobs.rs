@@ -1029,6 +1029,25 @@ async fn finished_jobs_settled_together_are_each_charged_and_a_bad_one_fails_alo
         assert_eq!(start - w.available().await.get(), 2 * cost);
         assert_eq!(w.open_holds().await, 0);
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+
+        // A batch of one whose hold was voided: failed, not charged.
+        let start = w.available().await.get();
+        let mut done = finished_jobs(w, 1).await;
+        let job = done.remove(0);
+        let id = job.id().to_string();
+        let hold: String = db::sqlx::query("SELECT hold_id FROM jobs WHERE id = $1")
+            .bind(&id)
+            .fetch_one(w.db.pool())
+            .await
+            .unwrap()
+            .try_get("hold_id")
+            .unwrap();
+        w.credits.ledger().void(&hold).await.unwrap();
+        job.settle_completed();
+        all_settled(w).await;
+        assert_eq!(charges(w, &[id]).await[0], ("failed".into(), None));
+        assert_eq!(w.available().await.get(), start);
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
     })
     .await;
 }
