@@ -26,7 +26,7 @@ use crate::journal::Slot;
 use crate::running::{self, End, JobContext};
 
 /// How long the first settlement of a batch waits for others.
-pub(crate) const GATHER: Duration = Duration::from_millis(5);
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The most settlements written in one transaction.
 const MOST: usize = 64;
