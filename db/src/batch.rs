@@ -75,6 +75,96 @@ impl From<&Option<String>> for Value {
     }
 }
 
+/// The type of one column of [`Rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Int,
+    Text,
+}
+
+/// Rows of values sent as one parameter (a JSON array), which a statement reads as a table
+/// (see [`Batch::push_rows`]). However many rows there are, the statement's text stays the
+/// same, so each connection parses and plans it once. Written out as a multi-row `VALUES`,
+/// every number of rows is a statement of its own, parsed and planned anew on each
+/// connection that meets it (0.7 ms apiece on PostgreSQL, docs/perf.md).
+#[derive(Debug, Clone)]
+pub struct Rows {
+    columns: &'static [(&'static str, Column)],
+    rows: Vec<serde_json::Value>,
+}
+
+impl Rows {
+    /// No rows yet, of these columns (names written as SQL identifiers, lower case).
+    pub fn new(columns: &'static [(&'static str, Column)]) -> Rows {
+        Rows {
+            columns,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row: one value per column, in the columns' order, each of its column's type.
+    pub fn push<const N: usize>(&mut self, values: [Value; N]) {
+        debug_assert_eq!(N, self.columns.len(), "a row has one value per column");
+        let row = self
+            .columns
+            .iter()
+            .zip(values)
+            .map(|((name, column), value)| {
+                let json = match (column, value) {
+                    (Column::Int, Value::Int(v)) => v.map(serde_json::Value::from),
+                    (Column::Text, Value::Text(v)) => v.map(serde_json::Value::from),
+                    (column, value) => {
+                        debug_assert!(false, "{name} is {column:?}, given {value:?}");
+                        None
+                    }
+                };
+                (name.to_string(), json.unwrap_or(serde_json::Value::Null))
+            })
+            .collect();
+        self.rows.push(serde_json::Value::Object(row));
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table the rows are read from, as `r`, from the parameter `$1`.
+    fn source(&self, backend: Backend) -> String {
+        match backend {
+            // Typed by the column list; a JSON null is SQL NULL.
+            Backend::Postgres => {
+                let columns: Vec<String> = self
+                    .columns
+                    .iter()
+                    .map(|(name, column)| match column {
+                        Column::Int => format!("{name} BIGINT"),
+                        Column::Text => format!("{name} TEXT"),
+                    })
+                    .collect();
+                format!("json_to_recordset($1::json) AS r({})", columns.join(", "))
+            }
+            // `->>` gives a JSON number as an INTEGER, a string as TEXT, null as NULL.
+            Backend::Sqlite => {
+                let columns: Vec<String> = self
+                    .columns
+                    .iter()
+                    .map(|(name, _)| format!("value ->> '{name}' AS {name}"))
+                    .collect();
+                format!("(SELECT {} FROM json_each($1)) AS r", columns.join(", "))
+            }
+        }
+    }
+
+    /// The parameter of [`Rows::source`].
+    fn into_value(self) -> Value {
+        Value::Text(Some(serde_json::Value::Array(self.rows).to_string()))
+    }
+}
+
 /// Statements to run in order inside the caller's transaction, each with what it must affect.
 /// `R` is what a statement that changed the wrong number of rows reports (the caller's own
 /// error, so that "not enough funds in account X" comes back as such).
@@ -154,6 +244,24 @@ impl<R> Batch<R> {
             sql: sql.into(),
             values,
             expect: Some((rows, refusal)),
+        });
+    }
+
+    /// Adds a statement over `rows`: `sql` reads them from the table that `{rows}` in it
+    /// stands for, called `r` (`INSERT INTO t (a, b) SELECT r.a, r.b FROM {rows}`), and has
+    /// no placeholders of its own. Its text does not depend on how many rows there are. With
+    /// `refusal`, it must change exactly one row per row given.
+    ///
+    /// Meant for inserts. PostgreSQL plans an update joined to its rows from the table's size
+    /// when a connection first meets it, and keeps that plan: planned on a small table, such a
+    /// join went on scanning the whole table as it grew (docs/perf.md). An update of rows by
+    /// their keys stays one statement per row.
+    pub fn push_rows(&mut self, sql: &str, rows: Rows, refusal: Option<R>) {
+        let expected = rows.len() as u64;
+        self.statements.push(Statement {
+            sql: sql.replace("{rows}", &rows.source(self.backend)),
+            values: vec![rows.into_value()],
+            expect: refusal.map(|r| (expected, r)),
         });
     }
 
@@ -273,20 +381,26 @@ async fn send_joined<R>(
 ) -> (Vec<u64>, Option<(Option<Sent>, sqlx::Error)>) {
     use futures_util::StreamExt;
     let mut counts = Vec::with_capacity(statements.len());
+    // A parameter, not a literal: the query's text stays the same whatever the counts.
+    let expected: Vec<[Value; 1]> = statements
+        .iter()
+        .map(|s| {
+            [Value::Int(Some(
+                s.expect.as_ref().map_or(0, |(n, _)| *n as i64),
+            ))]
+        })
+        .collect();
     let parts: Vec<(String, &[Value])> = sent
         .iter()
         .map(|part| match *part {
             Sent::Begin => ("BEGIN IMMEDIATE".to_string(), &[][..]),
             Sent::Commit => ("COMMIT".to_string(), &[][..]),
-            Sent::Guard(i) => {
-                let expected = statements[i].expect.as_ref().map_or(0, |(n, _)| *n);
-                (
-                    format!(
-                        "INSERT INTO temp.batch_refusals (statement) SELECT {i} WHERE changes() <> {expected}"
-                    ),
-                    &[][..],
-                )
-            }
+            Sent::Guard(i) => (
+                format!(
+                    "INSERT INTO temp.batch_refusals (statement) SELECT {i} WHERE changes() <> $1"
+                ),
+                &expected[i][..],
+            ),
             Sent::Statement(i) => (statements[i].sql.clone(), &statements[i].values[..]),
         })
         .collect();
@@ -357,7 +471,30 @@ pub(crate) async fn run_as_one_statement<R>(
             s.sql
         );
     }
-    let (numbered, args) = numbered(statements.iter().map(|s| (s.sql.as_str(), &s.values[..])))?;
+    let (sql, args) = one_statement(&statements, async_commit)?;
+    let row = match sqlx::query_with::<Any, _>(&sql, args).fetch_one(pool).await {
+        Ok(row) => row,
+        Err(e) => return Err(refused_on_postgres(statements, e)),
+    };
+    (0..statements.len())
+        .map(|i| {
+            let changed: i64 = sqlx::Row::try_get(&row, format!("c{i}").as_str())?;
+            Ok(changed as u64)
+        })
+        .collect::<Result<Vec<u64>, sqlx::Error>>()
+        .map_err(BatchError::Db)
+}
+
+/// The text of [`run_as_one_statement`] and its values. The text depends on the statements'
+/// texts only, not on their values or expected counts: a batch of the same statements is
+/// one prepared statement for each connection, parsed and planned once.
+fn one_statement<R>(
+    statements: &[Statement<R>],
+    async_commit: bool,
+) -> Result<(String, AnyArguments<'static>), sqlx::Error> {
+    let (numbered, mut args) =
+        numbered(statements.iter().map(|s| (s.sql.as_str(), &s.values[..])))?;
+    let mut placeholders = statements.iter().map(|s| s.values.len()).sum::<usize>();
     let queries: Vec<String> = numbered
         .iter()
         .enumerate()
@@ -380,23 +517,16 @@ pub(crate) async fn run_as_one_statement<R>(
     for (i, s) in unchecked.into_iter().chain(checked) {
         let count = format!("(SELECT count(*) FROM s{i})");
         sql.push_str(&format!(", {count} AS c{i}"));
+        // The expected count is a parameter, so that the text stays the same whatever it is.
         if let Some((expected, _)) = &s.expect {
+            bind(&mut args, &Value::Int(Some(*expected as i64)))?;
+            placeholders += 1;
             sql.push_str(&format!(
-                ", CASE WHEN {count} <> {expected} THEN pg_temp.batch_refuse({i}, {count}) END"
+                ", CASE WHEN {count} <> ${placeholders} THEN pg_temp.batch_refuse({i}, {count}) END"
             ));
         }
     }
-    let row = match sqlx::query_with::<Any, _>(&sql, args).fetch_one(pool).await {
-        Ok(row) => row,
-        Err(e) => return Err(refused_on_postgres(statements, e)),
-    };
-    (0..statements.len())
-        .map(|i| {
-            let changed: i64 = sqlx::Row::try_get(&row, format!("c{i}").as_str())?;
-            Ok(changed as u64)
-        })
-        .collect::<Result<Vec<u64>, sqlx::Error>>()
-        .map_err(BatchError::Db)
+    Ok((sql, args))
 }
 
 /// The refusal of the statement the guard function named, or the database's error as it is.
@@ -496,7 +626,45 @@ pub fn renumber(sql: &str, offset: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::renumber;
+    use super::{Backend, Batch, Column, Rows, one_statement, renumber};
+
+    /// How many rows a statement is given, and how many rows a checked statement must change,
+    /// leave a batch's text alone on PostgreSQL: each connection parses and plans it once.
+    #[test]
+    fn rows_and_expected_counts_leave_the_text_alone() {
+        fn batch(rows: i64) -> Batch<&'static str> {
+            let mut b = Batch::new(Backend::Postgres);
+            let mut r = Rows::new(&[("id", Column::Text), ("n", Column::Int)]);
+            for i in 0..rows {
+                r.push([format!("id{i}").into(), i.into()]);
+            }
+            b.push_rows(
+                "INSERT INTO t (id, n) SELECT r.id, r.n FROM {rows} WHERE true \
+                 ON CONFLICT DO NOTHING",
+                r.clone(),
+                Some("taken"),
+            );
+            b.push_rows("INSERT INTO u (id) SELECT r.id FROM {rows}", r, None);
+            b.push_expecting(
+                "UPDATE v SET n = n + $1 WHERE id = $2",
+                vec![rows.into(), "v".into()],
+                rows as u64,
+                "no v",
+            );
+            b
+        }
+        let (one, _) = one_statement(&batch(1).statements, true).unwrap();
+        let (three, _) = one_statement(&batch(3).statements, true).unwrap();
+        assert_eq!(one, three);
+        assert!(
+            one.contains("json_to_recordset($1::json) AS r(id TEXT, n BIGINT)"),
+            "{one}"
+        );
+        assert!(
+            one.contains("<> $6 THEN"),
+            "the expected counts follow the values: {one}"
+        );
+    }
 
     #[test]
     fn placeholders_are_numbered_on() {

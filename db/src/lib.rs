@@ -20,7 +20,7 @@ mod batch;
 mod checkpoint;
 mod metering;
 
-pub use batch::{Batch, BatchError, Value, renumber};
+pub use batch::{Batch, BatchError, Column, Rows, Value, renumber};
 pub use metering::MeterTx;
 pub use sqlx;
 

@@ -435,3 +435,110 @@ fn insert_then_miss(batch: &mut db::Batch<&'static str>, insert: &'static str) {
         "no such organisation",
     );
 }
+
+/// Rows sent as one parameter arrive exactly as given (the extremes of a 64-bit amount,
+/// NULLs, text that JSON escapes), none at all is a statement that changes nothing, and a
+/// statement over rows that must each change a row is refused, with everything else in the
+/// batch, when one of them changes none.
+#[tokio::test]
+async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
+    use db::{Column, Rows, Value};
+    const ORG: &[(&str, Column)] = &[
+        ("id", Column::Text),
+        ("name", Column::Text),
+        ("created_at", Column::Int),
+        ("suspended_at", Column::Int),
+    ];
+    const INSERT: &str = "INSERT INTO organizations (id, name, kind, region, created_at, \
+                          suspended_at) SELECT r.id, r.name, 'startup', 'europe', r.created_at, \
+                          r.suspended_at FROM {rows}";
+    async fn orgs(db: &db::Db) -> Vec<(String, String, i64, Option<i64>)> {
+        db::sqlx::query("SELECT id, name, created_at, suspended_at FROM organizations ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get("id"),
+                    r.get("name"),
+                    r.get("created_at"),
+                    r.get("suspended_at"),
+                )
+            })
+            .collect()
+    }
+    for t in TestDb::all().await {
+        let backend = t.db.backend();
+        let mut rows = Rows::new(ORG);
+        rows.push([
+            "a".into(),
+            "Ünïcode \"quoted\" $1 \\ ' end".into(),
+            i64::MAX.into(),
+            Value::Int(None),
+        ]);
+        rows.push(["b".into(), "Plain".into(), i64::MIN.into(), 7.into()]);
+        let mut batch = t.db.batch::<&str>();
+        batch.push_rows(INSERT, rows, Some("not inserted"));
+        batch.push_rows(INSERT, Rows::new(ORG), None);
+        let counts =
+            t.db.begin_metering()
+                .await
+                .unwrap()
+                .commit_with(batch)
+                .await
+                .unwrap();
+        assert_eq!(counts, vec![2, 0], "{backend:?}");
+        let expected = vec![
+            (
+                "a".to_string(),
+                "Ünïcode \"quoted\" $1 \\ ' end".to_string(),
+                i64::MAX,
+                None,
+            ),
+            ("b".to_string(), "Plain".to_string(), i64::MIN, Some(7)),
+        ];
+        assert_eq!(orgs(&t.db).await, expected, "{backend:?}");
+
+        // Three more, one of them already there, where each must be new: refused, and the
+        // insert before it undone too.
+        let mut more = Rows::new(ORG);
+        more.push(["c".into(), "Third".into(), 3.into(), Value::Int(None)]);
+        let mut again = Rows::new(ORG);
+        for id in ["d", "a", "e"] {
+            again.push([id.into(), "Again".into(), 4.into(), Value::Int(None)]);
+        }
+        let mut batch = t.db.batch::<&str>();
+        batch.push_rows(INSERT, more, None);
+        batch.push_rows(
+            &format!("{INSERT} WHERE true ON CONFLICT DO NOTHING"),
+            again,
+            Some("an organisation is there already"),
+        );
+        let err =
+            t.db.begin_metering()
+                .await
+                .unwrap()
+                .commit_with(batch)
+                .await
+                .unwrap_err();
+        assert_eq!(
+            err.refusal(),
+            Some(&"an organisation is there already"),
+            "{backend:?}"
+        );
+        assert!(
+            matches!(
+                err,
+                db::BatchError::Refused {
+                    changed: 2,
+                    expected: 3,
+                    ..
+                }
+            ),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(orgs(&t.db).await, expected, "{backend:?}");
+        t.finish().await;
+    }
+}

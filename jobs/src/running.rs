@@ -616,6 +616,7 @@ pub(crate) async fn charge_many(
         .map_err(JobError::storage)?
         .into_iter();
     let now = now_ms();
+    let mut usage = UsageRows::new();
     for (((ctx, s), amount), to) in items.iter().zip(&amounts).zip(&receivers) {
         let (drawn, transaction_id) = match to.as_ref().and_then(|_| settled.next()) {
             Some(settled) => (settled.drawn, settled.transaction_id),
@@ -630,8 +631,7 @@ pub(crate) async fn charge_many(
                 None => paid += part,
             }
         }
-        record_usage(
-            &mut writes,
+        usage.add(
             ctx,
             s,
             &Charge {
@@ -642,7 +642,9 @@ pub(crate) async fn charge_many(
                 now,
             },
         );
+        queue_end(&mut writes, ctx, s);
     }
+    usage.queue(&mut writes);
     // Only now the write lock (SQLite) or the rows (PostgreSQL). The whole settlement is one
     // query on SQLite (with its BEGIN and COMMIT) and one statement on PostgreSQL.
     let tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
@@ -662,16 +664,55 @@ struct Charge {
     now: i64,
 }
 
-/// Queues the job's usage event (with its split by grant) and its end.
-fn record_usage(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_>, c: &Charge) {
-    let event_id = new_id();
-    writes.push(
-        "INSERT INTO usage_events (id, job_id, org_id, user_id, api_key_id, kind, model, \
-         factory_id, partner_org_id, prompt_tokens, completion_tokens, input_nanos_per_mtok, \
-         output_nanos_per_mtok, amount, paid_amount, device_us, queue_ms, ttft_ms, duration_ms, \
-         partial, finish_reason, transaction_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-         $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
-        vec![
+/// The usage events of a settlement, each with its split by grant, queued as two statements
+/// of one text whatever the number of jobs (see `db::Rows`).
+struct UsageRows {
+    events: db::Rows,
+    grants: db::Rows,
+}
+
+impl UsageRows {
+    fn new() -> UsageRows {
+        use db::Column::{Int, Text};
+        UsageRows {
+            events: db::Rows::new(&[
+                ("id", Text),
+                ("job_id", Text),
+                ("org_id", Text),
+                ("user_id", Text),
+                ("api_key_id", Text),
+                ("kind", Text),
+                ("model", Text),
+                ("factory_id", Text),
+                ("partner_org_id", Text),
+                ("prompt_tokens", Int),
+                ("completion_tokens", Int),
+                ("input_nanos_per_mtok", Int),
+                ("output_nanos_per_mtok", Int),
+                ("amount", Int),
+                ("paid_amount", Int),
+                ("device_us", Int),
+                ("queue_ms", Int),
+                ("ttft_ms", Int),
+                ("duration_ms", Int),
+                ("partial", Int),
+                ("finish_reason", Text),
+                ("transaction_id", Text),
+                ("created_at", Int),
+            ]),
+            grants: db::Rows::new(&[
+                ("usage_event_id", Text),
+                ("grant_id", Text),
+                ("program_id", Text),
+                ("amount", Int),
+            ]),
+        }
+    }
+
+    /// The job's usage event, with its split by grant.
+    fn add(&mut self, ctx: &JobContext, s: &Settlement<'_>, c: &Charge) {
+        let event_id = new_id();
+        self.events.push([
             event_id.as_str().into(),
             ctx.id.as_str().into(),
             ctx.who.org_id.as_str().into(),
@@ -695,20 +736,43 @@ fn record_usage(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_
             s.finish_reason.into(),
             (&c.transaction_id).into(),
             c.now.into(),
-        ],
-    );
-    for (grant_id, program_id, part) in &c.grants {
-        writes.push(
-            "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) \
-             VALUES ($1, $2, $3, $4)",
-            vec![
+        ]);
+        for (grant_id, program_id, part) in &c.grants {
+            self.grants.push([
                 event_id.as_str().into(),
                 grant_id.as_str().into(),
                 program_id.as_str().into(),
                 (*part).into(),
-            ],
+            ]);
+        }
+    }
+
+    /// The events first: their grants refer to them.
+    fn queue(self, writes: &mut ledger::Writes) {
+        writes.push_rows(
+            "INSERT INTO usage_events (id, job_id, org_id, user_id, api_key_id, kind, model, \
+             factory_id, partner_org_id, prompt_tokens, completion_tokens, input_nanos_per_mtok, \
+             output_nanos_per_mtok, amount, paid_amount, device_us, queue_ms, ttft_ms, \
+             duration_ms, partial, finish_reason, transaction_id, created_at) \
+             SELECT r.id, r.job_id, r.org_id, r.user_id, r.api_key_id, r.kind, r.model, \
+             r.factory_id, r.partner_org_id, r.prompt_tokens, r.completion_tokens, \
+             r.input_nanos_per_mtok, r.output_nanos_per_mtok, r.amount, r.paid_amount, \
+             r.device_us, r.queue_ms, r.ttft_ms, r.duration_ms, r.partial, r.finish_reason, \
+             r.transaction_id, r.created_at FROM {rows}",
+            self.events,
+            None,
+        );
+        writes.push_rows(
+            "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) \
+             SELECT r.usage_event_id, r.grant_id, r.program_id, r.amount FROM {rows}",
+            self.grants,
+            None,
         );
     }
+}
+
+/// Queues the job's end: one statement per job, found by its key (see `db::Batch::push_rows`).
+fn queue_end(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_>) {
     writes.push(
         "UPDATE jobs SET status = $1, completion_tokens = $2, finish_reason = $3, finished_at = $4, \
          error = $6 WHERE id = $5 AND status = 'running'",
