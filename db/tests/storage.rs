@@ -468,6 +468,12 @@ async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
             })
             .collect()
     }
+    async fn commit(
+        db: &db::Db,
+        batch: db::Batch<&'static str>,
+    ) -> Result<Vec<u64>, db::BatchError<&'static str>> {
+        db.begin_metering().await.unwrap().commit_with(batch).await
+    }
     for t in TestDb::all().await {
         let backend = t.db.backend();
         let mut rows = Rows::new(ORG);
@@ -481,13 +487,7 @@ async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
         let mut batch = t.db.batch::<&str>();
         batch.push_rows(INSERT, rows, Some("not inserted"));
         batch.push_rows(INSERT, Rows::new(ORG), None);
-        let counts =
-            t.db.begin_metering()
-                .await
-                .unwrap()
-                .commit_with(batch)
-                .await
-                .unwrap();
+        let counts = commit(&t.db, batch).await.unwrap();
         assert_eq!(counts, vec![2, 0], "{backend:?}");
         let expected = vec![
             (
@@ -515,13 +515,7 @@ async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
             again,
             Some("an organisation is there already"),
         );
-        let err =
-            t.db.begin_metering()
-                .await
-                .unwrap()
-                .commit_with(batch)
-                .await
-                .unwrap_err();
+        let err = commit(&t.db, batch).await.unwrap_err();
         assert_eq!(
             err.refusal(),
             Some(&"an organisation is there already"),
