@@ -265,6 +265,19 @@ impl<R> Batch<R> {
         });
     }
 
+    /// Adds the insert of `rows` into `table`, whose columns are named as the rows' are (see
+    /// [`Batch::push_rows`]).
+    pub fn insert_rows(&mut self, table: &str, rows: Rows) {
+        let names: Vec<&str> = rows.columns.iter().map(|(name, _)| *name).collect();
+        let read: Vec<String> = names.iter().map(|name| format!("r.{name}")).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {{rows}}",
+            names.join(", "),
+            read.join(", ")
+        );
+        self.push_rows(&sql, rows, None);
+    }
+
     /// Runs the statements in order on `conn`, inside a transaction: after a failure the
     /// statements before it stay applied until the transaction rolls back. Returns the rows
     /// each statement changed.

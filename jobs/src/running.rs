@@ -749,25 +749,8 @@ impl UsageRows {
 
     /// The events first: their grants refer to them.
     fn queue(self, writes: &mut ledger::Writes) {
-        writes.push_rows(
-            "INSERT INTO usage_events (id, job_id, org_id, user_id, api_key_id, kind, model, \
-             factory_id, partner_org_id, prompt_tokens, completion_tokens, input_nanos_per_mtok, \
-             output_nanos_per_mtok, amount, paid_amount, device_us, queue_ms, ttft_ms, \
-             duration_ms, partial, finish_reason, transaction_id, created_at) \
-             SELECT r.id, r.job_id, r.org_id, r.user_id, r.api_key_id, r.kind, r.model, \
-             r.factory_id, r.partner_org_id, r.prompt_tokens, r.completion_tokens, \
-             r.input_nanos_per_mtok, r.output_nanos_per_mtok, r.amount, r.paid_amount, \
-             r.device_us, r.queue_ms, r.ttft_ms, r.duration_ms, r.partial, r.finish_reason, \
-             r.transaction_id, r.created_at FROM {rows}",
-            self.events,
-            None,
-        );
-        writes.push_rows(
-            "INSERT INTO usage_event_grants (usage_event_id, grant_id, program_id, amount) \
-             SELECT r.usage_event_id, r.grant_id, r.program_id, r.amount FROM {rows}",
-            self.grants,
-            None,
-        );
+        writes.insert_rows("usage_events", self.events);
+        writes.insert_rows("usage_event_grants", self.grants);
     }
 }
 

@@ -641,12 +641,7 @@ fn queue_transactions(writes: &mut Writes, postings: &[(&str, &Posting)], now: i
             now.into(),
         ]);
     }
-    writes.push_rows(
-        "INSERT INTO ledger_transactions (id, idempotency_key, kind, memo, org_id, created_at) \
-         SELECT r.id, r.idempotency_key, r.kind, r.memo, r.org_id, r.created_at FROM {rows}",
-        rows,
-        None,
-    );
+    writes.insert_rows("ledger_transactions", rows);
 }
 
 /// Queues the entries of every transaction (id, posting), one statement for all of them (of
@@ -666,10 +661,5 @@ fn queue_entries_of(writes: &mut Writes, postings: &[(&str, &Posting)]) {
             ]);
         }
     }
-    writes.push_rows(
-        "INSERT INTO ledger_entries (transaction_id, account_id, amount) \
-         SELECT r.transaction_id, r.account_id, r.amount FROM {rows}",
-        rows,
-        None,
-    );
+    writes.insert_rows("ledger_entries", rows);
 }
