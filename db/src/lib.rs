@@ -29,6 +29,11 @@ pub use sqlx;
 pub enum DbError {
     #[error("unsupported database URL (expected sqlite: or postgres:): {0}")]
     UnsupportedUrl(String),
+    #[error(
+        "an in-memory SQLite database cannot be used: each pooled connection would open a \
+         database of its own; give a file instead (sqlite://data/tokenmill.db?mode=rwc)"
+    )]
+    InMemory,
     #[error("could not create the database directory {path}: {source}")]
     CreateDir {
         path: String,
@@ -137,6 +142,9 @@ impl Db {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         if backend == Backend::Sqlite {
+            if sqlite_in_memory(url) {
+                return Err(DbError::InMemory);
+            }
             ensure_sqlite_dir(url)?;
         }
         let options = AnyConnectOptions::from_str(url)?;
@@ -274,16 +282,24 @@ impl Db {
     }
 }
 
-fn ensure_sqlite_dir(url: &str) -> Result<(), DbError> {
-    let path = url
-        .trim_start_matches("sqlite:")
+/// The file a `sqlite:` URL names (empty or `:memory:` for none).
+fn sqlite_path(url: &str) -> &str {
+    url.trim_start_matches("sqlite:")
         .trim_start_matches("//")
         .split('?')
         .next()
-        .unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
-    }
+        .unwrap_or_default()
+}
+
+/// Whether a `sqlite:` URL names a database that lives in one connection's memory.
+fn sqlite_in_memory(url: &str) -> bool {
+    let path = sqlite_path(url);
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory")
+}
+
+fn ensure_sqlite_dir(url: &str) -> Result<(), DbError> {
+    let path = sqlite_path(url);
     if let Some(parent) = std::path::Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {

@@ -536,3 +536,27 @@ async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
         t.finish().await;
     }
 }
+
+/// An in-memory SQLite database would be one per pooled connection, the migrated one among
+/// them: refused when opened, with a message that says what to give instead.
+#[tokio::test]
+async fn an_in_memory_sqlite_url_is_refused_with_a_reason() {
+    for url in [
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "sqlite:",
+        "sqlite://shared?mode=memory&cache=shared",
+    ] {
+        let refused = db::Db::connect(url).await;
+        assert!(
+            matches!(refused, Err(db::DbError::InMemory)),
+            "{url}: {refused:?}"
+        );
+    }
+    let message = db::DbError::InMemory.to_string();
+    assert!(message.contains("give a file instead"), "{message}");
+    // A file is still fine.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+    db::Db::connect(&url).await.unwrap();
+}
