@@ -443,7 +443,7 @@ fn insert_then_miss(batch: &mut db::Batch<&'static str>, insert: &'static str) {
 #[tokio::test]
 async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
     use db::{Column, Rows, Value};
-    const ORG: &[(&str, Column)] = &[
+    const ORG: &[(&str, Column); 4] = &[
         ("id", Column::Text),
         ("name", Column::Text),
         ("created_at", Column::Int),

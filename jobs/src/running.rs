@@ -667,8 +667,8 @@ struct Charge {
 /// The usage events of a settlement, each with its split by grant, queued as two statements
 /// of one text whatever the number of jobs (see `db::Rows`).
 struct UsageRows {
-    events: db::Rows,
-    grants: db::Rows,
+    events: db::Rows<23>,
+    grants: db::Rows<4>,
 }
 
 impl UsageRows {
