@@ -43,8 +43,8 @@ impl Accounts {
     pub async fn audit(&self, actor: &User, change: Change<'_>) -> Result<(), AccountError> {
         db::sqlx::query(
             "INSERT INTO audit_events (id, at, actor_user_id, actor_email, actor_org_id, action, \
-             target_kind, target_id, target_org_id, before_json, after_json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             target_kind, target_id, target_org_id, before_json, after_json, search_folded) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(new_id())
         .bind(now_ms())
@@ -57,6 +57,7 @@ impl Accounts {
         .bind(change.target_org_id)
         .bind(&change.before)
         .bind(&change.after)
+        .bind(search_text(&actor.email, change.action, change.target_id))
         .execute(self.db.pool())
         .await?;
         tracing::info!(
@@ -89,25 +90,15 @@ impl Accounts {
             }
             Some(org.id)
         };
-        let pattern = format!(
-            "%{}%",
-            search
-                .trim()
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
         let rows = db::sqlx::query(
             "SELECT id, at, actor_email, actor_org_id, action, target_kind, target_id, \
              target_org_id, before_json, after_json FROM audit_events \
              WHERE (CAST($1 AS TEXT) IS NULL OR actor_org_id = $1 OR target_org_id = $1) \
-             AND (LOWER(action) LIKE $2 ESCAPE '\\' OR LOWER(actor_email) LIKE $2 ESCAPE '\\' \
-                  OR LOWER(target_id) LIKE $2 ESCAPE '\\') \
+             AND search_folded LIKE $2 ESCAPE '\\' \
              ORDER BY at DESC, id DESC LIMIT $3",
         )
         .bind(org_scope)
-        .bind(pattern)
+        .bind(text::contains_pattern(search))
         .bind(limit.max(1))
         .fetch_all(self.db.pool())
         .await?;
@@ -129,4 +120,10 @@ impl Accounts {
             .collect::<Result<_, db::sqlx::Error>>()
             .map_err(AccountError::from)
     }
+}
+
+/// What an entry's search matches: its action, actor email and target id, case-folded, one
+/// per line (a search holds no line break, so it never matches across two).
+pub(crate) fn search_text(actor_email: &str, action: &str, target_id: &str) -> String {
+    text::fold(&format!("{action}\n{actor_email}\n{target_id}"))
 }

@@ -21,6 +21,18 @@ pub enum AccountError {
     Forbidden,
     #[error("This invitation link is invalid, has expired or has already been used.")]
     InvitationInvalid,
+    #[error("This link is invalid, has expired or has already been used.")]
+    LinkInvalid,
+    /// A second factor is needed: given wrongly, or not given yet.
+    #[error("{0}")]
+    SecondFactor(String),
+    /// The action needs a verified email address first.
+    #[error(
+        "Verify your email address first: use the link we sent you (or send a new one from the dashboard)."
+    )]
+    Unverified,
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]

@@ -10,13 +10,16 @@ async fn an_unknown_email_costs_one_password_verification_like_a_known_one() {
     let test_db = TestDb::sqlite().await;
     let accounts = Accounts::new(test_db.db.clone(), LoginLimits::default());
     accounts
-        .sign_up(SignUpForm {
-            email: "ada@example.com".into(),
-            password: "lanterns over the harbour".into(),
-            org_name: "Acme".into(),
-            org_kind: "startup".into(),
-            region: "europe".into(),
-        })
+        .sign_up(
+            SignUpForm {
+                email: "ada@example.com".into(),
+                password: "lanterns over the harbour".into(),
+                org_name: "Acme".into(),
+                org_kind: "startup".into(),
+                region: "europe".into(),
+            },
+            "192.0.2.1",
+        )
         .await
         .unwrap();
 

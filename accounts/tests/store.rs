@@ -39,7 +39,7 @@ macro_rules! on_every_backend {
 async fn sign_up_then_log_in() {
     async fn story(accounts: &Accounts) {
         let outcome = accounts
-            .sign_up(form("Ada@Example.com", "Acme Robotics"))
+            .sign_up(form("Ada@Example.com", "Acme Robotics"), "192.0.2.1")
             .await
             .unwrap();
         assert!(matches!(outcome, SignUpOutcome::Created { .. }));
@@ -71,15 +71,15 @@ async fn sign_up_then_log_in() {
 async fn a_duplicate_sign_up_creates_nothing_and_keeps_the_first_password() {
     async fn story(accounts: &Accounts) {
         accounts
-            .sign_up(form("ada@example.com", "Acme"))
+            .sign_up(form("ada@example.com", "Acme"), "192.0.2.1")
             .await
             .unwrap();
         let mut again = form("ADA@example.com", "Impostor Ltd");
         again.password = "a different long passphrase".into();
-        assert_eq!(
-            accounts.sign_up(again).await.unwrap(),
-            SignUpOutcome::AlreadyRegistered
-        );
+        assert!(matches!(
+            accounts.sign_up(again, "192.0.2.1").await.unwrap(),
+            SignUpOutcome::AlreadyRegistered { .. }
+        ));
         assert_eq!(count(accounts.db(), "users").await, 1);
         assert_eq!(count(accounts.db(), "organizations").await, 1);
         accounts
@@ -104,7 +104,10 @@ async fn concurrent_sign_ups_of_one_email_create_one_account() {
                 let accounts = accounts.clone();
                 tokio::spawn(async move {
                     accounts
-                        .sign_up(form("race@example.com", &format!("Org {i}")))
+                        .sign_up(
+                            form("race@example.com", &format!("Org {i}")),
+                            &format!("192.0.2.{i}"),
+                        )
                         .await
                 })
             })
@@ -170,7 +173,7 @@ async fn bad_sign_up_input_names_the_field_and_creates_nothing() {
             ),
         ];
         for (input, expected) in cases {
-            match accounts.sign_up(input).await {
+            match accounts.sign_up(input, "192.0.2.1").await {
                 Err(AccountError::Field { field, .. }) => assert_eq!(field, expected),
                 other => panic!("expected a {expected} error, got {other:?}"),
             }
@@ -185,7 +188,7 @@ async fn bad_sign_up_input_names_the_field_and_creates_nothing() {
 async fn failed_logins_are_limited_per_account_and_ip_without_locking_out_the_owner() {
     async fn story(accounts: &Accounts) {
         accounts
-            .sign_up(form("ada@example.com", "Acme"))
+            .sign_up(form("ada@example.com", "Acme"), "192.0.2.1")
             .await
             .unwrap();
         accounts
@@ -237,7 +240,7 @@ async fn a_distributed_guess_is_limited_per_account_but_the_owner_still_logs_in(
         };
         let accounts = Accounts::new(db.clone(), limits);
         accounts
-            .sign_up(form("ada@example.com", "Acme"))
+            .sign_up(form("ada@example.com", "Acme"), "192.0.2.1")
             .await
             .unwrap();
         accounts
@@ -268,11 +271,11 @@ async fn a_distributed_guess_is_limited_per_account_but_the_owner_still_logs_in(
 async fn an_invitation_works_once_and_only_for_its_organisation() {
     async fn story(accounts: &Accounts) {
         accounts
-            .sign_up(form("owner@a.example", "Org A"))
+            .sign_up(form("owner@a.example", "Org A"), "192.0.2.1")
             .await
             .unwrap();
         accounts
-            .sign_up(form("owner@b.example", "Org B"))
+            .sign_up(form("owner@b.example", "Org B"), "192.0.2.1")
             .await
             .unwrap();
         let a = accounts
@@ -359,7 +362,7 @@ async fn an_invitation_works_once_and_only_for_its_organisation() {
 async fn an_expired_or_revoked_invitation_is_refused() {
     async fn story(accounts: &Accounts) {
         accounts
-            .sign_up(form("owner@a.example", "Org A"))
+            .sign_up(form("owner@a.example", "Org A"), "192.0.2.1")
             .await
             .unwrap();
         let a = accounts
@@ -407,7 +410,7 @@ async fn operators_create_partners_and_others_cannot() {
             .unwrap();
         assert!(operator.is_operator);
         accounts
-            .sign_up(form("owner@a.example", "Org A"))
+            .sign_up(form("owner@a.example", "Org A"), "192.0.2.1")
             .await
             .unwrap();
         let tenant = accounts
@@ -443,7 +446,7 @@ async fn operators_create_partners_and_others_cannot() {
 async fn changing_the_password_needs_the_current_one() {
     async fn story(accounts: &Accounts) {
         accounts
-            .sign_up(form("ada@example.com", "Acme"))
+            .sign_up(form("ada@example.com", "Acme"), "192.0.2.1")
             .await
             .unwrap();
         let user = accounts
@@ -490,7 +493,7 @@ async fn changing_the_password_needs_the_current_one() {
 async fn guessing_the_current_password_on_the_account_page_is_limited_like_logins() {
     async fn story(accounts: &Accounts) {
         accounts
-            .sign_up(form("ada@example.com", "Acme"))
+            .sign_up(form("ada@example.com", "Acme"), "192.0.2.1")
             .await
             .unwrap();
         let user = accounts

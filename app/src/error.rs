@@ -25,6 +25,14 @@ pub enum AppError {
     Forbidden,
     #[error("Your organisation is suspended. Contact the platform operator.")]
     Suspended,
+    /// The signed-in user's role requires two-factor sign-in, which is not set up yet.
+    #[error("Your role requires two-factor sign-in. Set it up under Account before you go on.")]
+    TwoFactorRequired,
+    /// The email address is not verified yet.
+    #[error(
+        "Verify your email address first: open the link we sent you, or send a new one from the dashboard."
+    )]
+    Unverified,
     #[error("Not found.")]
     NotFound,
     #[error("{0}")]
@@ -64,7 +72,10 @@ impl AppError {
         match self {
             AppError::Field { .. } | AppError::Invalid(_) | AppError::Request(_) => 400,
             AppError::Unauthorized(_) | AppError::NotSignedIn => 401,
-            AppError::Forbidden | AppError::Suspended => 403,
+            AppError::Forbidden
+            | AppError::Suspended
+            | AppError::TwoFactorRequired
+            | AppError::Unverified => 403,
             AppError::NotFound => 404,
             AppError::Conflict(_) => 409,
             AppError::RateLimited { .. } => 429,
@@ -111,7 +122,10 @@ impl From<accounts::AccountError> for AppError {
             },
             E::NotFound => AppError::NotFound,
             E::Forbidden => AppError::Forbidden,
-            E::InvitationInvalid => AppError::Invalid(e.to_string()),
+            E::InvitationInvalid | E::LinkInvalid => AppError::Invalid(e.to_string()),
+            E::SecondFactor(message) => AppError::Unauthorized(message),
+            E::Unverified => AppError::Unverified,
+            E::Conflict(message) => AppError::Conflict(message),
             E::Internal(_) | E::Db(_) => storage(&e, "accounts"),
         }
     }

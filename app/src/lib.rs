@@ -55,6 +55,18 @@ pub fn App() -> impl IntoView {
                 <Route path=path!("/signup") view=pages::auth::SignUp ssr=SsrMode::Async />
                 <Route path=path!("/login") view=pages::auth::Login ssr=SsrMode::Async />
                 <Route
+                    path=path!("/login/code")
+                    view=pages::two_factor::LoginCodePage
+                    ssr=SsrMode::Async
+                />
+                <Route path=path!("/forgot") view=pages::recovery::Forgot ssr=SsrMode::Async />
+                <Route path=path!("/reset/:token") view=pages::recovery::Reset ssr=SsrMode::Async />
+                <Route
+                    path=path!("/verify/:token")
+                    view=pages::recovery::VerifyEmail
+                    ssr=SsrMode::Async
+                />
+                <Route
                     path=path!("/invite/:token")
                     view=pages::auth::AcceptInvitation
                     ssr=SsrMode::Async

@@ -27,6 +27,8 @@ pub struct AppState {
     /// The public origin (`https://console.example.com`), when configured; otherwise links are
     /// built from the request's `Host`.
     pub public_url: Option<String>,
+    /// Sends the letters of sign-up, password reset and invitations.
+    pub mailer: mail::Mailer,
 }
 
 /// The client's address as the server determined it (socket peer, or the first
@@ -43,6 +45,11 @@ pub struct AuthRecord {
     pub user_id: String,
     pub logged_in_at: i64,
 }
+
+/// The session key of a login whose password was right and whose second factor is awaited.
+pub const SECOND_FACTOR_KEY: &str = "second_factor";
+/// How long the second factor may take after the password.
+pub const SECOND_FACTOR_TTL_MS: i64 = 5 * 60 * 1000;
 
 pub fn state() -> Result<AppState, AppError> {
     use_context::<AppState>().ok_or_else(|| {
@@ -64,13 +71,31 @@ fn store_error(e: tower_sessions::session::Error) -> AppError {
 }
 
 /// The signed-in user, if any. Ends the session when it has passed its absolute lifetime or the
-/// user no longer exists.
+/// user no longer exists. A user whose role requires two-factor sign-in and who has not set
+/// it up gets [`AppError::TwoFactorRequired`].
 pub async fn current_user() -> Result<Option<User>, AppError> {
     user_of_session(&state()?, &session().await?).await
 }
 
-/// The user signed in on `session` (also used by plain axum handlers, such as downloads).
+/// The user signed in on `session` (also used by plain axum handlers, such as downloads),
+/// refused with [`AppError::TwoFactorRequired`] until a required second factor is set up.
 pub async fn user_of_session(st: &AppState, session: &Session) -> Result<Option<User>, AppError> {
+    match session_user(st, session).await? {
+        Some(s) if s.needs_two_factor_setup() => Err(AppError::TwoFactorRequired),
+        other => Ok(other.map(|s| s.user)),
+    }
+}
+
+/// The signed-in user whatever their second factor: for the pages that set it up, show who is
+/// signed in, and log out.
+pub async fn current_session_user() -> Result<Option<accounts::SessionUser>, AppError> {
+    session_user(&state()?, &session().await?).await
+}
+
+async fn session_user(
+    st: &AppState,
+    session: &Session,
+) -> Result<Option<accounts::SessionUser>, AppError> {
     let Some(auth) = session
         .get::<AuthRecord>(AUTH_KEY)
         .await
@@ -83,8 +108,8 @@ pub async fn user_of_session(st: &AppState, session: &Session) -> Result<Option<
         return Ok(None);
     }
     match st.accounts.user_with_state(&auth.user_id).await? {
-        Some((_, true)) => Err(AppError::Suspended),
-        Some((user, false)) => Ok(Some(user)),
+        Some(s) if s.suspended => Err(AppError::Suspended),
+        Some(s) => Ok(Some(s)),
         None => {
             session.flush().await.map_err(store_error)?;
             Ok(None)
@@ -96,6 +121,17 @@ pub async fn require_user() -> Result<User, AppError> {
     current_user().await?.ok_or(AppError::NotSignedIn)
 }
 
+/// The signed-in user, whose email address must be verified: for what spends or grants
+/// credits (keys, jobs, top-ups).
+pub async fn require_verified_user() -> Result<User, AppError> {
+    let user = require_user().await?;
+    if user.email_verified {
+        Ok(user)
+    } else {
+        Err(AppError::Unverified)
+    }
+}
+
 /// Signs `user` in on this session under a fresh session id (no fixation).
 /// The signed-in user, who must be an operator.
 /// Records an operator's or partner's change in the audit log. The change is made by then: a
@@ -104,6 +140,16 @@ pub async fn audited(app: &AppState, actor: &User, change: accounts::Change<'_>)
     if let Err(e) = app.accounts.audit(actor, change.clone()).await {
         tracing::error!(error = %e, action = change.action, target = change.target_id, "writing the audit log failed");
     }
+}
+
+/// The name of an organisation, for a letter ("" if it is gone).
+pub async fn org_name(app: &AppState, org_id: &str) -> Result<String, AppError> {
+    Ok(app
+        .accounts
+        .org(org_id)
+        .await?
+        .map(|o| o.name)
+        .unwrap_or_default())
 }
 
 /// A before/after state for the audit log.
@@ -124,6 +170,10 @@ pub async fn log_in(user: &User) -> Result<(), AppError> {
     let session = session().await?;
     session.cycle_id().await.map_err(store_error)?;
     session
+        .remove_value(SECOND_FACTOR_KEY)
+        .await
+        .map_err(store_error)?;
+    session
         .insert(
             AUTH_KEY,
             AuthRecord {
@@ -134,6 +184,36 @@ pub async fn log_in(user: &User) -> Result<(), AppError> {
         .await
         .map_err(store_error)?;
     Ok(())
+}
+
+/// Remembers, under a fresh session id, a login whose password was right and that waits for
+/// its second factor; nothing else is reachable meanwhile.
+pub async fn await_second_factor(user: &User) -> Result<(), AppError> {
+    let session = session().await?;
+    session.cycle_id().await.map_err(store_error)?;
+    session.remove_value(AUTH_KEY).await.map_err(store_error)?;
+    session
+        .insert(
+            SECOND_FACTOR_KEY,
+            AuthRecord {
+                user_id: user.id.clone(),
+                logged_in_at: db::now_ms(),
+            },
+        )
+        .await
+        .map_err(store_error)
+}
+
+/// The user whose second factor this session waits for, if it still does.
+pub async fn awaiting_second_factor() -> Result<Option<String>, AppError> {
+    let session = session().await?;
+    let pending = session
+        .get::<AuthRecord>(SECOND_FACTOR_KEY)
+        .await
+        .map_err(store_error)?;
+    Ok(pending
+        .filter(|p| db::now_ms() - p.logged_in_at <= SECOND_FACTOR_TTL_MS)
+        .map(|p| p.user_id))
 }
 
 pub async fn log_out() -> Result<(), AppError> {

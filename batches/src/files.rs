@@ -1,5 +1,13 @@
 //! Files (OpenAI's Files API): batch input uploaded by a tenant, and the output and error
-//! files its batches write. Content is UTF-8 JSONL, kept in the database.
+//! files its batches write. Content is UTF-8 JSONL, kept in the database so that every portal
+//! instance sees it.
+//!
+//! Each organisation holds at most [`FileQuota`] at once (uploads and batch results alike);
+//! an upload over it is refused before anything is written, counted in the same transaction
+//! that inserts it. Deleting a file drops its content at once and gives the space back: on
+//! SQLite the freed pages return to the filesystem ([`db::Db::reclaim_space`]); on PostgreSQL
+//! autovacuum makes them reusable for the next rows (the file does not shrink, and it does not
+//! grow again until that space is used).
 
 use db::{new_id, now_ms, sqlx::Row};
 use serde_json::{Value, json};
@@ -8,6 +16,22 @@ use crate::{BatchError, Batches};
 
 /// Largest file accepted: 64 MiB (kept whole in the database and read whole to make a batch).
 pub const MAX_FILE_BYTES: usize = 64 << 20;
+
+/// What one organisation may hold in files at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileQuota {
+    pub max_files: i64,
+    pub max_bytes: i64,
+}
+
+impl Default for FileQuota {
+    fn default() -> Self {
+        FileQuota {
+            max_files: 200,
+            max_bytes: 512 << 20,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -105,7 +129,7 @@ impl Batches {
                 format!("The file is larger than {} MiB.", MAX_FILE_BYTES >> 20),
             ));
         }
-        let text = String::from_utf8(content).map_err(|e| {
+        let content = String::from_utf8(content).map_err(|e| {
             BatchError::invalid(
                 "file",
                 format!(
@@ -114,11 +138,80 @@ impl Batches {
                 ),
             )
         })?;
-        if text.trim().is_empty() {
+        // Raw control bytes are never valid JSONL (JSON escapes them), and PostgreSQL cannot
+        // store a NUL: say where the first one is instead of failing in storage.
+        let control = content
+            .lines()
+            .enumerate()
+            .find_map(|(n, line)| text::find_control(line, text::Lines::Multi).map(|c| (n + 1, c)));
+        if let Some((line, c)) = control {
+            return Err(BatchError::invalid(
+                "file",
+                text::control_message(&format!("Line {line} of the file"), c),
+            ));
+        }
+        if content.trim().is_empty() {
             return Err(BatchError::invalid("file", "The file is empty."));
         }
-        self.store(org_id, Purpose::Batch, &clean_name(filename), &text, None)
-            .await
+        let mut tx = self.db.begin_write().await.map_err(BatchError::storage)?;
+        self.check_quota(&mut tx, org_id, content.len() as i64)
+            .await?;
+        let file = self
+            .store(
+                org_id,
+                Purpose::Batch,
+                &clean_name(filename),
+                &content,
+                Some(&mut tx),
+            )
+            .await?;
+        tx.commit().await.map_err(BatchError::storage)?;
+        Ok(file)
+    }
+
+    /// Refuses an upload of `bytes` that would take the organisation past its quota. Run in
+    /// the upload's transaction after locking the organisation's row (on PostgreSQL), so that
+    /// concurrent uploads are counted one after the other.
+    async fn check_quota(
+        &self,
+        tx: &mut db::WriteTx,
+        org_id: &str,
+        bytes: i64,
+    ) -> Result<(), BatchError> {
+        db::sqlx::query(&format!(
+            "SELECT id FROM organizations WHERE id = $1{}",
+            self.db.lock_rows()
+        ))
+        .bind(org_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(BatchError::storage)?;
+        let row = db::sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total FROM files \
+             WHERE org_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(org_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(BatchError::storage)?;
+        let n: i64 = row.try_get("n").map_err(BatchError::storage)?;
+        let total: i64 = row.try_get("total").map_err(BatchError::storage)?;
+        let q = self.quota;
+        if n + 1 > q.max_files {
+            return Err(BatchError::Quota(format!(
+                "Your organisation has {n} files, the most it may keep ({}). Delete files you no longer need (DELETE /v1/files/{{id}}) and upload again.",
+                q.max_files
+            )));
+        }
+        if total + bytes > q.max_bytes {
+            return Err(BatchError::Quota(format!(
+                "This file ({} bytes) would take your organisation's files to {} bytes, over its quota of {} MiB. Delete files you no longer need (DELETE /v1/files/{{id}}) and upload again.",
+                bytes,
+                total + bytes,
+                q.max_bytes >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// Writes a file (inside `tx` when given, so a batch's result files appear with its end).
@@ -225,6 +318,12 @@ impl Batches {
         .execute(self.db.pool())
         .await
         .map_err(BatchError::storage)?;
+        if done.rows_affected() == 1
+            && let Err(e) = self.db.reclaim_space().await
+        {
+            // The file is gone either way; the space comes back at the next deletion.
+            tracing::warn!(error = %e, "giving back the space of a deleted file failed");
+        }
         Ok(done.rows_affected() == 1)
     }
 }

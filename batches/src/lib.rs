@@ -19,7 +19,7 @@ use db::{Db, new_id, now_ms, sqlx::Row};
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 
-pub use files::{FileObject, MAX_FILE_BYTES, Purpose};
+pub use files::{FileObject, FileQuota, MAX_FILE_BYTES, Purpose};
 pub use lines::{Line, Staged};
 
 /// Most lines in one batch (OpenAI's limit).
@@ -44,6 +44,9 @@ pub enum BatchError {
     /// The database had no connection free in time: nothing was done; retry shortly.
     #[error("The server is busy; retry shortly.")]
     Busy,
+    /// The organisation's files are at their quota.
+    #[error("{0}")]
+    Quota(String),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -251,7 +254,14 @@ fn check_line(text: &str, n: usize, endpoint: Endpoint) -> Checked {
         return bad(None, "a line must be a JSON object.".into());
     };
     let custom_id = match obj.get("custom_id") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 512 => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 512 => {
+            // A control character (`\u0000` in the JSON) cannot be stored or matched up
+            // reliably: the line fails alone, like any other malformed one.
+            if let Err(message) = text::check("custom_id", s, text::Lines::Single) {
+                return bad(None, message);
+            }
+            s.clone()
+        }
         _ => {
             return bad(
                 None,
@@ -292,6 +302,7 @@ fn malformed_entry(custom_id: Option<&str>, message: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Batches {
     db: Db,
+    quota: FileQuota,
     /// Wakes this instance's runner when there is new work (a batch made or cancelled, a line
     /// ended).
     work: Arc<Notify>,
@@ -301,8 +312,14 @@ impl Batches {
     pub fn new(db: Db) -> Batches {
         Batches {
             db,
+            quota: FileQuota::default(),
             work: Arc::new(Notify::new()),
         }
+    }
+
+    /// The same, with `quota` on each organisation's files.
+    pub fn with_quota(self, quota: FileQuota) -> Batches {
+        Batches { quota, ..self }
     }
 
     /// Tells the runner to look for work now.

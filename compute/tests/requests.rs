@@ -36,7 +36,9 @@ async fn tenant(accounts: &Accounts, email: &str, kind: &str) -> User {
         org_kind: kind.into(),
         region: "africa".into(),
     };
-    let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+    let SignUpOutcome::Created { user_id, .. } =
+        accounts.sign_up(form, &db::new_id()).await.unwrap()
+    else {
         panic!("not created")
     };
     accounts.user(&user_id).await.unwrap().unwrap()
@@ -86,6 +88,7 @@ async fn world(db: &db::Db) -> World {
             grant_lifetime_days: 90,
             budget: Nanos::from_dollars(1_000).unwrap(),
             auto_on_signup: false,
+            requires_verified_email: false,
         })
         .await
         .unwrap();
@@ -99,6 +102,7 @@ async fn world(db: &db::Db) -> World {
             grant_lifetime_days: 30,
             budget: Nanos::from_dollars(50).unwrap(),
             auto_on_signup: false,
+            requires_verified_email: false,
         })
         .await
         .unwrap();

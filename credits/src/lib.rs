@@ -76,6 +76,8 @@ pub struct ProgramSpec {
     pub grant_lifetime_days: u32,
     pub budget: Nanos,
     pub auto_on_signup: bool,
+    /// Grant only once the founding owner's email address is verified, once per address.
+    pub requires_verified_email: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,7 @@ pub struct Program {
     /// What is left of the budget.
     pub remaining: Nanos,
     pub auto_on_signup: bool,
+    pub requires_verified_email: bool,
     fund_account_id: String,
 }
 
@@ -109,6 +112,32 @@ pub struct Grant {
     pub amount: Nanos,
     pub account_id: String,
     pub expires_at: i64,
+}
+
+/// One grant of a program, for the page that shows what its budget went to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantLine {
+    pub org_id: String,
+    pub org_name: String,
+    pub amount: Nanos,
+    pub reason: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A digest of an address for sign-up grant keys: lower case, without a `+tag` in the local
+/// part (`ana+2@example.com` is `ana@example.com`), SHA-256, so the key names no address.
+pub fn address_digest(email: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let email = email.trim().to_lowercase();
+    let normalised = match email.split_once('@') {
+        Some((local, domain)) => {
+            let local = local.split('+').next().unwrap_or(local);
+            format!("{local}@{domain}")
+        }
+        None => email,
+    };
+    hex::encode(&Sha256::digest(normalised.as_bytes())[..16])
 }
 
 /// One bucket of a wallet, as shown to its organisation.
@@ -228,8 +257,8 @@ impl Credits {
             .await?;
         let inserted = db::sqlx::query(
             "INSERT INTO credit_programs (id, name, sponsor_org_id, eligible_kinds, eligible_regions, \
-             grant_amount, grant_lifetime_ms, budget, auto_on_signup, fund_account_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             grant_amount, grant_lifetime_ms, budget, auto_on_signup, fund_account_id, created_at, \
+             requires_verified_email) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(name)
@@ -242,6 +271,7 @@ impl Credits {
         .bind(i64::from(spec.auto_on_signup))
         .bind(&fund)
         .bind(now_ms())
+        .bind(i64::from(spec.requires_verified_email))
         .execute(self.db.pool())
         .await;
         match inserted {
@@ -277,7 +307,7 @@ impl Credits {
         let rows = db::sqlx::query(
             "SELECT p.id, p.name, p.sponsor_org_id, p.eligible_kinds, p.eligible_regions, \
              p.grant_amount, p.grant_lifetime_ms, p.budget, p.auto_on_signup, p.fund_account_id, \
-             a.balance AS remaining FROM credit_programs p \
+             p.requires_verified_email, a.balance AS remaining FROM credit_programs p \
              JOIN ledger_accounts a ON a.id = p.fund_account_id \
              WHERE $1 = '' OR p.id = $1 ORDER BY p.created_at, p.id",
         )
@@ -303,6 +333,7 @@ impl Credits {
                     budget: Nanos::new(r.try_get("budget")?),
                     remaining: Nanos::new(r.try_get("remaining")?),
                     auto_on_signup: r.try_get::<i64, _>("auto_on_signup")? == 1,
+                    requires_verified_email: r.try_get::<i64, _>("requires_verified_email")? == 1,
                     fund_account_id: r.try_get("fund_account_id")?,
                 })
             })
@@ -453,27 +484,121 @@ impl Credits {
         Ok(())
     }
 
-    /// The grants of every program that grants automatically on sign-up and that `org` is
-    /// eligible for. A program whose budget is used up is skipped.
+    /// The grants of every program that grants automatically on sign-up without waiting for
+    /// a verified address, and that `org` is eligible for. A program whose budget is used up
+    /// is skipped.
     pub async fn grants_on_signup(&self, org: &Org) -> Result<Vec<Grant>, CreditsError> {
         let mut grants = Vec::new();
         for program in self.programs().await? {
-            if !program.auto_on_signup || !program.is_eligible(org) {
+            if !program.auto_on_signup
+                || program.requires_verified_email
+                || !program.is_eligible(org)
+            {
                 continue;
             }
             let key = format!("signup:{}:{}", org.id, program.id);
-            match self.grant(&program, org, None, "sign-up", &key).await {
-                Ok(g) => grants.push(g),
-                Err(CreditsError::BudgetExhausted) => {
-                    tracing::info!(
-                        program = program.id,
-                        "program budget used up; no sign-up grant"
-                    );
-                }
-                Err(e) => return Err(e),
+            if let Some(g) = self.signup_grant(&program, org, &key).await? {
+                grants.push(g);
             }
         }
         Ok(grants)
+    }
+
+    /// The grants that waited for the founding owner of `org` to verify `email`: one per
+    /// program that grants on sign-up, that `org` is eligible for, and that has granted
+    /// neither to this organisation nor to this address before (the grant's key names a
+    /// digest of the address with any `+tag` dropped, so it is granted at most once however
+    /// many organisations sign up with it). Returns each with its program's name.
+    pub async fn grants_on_verification(
+        &self,
+        org: &Org,
+        email: &str,
+    ) -> Result<Vec<(String, Grant)>, CreditsError> {
+        let mut grants = Vec::new();
+        for program in self.programs().await? {
+            if !program.auto_on_signup
+                || !program.requires_verified_email
+                || !program.is_eligible(org)
+            {
+                continue;
+            }
+            let already: Option<i64> = db::sqlx::query_scalar(
+                "SELECT 1 FROM credit_grants WHERE program_id = $1 AND org_id = $2 \
+                 AND idempotency_key LIKE 'signup:%'",
+            )
+            .bind(&program.id)
+            .bind(&org.id)
+            .fetch_optional(self.db.pool())
+            .await?;
+            if already.is_some() {
+                continue;
+            }
+            let key = format!("signup:{}:{}", program.id, address_digest(email));
+            match self.signup_grant(&program, org, &key).await? {
+                Some(g) if g.org_id == org.id => grants.push((program.name.clone(), g)),
+                Some(_) => {
+                    tracing::info!(
+                        program = program.id,
+                        org_id = org.id,
+                        "this address had its grant with another organisation"
+                    );
+                }
+                None => {}
+            }
+        }
+        Ok(grants)
+    }
+
+    /// A sign-up grant under `key`, or `None` when the program's budget is used up.
+    async fn signup_grant(
+        &self,
+        program: &Program,
+        org: &Org,
+        key: &str,
+    ) -> Result<Option<Grant>, CreditsError> {
+        match self.grant(program, org, None, "sign-up", key).await {
+            Ok(g) => Ok(Some(g)),
+            Err(CreditsError::BudgetExhausted) => {
+                tracing::info!(
+                    program = program.id,
+                    "program budget used up; no sign-up grant"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a program's budget went to, newest first: each grant with its organisation.
+    pub async fn program_grants(
+        &self,
+        program_id: &str,
+        limit: i64,
+    ) -> Result<Vec<GrantLine>, CreditsError> {
+        let rows = db::sqlx::query(
+            "SELECT g.org_id, o.name AS org_name, g.amount, g.reason, g.created_at, g.expires_at \
+             FROM credit_grants g LEFT JOIN organizations o ON o.id = g.org_id \
+             WHERE g.program_id = $1 ORDER BY g.created_at DESC, g.id DESC LIMIT $2",
+        )
+        .bind(program_id)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GrantLine {
+                    org_id: r.try_get("org_id")?,
+                    org_name: r
+                        .try_get::<Option<String>, _>("org_name")?
+                        .unwrap_or_default(),
+                    amount: Nanos::new(r.try_get("amount")?),
+                    reason: r.try_get("reason")?,
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect::<Result<_, db::sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Credits paid money to an organisation's wallet (a completed payment), once per `key`.
@@ -676,9 +801,9 @@ impl Credits {
             .ledger
             .wallet_history_page(org_id, kind, 0, i64::MAX)
             .await?;
-        let mut out = csv::Writer::from_writer(Vec::new());
-        let row = |out: &mut csv::Writer<Vec<u8>>, fields: [&str; 5]| {
-            out.write_record(fields)
+        let mut out = text::Csv::new();
+        let row = |out: &mut text::Csv, fields: [&str; 5]| {
+            out.row(fields)
                 .map_err(|e| CreditsError::Export(e.to_string()))
         };
         row(
@@ -703,10 +828,8 @@ impl Credits {
                 ],
             )?;
         }
-        let bytes = out
-            .into_inner()
-            .map_err(|e| CreditsError::Export(e.to_string()))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        out.finish()
+            .map_err(|e| CreditsError::Export(e.to_string()))
     }
 }
 

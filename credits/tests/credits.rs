@@ -26,6 +26,7 @@ fn spec(name: &str, grant: i64, budget: i64) -> ProgramSpec {
         grant_lifetime_days: 30,
         budget: Nanos::new(budget),
         auto_on_signup: false,
+        requires_verified_email: false,
     }
 }
 

@@ -195,9 +195,50 @@ impl Db {
             writer: Arc::default(),
             _checkpointer: checkpointer,
         };
+        if backend == Backend::Sqlite {
+            db.incremental_vacuum_on().await?;
+        }
         db.migrate().await?;
         tracing::info!(backend = ?backend, "database ready");
         Ok(db)
+    }
+
+    /// Makes a SQLite file give freed pages back to the filesystem on request
+    /// ([`Db::reclaim_space`]) instead of keeping them inside it for reuse. A new database
+    /// takes the mode before its first table; one made before this setting existed is
+    /// rewritten once (`VACUUM`), which the log reports.
+    async fn incremental_vacuum_on(&self) -> Result<(), DbError> {
+        let mut conn = self.pool.acquire().await?;
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&mut *conn)
+            .await?;
+        if mode == 2 {
+            return Ok(());
+        }
+        sqlx::Executor::execute(&mut *conn, "PRAGMA auto_vacuum = INCREMENTAL").await?;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&mut *conn)
+            .await?;
+        if pages > 0 {
+            tracing::warn!(
+                pages,
+                "rewriting the SQLite file once so that deleted data gives its space back"
+            );
+            sqlx::Executor::execute(&mut *conn, "VACUUM").await?;
+        }
+        Ok(())
+    }
+
+    /// Gives the space of deleted rows back: on SQLite, the file's free pages return to the
+    /// filesystem; on PostgreSQL autovacuum makes them reusable on its own, so nothing is done.
+    pub async fn reclaim_space(&self) -> Result<(), DbError> {
+        if self.backend == Backend::Sqlite {
+            let _writer = self.writer_lock().await?;
+            sqlx::query("PRAGMA incremental_vacuum")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn migrate(&self) -> Result<(), DbError> {

@@ -150,8 +150,8 @@ impl Jobs {
         days: i64,
         now: i64,
     ) -> Result<String, JobError> {
-        let mut out = csv::Writer::from_writer(Vec::new());
-        out.write_record([
+        let mut out = text::Csv::new();
+        out.row([
             "date_utc",
             "model",
             "requests",
@@ -161,7 +161,7 @@ impl Jobs {
         ])
         .map_err(JobError::storage)?;
         for d in self.daily_usage(org_id, days, now).await? {
-            out.write_record([
+            out.row([
                 d.day,
                 d.model,
                 d.requests.to_string(),
@@ -171,8 +171,7 @@ impl Jobs {
             ])
             .map_err(JobError::storage)?;
         }
-        let bytes = out.into_inner().map_err(JobError::storage)?;
-        String::from_utf8(bytes).map_err(JobError::storage)
+        out.finish().map_err(JobError::storage)
     }
 }
 

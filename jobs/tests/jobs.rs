@@ -95,7 +95,9 @@ async fn world_with(db: &db::Db, shape: Shape, configure: impl FnOnce(&mut Worke
         org_kind: "startup".into(),
         region: "africa".into(),
     };
-    let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+    let SignUpOutcome::Created { user_id, .. } =
+        accounts.sign_up(form, &db::new_id()).await.unwrap()
+    else {
         panic!("not created")
     };
     let tenant = accounts.user(&user_id).await.unwrap().unwrap();
@@ -162,7 +164,9 @@ impl World {
             org_kind: "startup".into(),
             region: "africa".into(),
         };
-        let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+        let SignUpOutcome::Created { user_id, .. } =
+            accounts.sign_up(form, &db::new_id()).await.unwrap()
+        else {
             panic!("not created")
         };
         let user = accounts.user(&user_id).await.unwrap().unwrap();
@@ -468,6 +472,7 @@ impl World {
                 grant_lifetime_days: 30,
                 budget: Nanos::from_dollars(1).unwrap(),
                 auto_on_signup: false,
+                requires_verified_email: false,
             })
             .await
             .unwrap();

@@ -70,6 +70,9 @@ pub struct ApiKey {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Why it was revoked when not by hand (`member_removed`: its maker left the
+    /// organisation).
+    pub revoked_reason: Option<String>,
     pub last_used_at: Option<i64>,
 }
 
@@ -131,15 +134,16 @@ fn from_row(r: &AnyRow) -> Result<ApiKey, KeyError> {
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        revoked_reason: r.try_get("revoked_reason")?,
         last_used_at: r.try_get("last_used_at")?,
     })
 }
 
-const COLUMNS: &str =
-    "id, org_id, created_by, name, display, created_at, expires_at, revoked_at, last_used_at";
+const COLUMNS: &str = "id, org_id, created_by, name, display, created_at, expires_at, revoked_at, \
+     revoked_reason, last_used_at";
 /// [`COLUMNS`] of `api_keys k` in a join.
 const KEY_COLUMNS: &str = "k.id, k.org_id, k.created_by, k.name, k.display, k.created_at, \
-     k.expires_at, k.revoked_at, k.last_used_at";
+     k.expires_at, k.revoked_at, k.revoked_reason, k.last_used_at";
 
 #[derive(Clone, Debug)]
 pub struct ApiKeys {
@@ -190,6 +194,7 @@ impl ApiKeys {
         expires_at: Option<i64>,
     ) -> Result<(ApiKey, String), KeyError> {
         let name = name.trim();
+        text::check("The key's name", name, text::Lines::Single).map_err(KeyError::BadInput)?;
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
             return Err(KeyError::BadInput(format!(
                 "Give the key a name of 1 to {MAX_NAME_CHARS} characters."
@@ -211,6 +216,7 @@ impl ApiKeys {
             created_at: now,
             expires_at,
             revoked_at: None,
+            revoked_reason: None,
             last_used_at: None,
         };
         db::sqlx::query(

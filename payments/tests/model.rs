@@ -407,6 +407,7 @@ fn random_wallet_histories_match_a_reference_model() {
                 grant_lifetime_days: 90,
                 budget: Nanos::from_dollars(1_000_000).unwrap(),
                 auto_on_signup: false,
+                requires_verified_email: false,
             }))
             .unwrap();
         let case = Cell::new(0);
@@ -420,14 +421,17 @@ fn random_wallet_histories_match_a_reference_model() {
                 case.set(case.get() + 1);
                 let name = format!("c{}", case.get());
                 rt.block_on(async {
-                    let SignUpOutcome::Created { user_id } = accounts
-                        .sign_up(SignUpForm {
-                            email: format!("{name}@model.example"),
-                            password: "correct horse battery staple 42".into(),
-                            org_name: format!("Model org {name}"),
-                            org_kind: "startup".into(),
-                            region: "europe".into(),
-                        })
+                    let SignUpOutcome::Created { user_id, .. } = accounts
+                        .sign_up(
+                            SignUpForm {
+                                email: format!("{name}@model.example"),
+                                password: "correct horse battery staple 42".into(),
+                                org_name: format!("Model org {name}"),
+                                org_kind: "startup".into(),
+                                region: "europe".into(),
+                            },
+                            &db::new_id(),
+                        )
                         .await
                         .unwrap()
                     else {

@@ -20,14 +20,17 @@ struct Setup {
 
 async fn setup(db: &db::Db) -> Setup {
     let accounts = Accounts::new(db.clone(), Default::default());
-    let SignUpOutcome::Created { user_id } = accounts
-        .sign_up(SignUpForm {
-            email: "pay@startup.example".into(),
-            password: "correct horse battery staple 42".into(),
-            org_name: "Paying startup".into(),
-            org_kind: "startup".into(),
-            region: "europe".into(),
-        })
+    let SignUpOutcome::Created { user_id, .. } = accounts
+        .sign_up(
+            SignUpForm {
+                email: "pay@startup.example".into(),
+                password: "correct horse battery staple 42".into(),
+                org_name: "Paying startup".into(),
+                org_kind: "startup".into(),
+                region: "europe".into(),
+            },
+            &db::new_id(),
+        )
         .await
         .unwrap()
     else {

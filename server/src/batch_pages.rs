@@ -25,11 +25,17 @@ pub async fn upload(State(st): State<AppState>, session: Session, req: Request) 
         Ok(Some(user)) => user,
         Ok(None) => return Redirect::to("/login").into_response(),
         Err(app::AppError::Suspended) => return crate::downloads::suspended_response(),
+        Err(e @ app::AppError::TwoFactorRequired) => {
+            return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+        }
         Err(e) => {
             tracing::error!(error = %e, "batch upload: session");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
+    if !user.email_verified {
+        return back("error", &app::AppError::Unverified.to_string());
+    }
     let mut form = match Multipart::from_request(req, &()).await {
         Ok(f) => f,
         Err(e) => return back("error", &format!("The upload could not be read: {e}.")),

@@ -164,6 +164,7 @@ async fn set_up(
                 grant_lifetime_days: STARTER_LIFETIME_DAYS,
                 budget: Nanos::from_dollars(STARTER_BUDGET_DOLLARS).expect("small"),
                 auto_on_signup: true,
+                requires_verified_email: true,
             })
             .await
             .context("creating the starter credit program")?,

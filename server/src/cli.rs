@@ -113,6 +113,19 @@ pub enum AdminCommand {
         #[arg(long)]
         email: String,
     },
+    /// Switch off a user's two-factor sign-in (a lost device and lost recovery codes) and end
+    /// their sessions; recorded in the audit log as done by the operator named. A user whose
+    /// role requires it sets it up again at the next login.
+    ResetTwoFactor {
+        #[arg(long)]
+        email: String,
+        /// The operator doing it (their email), who is recorded as its actor.
+        #[arg(long)]
+        operator: String,
+        /// Why, for the audit log (who asked, how they proved who they are).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
@@ -121,6 +134,11 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::CreateOperator { email }) => {
             create_operator(config, &email).await
         }
+        Command::Admin(AdminCommand::ResetTwoFactor {
+            email,
+            operator,
+            reason,
+        }) => reset_two_factor(config, &email, &operator, &reason).await,
         Command::Bench(args) => bench(args).await,
         Command::Statements(StatementsCommand::Verify {
             file,
@@ -268,6 +286,54 @@ async fn create_operator(config: Config, email: &str) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("Operator {} created.", user.email);
+    db.close().await;
+    Ok(())
+}
+
+async fn reset_two_factor(
+    config: Config,
+    email: &str,
+    operator: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        bail!("give a --reason for the audit log");
+    }
+    let db = db::Db::connect(&config.database_url).await?;
+    let accounts = accounts::Accounts::new(db.clone(), config.login_limits);
+    let actor = accounts
+        .user_by_email(operator)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .filter(|u| u.is_operator)
+        .with_context(|| format!("{operator} is not an operator"))?;
+    let user = accounts
+        .reset_two_factor(email)
+        .await
+        .map_err(|e| match e {
+            accounts::AccountError::NotFound => anyhow::anyhow!("no user has the email {email}"),
+            e => anyhow::anyhow!("{e}"),
+        })?;
+    let after = serde_json::json!({ "email": user.email, "reason": reason }).to_string();
+    accounts
+        .audit(
+            &actor,
+            accounts::Change {
+                action: "user.two_factor_reset",
+                target_kind: "user",
+                target_id: &user.id,
+                target_org_id: Some(&user.org_id),
+                before: Some(serde_json::json!({ "two_factor": user.two_factor }).to_string()),
+                after: Some(after),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "Two-factor sign-in of {} is off and their sessions ended; recorded in the audit log.",
+        user.email
+    );
     db.close().await;
     Ok(())
 }

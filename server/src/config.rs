@@ -48,6 +48,57 @@ pub struct Config {
     /// `TOKENMILL_DURABLE_METERING=1`: on PostgreSQL, holds and settlements wait for the WAL
     /// flush like payments do (off by default: see `db::Db::begin_metering`).
     pub durable_metering: bool,
+    pub mail: MailSettings,
+    /// `TOKENMILL_FILES_MAX_COUNT` (default 200) and `TOKENMILL_FILES_MAX_MIB` (default 512):
+    /// each organisation's files (uploads and batch results) at once.
+    pub file_quota: batches::FileQuota,
+}
+
+/// Where the portal's letters go.
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// `TOKENMILL_SMTP_URL`: `smtps://user:pass@host[:465]`, or `smtp://host:587?tls=required`
+    /// for STARTTLS (`smtp://host:port` alone sends without TLS: only for a local relay).
+    /// Unset: letters are written to the outbox folder.
+    pub smtp_url: Option<Secret>,
+    /// `TOKENMILL_MAIL_FROM`, default `Tokenmill <no-reply@localhost>`.
+    pub from: String,
+    /// `TOKENMILL_OUTBOX_DIR`, default `data/outbox`: where letters are written without SMTP.
+    pub outbox_dir: PathBuf,
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        MailSettings {
+            smtp_url: None,
+            from: "Tokenmill <no-reply@localhost>".into(),
+            // Programs building a `Config` by hand (tests, benchmarks) write their letters
+            // into a folder of this process, never into the working directory;
+            // `from_env` sets `data/outbox`.
+            outbox_dir: std::env::temp_dir()
+                .join(format!("tokenmill-outbox-{}", std::process::id())),
+        }
+    }
+}
+
+impl MailSettings {
+    fn from_env() -> MailSettings {
+        let d = MailSettings::default();
+        MailSettings {
+            smtp_url: var("TOKENMILL_SMTP_URL").map(|u| Secret(u.trim().to_string())),
+            from: var("TOKENMILL_MAIL_FROM").unwrap_or(d.from),
+            outbox_dir: var("TOKENMILL_OUTBOX_DIR")
+                .map_or_else(|| PathBuf::from("data/outbox"), |v| PathBuf::from(v.trim())),
+        }
+    }
+
+    /// The mailer these settings describe.
+    pub fn mailer(&self) -> Result<mail::Mailer, mail::MailError> {
+        match &self.smtp_url {
+            Some(url) => mail::Mailer::smtp(url, &self.from),
+            None => mail::Mailer::outbox(&self.outbox_dir, &self.from),
+        }
+    }
 }
 
 /// A setting that must not reach the logs (`Config` is logged at start).
@@ -182,6 +233,8 @@ impl std::fmt::Debug for Config {
             .field("journal_dir", &self.journal_dir)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("durable_metering", &self.durable_metering)
+            .field("mail", &self.mail)
+            .field("file_quota", &self.file_quota)
             .finish()
     }
 }
@@ -217,6 +270,8 @@ impl Default for Config {
             journal_dir: None,
             shutdown_grace: Duration::from_secs(30),
             durable_metering: false,
+            mail: MailSettings::default(),
+            file_quota: batches::FileQuota::default(),
         }
     }
 }
@@ -269,7 +324,21 @@ impl Config {
             ),
             trust_proxy: var("TOKENMILL_TRUST_PROXY").is_some_and(|v| v == "1" || v == "true"),
             site_root: var("LEPTOS_SITE_ROOT").unwrap_or(d.site_root),
-            login_limits: d.login_limits,
+            login_limits: LoginLimits {
+                signups_per_ip_hour: match number(
+                    "TOKENMILL_SIGNUPS_PER_IP_HOUR",
+                    d.login_limits.signups_per_ip_hour as u64,
+                )? {
+                    0 => {
+                        return Err(ConfigError {
+                            name: "TOKENMILL_SIGNUPS_PER_IP_HOUR",
+                            message: "expected at least 1".into(),
+                        });
+                    }
+                    n => n as i64,
+                },
+                ..d.login_limits
+            },
             stripe: payments::StripeConfig {
                 secret_key: var("STRIPE_SECRET_KEY"),
                 webhook_secret: var("STRIPE_WEBHOOK_SECRET"),
@@ -302,6 +371,16 @@ impl Config {
             shutdown_grace: Duration::from_secs(number("TOKENMILL_SHUTDOWN_GRACE_SECONDS", 30)?),
             durable_metering: var("TOKENMILL_DURABLE_METERING")
                 .is_some_and(|v| v == "1" || v == "true"),
+            mail: MailSettings::from_env(),
+            file_quota: batches::FileQuota {
+                max_files: number("TOKENMILL_FILES_MAX_COUNT", d.file_quota.max_files as u64)?
+                    as i64,
+                max_bytes: number(
+                    "TOKENMILL_FILES_MAX_MIB",
+                    (d.file_quota.max_bytes >> 20) as u64,
+                )? as i64
+                    * (1 << 20),
+            },
         })
     }
 

@@ -76,7 +76,7 @@ pub async fn audit_csv(
         }
     };
     events.reverse();
-    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut out = text::Csv::new();
     let header = [
         "at_utc",
         "actor",
@@ -88,12 +88,12 @@ pub async fn audit_csv(
         "before",
         "after",
     ];
-    let mut written = out.write_record(header);
+    let mut written = out.row(header);
     for e in events {
         if written.is_err() {
             break;
         }
-        written = out.write_record([
+        written = out.row([
             app::api::timestamp(e.at),
             e.actor_email,
             e.actor_org_id,
@@ -105,11 +105,8 @@ pub async fn audit_csv(
             e.after.unwrap_or_default(),
         ]);
     }
-    match written.and_then(|()| out.into_inner().map_err(|e| e.into_error().into())) {
-        Ok(bytes) => csv_download(
-            String::from_utf8_lossy(&bytes).into_owned(),
-            "tokenmill-audit-log.csv",
-        ),
+    match written.and_then(|()| out.finish()) {
+        Ok(csv) => csv_download(csv, "tokenmill-audit-log.csv"),
         Err(e) => {
             tracing::error!(error = %e, "audit export: writing CSV");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -161,6 +158,9 @@ pub async fn signed_in(
         Ok(Some(user)) => Ok(user),
         Ok(None) => Err((StatusCode::UNAUTHORIZED, log_in).into_response()),
         Err(app::AppError::Suspended) => Err(suspended_response()),
+        Err(e @ app::AppError::TwoFactorRequired) => {
+            Err((StatusCode::FORBIDDEN, e.to_string()).into_response())
+        }
         Err(e) => {
             tracing::error!(error = %e, "reading the session");
             Err(StatusCode::INTERNAL_SERVER_ERROR.into_response())

@@ -71,13 +71,31 @@ pub async fn build(config: &Config) -> anyhow::Result<Portal> {
     db.set_durable_metering(config.durable_metering);
     tokio::task::spawn_blocking(accounts::password::warm_up).await?;
     let accounts = Accounts::new(db.clone(), config.login_limits);
+    let folded = accounts
+        .fold_search_text()
+        .await
+        .context("folding the search text of earlier rows")?;
+    if folded > 0 {
+        tracing::info!(rows = folded, "folded the search text of earlier rows");
+    }
+    let mailer = config
+        .mail
+        .mailer()
+        .context("configuring email (TOKENMILL_SMTP_URL, TOKENMILL_MAIL_FROM)")?;
+    match mailer.outbox_dir() {
+        Some(dir) => tracing::info!(
+            outbox = %dir.display(),
+            "no TOKENMILL_SMTP_URL: letters (verification links, password resets, invitations) are written as .eml files to the outbox folder"
+        ),
+        None => tracing::info!(via = %mailer.describe(), "letters go out by SMTP"),
+    }
     let credits = credits::Credits::new(db.clone());
     let payments = payments::Payments::new(db.clone(), credits.clone(), config.stripe.clone())
         .context("configuring Stripe (STRIPE_API_BASE)")?;
     let compute = compute::Compute::new(db.clone(), accounts.clone(), credits.clone());
     let pool = inference::start_pool(&config.engine).await?;
     let jobs = jobs::Jobs::new(db.clone(), credits.clone(), compute.clone(), pool.clone());
-    let batches = batches::Batches::new(db.clone());
+    let batches = batches::Batches::new(db.clone()).with_quota(config.file_quota);
     let app_state = AppState {
         compute,
         payments,
@@ -89,6 +107,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Portal> {
         credits,
         session_absolute_ms: config.session_absolute.as_millis() as i64,
         public_url: config.public_url.clone(),
+        mailer,
     };
     if let Some(pool) = &pool
         && config.bootstrap
@@ -138,7 +157,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Portal> {
             metrics_state,
         )),
     );
-    spawn_session_sweeper(db.clone());
+    spawn_session_sweeper(db.clone(), app_state.accounts.clone());
     spawn_money_sweeper(app_state.credits.clone(), app_state.compute.clone());
     Ok(Portal { router, db, jobs })
 }
@@ -211,6 +230,10 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .with_state(state)
         .layer(middleware::from_fn(request_errors_are_client_errors))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            BODY_LIMIT,
+            security::clean_input,
+        ))
         // The batch upload form carries a file: it gets the API's file limit instead.
         .merge(
             Router::new()
@@ -336,8 +359,9 @@ async fn request_errors_are_client_errors(req: Request, next: Next) -> Response 
     Response::from_parts(parts, Body::from(bytes))
 }
 
-/// Deletes expired sessions once a minute.
-fn spawn_session_sweeper(db: Db) {
+/// Deletes expired sessions, and attempts counted against limits whose windows have all
+/// passed, once a minute.
+fn spawn_session_sweeper(db: Db, accounts: Accounts) {
     use tower_sessions::ExpiredDeletion;
     let store = DbSessionStore::new(db);
     tokio::spawn(async move {
@@ -346,6 +370,9 @@ fn spawn_session_sweeper(db: Db) {
             tick.tick().await;
             if let Err(e) = store.delete_expired().await {
                 tracing::warn!(error = %e, "sweeping expired sessions failed");
+            }
+            if let Err(e) = accounts.prune_attempts(db::now_ms()).await {
+                tracing::warn!(error = %e, "pruning counted attempts failed");
             }
         }
     });

@@ -188,7 +188,13 @@ async fn render(m: &MetricsState) -> anyhow::Result<String> {
         webhooks,
     );
     let failures = Gauge::<i64>::default();
-    failures.set(count(&m.db, "SELECT COUNT(*) FROM login_failures").await?);
+    failures.set(
+        count(
+            &m.db,
+            "SELECT COUNT(*) FROM rate_events WHERE scope = 'login:ip'",
+        )
+        .await?,
+    );
     registry.register(
         "tokenmill_login_failures_recent",
         "Failed logins inside the login limits' sliding window",

@@ -23,11 +23,18 @@ pub async fn chat(State(st): State<AppState>, session: Session, body: Bytes) -> 
         Err(app::AppError::Suspended) => {
             return crate::openai::ApiError::suspended().into_response();
         }
+        Err(e @ app::AppError::TwoFactorRequired) => {
+            return ApiError::forbidden(e.to_string(), "two_factor_required").into_response();
+        }
         Err(e) => {
             tracing::error!(error = %e, "playground: session");
             return ApiError::internal("The session could not be read; try again.").into_response();
         }
     };
+    if !user.email_verified {
+        return ApiError::forbidden(app::AppError::Unverified.to_string(), "email_not_verified")
+            .into_response();
+    }
     let mut parsed = match openai::parse(Endpoint::Chat, &body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),

@@ -111,6 +111,88 @@ pub async fn csrf(State(policy): State<SecurityPolicy>, req: Request, next: Next
     next.run(req).await
 }
 
+/// Every request of the cookie-authenticated routes, checked before a handler sees it:
+/// - a body over `limit` is refused with `413`, whether it announced its length or was sent
+///   in chunks (a server function would otherwise report a chunked one as a malformed
+///   argument);
+/// - a query value or form field holding NUL or another control character (tab and line
+///   breaks aside) is refused with `400` naming the field, the same on both databases
+///   (PostgreSQL refuses NUL in text, SQLite would store it). Server functions get the
+///   refusal as their own error type, so the page shows it next to the field; stricter rules
+///   (no line break in a name) belong to the domain types that parse each field.
+pub async fn clean_input(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let is_server_fn = req.uri().path().starts_with("/api/");
+    if let Some(query) = req.uri().query()
+        && let Some((field, c)) = control_in_form(query.as_bytes())
+    {
+        return refuse_field(is_server_fn, &field, c);
+    }
+    if is_safe(req.method()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("The request body is larger than {} KiB.", limit / 1024),
+                )
+                    .into_response()
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "The request body could not be read.",
+                )
+                    .into_response()
+            };
+        }
+    };
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if is_form && let Some((field, c)) = control_in_form(&bytes) {
+        return refuse_field(is_server_fn, &field, c);
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// The first field of a URL-encoded form (or query) whose name or value holds a control
+/// character other than a tab or a line break.
+fn control_in_form(encoded: &[u8]) -> Option<(String, char)> {
+    form_urlencoded::parse(encoded).find_map(|(name, value)| {
+        text::find_control(&value, text::Lines::Multi)
+            .or_else(|| text::find_control(&name, text::Lines::Single))
+            .map(|c| (name.into_owned(), c))
+    })
+}
+
+fn refuse_field(is_server_fn: bool, field: &str, c: char) -> Response {
+    let field: String = field.chars().filter(|c| !c.is_control()).take(64).collect();
+    let message = text::control_message(&field, c);
+    if is_server_fn {
+        let body = serde_json::to_string(&app::AppError::Field {
+            field: field.clone(),
+            message,
+        })
+        .unwrap_or_default();
+        (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    } else {
+        (StatusCode::BAD_REQUEST, message).into_response()
+    }
+}
+
 /// Headers that keep pages from being framed, sniffed or leaking URLs.
 pub async fn headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;

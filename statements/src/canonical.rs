@@ -46,16 +46,19 @@ pub struct Header<'a> {
 }
 
 pub fn write(header: &Header<'_>, c: &Computed) -> String {
-    let mut w = csv::WriterBuilder::new()
-        .flexible(true)
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
+    // Names are the tenants' and partners' own text: every cell goes through text::Csv, so a
+    // name that a spreadsheet would run as a formula is written with a leading `'`.
+    let mut w = text::Csv::with({
+        let mut b = csv::WriterBuilder::new();
+        b.flexible(true).terminator(csv::Terminator::Any(b'\n'));
+        b
+    });
     let name = |id: &str| header.names.get(id).cloned().unwrap_or_default();
     // The rows borrow the writer until the block ends.
     {
         let mut row = |fields: Vec<String>| {
             // Writing to a Vec cannot fail.
-            let _ = w.write_record(&fields);
+            let _ = w.row(&fields);
         };
         let s = |x: &str| x.to_string();
         row(vec![s("tokenmill-statement"), s(FORMAT_VERSION)]);
@@ -176,7 +179,7 @@ pub fn write(header: &Header<'_>, c: &Computed) -> String {
         ]);
         row(vec![s("payable"), usd(c.payable())]);
     }
-    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+    w.finish().unwrap_or_default()
 }
 
 /// A statement CSV read back: what pages and the PDF show, and what verification checks.

@@ -1099,11 +1099,13 @@ impl Statements {
                     canonical::usd(g.try_get("amount")?)
                 ));
         }
-        let mut w = csv::WriterBuilder::new()
-            .terminator(csv::Terminator::Any(b'\n'))
-            .from_writer(Vec::new());
+        let mut w = text::Csv::with({
+            let mut b = csv::WriterBuilder::new();
+            b.terminator(csv::Terminator::Any(b'\n'));
+            b
+        });
         let write_err = |e: csv::Error| StatementError::Invalid(e.to_string());
-        w.write_record([
+        w.row([
             "usage_event_id",
             "created_at_ms",
             "usage_period",
@@ -1125,7 +1127,7 @@ impl Statements {
             let id: String = r.try_get("id")?;
             let created_at: i64 = r.try_get("created_at")?;
             let support = grants.get(&id).map(|g| g.join(";")).unwrap_or_default();
-            w.write_record([
+            w.row([
                 id,
                 created_at.to_string(),
                 Period::of_ms(created_at).to_string(),
@@ -1144,10 +1146,7 @@ impl Statements {
             ])
             .map_err(write_err)?;
         }
-        let bytes = w
-            .into_inner()
-            .map_err(|e| StatementError::Invalid(e.to_string()))?;
-        String::from_utf8(bytes).map_err(|e| StatementError::Invalid(e.to_string()))
+        w.finish().map_err(write_err)
     }
 
     /// The partner's adjustments, newest first.

@@ -40,7 +40,9 @@ async fn tenant(accounts: &Accounts, email: &str) -> String {
         org_kind: "startup".into(),
         region: "africa".into(),
     };
-    let SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+    let SignUpOutcome::Created { user_id, .. } =
+        accounts.sign_up(form, &db::new_id()).await.unwrap()
+    else {
         panic!("not created")
     };
     accounts.user(&user_id).await.unwrap().unwrap().org_id
@@ -93,6 +95,7 @@ async fn world(db: &db::Db) -> World {
             grant_lifetime_days: 3650,
             budget: Nanos::new(10_000 * M),
             auto_on_signup: false,
+            requires_verified_email: false,
         })
         .await
         .unwrap();

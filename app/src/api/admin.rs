@@ -19,7 +19,21 @@ pub struct ProgramView {
     pub budget: String,
     pub remaining: String,
     pub auto_on_signup: bool,
+    pub requires_verified_email: bool,
+    /// What the budget went to: the latest grants, newest first.
+    pub grants: Vec<ProgramGrantView>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramGrantView {
+    pub org_name: String,
+    pub amount: String,
+    pub reason: String,
+    pub granted: String,
+}
+
+/// Grants listed under each program.
+pub const PROGRAM_GRANTS_SHOWN: i64 = 50;
 
 /// The program form: one optional field per kind of organisation (a ticked checkbox sends it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +60,7 @@ pub struct ProgramForm {
     pub grant_lifetime_days: String,
     pub budget: String,
     pub auto_on_signup: Option<String>,
+    pub requires_verified_email: Option<String>,
 }
 
 #[server(endpoint = "factories")]
@@ -129,6 +144,19 @@ pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
                 .unwrap_or_else(|| "unknown partner".into()),
             None => "Vendor".into(),
         };
+        let grants = st
+            .credits
+            .program_grants(&p.id, PROGRAM_GRANTS_SHOWN)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|g| ProgramGrantView {
+                org_name: g.org_name,
+                amount: g.amount.to_string(),
+                reason: g.reason,
+                granted: crate::api::date_time(g.created_at),
+            })
+            .collect();
         let kinds: Vec<_> = p.eligible_kinds.iter().map(|k| k.label()).collect();
         let regions: Vec<_> = p.eligible_regions.iter().map(|r| r.label()).collect();
         out.push(ProgramView {
@@ -149,6 +177,8 @@ pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
             budget: p.budget.to_string(),
             remaining: p.remaining.to_string(),
             auto_on_signup: p.auto_on_signup,
+            requires_verified_email: p.requires_verified_email,
+            grants,
         });
     }
     Ok(out)
@@ -225,6 +255,7 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
         })?,
         budget: money(&form.budget, "budget").map_err(fail)?,
         auto_on_signup: form.auto_on_signup.is_some(),
+        requires_verified_email: form.requires_verified_email.is_some(),
     };
     let program = st.credits.create_program(&spec).await.map_err(fail)?;
     let after = serde_json::json!({
@@ -232,6 +263,7 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
         "grant": program.grant_amount.to_string(), "budget": form.budget.trim(),
         "grant_lifetime_days": form.grant_lifetime_days.trim(),
         "auto_on_signup": form.auto_on_signup.is_some(),
+        "requires_verified_email": form.requires_verified_email.is_some(),
     });
     audited(
         &st,

@@ -205,7 +205,7 @@ pub async fn start_top_up(amount: String) -> Result<String, AppError> {
     // Taken before the first await: during server rendering, context is only reliable
     // until the future first yields.
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_verified_user().await.map_err(fail)?;
     if user.is_operator {
         return Err(fail(AppError::Forbidden));
     }

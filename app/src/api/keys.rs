@@ -16,7 +16,7 @@ pub struct ApiKeyView {
     pub created: String,
     pub expires: Option<String>,
     pub last_used: Option<String>,
-    /// "active", "revoked" or "expired".
+    /// "active", "revoked", "revoked: member removed" or "expired".
     pub status: String,
 }
 
@@ -41,7 +41,9 @@ pub async fn api_keys() -> Result<Vec<ApiKeyView>, AppError> {
     Ok(keys
         .into_iter()
         .map(|k| ApiKeyView {
-            status: if k.revoked_at.is_some() {
+            status: if k.revoked_reason.as_deref() == Some("member_removed") {
+                "revoked: member removed"
+            } else if k.revoked_at.is_some() {
                 "revoked"
             } else if k.expires_at.is_some_and(|e| e <= now) {
                 "expired"
@@ -65,7 +67,7 @@ pub async fn create_api_key(name: String, expires_in_days: String) -> Result<New
     // Taken before the first await: during server rendering, context is only reliable
     // until the future first yields.
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_verified_user().await.map_err(fail)?;
     let days = expires_in_days.trim();
     let expires_at = if days.is_empty() {
         None

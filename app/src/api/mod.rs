@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppError;
 
+mod account_security;
 mod admin;
 mod audit;
 mod batch_jobs;
@@ -19,6 +20,7 @@ mod playground;
 mod usage;
 #[cfg(feature = "ssr")]
 use crate::ssr::*;
+pub use account_security::*;
 pub use admin::*;
 pub use audit::*;
 pub use batch_jobs::*;
@@ -42,6 +44,12 @@ pub struct Profile {
     pub is_owner: bool,
     pub is_operator: bool,
     pub is_partner: bool,
+    /// The address is verified (credits, keys and jobs wait for it).
+    pub email_verified: bool,
+    /// Two-factor sign-in is on.
+    pub two_factor: bool,
+    /// The role requires two-factor sign-in and it is not set up: only Account works.
+    pub two_factor_setup_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,9 +135,11 @@ pub async fn me() -> Result<Option<Profile>, AppError> {
     // Taken before the first await: during server rendering, context is only reliable
     // until the future first yields.
     let app = state()?;
-    let Some(user) = current_user().await.map_err(fail)? else {
+    let Some(signed_in) = current_session_user().await.map_err(fail)? else {
         return Ok(None);
     };
+    let setup_required = signed_in.needs_two_factor_setup();
+    let user = signed_in.user;
     let org = app
         .clone()
         .accounts
@@ -146,6 +156,9 @@ pub async fn me() -> Result<Option<Profile>, AppError> {
         is_owner: user.org_role == accounts::OrgRole::Owner,
         is_operator: user.is_operator,
         is_partner: org.kind == accounts::OrgKind::Partner,
+        email_verified: user.email_verified,
+        two_factor: user.two_factor,
+        two_factor_setup_required: setup_required,
     }))
 }
 
@@ -164,32 +177,60 @@ pub async fn sign_up(
         org_kind,
         region,
     };
-    // A new and an already registered email get the same answer (RELIABILITY A4).
+    // A new and an already registered email get the same answer (RELIABILITY A4): each is
+    // sent a letter, from a task of its own, and the page says to look for it.
     let st = state()?;
-    if let accounts::SignUpOutcome::Created { user_id } =
-        st.accounts.sign_up(form).await.map_err(fail)?
-    {
-        open_wallet_on_sign_up(&st, &user_id).await;
+    let origin = origin();
+    let outcome = st
+        .accounts
+        .sign_up(form, &client_ip())
+        .await
+        .map_err(fail)?;
+    match outcome {
+        accounts::SignUpOutcome::Created {
+            user_id,
+            email,
+            verify_token,
+        } => {
+            let org_name = open_wallet_on_sign_up(&st, &user_id).await;
+            st.mailer.send_later(mail::letters::verify_email(
+                email.as_str(),
+                &org_name,
+                &format!("{origin}/verify/{verify_token}"),
+                accounts::VERIFY_TTL_MS / 3_600_000,
+            ));
+        }
+        accounts::SignUpOutcome::AlreadyRegistered { email } => {
+            st.mailer.send_later(mail::letters::already_registered(
+                email.as_str(),
+                &format!("{origin}/login"),
+                &format!("{origin}/forgot"),
+            ));
+        }
     }
     leptos_axum::redirect("/login?signed_up=1");
     Ok(())
 }
 
-/// A new organisation's wallet, and the grants of programs that grant automatically on
-/// sign-up. A failure here is logged, not shown: the account exists either way.
+/// A new organisation's wallet, and the grants of programs that grant at sign-up without
+/// waiting for a verified address. A failure here is logged, not shown: the account exists
+/// either way. Returns the organisation's name, for the letter.
 #[cfg(feature = "ssr")]
-async fn open_wallet_on_sign_up(st: &AppState, user_id: &str) {
+async fn open_wallet_on_sign_up(st: &AppState, user_id: &str) -> String {
     let org = match st.accounts.user(user_id).await {
         Ok(Some(user)) => st.accounts.org(&user.org_id).await.ok().flatten(),
         _ => None,
     };
-    let Some(org) = org else { return };
+    let Some(org) = org else {
+        return String::new();
+    };
     if let Err(e) = st.credits.open_wallet(&org.id).await {
         tracing::error!(error = %e, org_id = org.id, "opening the wallet failed");
     }
     if let Err(e) = st.credits.grants_on_signup(&org).await {
         tracing::error!(error = %e, org_id = org.id, "sign-up grants failed");
     }
+    org.name
 }
 
 #[server(endpoint = "login")]
@@ -208,8 +249,13 @@ pub async fn login(email: String, password: String) -> Result<(), AppError> {
     {
         return Err(fail(AppError::Suspended));
     }
-    log_in(&user).await?;
-    leptos_axum::redirect("/dashboard");
+    if user.two_factor {
+        await_second_factor(&user).await?;
+        leptos_axum::redirect("/login/code");
+    } else {
+        log_in(&user).await?;
+        leptos_axum::redirect("/dashboard");
+    }
     Ok(())
 }
 
@@ -299,15 +345,25 @@ pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError>
             message: "Choose owner or member.".into(),
         })
     })?;
+    let origin = origin();
     let (invitation, token) = app
         .clone()
         .accounts
         .invite(&user, &email, role)
         .await
         .map_err(fail)?;
+    let link = format!("{origin}/invite/{token}");
+    let org_name = org_name(&app, &user.org_id).await.map_err(fail)?;
+    app.mailer.send_later(mail::letters::invitation(
+        &invitation.email,
+        &org_name,
+        invitation.role.code(),
+        &user.email,
+        &link,
+    ));
     Ok(InviteLink {
         email: invitation.email,
-        link: format!("{}/invite/{token}", origin()),
+        link,
     })
 }
 
@@ -330,11 +386,33 @@ pub async fn remove_member(id: String) -> Result<(), AppError> {
     // until the future first yields.
     let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    app.clone()
+    let removed = app
+        .clone()
         .accounts
         .remove_member(&user, &id)
         .await
-        .map_err(fail)
+        .map_err(fail)?;
+    // Their keys were revoked with them; none may be taken as valid from memory either.
+    for key in &removed.revoked_keys {
+        app.keys.forget(key);
+    }
+    let after = serde_json::json!({
+        "email": removed.email, "api_keys_revoked": removed.revoked_keys.len(),
+    });
+    audited(
+        &app,
+        &user,
+        accounts::Change {
+            action: "member.remove",
+            target_kind: "user",
+            target_id: &id,
+            target_org_id: Some(&user.org_id),
+            before: None,
+            after: audit_json(after),
+        },
+    )
+    .await;
+    Ok(())
 }
 
 #[server(endpoint = "invitation")]
@@ -390,13 +468,22 @@ pub async fn create_partner(
     // Taken before the first await: during server rendering, context is only reliable
     // until the future first yields.
     let app = state()?;
+    let origin = origin();
     let user = require_user().await.map_err(fail)?;
-    let (org, _, token) = app
+    let (org, invitation, token) = app
         .clone()
         .accounts
         .create_partner(&user, &name, &region, &owner_email)
         .await
         .map_err(fail)?;
+    let link = format!("{origin}/invite/{token}");
+    app.mailer.send_later(mail::letters::invitation(
+        &invitation.email,
+        &org.name,
+        invitation.role.code(),
+        &user.email,
+        &link,
+    ));
     let after = serde_json::json!({
         "name": org.name, "region": org.region.label(), "owner_invited": owner_email.trim(),
     });
@@ -415,7 +502,7 @@ pub async fn create_partner(
     .await;
     Ok(NewPartner {
         name: org.name,
-        link: format!("{}/invite/{token}", origin()),
+        link,
     })
 }
 

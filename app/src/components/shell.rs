@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos_router::components::{A, Outlet, Redirect};
 
-use crate::api::{Logout, Profile, me};
+use crate::api::{Logout, Profile, ResendVerification, me};
 
 #[component]
 pub fn Shell() -> impl IntoView {
@@ -75,8 +75,45 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 </Show>
             </nav>
             <main class="content">
+                <Show when=move || me.two_factor_setup_required>
+                    <p class="form-error banner" role="alert" data-testid="two-factor-banner">
+                        "Your role requires two-factor sign-in. "
+                        <A href="/account">"Set it up under Account"</A>
+                        " before you go on."
+                    </p>
+                </Show>
+                <Show when=move || !me.email_verified>
+                    <VerifyBanner />
+                </Show>
                 <Outlet />
             </main>
+        </div>
+    }
+}
+
+/// Until the address is verified: what waits for it, and a way to get the link again.
+#[component]
+fn VerifyBanner() -> impl IntoView {
+    let resend = ServerAction::<ResendVerification>::new();
+    let value = resend.value();
+    let answer = move || {
+        value.with(|v| match v {
+            Some(Ok(message)) => Some(message.clone()),
+            Some(Err(e)) => Some(e.to_string()),
+            None => None,
+        })
+    };
+    view! {
+        <div class="notice banner" role="status" data-testid="verify-banner">
+            <p>
+                "Verify your email address with the link we sent you: credits, API keys and jobs wait for it."
+            </p>
+            <ActionForm action=resend attr:class="inline">
+                <button type="submit">"Send the link again"</button>
+            </ActionForm>
+            <Show when=move || answer().is_some()>
+                <p>{answer}</p>
+            </Show>
         </div>
     }
 }

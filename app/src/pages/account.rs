@@ -27,6 +27,7 @@ pub fn Account() -> impl IntoView {
                     })
             })}
         </Suspense>
+        <crate::pages::two_factor::TwoFactorPanel />
         <section class="panel">
             <h2>"Change password"</h2>
             <p>"Changing your password logs you out of every other browser and device."</p>

@@ -40,7 +40,8 @@ pub fn AdminPrograms() -> impl IntoView {
                                 </thead>
                                 <tbody>
                                     {list
-                                        .into_iter()
+                                        .iter()
+                                        .cloned()
                                         .map(|p| {
                                             view! {
                                                 <tr>
@@ -51,13 +52,20 @@ pub fn AdminPrograms() -> impl IntoView {
                                                     <td>{format!("{} days", p.lifetime_days)}</td>
                                                     <td>{p.budget}</td>
                                                     <td>{p.remaining}</td>
-                                                    <td>{if p.auto_on_signup { "yes" } else { "no" }}</td>
+                                                    <td>
+                                                        {match (p.auto_on_signup, p.requires_verified_email) {
+                                                            (true, true) => "yes, once the email is verified",
+                                                            (true, false) => "yes",
+                                                            (false, _) => "no",
+                                                        }}
+                                                    </td>
                                                 </tr>
                                             }
                                         })
                                         .collect_view()}
                                 </tbody>
                             </table>
+                            {list.into_iter().map(|p| view! { <ProgramGrants p /> }).collect_view()}
                         }
                             .into_any()
                     }
@@ -103,6 +111,15 @@ pub fn AdminPrograms() -> impl IntoView {
                     <input type="checkbox" name="form[auto_on_signup]" value="on" />
                     "Grant automatically when an eligible organisation signs up"
                 </label>
+                <label class="inline">
+                    <input
+                        type="checkbox"
+                        name="form[requires_verified_email]"
+                        value="on"
+                        checked
+                    />
+                    "Only once its email address is verified, and once per address"
+                </label>
                 <button type="submit" class="primary">"Create program"</button>
             </ActionForm>
         </section>
@@ -127,5 +144,59 @@ fn Ticks(legend: &'static str, options: &'static [(&'static str, &'static str)])
                 })
                 .collect_view()}
         </fieldset>
+    }
+}
+
+/// What one program's budget went to: its latest grants.
+#[component]
+fn ProgramGrants(p: crate::api::ProgramView) -> impl IntoView {
+    let count = p.grants.len();
+    view! {
+        <details class="panel" data-testid="program-grants">
+            <summary>
+                {format!(
+                    "What {} granted: budget {}, {} left; latest {} grant(s)",
+                    p.name,
+                    p.budget,
+                    p.remaining,
+                    count,
+                )}
+            </summary>
+            {if p.grants.is_empty() {
+                view! { <p>"Nothing granted yet."</p> }.into_any()
+            } else {
+                view! {
+                    <div class="table-scroll">
+                        <table class="list">
+                            <thead>
+                                <tr>
+                                    <th>"Organisation"</th>
+                                    <th>"Amount"</th>
+                                    <th>"Why"</th>
+                                    <th>"When (UTC)"</th>
+                                </tr>
+                            </thead>
+                            <tbody>
+                                {p
+                                    .grants
+                                    .into_iter()
+                                    .map(|g| {
+                                        view! {
+                                            <tr>
+                                                <td>{g.org_name}</td>
+                                                <td>{g.amount}</td>
+                                                <td>{g.reason}</td>
+                                                <td>{g.granted}</td>
+                                            </tr>
+                                        }
+                                    })
+                                    .collect_view()}
+                            </tbody>
+                        </table>
+                    </div>
+                }
+                    .into_any()
+            }}
+        </details>
     }
 }

@@ -91,13 +91,19 @@ pub fn Login() -> impl IntoView {
     let value = action.value();
     let query = use_query_map();
     let signed_up = move || query.with(|q| q.get("signed_up").is_some());
+    let reset = move || query.with(|q| q.get("reset").is_some());
     view! {
         <Title text="Log in · Tokenmill" />
         <main class="auth">
             <h1>"Log in"</h1>
             <Show when=signed_up>
+                <p class="notice" role="status" data-testid="signed-up">
+                    "Check your email: we sent a link to verify your address. You can log in now; credits, API keys and the playground wait for the link."
+                </p>
+            </Show>
+            <Show when=reset>
                 <p class="notice" role="status">
-                    "Your sign-up is complete. Log in with your email and password."
+                    "Your password is set, and every session of yours has ended. Log in with the new password."
                 </p>
             </Show>
             <ActionForm action>
@@ -109,6 +115,7 @@ pub fn Login() -> impl IntoView {
                 <PasswordInput name="password" id="password" autocomplete="current-password" />
                 <button type="submit" class="primary">"Log in"</button>
             </ActionForm>
+            <p><A href="/forgot">"Forgot your password?"</A></p>
             <p>"New to Tokenmill? " <A href="/signup">"Sign up your organisation"</A></p>
         </main>
     }

@@ -20,6 +20,8 @@ pub mod members;
 pub mod models;
 pub mod not_found;
 pub mod playground;
+pub mod recovery;
 pub mod statements;
 pub mod top_up;
+pub mod two_factor;
 pub mod usage;

@@ -44,7 +44,9 @@ pub async fn portal(
         org_kind: "enterprise".into(),
         region: "europe".into(),
     };
-    let accounts::SignUpOutcome::Created { user_id } = accounts.sign_up(form).await.unwrap() else {
+    let accounts::SignUpOutcome::Created { user_id, .. } =
+        accounts.sign_up(form, &db::new_id()).await.unwrap()
+    else {
         panic!("sign-up")
     };
     let user = accounts.user(&user_id).await.unwrap().unwrap();

@@ -23,6 +23,9 @@ impl From<BatchError> for ApiError {
                 ApiError::conflict(StatusCode::CONFLICT, message, "invalid_state")
             }
             BatchError::Busy => ApiError::busy(message),
+            BatchError::Quota(_) => {
+                ApiError::conflict(StatusCode::FORBIDDEN, message, "file_quota_exceeded")
+            }
             BatchError::Storage(detail) => {
                 tracing::error!(error = %detail, "batch storage failed");
                 ApiError::internal("The request could not be completed; try again.")

@@ -53,6 +53,15 @@ impl ApiError {
         }
     }
 
+    /// The caller may not do this yet (a session whose user must first verify their email
+    /// or set up two-factor sign-in).
+    pub fn forbidden(message: impl Into<String>, code: &'static str) -> ApiError {
+        ApiError {
+            code: Some(code),
+            ..ApiError::new(StatusCode::FORBIDDEN, "permission_error", message)
+        }
+    }
+
     /// Whether this refuses the request's API key (invalid, revoked or expired, or its
     /// organisation suspended).
     pub fn refuses_key(&self) -> bool {

@@ -117,8 +117,11 @@ fn presented(parts: &Parts) -> Result<&str, ApiError> {
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
+    /// Every `/v1` route but chat and completions (which count in `completion`, after their
+    /// own key check) draws on the key's one rate limit here.
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let key = state.keys.authenticate(presented(parts)?).await?;
+        state.limits.check(&key.key_id)?;
         Ok(Caller {
             key,
             recheck: false,

@@ -237,17 +237,7 @@ async fn another_organisation_cannot_see_or_change_members_or_invitations() {
 #[tokio::test]
 async fn operators_create_partners_from_admin_and_tenants_cannot() {
     let app = spawn_app().await;
-    accounts::Accounts::new(app.db().clone(), accounts::LoginLimits::default())
-        .create_operator("ops@tokenmill.example", "operator long passphrase")
-        .await
-        .unwrap();
-    let ops = app.browser();
-    assert_eq!(
-        ops.login("ops@tokenmill.example", "operator long passphrase")
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let ops = crate::compute::operator(&app).await;
     assert_eq!(ops.me().await["is_operator"], true);
     let (status, created) = ops
         .json(
@@ -309,6 +299,7 @@ async fn sign_up_grants_show_on_the_credits_page_of_their_own_organisation_only(
             grant_lifetime_days: 90,
             budget: ledger::Nanos::parse_dollars("30").unwrap(),
             auto_on_signup: true,
+            requires_verified_email: false,
         })
         .await
         .unwrap();

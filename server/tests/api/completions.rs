@@ -505,6 +505,9 @@ async fn refusals_have_the_right_status_and_leave_no_hold() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     b.login("cfo@enterprise.example", PASSWORD).await;
+    api.app
+        .verify_from_letter(&b, "cfo@enterprise.example")
+        .await;
     let (_, created) = b
         .json(
             "/api/create_api_key",

@@ -16,6 +16,8 @@ pub async fn operator(app: &TestApp) -> Browser {
         .unwrap();
     let ops = app.browser();
     assert_eq!(ops.login(OPS.0, OPS.1).await.status(), StatusCode::OK);
+    // Operators must sign in with a second factor: set it up as a new operator would.
+    ops.enrol_two_factor().await;
     ops
 }
 
@@ -32,6 +34,8 @@ pub async fn partner(app: &TestApp, ops: &Browser, name: &str, email: &str) -> (
     let b = app.browser();
     b.accept(&token_of(&created), "partner long passphrase")
         .await;
+    // A partner's owner must sign in with a second factor.
+    b.enrol_two_factor().await;
     let (_, list) = ops.json("/api/partners", &[]).await;
     let id = list
         .as_array()

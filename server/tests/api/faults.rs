@@ -154,7 +154,8 @@ struct Tenant {
 }
 
 impl Tenant {
-    async fn sign_up(portal: &Portal, db: &db::Db) -> Tenant {
+    async fn sign_up(portal: &Portal, site: &Site) -> Tenant {
+        let db = site.db();
         let owner = Browser::at(&portal.base);
         let r = owner.sign_up("ops@faulty.example", "Faulty").await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -162,6 +163,10 @@ impl Tenant {
             .login("ops@faulty.example", crate::helpers::PASSWORD)
             .await;
         assert_eq!(r.status(), StatusCode::OK);
+        // The portal runs in the site's folder: its letters are in data/outbox there.
+        owner
+            .verify_from_letter(&site.dir.path().join("data/outbox"), "ops@faulty.example")
+            .await;
         let (status, created) = owner
             .json(
                 "/api/create_api_key",
@@ -329,7 +334,7 @@ async fn a_portal_killed_mid_stream_charges_what_was_delivered_and_resumes_its_b
     let site = Site::new().await;
     let mut portal = site.start(&[("TOKENMILL_BATCH_CONCURRENCY", "2")]).await;
     let db = site.db();
-    let tenant = Tenant::sign_up(&portal, db).await;
+    let tenant = Tenant::sign_up(&portal, &site).await;
     let before = tenant.available(db).await;
     assert_eq!(before, 10_000_000_000);
 
@@ -575,7 +580,7 @@ async fn sigterm_under_load_refuses_new_work_ends_the_rest_cleanly_and_exits_zer
         .start(&[("TOKENMILL_SHUTDOWN_GRACE_SECONDS", "3")])
         .await;
     let db = site.db();
-    let tenant = Arc::new(Tenant::sign_up(&portal, db).await);
+    let tenant = Arc::new(Tenant::sign_up(&portal, &site).await);
     let before = tenant.available(db).await;
     let base: Arc<str> = portal.base.clone().into();
 

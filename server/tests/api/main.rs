@@ -1,6 +1,7 @@
 //! The integration harness: each test starts the real server on port 0 with a fresh database
 //! and talks to it over HTTP, as a browser would.
 
+mod account_security;
 mod accounts;
 mod api_keys;
 mod audit;
@@ -15,5 +16,6 @@ mod partner_statements;
 mod payments;
 mod playground;
 mod security;
+mod smtp;
 mod usage;
 mod v1;
