@@ -55,6 +55,9 @@ export default defineConfig({
       STRIPE_SECRET_KEY: "sk_test_e2e",
       STRIPE_WEBHOOK_SECRET: stripeWebhookSecret,
       STRIPE_API_BASE: `http://127.0.0.1:${stripePort}/`,
+      // Letters go to a folder the tests read; every test signs up from 127.0.0.1.
+      TOKENMILL_OUTBOX_DIR: `${dbDir}/outbox`,
+      TOKENMILL_SIGNUPS_PER_IP_HOUR: "10000",
     },
   }, {
     command: `rm -rf ${playgroundDir} && mkdir -p ${playgroundDir} && ${bin} model fixture --shape smollm2-135m --dtype bf16 --out ${playgroundDir}/model && ${bin}`,
@@ -69,6 +72,8 @@ export default defineConfig({
       RUST_LOG: "warn",
       TOKENMILL_MODELS: `smollm2-test=${playgroundDir}/model`,
       TOKENMILL_DEVICE: "cpu",
+      TOKENMILL_OUTBOX_DIR: `${playgroundDir}/outbox`,
+      TOKENMILL_SIGNUPS_PER_IP_HOUR: "10000",
     },
   }],
 });

@@ -94,6 +94,17 @@ ensure_openai_python() {
   export TOKENMILL_REQUIRE_OPENAI_PYTHON=1
 }
 
+# A local SMTP server from PyPI, for the test that sends letters over real SMTP.
+ensure_aiosmtpd() {
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/aiosmtpd-1"
+  if [ ! -e "$dir/aiosmtpd/__init__.py" ]; then
+    log "Installing the aiosmtpd Python package from PyPI (SMTP test)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "aiosmtpd>=1.4,<2"
+  fi
+  export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
+  export TOKENMILL_REQUIRE_AIOSMTPD=1
+}
+
 build_portal() {
   log "Building the portal (server and WASM)"
   cargo leptos build

@@ -1,4 +1,13 @@
 import { expect, test, type Page } from "@playwright/test";
+import {
+  createOperator,
+  enrolTwoFactor,
+  letterLink,
+  logIn as logInTo,
+  signUpStartup,
+  totp,
+} from "./helpers";
+import { playgroundPort } from "../playwright.config";
 
 const password = "lanterns over the harbour";
 
@@ -32,7 +41,7 @@ async function logIn(page: Page, email: string, pw: string) {
 test("a startup signs up, sees its name on the dashboard, logs out and back in", async ({ page }) => {
   const email = uniqueEmail("founder");
   await signUp(page, email, "Lumen Labs");
-  await expect(page.getByRole("status")).toContainText("sign-up is complete");
+  await expect(page.getByTestId("signed-up")).toContainText("Check your email");
 
   await logIn(page, email, password);
   await expect(page).toHaveURL(/\/dashboard$/);
@@ -151,4 +160,89 @@ test.describe("without JavaScript", () => {
     await expect(page).toHaveURL(/\/dashboard$/);
     await expect(page.getByTestId("dashboard-org")).toHaveText("Plain Forms Co");
   });
+});
+
+test("a new startup verifies its address from the letter and its starter credit appears", async ({ page }) => {
+  // The playground's portal made the starter program at its first start.
+  const base = `http://127.0.0.1:${playgroundPort}`;
+  const email = uniqueEmail("verify");
+  await page.goto(`${base}/signup`);
+  await hydrated(page);
+  await page.getByLabel("Organisation name").fill("Verified Ventures");
+  await page.getByLabel("Kind of organisation").selectOption("startup");
+  await page.getByLabel("Country or region").selectOption("europe");
+  await page.getByLabel("Work email").fill(email);
+  await page.locator("#password").fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page.getByTestId("signed-up")).toContainText("Check your email");
+  await logIn(page, email, password);
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await expect(page.getByTestId("verify-banner")).toBeVisible();
+  await page.goto(`${base}/credits`);
+  await expect(page.getByTestId("available")).toHaveText("$0.00");
+
+  await page.goto(await letterLink(email, "/verify/", base));
+  await expect(page.getByTestId("verified")).toContainText(`${email} is verified.`);
+  await expect(page.getByTestId("verified-grants")).toContainText("$10.00 from Starter credits");
+  await page.goto(`${base}/credits`);
+  await hydrated(page);
+  await expect(page.getByTestId("buckets")).toContainText("Starter credits");
+  await expect(page.getByTestId("available")).toHaveText("$10.00");
+  await expect(page.getByTestId("verify-banner")).toHaveCount(0);
+});
+
+test("a forgotten password is reset from the letter and the old sessions end", async ({ page, browser }) => {
+  const email = uniqueEmail("forgot");
+  await signUpStartup(page, email, "Forgetful Labs");
+
+  const other = await browser.newContext();
+  const fresh = await other.newPage();
+  await fresh.goto("/login");
+  await hydrated(fresh);
+  await fresh.getByRole("link", { name: "Forgot your password?" }).click();
+  await expect(fresh).toHaveURL(/\/forgot$/);
+  await hydrated(fresh);
+  await fresh.getByLabel("Email").fill(email);
+  await fresh.getByRole("button", { name: "Send the link" }).click();
+  await expect(fresh.getByTestId("reset-sent")).toContainText("If an account uses that address");
+  await fresh.goto(await letterLink(email, "/reset/"));
+  await expect(fresh.getByRole("heading", { level: 1 })).toHaveText("Set a new password");
+  await hydrated(fresh);
+  await fresh.locator("#password").fill("a completely new passphrase");
+  await fresh.getByRole("button", { name: "Set password" }).click();
+  await expect(fresh).toHaveURL(/\/login\?reset=1$/);
+  await logInTo(fresh, email, "a completely new passphrase");
+  await other.close();
+
+  // The browser that was signed in before the reset is signed out.
+  await page.goto("/dashboard");
+  await expect(page).toHaveURL(/\/login$/);
+});
+
+test("an operator sets up two-factor sign-in and signs in with a code", async ({ page }) => {
+  const email = uniqueEmail("ops");
+  createOperator(email);
+  await logInTo(page, email, password);
+  await expect(page.getByTestId("two-factor-banner")).toBeVisible();
+  const { secret } = await enrolTwoFactor(page);
+  await page.goto("/account");
+  await hydrated(page);
+  await expect(page.getByTestId("two-factor-banner")).toHaveCount(0);
+  await page.getByRole("button", { name: "Log out" }).click();
+  await expect(page).toHaveURL(/\/login$/);
+
+  await hydrated(page);
+  await page.getByLabel("Email").fill(email);
+  await page.locator("#password").fill(password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await expect(page).toHaveURL(/\/login\/code$/);
+  await hydrated(page);
+  await page.getByLabel("Code").fill("000000");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page.getByRole("alert")).toContainText("That code is not right");
+  // The next step's code: the one that switched it on is used up.
+  await page.getByLabel("Code").fill(totp(secret, Date.now() + 30_000));
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await expect(page.getByTestId("role")).toHaveText("operator");
 });

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { expect, test, type Page } from "@playwright/test";
-import { createOperator, hydrated, logIn, nanos, password } from "./helpers";
+import { hydrated, letterLink, logIn, nanos, operatorSignedIn, password } from "./helpers";
 
 // A startup asks for compute with credit support; the operator approves it with a grant; the
 // startup sees the grant in Credits, and the CSV export's total matches the page.
@@ -29,10 +29,8 @@ test("a startup requests compute with credit support; the operator approves with
   const partner = `Savanna Cloud ${t}`;
   const factory = `Nairobi ${t}`;
   const program = `Startup boost ${t}`;
-  createOperator(ops);
-
   // The operator sets up a partner, its factory and a vendor-sponsored program.
-  await logIn(page, ops, password);
+  const opsSecond = await operatorSignedIn(page, ops);
   await page.getByRole("link", { name: "Admin" }).click();
   await page.getByLabel("Partner name").fill(partner);
   await page.getByLabel("Region").selectOption("africa");
@@ -71,6 +69,8 @@ test("a startup requests compute with credit support; the operator approves with
   await page.locator("#password").fill(password);
   await page.getByRole("button", { name: "Create account" }).click();
   await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+  await page.goto(await letterLink(founder, "/verify/"));
+  await expect(page.getByTestId("verified")).toContainText("is verified");
   await logIn(page, founder, password);
   await page.getByRole("link", { name: "Compute" }).click();
   await hydrated(page);
@@ -92,7 +92,7 @@ test("a startup requests compute with credit support; the operator approves with
   await logOut(page);
 
   // The operator approves it from the queue, granting the credit asked for.
-  await logIn(page, ops, password);
+  await logIn(page, ops, password, "", opsSecond);
   await page.getByRole("link", { name: "Approvals" }).click();
   await page.getByTestId("requests").getByRole("link").first().click();
   await expect(page.getByTestId("status")).toHaveText("Submitted");

@@ -1,5 +1,5 @@
 import { expect, test } from "@playwright/test";
-import { createOperator, hydrated, logIn, password, signUpStartup } from "./helpers";
+import { hydrated, operatorSignedIn, signUpStartup } from "./helpers";
 import { playgroundDir, playgroundPort } from "../playwright.config";
 
 // The operator watches the worker pool while a tenant's playground answer streams: its tokens
@@ -14,8 +14,7 @@ test("an operator sees a worker's live tokens per second and suspends a tenant m
   await signUpStartup(tenant, `live-${stamp}@example.com`, `Live Load ${stamp}`, base);
   const ops = await (await browser.newContext()).newPage();
   const opsEmail = `ops-live-${stamp}@tokenmill.example`;
-  createOperator(opsEmail, playgroundDir);
-  await logIn(ops, opsEmail, password, base);
+  await operatorSignedIn(ops, opsEmail, base, playgroundDir);
   // The operator's dashboard: the console at a glance.
   await expect(ops.getByTestId("workers-ready")).toHaveText("1 / 1");
   await expect(ops.getByTestId("console-partners")).toContainText("smollm2-test");

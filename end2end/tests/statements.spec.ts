@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { expect, test } from "@playwright/test";
-import { bin, createOperator, hydrated, logIn, nanos, password } from "./helpers";
+import { bin, enrolTwoFactor, hydrated, nanos, operatorSignedIn } from "./helpers";
 
 // An operator sets a partner's agreement, credits last month and closes it; the partner's
 // user sees the closed statement, downloads its CSV and PDF, and the CSV's totals equal the
@@ -31,9 +31,7 @@ test("an operator closes last month; the partner downloads a statement that matc
   const ops = `ops-${t}@tokenmill.example`;
   const partner = `Savanna Cloud ${t}`;
   const month = lastMonth();
-  createOperator(ops);
-
-  await logIn(page, ops, password);
+  await operatorSignedIn(page, ops);
   await page.getByRole("link", { name: "Admin" }).click();
   await hydrated(page);
   await page.getByLabel("Partner name").fill(partner);
@@ -77,6 +75,11 @@ test("an operator closes last month; the partner downloads a statement that matc
   await pp.locator("#password").fill("partner long passphrase");
   await pp.getByRole("button", { name: "Join" }).click();
   await expect(pp).toHaveURL(/\/dashboard$/);
+  // A partner's owner must sign in with a second factor: set it up first.
+  await expect(pp.getByTestId("two-factor-banner")).toBeVisible();
+  await enrolTwoFactor(pp);
+  await pp.goto("/account");
+  await hydrated(pp);
   await pp.getByRole("link", { name: "Statements" }).click();
   const prow = pp.getByTestId(`statement-${month}`);
   await expect(prow.getByTestId("status")).toHaveText("Closed · no. 1");
