@@ -96,6 +96,28 @@ async fn one_address_gets_one_starter_grant_however_many_organisations_it_signs_
         !credits.to_string().contains("Starter credits"),
         "{credits}"
     );
+    // The program's page lists what its budget went to: one grant, to the first.
+    let ops = operator(app).await;
+    let (_, programs) = ops.json("/api/programs", &[]).await;
+    let starter = programs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Starter credits")
+        .unwrap();
+    let to: Vec<_> = starter["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["org_name"].as_str().unwrap(),
+                g["amount"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(to.contains(&("Farm One", "$10.00")), "{starter}");
+    assert!(!to.iter().any(|(org, _)| *org == "Farm Two"), "{starter}");
 }
 
 #[tokio::test]
@@ -278,6 +300,50 @@ async fn operators_must_set_up_two_factor_sign_in_then_sign_in_with_a_code() {
         .json("/api/disable_two_factor", &[("code", "123456")])
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // A lost device: another operator resets it at the command line, which is audited and
+    // ends the user's sessions; the next login asks to set it up again.
+    accounts::Accounts::new(app.db().clone(), accounts::LoginLimits::default())
+        .create_operator("second@tokenmill.example", "operator long passphrase")
+        .await
+        .unwrap();
+    let url = app.test_db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .args([
+                "admin",
+                "reset-two-factor",
+                "--email",
+                "ops@tokenmill.example",
+            ])
+            .args(["--operator", "second@tokenmill.example"])
+            .args(["--reason", "lost phone, checked by video call"])
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(again.me().await, Value::Null, "its sessions ended");
+    let r = again
+        .login("ops@tokenmill.example", "operator long passphrase")
+        .await;
+    assert_eq!(location(&r), "/dashboard");
+    assert_eq!(again.me().await["two_factor_setup_required"], true);
+    let after: String = db::sqlx::query_scalar(
+        "SELECT after_json FROM audit_events WHERE action = 'user.two_factor_reset' \
+         AND actor_email = 'second@tokenmill.example'",
+    )
+    .fetch_one(app.db().pool())
+    .await
+    .unwrap();
+    assert!(after.contains("lost phone"), "{after}");
 }
 
 #[tokio::test]
