@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use lettre::{
     AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, header::ContentType},
+    message::{
+        Body, Mailbox,
+        header::{ContentTransferEncoding, ContentType},
+    },
 };
 
 pub mod letters;
@@ -129,7 +132,7 @@ impl Mailer {
             .to(mailbox(&letter.to)?)
             .subject(&letter.subject)
             .header(ContentType::TEXT_PLAIN)
-            .body(letter.body.clone())
+            .body(body(&letter.body))
             .map_err(|e| MailError::Build(e.to_string()))?;
         match &self.transport {
             Transport::Smtp { transport, .. } => transport
@@ -157,6 +160,25 @@ impl Mailer {
                 Err(e) => tracing::error!(error = %e, subject = letter.subject, "mail not sent"),
             }
         });
+    }
+}
+
+/// The letter's body as sent. Plain ASCII (every letter but those naming an organisation in
+/// another script) goes as 7bit text, which RFC 5322 allows in lines of up to 998 characters:
+/// a link longer than the 76 characters after which lettre would choose quoted-printable then
+/// stays whole on its line, also for whoever reads the `.eml` file in the outbox as text.
+/// Anything else is encoded as lettre chooses.
+fn body(text: &str) -> Body {
+    let plain = text.is_ascii()
+        && !text.contains(['\0', '\r'])
+        && text.lines().all(|line| line.len() <= 998);
+    if plain {
+        Body::dangerous_pre_encoded(
+            text.replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        Body::new(text.to_string())
     }
 }
 
@@ -188,7 +210,19 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_smtp_url_or_sender_is_refused_at_start() {
+    fn a_long_link_stays_whole_and_other_scripts_are_encoded() {
+        let link = format!("https://console.example.com/verify/{}", "a".repeat(64));
+        let plain = body(&format!("Open\n{link}\n"));
+        assert_eq!(plain.encoding(), ContentTransferEncoding::SevenBit);
+        let raw = String::from_utf8(plain.into_vec()).unwrap();
+        assert!(raw.contains(&format!("\r\n{link}\r\n")), "{raw}");
+        let other = body("Velkommen til Ærø\n");
+        assert_ne!(other.encoding(), ContentTransferEncoding::SevenBit);
+    }
+
+    /// In the runtime, as at start: lettre's connection pool lives in it.
+    #[tokio::test]
+    async fn a_bad_smtp_url_or_sender_is_refused_at_start() {
         assert!(matches!(
             Mailer::smtp("ftp://mail.example.com", "a@example.com"),
             Err(MailError::SmtpUrl(_))
