@@ -546,6 +546,24 @@ async fn a_formula_in_a_program_name_is_text_in_the_credits_history_csv() {
 }
 
 #[tokio::test]
+async fn a_formula_in_a_model_id_is_text_in_the_usage_csv() {
+    let api = api_with(|c| c.engine.models[0].0 = "-tiny".into()).await;
+    api.ok(
+        "/v1/completions",
+        &serde_json::json!({"model": "-tiny", "prompt": "abc", "max_tokens": 2}),
+    )
+    .await;
+    api.app.settled().await;
+    let owner = api.app.browser();
+    owner.login("dev@startup.example", PASSWORD).await;
+    let r = owner.get("/usage.csv?days=7").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let csv = r.text().await.unwrap();
+    assert!(cells(&csv).contains(&"'-tiny".to_string()), "{csv}");
+    assert_no_formula(&csv);
+}
+
+#[tokio::test]
 async fn control_characters_are_refused_with_the_field_named() {
     let api = api_with(|_| {}).await;
     let app = &api.app;

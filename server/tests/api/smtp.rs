@@ -82,15 +82,7 @@ async fn a_verification_letter_goes_out_over_smtp_and_its_link_works() {
     );
 
     let new = maildir.path().join("mail").join("new");
-    let mut message = None;
-    for _ in 0..200 {
-        if let Some(file) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
-            message = Some(std::fs::read_to_string(file.unwrap().path()).unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let message = unfold_letter(&message.expect("a message reached the SMTP server"));
+    let message = received(&new, 1).await;
     assert!(
         message.contains("From: Tokenmill <no-reply@tokenmill.example>"),
         "{message}"
@@ -105,4 +97,52 @@ async fn a_verification_letter_goes_out_over_smtp_and_its_link_works() {
     let (status, body) = b.json("/api/verify_email", &[("token", &token)]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(b.me().await["email_verified"], true);
+
+    // A password reset over the same server: its link sets the new password.
+    let (status, _) = app
+        .browser()
+        .json("/api/forgot_password", &[("email", "smtp@startup.example")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let reset = received(&new, 2).await;
+    assert!(
+        reset.contains("Subject: Reset your Tokenmill password"),
+        "{reset}"
+    );
+    let token = link_in(&reset, "/reset/")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = app
+        .browser()
+        .post(
+            "/api/reset_password",
+            &[("token", &token), ("password", "a password set by mail")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        app.browser()
+            .login("smtp@startup.example", "a password set by mail")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+/// The newest message once `count` have reached the maildir folder `new`.
+async fn received(new: &std::path::Path, count: usize) -> String {
+    for _ in 0..200 {
+        let mut files: Vec<_> = std::fs::read_dir(new)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if files.len() >= count {
+            files.sort_by_key(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+            let last = files.last().unwrap();
+            return unfold_letter(&std::fs::read_to_string(last).unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {count} messages reached the SMTP server");
 }
