@@ -1,4 +1,4 @@
-import { expect, test, type Page } from "@playwright/test";
+import { expect, test, type Page } from "./fixtures";
 import {
   createOperator,
   enrolTwoFactor,
@@ -189,6 +189,18 @@ test("a new startup verifies its address from the letter and its starter credit 
   await expect(page.getByTestId("buckets")).toContainText("Starter credits");
   await expect(page.getByTestId("available")).toHaveText("$10.00");
   await expect(page.getByTestId("verify-banner")).toHaveCount(0);
+
+  // The dashboard opens on the first steps: the credit and when it ends, and the API's base
+  // URL with a ready request, one click to copy.
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  await page.getByRole("navigation").getByRole("link", { name: "Dashboard" }).click();
+  const start = page.getByTestId("getting-started");
+  await expect(start.getByTestId("start-credits")).toContainText("$10.00 of Starter credits, until ");
+  await expect(start.getByTestId("base-url")).toHaveText(`${base}/v1`);
+  await expect(start.getByTestId("start-curl")).toContainText('"model": "smollm2-test"');
+  await start.getByRole("button", { name: "Copy base URL" }).click();
+  await expect(start.getByRole("button", { name: "Copied" })).toBeVisible();
+  expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(`${base}/v1`);
 });
 
 test("a forgotten password is reset from the letter and the old sessions end", async ({ page, browser }) => {

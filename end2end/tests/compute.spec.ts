@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { expect, test, type Page } from "@playwright/test";
+import { expect, test, type Page } from "./fixtures";
 import { hydrated, letterLink, logIn, nanos, operatorSignedIn, password } from "./helpers";
 
 // A startup asks for compute with credit support; the operator approves it with a grant; the

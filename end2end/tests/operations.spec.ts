@@ -1,4 +1,4 @@
-import { expect, test } from "@playwright/test";
+import { expect, test } from "./fixtures";
 import { hydrated, operatorSignedIn, signUpStartup } from "./helpers";
 import { playgroundDir, playgroundPort } from "../playwright.config";
 

@@ -1,4 +1,4 @@
-import { expect, test } from "@playwright/test";
+import { expect, test } from "./fixtures";
 import { hydrated, nanos, signUpStartup } from "./helpers";
 import { playgroundPort } from "../playwright.config";
 

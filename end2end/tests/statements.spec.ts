@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { expect, test } from "@playwright/test";
+import { expect, test } from "./fixtures";
 import { bin, enrolTwoFactor, hydrated, nanos, operatorSignedIn } from "./helpers";
 
 // An operator sets a partner's agreement, credits last month and closes it; the partner's

@@ -1,5 +1,5 @@
 import type { Server } from "node:http";
-import { expect, test } from "@playwright/test";
+import { expect, test } from "./fixtures";
 import { stripePort, stripeWebhookSecret } from "../playwright.config";
 import { hydrated, signUpStartup } from "./helpers";
 import { startStripe } from "./stripe-stand-in";

@@ -138,16 +138,24 @@ pub async fn me() -> Result<Option<Profile>, AppError> {
     let Some(signed_in) = current_session_user().await.map_err(fail)? else {
         return Ok(None);
     };
+    profile_of(&app, signed_in).await.map(Some)
+}
+
+/// The profile of a signed-in user.
+#[cfg(feature = "ssr")]
+pub(crate) async fn profile_of(
+    app: &AppState,
+    signed_in: accounts::SessionUser,
+) -> Result<Profile, AppError> {
     let setup_required = signed_in.needs_two_factor_setup();
     let user = signed_in.user;
     let org = app
-        .clone()
         .accounts
         .org(&user.org_id)
         .await
         .map_err(fail)?
         .ok_or_else(|| fail(AppError::NotFound))?;
-    Ok(Some(Profile {
+    Ok(Profile {
         email: user.email,
         org_name: org.name,
         org_kind: org.kind.label().to_string(),
@@ -159,7 +167,7 @@ pub async fn me() -> Result<Option<Profile>, AppError> {
         email_verified: user.email_verified,
         two_factor: user.two_factor,
         two_factor_setup_required: setup_required,
-    }))
+    })
 }
 
 #[server(endpoint = "sign_up")]
@@ -295,10 +303,16 @@ pub async fn team() -> Result<TeamView, AppError> {
     // until the future first yields.
     let app = state()?;
     let user = require_user().await.map_err(fail)?;
-    let accounts = app.clone().accounts;
+    team_of(&app, &user).await
+}
+
+/// The members page's view of `user`'s organisation.
+#[cfg(feature = "ssr")]
+pub(crate) async fn team_of(app: &AppState, user: &accounts::User) -> Result<TeamView, AppError> {
+    let accounts = &app.accounts;
     let can_manage = user.org_role == accounts::OrgRole::Owner;
     let members = accounts
-        .members(&user)
+        .members(user)
         .await
         .map_err(fail)?
         .into_iter()
@@ -312,7 +326,7 @@ pub async fn team() -> Result<TeamView, AppError> {
         .collect();
     let invitations = if can_manage {
         accounts
-            .invitations(&user)
+            .invitations(user)
             .await
             .map_err(fail)?
             .into_iter()

@@ -47,10 +47,19 @@ pub struct ConsoleView {
 pub async fn console_glance() -> Result<ConsoleView, AppError> {
     let app = state()?;
     let user = require_operator().await.map_err(fail)?;
+    console_view(&app, &user).await
+}
+
+/// [`console_glance`] for the operator `user` (also part of the dashboard's one read).
+#[cfg(feature = "ssr")]
+pub(crate) async fn console_view(
+    app: &AppState,
+    user: &accounts::User,
+) -> Result<ConsoleView, AppError> {
     let now = db::now_ms();
     let factories = app.compute.factories().await.map_err(fail)?;
     let mut partners = Vec::new();
-    for p in app.accounts.partners(&user).await.map_err(fail)? {
+    for p in app.accounts.partners(user).await.map_err(fail)? {
         let own: Vec<_> = factories
             .iter()
             .filter(|f| f.partner_org_id == p.id)
@@ -75,7 +84,7 @@ pub async fn console_glance() -> Result<ConsoleView, AppError> {
     }
     let pending_approvals = app
         .compute
-        .queue(&user)
+        .queue(user)
         .await
         .map_err(fail)?
         .iter()
@@ -101,7 +110,7 @@ pub async fn console_glance() -> Result<ConsoleView, AppError> {
             }
         })
         .collect();
-    let orgs = app.accounts.organizations(&user, "").await.map_err(fail)?;
+    let orgs = app.accounts.organizations(user, "").await.map_err(fail)?;
     let workers = app.jobs.pool().map(|p| p.status()).unwrap_or_default();
     Ok(ConsoleView {
         partners,
@@ -117,5 +126,140 @@ pub async fn console_glance() -> Result<ConsoleView, AppError> {
         workers: workers.len(),
         running: workers.iter().map(|w| w.running).sum(),
         waiting: workers.iter().map(|w| w.waiting).sum(),
+    })
+}
+
+/// A tenant's first steps, shown on the dashboard until it has both an API key and usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GettingStarted {
+    /// Each credit bucket with a balance: "$10.00 of Starter credits, until 2027-03-07".
+    pub credits: Vec<String>,
+    /// The OpenAI-compatible base URL (`https://…/v1`).
+    pub base_url: String,
+    /// A model the organisation can call now, for the sample request.
+    pub model: Option<String>,
+    pub has_key: bool,
+    pub email_verified: bool,
+    /// Approved compute requests that have not started: "tiny/llama on Nairobi 1 from 2026-12-14".
+    pub upcoming: Vec<String>,
+}
+
+/// Everything the dashboard shows, read at once: one resource, so the page hydrates the same
+/// way however the reads finish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardView {
+    pub me: super::Profile,
+    pub team: super::TeamView,
+    /// A tenant's money and use.
+    pub tenant: Option<super::TenantSummary>,
+    pub start: Option<GettingStarted>,
+    /// An operator's console.
+    pub console: Option<ConsoleView>,
+}
+
+#[server(endpoint = "dashboard")]
+pub async fn dashboard() -> Result<DashboardView, AppError> {
+    // Taken before the first await: during server rendering, context is only reliable
+    // until the future first yields.
+    let app = state()?;
+    let origin = origin();
+    let signed_in = current_session_user()
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| fail(AppError::NotSignedIn))?;
+    let user = signed_in.user.clone();
+    let setup_required = signed_in.needs_two_factor_setup();
+    let me = super::profile_of(&app, signed_in).await?;
+    let mut view = DashboardView {
+        me,
+        team: super::TeamView {
+            can_manage: false,
+            members: Vec::new(),
+            invitations: Vec::new(),
+        },
+        tenant: None,
+        start: None,
+        console: None,
+    };
+    // Until a required second factor is set up, the page shows who is signed in and the
+    // banner that says what to do, nothing else.
+    if setup_required {
+        return Ok(view);
+    }
+    view.team = super::team_of(&app, &user).await?;
+    if view.me.is_operator {
+        view.console = Some(console_view(&app, &user).await?);
+    } else if !view.me.is_partner {
+        let summary = super::tenant_summary(&app, &user).await?;
+        let used = summary.per_day.iter().any(|d| d.tokens > 0);
+        let first = getting_started(&app, &user, &origin).await?;
+        if !(used && first.has_key) {
+            view.start = Some(first);
+        }
+        view.tenant = Some(summary);
+    }
+    Ok(view)
+}
+
+#[cfg(feature = "ssr")]
+async fn getting_started(
+    app: &AppState,
+    user: &accounts::User,
+    origin: &str,
+) -> Result<GettingStarted, AppError> {
+    let now = db::now_ms();
+    let credits = app
+        .credits
+        .wallet(&user.org_id, now)
+        .await
+        .map_err(fail)?
+        .buckets
+        .into_iter()
+        .filter(|b| b.balance.get() > 0)
+        .map(|b| match b.expires_at {
+            Some(at) => format!("{} of {}, until {}", b.balance, b.label, super::date(at)),
+            None => format!("{} of {}", b.balance, b.label),
+        })
+        .collect();
+    let has_key = app
+        .keys
+        .list(&user.org_id)
+        .await
+        .map_err(fail)?
+        .iter()
+        .any(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now));
+    let model = app
+        .jobs
+        .available_models()
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "models for the dashboard");
+            fail(AppError::Internal)
+        })?
+        .into_iter()
+        .next();
+    let upcoming = app
+        .compute
+        .my_requests(user)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .filter(|r| r.status == compute::Status::Approved)
+        .filter_map(|r| {
+            let a = r.allocation.as_ref()?;
+            let what = match &r.capacity {
+                compute::Capacity::Tokens { model, .. } => model.clone(),
+                compute::Capacity::Gpus { count } => format!("{count} GPUs"),
+            };
+            Some(format!("{what} on {} from {}", r.factory_name, a.starts_at))
+        })
+        .collect();
+    Ok(GettingStarted {
+        credits,
+        base_url: format!("{origin}/v1"),
+        model,
+        has_key,
+        email_verified: user.email_verified,
+        upcoming,
     })
 }

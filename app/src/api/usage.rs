@@ -146,6 +146,15 @@ pub struct TenantSummary {
 pub async fn tenant_overview() -> Result<TenantSummary, AppError> {
     let app = state()?;
     let user = require_user().await.map_err(fail)?;
+    tenant_summary(&app, &user).await
+}
+
+/// [`tenant_overview`] of `user`'s organisation (also part of the dashboard's one read).
+#[cfg(feature = "ssr")]
+pub(crate) async fn tenant_summary(
+    app: &AppState,
+    user: &accounts::User,
+) -> Result<TenantSummary, AppError> {
     let now = db::now_ms();
     let internal = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "tenant overview");
@@ -175,7 +184,7 @@ pub async fn tenant_overview() -> Result<TenantSummary, AppError> {
     let today = crate::api::date(now);
     let allocations = app
         .compute
-        .my_requests(&user)
+        .my_requests(user)
         .await
         .map_err(fail)?
         .into_iter()

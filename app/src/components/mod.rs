@@ -1,5 +1,6 @@
 //! Pieces shared by several pages.
 
+pub mod copy;
 pub mod form;
 pub mod partner_options;
 pub mod request_form;

@@ -2,70 +2,21 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use crate::api::{ConsoleView, TenantSummary, UsageDay, console_glance, me, team, tenant_overview};
+use crate::api::{ConsoleView, DashboardView, GettingStarted, TenantSummary, UsageDay, dashboard};
+use crate::components::copy::CopyButton;
 
-/// The signed-in start page: the organisation at a glance.
+/// The signed-in start page: the organisation at a glance. Everything it shows is one read
+/// (one resource, one loading block), so server rendering and hydration always agree.
 #[component]
 pub fn Dashboard() -> impl IntoView {
-    let me = Resource::new(|| (), |_| me());
-    let team = Resource::new(|| (), |_| team());
+    let view = Resource::new(|| (), |_| dashboard());
     view! {
         <Title text="Dashboard · Tokenmill" />
         <h1>"Dashboard"</h1>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
-                let me = me.await;
-                let team = team.await;
-                match (me, team) {
-                    (Ok(Some(me)), Ok(team)) => {
-                        let pending = team.invitations.len();
-                        view! {
-                            <section class="cards">
-                                <article class="card">
-                                    <h2>"Organisation"</h2>
-                                    <p class="big" data-testid="dashboard-org">
-                                        {me.org_name.clone()}
-                                    </p>
-                                    <p>{me.org_kind.clone()} " · " {me.region.clone()}</p>
-                                </article>
-                                <article class="card">
-                                    <h2>"Team"</h2>
-                                    <p class="big">{team.members.len()}</p>
-                                    <p>
-                                        {if team.members.len() == 1 { "member" } else { "members" }}
-                                        {(pending > 0).then(|| format!(", {pending} invitation(s) open"))}
-                                    </p>
-                                    <A href="/members">"Manage members"</A>
-                                </article>
-                                <article class="card">
-                                    <h2>"You"</h2>
-                                    <p>{me.email.clone()}</p>
-                                    <p>"Role: " {me.role.clone()}</p>
-                                    <A href="/account">"Account settings"</A>
-                                </article>
-                            </section>
-                            {(!me.is_operator && !me.is_partner).then(|| view! { <TenantPanel /> })}
-                            {me.is_operator.then(|| view! { <ConsolePanel /> })}
-                        }
-                            .into_any()
-                    }
-                    _ => view! { <p class="form-error">"Could not load the dashboard."</p> }.into_any(),
-                }
-            })}
-        </Suspense>
-    }
-}
-
-/// A tenant's money and use: balance, burn rate and when the credits run out, tokens per day,
-/// and the allocations in force with today's use.
-#[component]
-fn TenantPanel() -> impl IntoView {
-    let overview = Resource::new(|| (), |_| tenant_overview());
-    view! {
-        <Suspense fallback=|| ()>
-            {move || Suspend::new(async move {
-                match overview.await {
-                    Ok(o) => view! { <Overview o /> }.into_any(),
+                match view.await {
+                    Ok(d) => page(d).into_any(),
                     Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
                 }
             })}
@@ -73,6 +24,109 @@ fn TenantPanel() -> impl IntoView {
     }
 }
 
+fn page(d: DashboardView) -> impl IntoView {
+    let DashboardView {
+        me,
+        team,
+        tenant,
+        start,
+        console: glance,
+    } = d;
+    let pending = team.invitations.len();
+    view! {
+        {start.map(|s| view! { <FirstSteps s /> })}
+        <section class="cards">
+            <article class="card">
+                <h2>"Organisation"</h2>
+                <p class="big" data-testid="dashboard-org">{me.org_name.clone()}</p>
+                <p>{me.org_kind.clone()} " · " {me.region.clone()}</p>
+            </article>
+            <article class="card">
+                <h2>"Team"</h2>
+                <p class="big">{team.members.len()}</p>
+                <p>
+                    {if team.members.len() == 1 { "member" } else { "members" }}
+                    {(pending > 0).then(|| format!(", {pending} invitation(s) open"))}
+                </p>
+                <A href="/members">"Manage members"</A>
+            </article>
+            <article class="card">
+                <h2>"You"</h2>
+                <p>{me.email.clone()}</p>
+                <p>"Role: " {me.role.clone()}</p>
+                <A href="/account">"Account settings"</A>
+            </article>
+        </section>
+        {tenant.map(|o| view! { <Overview o /> })}
+        {glance.map(console)}
+    }
+}
+
+/// Getting started: the credit there is, and the three steps to a first answer.
+#[component]
+fn FirstSteps(s: GettingStarted) -> impl IntoView {
+    let model = s.model.clone().unwrap_or_else(|| "MODEL".to_string());
+    let curl = format!(
+        "curl {}/chat/completions \\\n  -H \"Authorization: Bearer $TOKENMILL_KEY\" \\\n  -H 'Content-Type: application/json' \\\n  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+        s.base_url
+    );
+    view! {
+        <section class="panel wide getting-started" data-testid="getting-started">
+            <h2>"Getting started"</h2>
+            {if s.credits.is_empty() {
+                view! {
+                    <p>
+                        {if s.email_verified {
+                            "No credit yet. "
+                        } else {
+                            "Credits wait for your verified email address. "
+                        }}
+                        <A href="/credits">"Top up or see your wallet"</A>
+                    </p>
+                }
+                    .into_any()
+            } else {
+                view! {
+                    <p data-testid="start-credits">"You have " {s.credits.join("; ")} "."</p>
+                }
+                    .into_any()
+            }}
+            <ol class="steps">
+                <li>
+                    <A href="/playground">"Try a model in the playground"</A>
+                    " — answers stream as they are made."
+                </li>
+                <li>
+                    {if s.has_key {
+                        view! { <span>"You have an API key. "</span> }.into_any()
+                    } else {
+                        view! { <span>"Create an API key. "</span> }.into_any()
+                    }}
+                    <A href="/keys">"API keys"</A>
+                </li>
+                <li>
+                    "Call the OpenAI-compatible API at "
+                    <code data-testid="base-url">{s.base_url.clone()}</code>
+                    " "
+                    <CopyButton text=s.base_url.clone() label="Copy base URL" />
+                    <pre class="code" data-testid="start-curl">{curl.clone()}</pre>
+                    <CopyButton text=curl label="Copy curl" />
+                </li>
+            </ol>
+            {(!s.upcoming.is_empty())
+                .then(|| {
+                    view! {
+                        <p data-testid="upcoming">
+                            "Approved, starting soon: " {s.upcoming.join("; ")} "."
+                        </p>
+                    }
+                })}
+        </section>
+    }
+}
+
+/// A tenant's money and use: balance, burn rate and when the credits run out, tokens per day,
+/// and the allocations in force with today's use.
 #[component]
 fn Overview(o: TenantSummary) -> impl IntoView {
     let forecast = match (&o.runs_out, o.days_left) {
@@ -147,21 +201,6 @@ fn TokensChart(days: Vec<UsageDay>) -> impl IntoView {
 }
 
 /// The operators' console at a glance.
-#[component]
-fn ConsolePanel() -> impl IntoView {
-    let glance = Resource::new(|| (), |_| console_glance());
-    view! {
-        <Suspense fallback=|| ()>
-            {move || Suspend::new(async move {
-                match glance.await {
-                    Ok(g) => console(g).into_any(),
-                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
-                }
-            })}
-        </Suspense>
-    }
-}
-
 fn console(g: ConsoleView) -> impl IntoView {
     view! {
         <section class="cards" data-testid="console">
