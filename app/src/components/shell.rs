@@ -24,14 +24,25 @@ pub fn Shell() -> impl IntoView {
 #[component]
 fn SignedIn(me: Profile) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
+    // Below 900 px the navigation folds behind a Menu button; following a link folds it again.
+    let menu_open = RwSignal::new(false);
     let role = if me.is_operator {
         "operator".to_string()
     } else {
         me.role.clone()
     };
     view! {
-        <div class="console">
+        <div class="console" class:menu-open=move || menu_open.get()>
             <header class="topbar">
+                <button
+                    type="button"
+                    class="menu-toggle"
+                    aria-controls="main-nav"
+                    aria-expanded=move || menu_open.get().to_string()
+                    on:click=move |_| menu_open.update(|open| *open = !*open)
+                >
+                    "Menu"
+                </button>
                 <A href="/dashboard" attr:class="brand">
                     "Tokenmill"
                 </A>
@@ -48,7 +59,12 @@ fn SignedIn(me: Profile) -> impl IntoView {
                     </ActionForm>
                 </div>
             </header>
-            <nav class="sidebar" aria-label="Main">
+            <nav
+                class="sidebar"
+                id="main-nav"
+                aria-label="Main"
+                on:click=move |_| menu_open.set(false)
+            >
                 <A href="/dashboard">"Dashboard"</A>
                 <Show when=move || !me.is_operator>
                     <A href="/credits">"Credits"</A>
