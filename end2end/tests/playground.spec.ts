@@ -17,13 +17,22 @@ test("a new startup gets starter credits, streams an answer, stops a long one an
   await page.goto(`${base}/playground`);
   await hydrated(page);
   await expect(page.getByLabel("Model")).toContainText("smollm2-test");
+  await expect(page.getByLabel("Model")).toContainText(/\d+-token context/);
 
-  // A short answer runs to its end.
+  // A short answer runs to its end, sent with Ctrl+Enter; it shows once, as a turn.
   await page.getByLabel("Max tokens").fill("8");
   await page.getByLabel("Message").fill("Say hello.");
-  await page.getByTestId("send").click();
+  await page.getByLabel("Message").press("Control+Enter");
   await expect(page.getByTestId("stats")).toBeVisible({ timeout: 30_000 });
   await expect(page.getByTestId("tokens")).toContainText("completion");
+  const turns = page.getByTestId("turns").locator("li");
+  await expect(turns).toHaveCount(2);
+  await expect(turns.nth(0)).toContainText("Say hello.");
+  await expect(page.getByTestId("answer")).toHaveCount(0);
+  await expect(page.getByLabel("Message")).toHaveValue("");
+  // Speed and time to first token are the server's own figures.
+  await expect(page.getByTestId("speed")).toHaveText(/^\d+\.\d tokens\/s$/);
+  await expect(page.getByTestId("ttft")).toHaveText(/^\d+ ms$/);
   const firstCost = nanos((await page.getByTestId("cost").textContent()) ?? "");
   const firstBalance = nanos((await page.getByTestId("balance").textContent()) ?? "");
   expect(firstCost > 0n).toBeTruthy();
@@ -34,6 +43,8 @@ test("a new startup gets starter credits, streams an answer, stops a long one an
   await page.getByLabel("Message").fill("Tell me a very long story.");
   await page.getByTestId("send").click();
   await expect(page.getByTestId("stop")).toBeEnabled();
+  // The question shows at once, before its answer.
+  await expect(page.getByTestId("asking")).toContainText("Tell me a very long story.");
   const answer = page.getByTestId("answer");
   // Raw length: a test model's text can be mostly whitespace.
   const shown = async () => ((await answer.textContent()) ?? "").length;
@@ -42,6 +53,8 @@ test("a new startup gets starter credits, streams an answer, stops a long one an
   await expect.poll(shown).toBeGreaterThan(early.length);
   await page.getByTestId("stop").click();
   await expect(page.getByTestId("stopped")).toBeVisible({ timeout: 30_000 });
+  await expect(turns).toHaveCount(4);
+  await expect(page.getByTestId("asking")).toHaveCount(0);
   const tokens = (await page.getByTestId("tokens").textContent()) ?? "";
   const completion = Number(tokens.match(/(\d+) completion/)?.[1]);
   expect(completion).toBeGreaterThan(0);
@@ -61,4 +74,7 @@ test("a new startup gets starter credits, streams an answer, stops a long one an
   await page.getByTestId("view-code").click();
   await expect(page.getByTestId("code-curl")).toContainText("/v1/chat/completions");
   await expect(page.getByTestId("code-python")).toContainText("from openai import OpenAI");
+  // Numbers as the user typed them.
+  await expect(page.getByTestId("code-curl")).toContainText('"temperature": 0.7,');
+  await expect(page.getByTestId("code-python")).toContainText("temperature=0.7,");
 });

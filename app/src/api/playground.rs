@@ -15,6 +15,8 @@ pub struct PlaygroundModel {
     /// Dollars per million input (prompt) tokens, exact.
     pub input_per_mtok: String,
     pub output_per_mtok: String,
+    /// The longest prompt plus answer, in tokens, this portal's worker runs.
+    pub context: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,10 +53,15 @@ pub async fn playground_models() -> Result<Vec<PlaygroundModel>, AppError> {
     require_user().await.map_err(fail)?;
     let available = app.jobs.available_models().await.map_err(job_error)?;
     let prices = app.compute.prices().await.map_err(fail)?;
+    let context = |model: &str| {
+        let worker = app.jobs.pool()?.worker_for(model).ok()?;
+        Some(worker.info.context as u64)
+    };
     Ok(prices
         .into_iter()
         .filter(|p| available.contains(&p.model_id))
         .map(|p| PlaygroundModel {
+            context: context(&p.model_id),
             id: p.model_id,
             input_per_mtok: p.input_per_mtok.to_string(),
             output_per_mtok: p.output_per_mtok.to_string(),

@@ -1,8 +1,9 @@
 //! Playground: try a priced model in the browser. Messages stream in as the model writes them
 //! (from `POST /playground/chat`, as the signed-in user); Stop cancels the job, which is then
-//! charged only for what was delivered. After each answer: tokens, time to first token,
-//! tokens per second, cost and the new balance. "View code" shows the same request as curl
-//! and as Python with the official openai client.
+//! charged only for what was delivered. After each answer: tokens, time to first token and
+//! tokens per second as the server measured them, cost and the new balance. "View code" shows
+//! the same request as curl and as Python with the official openai client. Ctrl+Enter (⌘+Enter)
+//! sends.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -10,6 +11,7 @@ use leptos_meta::Title;
 use serde_json::{Value, json};
 
 use crate::api::{AnswerReceipt, PlaygroundModel, job_receipt, playground_models};
+use crate::components::copy::CopyButton;
 use crate::components::stream::{StreamError, post_events};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,14 +41,15 @@ pub fn chat_body(s: &Settings, turns: &[Turn], message: &str) -> Result<Value, S
     if message.trim().is_empty() {
         return Err("Write a message first.".into());
     }
-    let temperature: f32 = s
+    // f64, so that 0.7 is sent (and shown in the code samples) as 0.7.
+    let temperature: f64 = s
         .temperature
         .trim()
         .parse()
         .ok()
         .filter(|t| (0.0..=2.0).contains(t))
         .ok_or("Temperature is a number from 0 to 2.")?;
-    let top_p: f32 = s
+    let top_p: f64 = s
         .top_p
         .trim()
         .parse()
@@ -121,10 +124,15 @@ pub fn code_samples(body: &Value, origin: &str) -> (String, String) {
 #[derive(Debug, Clone, PartialEq)]
 struct Stats {
     receipt: AnswerReceipt,
-    /// Measured in the browser: from sending to the first visible text.
-    ttft_ms: Option<f64>,
-    tokens_per_s: Option<f64>,
     stopped: bool,
+}
+
+/// Decode speed as the server measured it: the tokens after the first over the time from the
+/// first token to the end (the first token's time is the time to first token).
+pub fn tokens_per_s(r: &AnswerReceipt) -> Option<f64> {
+    let decode_ms = r.duration_ms - r.ttft_ms?;
+    (r.completion_tokens > 1 && decode_ms > 0)
+        .then(|| (r.completion_tokens - 1) as f64 * 1000.0 / decode_ms as f64)
 }
 
 thread_local! {
@@ -133,13 +141,6 @@ thread_local! {
     /// only a flag and the controller lives here, on the browser's one thread.
     static RUNNING: std::cell::RefCell<Option<web_sys::AbortController>> =
         const { std::cell::RefCell::new(None) };
-}
-
-fn now_ms() -> f64 {
-    web_sys::window()
-        .and_then(|w| w.performance())
-        .map(|p| p.now())
-        .unwrap_or(0.0)
 }
 
 fn origin() -> String {
@@ -160,6 +161,8 @@ pub fn Playground() -> impl IntoView {
     let turns = RwSignal::new(Vec::<Turn>::new());
     let message = RwSignal::new(String::new());
     let answer = RwSignal::new(String::new());
+    // The message being answered: shown at once, a turn of the conversation once answered.
+    let asking = RwSignal::new(None::<String>);
     let running = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let stats = RwSignal::new(None::<Stats>);
@@ -198,13 +201,13 @@ pub fn Playground() -> impl IntoView {
         error.set(None);
         stats.set(None);
         answer.set(String::new());
+        asking.set(Some(text.clone()));
+        message.set(String::new());
         running.set(true);
         let controller = web_sys::AbortController::new().ok();
         let signal = controller.as_ref().map(|c| c.signal());
         RUNNING.with(|r| *r.borrow_mut() = controller);
         spawn_local(async move {
-            let started = now_ms();
-            let mut first_at = None;
             let mut job_id = None::<String>;
             let mut late_error = None::<String>;
             let outcome = post_events(
@@ -228,13 +231,11 @@ pub fn Playground() -> impl IntoView {
                     if let Some(t) = v["choices"][0]["delta"]["content"].as_str()
                         && !t.is_empty()
                     {
-                        first_at.get_or_insert_with(now_ms);
                         answer.update(|a| a.push_str(t));
                     }
                 },
             )
             .await;
-            let ended = now_ms();
             RUNNING.with(|r| *r.borrow_mut() = None);
             let stopped = outcome == Err(StreamError::Aborted);
             if let Err(StreamError::Failed(m)) = outcome {
@@ -244,20 +245,10 @@ pub fn Playground() -> impl IntoView {
             }
             if let Some(id) = job_id {
                 match job_receipt(id).await {
-                    Ok(receipt) => {
-                        let decode_s = first_at.map(|f| (ended - f) / 1000.0);
-                        let tokens_per_s = decode_s
-                            .filter(|s| *s > 0.0)
-                            .map(|s| receipt.completion_tokens as f64 / s);
-                        stats.set(Some(Stats {
-                            ttft_ms: first_at.map(|f| f - started),
-                            tokens_per_s,
-                            stopped,
-                            receipt,
-                        }));
-                    }
+                    Ok(receipt) => stats.set(Some(Stats { stopped, receipt })),
                     Err(e) => error.set(Some(e.to_string())),
                 }
+                // The answer becomes a turn of the conversation, shown once.
                 turns.update(|t| {
                     t.push(Turn {
                         role: "user",
@@ -268,8 +259,12 @@ pub fn Playground() -> impl IntoView {
                         content: answer.get_untracked(),
                     });
                 });
-                message.set(String::new());
+                answer.set(String::new());
+            } else if message.get_untracked().is_empty() {
+                // Refused before any answer: the message goes back to be sent again.
+                message.set(text);
             }
+            asking.set(None);
             running.set(false);
         });
     };
@@ -326,6 +321,12 @@ pub fn Playground() -> impl IntoView {
                         children=|(_, t)| view! { <li class=format!("turn {}", t.role)><strong>{t.role}</strong><p>{t.content}</p></li> }
                     />
                 </ol>
+                <Show when=move || asking.get().is_some()>
+                    <div class="turn user" data-testid="asking">
+                        <strong>"user"</strong>
+                        <p>{move || asking.get()}</p>
+                    </div>
+                </Show>
                 <Show when=move || running.get() || !answer.get().is_empty()>
                     <div class="turn assistant live">
                         <strong>"assistant"</strong>
@@ -338,7 +339,14 @@ pub fn Playground() -> impl IntoView {
                     rows="3"
                     prop:value=message
                     on:input=move |ev| message.set(event_target_value(&ev))
+                    on:keydown=move |ev| {
+                        if ev.key() == "Enter" && (ev.ctrl_key() || ev.meta_key()) {
+                            ev.prevent_default();
+                            send();
+                        }
+                    }
                 ></textarea>
+                <p class="hint">"Ctrl+Enter (⌘+Enter) sends."</p>
                 <Show when=move || error.get().is_some()>
                     <p class="form-error" role="alert">{move || error.get()}</p>
                 </Show>
@@ -377,9 +385,11 @@ pub fn Playground() -> impl IntoView {
                 {move || match code() {
                     Ok((curl, python)) => view! {
                         <h2>"curl"</h2>
-                        <pre><code data-testid="code-curl">{curl}</code></pre>
+                        <pre><code data-testid="code-curl">{curl.clone()}</code></pre>
+                        <CopyButton text=curl label="Copy curl" />
                         <h2>"Python (openai)"</h2>
-                        <pre><code data-testid="code-python">{python}</code></pre>
+                        <pre><code data-testid="code-python">{python.clone()}</code></pre>
+                        <CopyButton text=python label="Copy Python" />
                         <p class="hint">"Create a key on the API keys page and export it as TOKENMILL_API_KEY."</p>
                     }.into_any(),
                     Err(e) => view! { <p class="hint">{e}</p> }.into_any(),
@@ -397,8 +407,12 @@ fn ModelPicker(list: Vec<PlaygroundModel>, model: RwSignal<String>) -> impl Into
             {list
                 .into_iter()
                 .map(|m| {
+                    let context = m
+                        .context
+                        .map(|c| format!(", {c}-token context"))
+                        .unwrap_or_default();
                     let label = format!(
-                        "{} — {} in / {} out per million tokens",
+                        "{} — {} in / {} out per million tokens{context}",
                         m.id, m.input_per_mtok, m.output_per_mtok
                     );
                     view! { <option value=m.id.clone() selected=move || model.get() == m.id>{label}</option> }
@@ -416,9 +430,9 @@ fn StatsPanel(stats: Stats) -> impl IntoView {
             <dt>"Tokens"</dt>
             <dd data-testid="tokens">{format!("{} prompt + {} completion", r.prompt_tokens, r.completion_tokens)}</dd>
             <dt>"Time to first token"</dt>
-            <dd>{stats.ttft_ms.map(|t| format!("{t:.0} ms")).unwrap_or_else(|| "—".into())}</dd>
+            <dd data-testid="ttft">{r.ttft_ms.map(|t| format!("{t} ms")).unwrap_or_else(|| "—".into())}</dd>
             <dt>"Speed"</dt>
-            <dd>{stats.tokens_per_s.map(|t| format!("{t:.1} tokens/s")).unwrap_or_else(|| "—".into())}</dd>
+            <dd data-testid="speed">{tokens_per_s(&r).map(|t| format!("{t:.1} tokens/s")).unwrap_or_else(|| "—".into())}</dd>
             <dt>"Cost"</dt>
             <dd data-testid="cost">{r.cost}</dd>
             <dt>"Balance"</dt>
@@ -485,6 +499,38 @@ mod tests {
         let mut s = settings();
         s.stop = "a\nb\nc\nd\ne".into();
         assert!(chat_body(&s, &[], "x").is_err());
+    }
+
+    #[test]
+    fn numbers_are_sent_as_typed() {
+        let mut s = settings();
+        s.temperature = "0.7".into();
+        s.top_p = "0.9".into();
+        let b = chat_body(&s, &[], "x").unwrap();
+        assert_eq!(b["temperature"].to_string(), "0.7");
+        assert_eq!(b["top_p"].to_string(), "0.9");
+    }
+
+    #[test]
+    fn speed_is_the_servers_decode_rate() {
+        let r = AnswerReceipt {
+            prompt_tokens: 5,
+            completion_tokens: 101,
+            cost: "$0".into(),
+            partial: false,
+            ttft_ms: Some(40),
+            duration_ms: 540,
+            balance: "$1".into(),
+        };
+        assert_eq!(tokens_per_s(&r), Some(200.0));
+        assert_eq!(
+            tokens_per_s(&AnswerReceipt {
+                completion_tokens: 1,
+                ..r.clone()
+            }),
+            None
+        );
+        assert_eq!(tokens_per_s(&AnswerReceipt { ttft_ms: None, ..r }), None);
     }
 
     #[test]
