@@ -26,6 +26,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8" />
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
+                <link rel="icon" href="/favicon.ico" sizes="32x32" />
                 <HydrationScripts options />
                 <MetaTags />
             </head>
@@ -80,23 +82,27 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/playground") view=pages::playground::Playground />
                     <Route path=path!("/usage") view=pages::usage::Usage />
                     <Route path=path!("/batches") view=pages::batches::Batches />
-                    <Route path=path!("/statements") view=pages::statements::Statements />
-                    <Route path=path!("/audit") view=pages::audit::AuditLog />
-                    <Route
-                        path=path!("/statements/:partner/:period")
-                        view=pages::statements::StatementPage
-                    />
+                    <ParentRoute path=path!("") view=components::shell::PartnersAndOperators>
+                        <Route path=path!("/approvals") view=pages::approvals::Approvals />
+                        <Route path=path!("/statements") view=pages::statements::Statements />
+                        <Route path=path!("/audit") view=pages::audit::AuditLog />
+                        <Route
+                            path=path!("/statements/:partner/:period")
+                            view=pages::statements::StatementPage
+                        />
+                    </ParentRoute>
                     <Route path=path!("/credits/top-up/success") view=pages::top_up::TopUpSuccess />
                     <Route path=path!("/credits/top-up/cancelled") view=pages::top_up::TopUpCancelled />
                     <Route path=path!("/compute") view=pages::compute::Compute />
                     <Route path=path!("/compute/:id") view=pages::compute_detail::ComputeDetail />
-                    <Route path=path!("/approvals") view=pages::approvals::Approvals />
                     <Route path=path!("/account") view=pages::account::Account />
-                    <Route path=path!("/admin") view=pages::admin::Admin />
-                    <Route path=path!("/admin/factories") view=pages::admin_factories::AdminFactories />
-                    <Route path=path!("/admin/programs") view=pages::admin_programs::AdminPrograms />
-                    <Route path=path!("/admin/organizations") view=pages::admin_orgs::AdminOrgs />
-                    <Route path=path!("/admin/workers") view=pages::admin_workers::AdminWorkers />
+                    <ParentRoute path=path!("/admin") view=components::shell::OperatorsOnly>
+                        <Route path=path!("") view=pages::admin::Admin />
+                        <Route path=path!("/factories") view=pages::admin_factories::AdminFactories />
+                        <Route path=path!("/programs") view=pages::admin_programs::AdminPrograms />
+                        <Route path=path!("/organizations") view=pages::admin_orgs::AdminOrgs />
+                        <Route path=path!("/workers") view=pages::admin_workers::AdminWorkers />
+                    </ParentRoute>
                 </ParentRoute>
             </Routes>
         </Router>

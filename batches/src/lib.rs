@@ -401,6 +401,28 @@ impl Batches {
                 "The input file has no request lines.",
             ));
         }
+        // A batch in which nothing could run would only "complete" with errors: refuse it and
+        // say why, as a validation failure.
+        if checked
+            .iter()
+            .all(|c| matches!(c, Checked::Malformed { .. }))
+        {
+            let reasons: Vec<&str> = checked
+                .iter()
+                .take(3)
+                .filter_map(|c| match c {
+                    Checked::Malformed { message, .. } => Some(message.as_str()),
+                    Checked::Request { .. } => None,
+                })
+                .collect();
+            return Err(BatchError::invalid(
+                "input_file_id",
+                format!(
+                    "No line of the input file is a valid request. {}",
+                    reasons.join(" ")
+                ),
+            ));
+        }
         if checked.len() > MAX_LINES {
             return Err(BatchError::invalid(
                 "input_file_id",

@@ -258,3 +258,18 @@ test("an operator sets up two-factor sign-in and signs in with a code", async ({
   await expect(page).toHaveURL(/\/dashboard$/);
   await expect(page.getByTestId("role")).toHaveText("operator");
 });
+
+test("a startup is not shown the operators' pages, and the site has an icon", async ({ page, request }) => {
+  await signUpStartup(page, uniqueEmail("nosy"), "Nosy Startup");
+  await expect(page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Admin" })).toHaveCount(0);
+  for (const path of ["/admin", "/admin/programs", "/approvals", "/audit"]) {
+    await page.goto(path);
+    await hydrated(page);
+    await expect(page.getByTestId("not-yours")).toBeVisible();
+    await expect(page.locator("form button[type=submit]").filter({ hasText: /Create|Search/ })).toHaveCount(0);
+  }
+  const icon = await request.get("/favicon.ico");
+  expect(icon.status()).toBe(200);
+  expect((await icon.body()).subarray(0, 4)).toEqual(Buffer.from([0, 0, 1, 0]));
+  await expect(page.locator('link[rel="icon"][href="/favicon.svg"]')).toHaveCount(1);
+});

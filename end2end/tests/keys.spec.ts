@@ -15,6 +15,12 @@ test("a key made on the API keys page answers on /v1, shows its last use and sto
   await page.getByRole("button", { name: "Create key" }).click();
   const secret = ((await page.getByTestId("new-key").textContent()) ?? "").trim();
   expect(secret).toMatch(/^tmk_[A-Za-z0-9]+$/);
+  // The form is empty again for the next key, and the secret is one click from the clipboard.
+  await expect(page.getByLabel("Name", { exact: true })).toHaveValue("");
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  await page.getByRole("button", { name: "Copy key" }).click();
+  await expect(page.getByRole("button", { name: "Copied" })).toBeVisible();
+  expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(secret);
   const row = page.getByTestId("keys").locator("tr", { hasText: "production" });
   // Columns: name, key, created, expires, last used, status.
   const lastUsed = row.locator("td").nth(4);
@@ -45,6 +51,14 @@ test("a key made on the API keys page answers on /v1, shows its last use and sto
   await expect(page.getByTestId("keys")).not.toContainText(secret);
 
   // Revoked: the very next call is refused with OpenAI's error body.
+  // Revoking asks first: dismissed, nothing happens; confirmed, the key is revoked.
+  page.once("dialog", (d) => d.dismiss());
+  await row.getByRole("button", { name: "Revoke" }).click();
+  await expect(row.locator("td").nth(5)).toHaveText("active");
+  page.once("dialog", (d) => {
+    expect(d.message()).toContain("Revoke this key?");
+    return d.accept();
+  });
   await row.getByRole("button", { name: "Revoke" }).click();
   await expect(row.locator("td").nth(5)).toHaveText("revoked");
   const refused = await request.post(`${base}/v1/chat/completions`, {

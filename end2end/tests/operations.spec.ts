@@ -44,6 +44,7 @@ test("an operator sees a worker's live tokens per second and suspends a tenant m
   await ops.goto(`${base}/admin/organizations?q=Live%20Load%20${stamp}`);
   await hydrated(ops);
   const row = ops.getByTestId(`org-Live Load ${stamp}`);
+  ops.once("dialog", (d) => d.accept());
   await row.getByRole("button", { name: "Suspend" }).click();
   await expect(row.getByTestId("state")).toContainText("suspended since");
   await tenant.getByLabel("Max tokens").fill("8");

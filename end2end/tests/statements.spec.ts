@@ -62,6 +62,10 @@ test("an operator closes last month; the partner downloads a statement that matc
   await page.getByLabel("Reason (printed on the statement)").fill("launch bonus");
   await page.getByRole("button", { name: "Add adjustment" }).click();
   await expect(page.getByTestId("adjustments")).toContainText("launch bonus");
+  page.once("dialog", (d) => {
+    expect(d.message()).toContain("The statement becomes final");
+    return d.accept();
+  });
   await page.getByRole("button", { name: `Close ${month}` }).click();
   const row = page.getByTestId(`statement-${month}`);
   await expect(row.getByTestId("status")).toHaveText("Closed · no. 1");

@@ -107,3 +107,34 @@ pub fn Choice(
         <FieldError message=error id=format!("{id}-error") />
     }
 }
+
+/// The click handler of the submit button of an irreversible action: asks `question` first
+/// and stops the submission unless it is confirmed. (Without JavaScript the form submits as
+/// it is.)
+pub fn confirm_first(question: String) -> impl Fn(leptos::ev::MouseEvent) + Clone + 'static {
+    move |ev| {
+        #[cfg(feature = "hydrate")]
+        if !window().confirm_with_message(&question).unwrap_or(false) {
+            ev.prevent_default();
+        }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = (&ev, &question);
+    }
+}
+
+/// A `<form>` reference that clears the form when `value` (an action's latest result) turns
+/// out a success, so the next entry starts empty; pass it as the `ActionForm`'s `node_ref`.
+pub fn reset_on_success<T, S>(value: S) -> NodeRef<leptos::html::Form>
+where
+    S: With<Value = Option<Result<T, AppError>>> + Copy + Send + Sync + 'static,
+{
+    let form = NodeRef::<leptos::html::Form>::new();
+    Effect::new(move |_| {
+        if value.with(|v| matches!(v, Some(Ok(_))))
+            && let Some(f) = form.get_untracked()
+        {
+            f.reset();
+        }
+    });
+    form
+}

@@ -21,8 +21,42 @@ pub fn Shell() -> impl IntoView {
     }
 }
 
+/// The pages of operators only (Admin): anyone else sees why, not forms the server refuses.
+#[component]
+pub fn OperatorsOnly() -> impl IntoView {
+    let me = use_context::<Profile>();
+    if me.is_some_and(|m| m.is_operator) {
+        view! { <Outlet /> }.into_any()
+    } else {
+        not_yours("These pages are for the platform's operators.").into_any()
+    }
+}
+
+/// Approvals, statements and the audit log: partners' and operators' pages.
+#[component]
+pub fn PartnersAndOperators() -> impl IntoView {
+    let me = use_context::<Profile>();
+    if me.is_some_and(|m| m.is_operator || m.is_partner) {
+        view! { <Outlet /> }.into_any()
+    } else {
+        not_yours(
+            "This page is for partners (the AI clouds that run factories) and the platform's operators.",
+        )
+        .into_any()
+    }
+}
+
+fn not_yours(why: &'static str) -> impl IntoView {
+    view! {
+        <h1>"Not available"</h1>
+        <p data-testid="not-yours">{why} " " <A href="/dashboard">"Back to your dashboard"</A></p>
+    }
+}
+
 #[component]
 fn SignedIn(me: Profile) -> impl IntoView {
+    // The pages inside read who is signed in from here instead of asking again.
+    provide_context(me.clone());
     let logout = ServerAction::<Logout>::new();
     // Below 900 px the navigation folds behind a Menu button; following a link folds it again.
     let menu_open = RwSignal::new(false);

@@ -3,7 +3,9 @@ use leptos_meta::Title;
 
 use crate::{
     api::{ChangePassword, me},
-    components::form::{FieldError, FormError, PasswordInput, field_error, general_error},
+    components::form::{
+        FieldError, FormError, PasswordInput, field_error, general_error, reset_on_success,
+    },
 };
 
 #[component]
@@ -31,7 +33,7 @@ pub fn Account() -> impl IntoView {
         <section class="panel">
             <h2>"Change password"</h2>
             <p>"Changing your password logs you out of every other browser and device."</p>
-            <ActionForm action>
+            <ActionForm action node_ref=reset_on_success(value)>
                 <FormError message=general_error(value) />
                 <label for="current_password">"Current password"</label>
                 <PasswordInput

@@ -1,12 +1,16 @@
 //! Operators: partner organisations (AI clouds) and their first user.
 
 use leptos::prelude::*;
+
+use crate::components::copy::CopyButton;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
 use crate::{
     api::{CreatePartner, partners},
-    components::form::{Choice, FieldError, FormError, field_error, general_error},
+    components::form::{
+        Choice, FieldError, FormError, field_error, general_error, reset_on_success,
+    },
     pages::auth::REGION_OPTIONS,
 };
 
@@ -76,7 +80,7 @@ pub fn Admin() -> impl IntoView {
         <section class="panel">
             <h2>"Add a partner"</h2>
             <p>"Creates the AI cloud's organisation and an invitation link for its first user, who becomes its owner."</p>
-            <ActionForm action=create>
+            <ActionForm action=create node_ref=reset_on_success(value)>
                 <FormError message=general_error(value) />
                 <label for="name">"Partner name"</label>
                 <input id="name" name="name" required />
@@ -98,6 +102,7 @@ pub fn Admin() -> impl IntoView {
                     {move || created().map(|c| format!("{} created. Send its first user this link (shown once): ", c.name))}
                     <code class="link" data-testid="partner-link">{move || created().map(|c| c.link)}</code>
                 </p>
+                {move || created().map(|c| view! { <CopyButton text=c.link label="Copy link" /> })}
             </Show>
         </section>
     }

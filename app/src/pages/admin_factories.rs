@@ -4,7 +4,9 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 
 use crate::api::{CreateFactory, factories};
-use crate::components::form::{Choice, FieldError, FormError, field_error, general_error};
+use crate::components::form::{
+    Choice, FieldError, FormError, field_error, general_error, reset_on_success,
+};
 use crate::components::partner_options::PartnerOptions;
 use crate::pages::admin::AdminNav;
 use crate::pages::auth::REGION_OPTIONS;
@@ -71,7 +73,7 @@ pub fn AdminFactories() -> impl IntoView {
         <section class="panel">
             <h2>"Add a factory"</h2>
             <p>"Until remote workers join, every factory is served by this portal's worker pool."</p>
-            <ActionForm action=create>
+            <ActionForm action=create node_ref=reset_on_success(create.value())>
                 <FormError message=general_error(value) />
                 <label for="partner_org_id">"Partner"</label>
                 <select id="partner_org_id" name="partner_org_id" required>

@@ -6,7 +6,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 
 use crate::api::{SetOrgSuspended, organizations};
-use crate::components::form::{FormError, general_error};
+use crate::components::form::{FormError, confirm_first, general_error};
 use crate::pages::admin::AdminNav;
 
 #[component]
@@ -51,7 +51,12 @@ pub fn AdminOrgs() -> impl IntoView {
                                                 <ActionForm action=toggle>
                                                     <input type="hidden" name="org_id" value=o.id />
                                                     <input type="hidden" name="suspend" value=if suspended { "0" } else { "1" } />
-                                                    <button type="submit">{if suspended { "Resume" } else { "Suspend" }}</button>
+                                                    <button
+                                                        type="submit"
+                                                        on:click=confirm_first(if suspended { "Resume this organisation? Its sessions and keys work again.".into() } else { "Suspend this organisation? Its sessions and API keys are refused from their next request.".into() })
+                                                    >
+                                                        {if suspended { "Resume" } else { "Suspend" }}
+                                                    </button>
                                                 </ActionForm>
                                             </td>
                                         </tr>

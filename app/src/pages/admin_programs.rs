@@ -4,7 +4,9 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 
 use crate::api::{CreateProgram, programs};
-use crate::components::form::{FieldError, FormError, field_error, general_error};
+use crate::components::form::{
+    FieldError, FormError, field_error, general_error, reset_on_success,
+};
 use crate::components::partner_options::PartnerOptions;
 use crate::pages::admin::AdminNav;
 use crate::pages::auth::{KIND_OPTIONS, REGION_OPTIONS};
@@ -76,7 +78,7 @@ pub fn AdminPrograms() -> impl IntoView {
         <section class="panel">
             <h2>"Add a program"</h2>
             <p>"The budget moves from the sponsor into the program's fund now; grants draw on it and never beyond it."</p>
-            <ActionForm action=create>
+            <ActionForm action=create node_ref=reset_on_success(value)>
                 <FormError message=general_error(value) />
                 <label for="program_name">"Name"</label>
                 <input id="program_name" name="form[name]" required />

@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 
 use crate::api::{DrainWorker, RestartWorker, worker_pool};
-use crate::components::form::{FormError, general_error};
+use crate::components::form::{FormError, confirm_first, general_error};
 use crate::pages::admin::AdminNav;
 
 #[component]
@@ -63,11 +63,23 @@ pub fn AdminWorkers() -> impl IntoView {
                                             <ActionForm action=drain attr:class="inline">
                                                 <input type="hidden" name="index" value=w.index />
                                                 <input type="hidden" name="drain" value=if draining { "0" } else { "1" } />
-                                                <button type="submit" disabled=loading>{if draining { "Resume" } else { "Drain" }}</button>
+                                                <button
+                                                    type="submit"
+                                                    disabled=loading
+                                                    on:click=confirm_first(if draining { "Let this worker take new work again?".into() } else { "Drain this worker? It finishes what it runs and takes nothing new.".into() })
+                                                >
+                                                    {if draining { "Resume" } else { "Drain" }}
+                                                </button>
                                             </ActionForm>
                                             <ActionForm action=restart attr:class="inline">
                                                 <input type="hidden" name="index" value=w.index />
-                                                <button type="submit" disabled=loading>"Restart"</button>
+                                                <button
+                                                    type="submit"
+                                                    disabled=loading
+                                                    on:click=confirm_first("Restart this worker? It is drained, stopped and its model loaded again.".into())
+                                                >
+                                                    "Restart"
+                                                </button>
                                             </ActionForm>
                                         </td>
                                     </tr>

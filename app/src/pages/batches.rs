@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 
 use crate::api::{BatchView, CancelBatch, batch_views};
-use crate::components::form::{FormError, general_error};
+use crate::components::form::{FormError, confirm_first, general_error};
 
 #[component]
 pub fn Batches() -> impl IntoView {
@@ -157,7 +157,11 @@ fn BatchTable(list: Vec<BatchView>, cancel: ServerAction<CancelBatch>) -> impl I
                                             view! {
                                                 <ActionForm action=cancel>
                                                     <input type="hidden" name="id" value=id />
-                                                    <button type="submit" class="secondary">
+                                                    <button
+                                                        type="submit"
+                                                        class="secondary"
+                                                        on:click=confirm_first("Cancel this batch? Lines not started yet will not run.".into())
+                                                    >
                                                         "Cancel"
                                                     </button>
                                                 </ActionForm>

@@ -9,7 +9,7 @@ use leptos_router::hooks::use_params_map;
 use crate::api::{
     AnswerCompute, ApproveCompute, CancelCompute, RequestDetail, ResubmitCompute, compute_request,
 };
-use crate::components::form::{FieldError, FormError, field_error, general_error};
+use crate::components::form::{FieldError, FormError, confirm_first, field_error, general_error};
 use crate::components::request_form::RequestFields;
 
 #[component]
@@ -95,7 +95,13 @@ fn Detail(d: RequestDetail, actions: Actions) -> impl IntoView {
             view! {
                 <ActionForm action=actions.cancel>
                     <input type="hidden" name="id" value=id />
-                    <button type="submit" class="danger">"Cancel this request"</button>
+                    <button
+                        type="submit"
+                        class="danger"
+                        on:click=confirm_first("Cancel this compute request? This cannot be undone.".into())
+                    >
+                        "Cancel this request"
+                    </button>
                 </ActionForm>
             }
         })}

@@ -126,9 +126,7 @@ fn TopUp(t: TopUpView) -> impl IntoView {
             <section class="panel" data-testid="top-up">
                 <h2>"Top up"</h2>
                 <p class="notice">
-                    "Top-ups are not configured on this portal. An administrator enables them by setting "
-                    <code>"STRIPE_SECRET_KEY"</code>" and "<code>"STRIPE_WEBHOOK_SECRET"</code>
-                    " and pointing a Stripe webhook at "<code>"/webhooks/stripe"</code>"."
+                    "Paying by card is not available on this portal yet. Ask the platform's operator for credit."
                 </p>
             </section>
         }

@@ -1,11 +1,15 @@
 //! API keys: create one (shown once), see each key's prefix, age, expiry and last use, revoke.
 
 use leptos::prelude::*;
+
+use crate::components::copy::CopyButton;
 use leptos_meta::Title;
 
 use crate::{
     api::{CreateApiKey, RevokeApiKey, api_keys},
-    components::form::{FieldError, FormError, field_error, general_error},
+    components::form::{
+        FieldError, FormError, confirm_first, field_error, general_error, reset_on_success,
+    },
 };
 
 #[component]
@@ -36,6 +40,7 @@ pub fn Keys() -> impl IntoView {
                 <code class="link" data-testid="new-key">
                     {move || fresh().map(|k| k.secret)}
                 </code>
+                {move || fresh().map(|k| view! { <CopyButton text=k.secret label="Copy key" /> })}
             </section>
         </Show>
         <FormError message=revoke_error />
@@ -81,7 +86,11 @@ pub fn Keys() -> impl IntoView {
                                                                 view! {
                                                                     <ActionForm action=revoke>
                                                                         <input type="hidden" name="id" value=id />
-                                                                        <button type="submit" class="danger">
+                                                                        <button
+                                                                            type="submit"
+                                                                            class="danger"
+                                                                            on:click=confirm_first("Revoke this key? Requests that use it are refused from now on; this cannot be undone.".into())
+                                                                        >
                                                                             "Revoke"
                                                                         </button>
                                                                     </ActionForm>
@@ -103,7 +112,7 @@ pub fn Keys() -> impl IntoView {
         </Transition>
         <section class="panel">
             <h2>"Create a key"</h2>
-            <ActionForm action=create>
+            <ActionForm action=create node_ref=reset_on_success(create.value())>
                 <FormError message=general_error(created) />
                 <label for="key-name">"Name"</label>
                 <input id="key-name" name="name" maxlength="64" required />

@@ -1,11 +1,15 @@
 //! Members of the organisation; owners invite (a link to pass on) and remove.
 
 use leptos::prelude::*;
+
+use crate::components::copy::CopyButton;
 use leptos_meta::Title;
 
 use crate::{
     api::{Invite, RemoveMember, RevokeInvitation, team},
-    components::form::{FieldError, FormError, field_error, general_error},
+    components::form::{
+        FieldError, FormError, confirm_first, field_error, general_error, reset_on_success,
+    },
 };
 
 #[component]
@@ -67,7 +71,13 @@ pub fn Members() -> impl IntoView {
                                                                 view! {
                                                                     <ActionForm action=remove>
                                                                         <input type="hidden" name="id" value=id />
-                                                                        <button type="submit" class="danger">"Remove"</button>
+                                                                        <button
+                                                                            type="submit"
+                                                                            class="danger"
+                                                                            on:click=confirm_first("Remove this member? Their sessions end and every API key they made is revoked.".into())
+                                                                        >
+                                                                            "Remove"
+                                                                        </button>
                                                                     </ActionForm>
                                                                 }
                                                             })}
@@ -103,7 +113,12 @@ pub fn Members() -> impl IntoView {
                                                         <td>
                                                             <ActionForm action=revoke>
                                                                 <input type="hidden" name="id" value=i.id />
-                                                                <button type="submit">"Revoke"</button>
+                                                                <button
+                                                                    type="submit"
+                                                                    on:click=confirm_first("Revoke this invitation? Its link stops working.".into())
+                                                                >
+                                                                    "Revoke"
+                                                                </button>
                                                             </ActionForm>
                                                         </td>
                                                     </tr>
@@ -119,7 +134,7 @@ pub fn Members() -> impl IntoView {
                                     <p>
                                         "You will get a link to pass on. It works once, for 7 days."
                                     </p>
-                                    <ActionForm action=invite>
+                                    <ActionForm action=invite node_ref=reset_on_success(invite_value)>
                                         <FormError message=general_error(invite_value) />
                                         <label for="invite-email">"Email"</label>
                                         <input id="invite-email" name="email" type="email" required />
@@ -152,6 +167,8 @@ pub fn Members() -> impl IntoView {
                 <code class="link" data-testid="invite-link">
                     {move || link().map(|l| l.link)}
                 </code>
+                {move || link().map(|l| view! { <CopyButton text=l.link label="Copy link" /> })}
+                <p class="hint">"We also sent it to them by email."</p>
             </section>
         </Show>
     }

@@ -11,7 +11,7 @@ use crate::api::{
     CloseStatement, CreateAdjustment, CreateAgreement, RefundUsage, StatementRow, StatementsView,
     statement_detail, statements_overview,
 };
-use crate::components::form::{FieldError, FormError, field_error, general_error};
+use crate::components::form::{FieldError, FormError, confirm_first, field_error, general_error};
 
 fn downloads(partner: &str, period: &str) -> [(String, &'static str, &'static str); 3] {
     let base = format!("/statements/{partner}/{period}");
@@ -236,7 +236,13 @@ fn CloseMonth(
                 <FormError message=general_error(value) />
                 <input type="hidden" name="partner_id" value=partner_id />
                 <input type="hidden" name="period" value=next.clone() />
-                <button type="submit" class="primary">{format!("Close {next}")}</button>
+                <button
+                    type="submit"
+                    class="primary"
+                    on:click=confirm_first(format!("Close {next}? The statement becomes final: numbered, hashed and posted to the ledger."))
+                >
+                    {format!("Close {next}")}
+                </button>
             </ActionForm>
         </section>
     }

@@ -341,6 +341,25 @@ async fn bad_uploads_and_batch_requests_are_refused_clearly() {
         )
         .await;
     assert!(e["message"].as_str().unwrap().contains("file-nope"));
+    // A file in which no line could run is refused as a whole, saying why, rather than
+    // making a batch that only "completes" with errors.
+    let useless = api
+        .upload("not json\n{\"custom_id\": \"x\"}\n".to_string())
+        .await;
+    let e = api
+        .refused(
+            "/v1/batches",
+            &json!({"input_file_id": useless["id"], "endpoint": "/v1/completions", "completion_window": "24h"}),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("No line of the input file is a valid request."),
+        "{e}"
+    );
+    assert!(message.contains("Line 1: not valid JSON"), "{e}");
+    assert!(message.contains("Line 2: method must be"), "{e}");
     // Deleted files are gone.
     let r = api
         .http
