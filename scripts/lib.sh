@@ -105,6 +105,18 @@ ensure_aiosmtpd() {
   export TOKENMILL_REQUIRE_AIOSMTPD=1
 }
 
+# wasm-opt (binaryen) from the npm registry, for the release build's WASM. Debian's binaryen is
+# too old: its output failed to hydrate.
+ensure_wasm_opt() {
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/binaryen-132"
+  if [ ! -x "$dir/node_modules/.bin/wasm-opt" ]; then
+    log "Installing wasm-opt (binaryen 132) from the npm registry"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --no-audit --no-fund --silent binaryen@132)
+  fi
+  export PATH="$dir/node_modules/.bin:$PATH"
+}
+
 build_portal() {
   log "Building the portal (server and WASM)"
   cargo leptos build

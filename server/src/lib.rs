@@ -34,8 +34,11 @@ use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list, handle_server_fns_with_context};
 use tokio::net::TcpListener;
 use tower_http::{
+    compression::CompressionLayer,
     limit::RequestBodyLimitLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    services::ServeDir,
+    set_header::SetResponseHeaderLayer,
     trace::{DefaultOnResponse, TraceLayer},
 };
 use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
@@ -168,6 +171,7 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         .site_root(config.site_root.as_str())
         .site_pkg_dir("pkg")
         .site_addr(config.addr)
+        .hash_files(hashed_assets())
         .build();
     let state = ServerState {
         leptos: leptos.clone(),
@@ -229,6 +233,9 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         ))
         .with_state(state)
         .layer(middleware::from_fn(request_errors_are_client_errors))
+        // Pages and server functions' answers go compressed to clients that take it; event
+        // streams (the playground) are left alone, so each token goes out when it is made.
+        .layer(CompressionLayer::new())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             BODY_LIMIT,
@@ -248,7 +255,37 @@ fn router(config: &Config, db: Db, app_state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(policy, security::client_ip))
         .merge(webhooks)
+        // Static files need no session (and must not make one be saved on every asset).
+        .nest_service("/pkg", assets(&config.site_root))
         .layer(middleware::from_fn(security::headers))
+}
+
+/// Whether the build names its JS, WASM and CSS by their content's hash (a release build
+/// made by `scripts/release`): cargo-leptos says so when it compiles the server.
+fn hashed_assets() -> bool {
+    option_env!("LEPTOS_HASH_FILES") == Some("true")
+}
+
+/// `/pkg`: the compiled JS, WASM and CSS. Files precompressed by the build (`.br`, `.gz`) are
+/// sent as such to clients that take them. Hashed names never change content, so a browser
+/// keeps them for a year without asking again; unhashed ones (development) are checked on
+/// every load.
+fn assets(site_root: &str) -> Router {
+    let cache = if hashed_assets() {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    Router::new()
+        .fallback_service(
+            ServeDir::new(std::path::Path::new(site_root).join("pkg"))
+                .precompressed_br()
+                .precompressed_gzip(),
+        )
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static(cache),
+        ))
 }
 
 /// `/v1` (bearer keys, OpenAI errors), `/ready` and `/metrics` (bearer token): no sessions and no CSRF checks, since no

@@ -374,3 +374,43 @@ async fn suspending_an_organisation_stops_its_sessions_and_keys_at_once() {
     );
     assert_eq!(tenant.json("/api/me", &[]).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn assets_go_precompressed_to_browsers_that_take_it_and_pages_compressed() {
+    let site = tempfile::tempdir().unwrap();
+    let pkg = site.path().join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("tokenmill.wasm"), vec![7u8; 4096]).unwrap();
+    std::fs::write(pkg.join("tokenmill.wasm.br"), b"brotli bytes").unwrap();
+    let root = site.path().display().to_string();
+    let app = spawn_app_with(move |c| c.site_root = root).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/pkg/tokenmill.wasm", app.base);
+    let r = http
+        .get(&url)
+        .header("accept-encoding", "br, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-encoding"], "br");
+    assert_eq!(r.headers()["content-type"], "application/wasm");
+    // A development build's names carry no hash: the browser checks them on every load.
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no session for assets"
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"brotli bytes");
+    let plain = http.get(&url).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_eq!(plain.bytes().await.unwrap().len(), 4096);
+    // Pages are compressed on the fly.
+    let page = http
+        .get(format!("{}/login", app.base))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()["content-encoding"], "gzip");
+}
