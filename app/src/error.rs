@@ -191,7 +191,16 @@ impl From<payments::PaymentsError> for AppError {
                 field: field.to_string(),
                 message,
             },
-            E::NotConfigured | E::Stripe(_) => {
+            // The settings are the operator's business (the log names them); a tenant is told
+            // what it means for them.
+            E::NotConfigured => {
+                tracing::warn!(error = ?e, "top-up not started");
+                AppError::Invalid(
+                    "Paying by card is not available on this portal yet. Ask the platform's operator for credit."
+                        .into(),
+                )
+            }
+            E::Stripe(_) => {
                 tracing::warn!(error = ?e, "top-up not started");
                 AppError::Invalid(e.to_string())
             }

@@ -82,8 +82,15 @@ test("an operator closes last month; the partner downloads a statement that matc
   // A partner's owner must sign in with a second factor: set it up first.
   await expect(pp.getByTestId("two-factor-banner")).toBeVisible();
   await enrolTwoFactor(pp);
-  await pp.goto("/account");
+  // The partner's dashboard: the month so far, its factories, the statement just closed.
+  await pp.goto("/dashboard");
   await hydrated(pp);
+  const panel = pp.getByTestId("partner-panel");
+  await expect(panel.getByTestId("partner-payable")).toHaveText("$0.00");
+  const latest = pp.getByTestId("partner-statements");
+  await expect(latest).toContainText(month);
+  await expect(latest).toContainText("$2.50");
+  await expect(latest).toContainText(new Date().toISOString().slice(0, 10));
   await pp.getByRole("link", { name: "Statements" }).click();
   const prow = pp.getByTestId(`statement-${month}`);
   await expect(prow.getByTestId("status")).toHaveText("Closed · no. 1");
@@ -107,6 +114,16 @@ test("an operator closes last month; the partner downloads a statement that matc
   expect(pdfDownload.suggestedFilename()).toBe(`tokenmill-statement-savanna-cloud-${t}-${month}.pdf`);
   const pdf = readFileSync((await pdfDownload.path())!);
   expect(pdf.subarray(0, 5).toString()).toBe("%PDF-");
+  // A closed statement's PDF says when it was issued and to whom; a draft's says DRAFT.
+  expect(pdf.includes(`issued ${new Date().toISOString().slice(0, 10)}`)).toBeTruthy();
+  expect(pdf.includes("Payee: Savanna Cloud")).toBeTruthy();
+  expect(pdf.includes("(DRAFT)")).toBeFalsy();
+  const current = new Date().toISOString().slice(0, 7);
+  const [draftDownload] = await Promise.all([
+    pp.waitForEvent("download"),
+    pp.getByTestId(`statement-${current}`).getByTestId("download-pdf").click(),
+  ]);
+  expect(readFileSync((await draftDownload.path())!).includes("(DRAFT)")).toBeTruthy();
 
   // The statement page shows the same payable and the hash.
   await prow.getByRole("link", { name: month }).click();

@@ -43,11 +43,16 @@ pub async fn download(
             &format!("tokenmill-statement-{slug}-{period}.csv"),
         ),
         "statement.pdf" => {
-            let sha256 = match &statement.status {
-                statements::StatementStatus::Closed { sha256, .. } => Some(sha256.as_str()),
+            let issued_on = match &statement.status {
+                statements::StatementStatus::Closed {
+                    sha256, closed_at, ..
+                } => Some((sha256.as_str(), statements::date_label(*closed_at))),
                 statements::StatementStatus::Draft => None,
             };
-            let pdf = statements::pdf::render(&statement.document, sha256);
+            let issued = issued_on
+                .as_ref()
+                .map(|(sha256, date)| statements::pdf::Issued { sha256, date });
+            let pdf = statements::pdf::render(&statement.document, issued);
             let mut res = pdf.into_response();
             let h = res.headers_mut();
             h.insert(

@@ -18,7 +18,9 @@ pub use agreements::{AgreementVersion, NewAgreement};
 pub use canonical::{Document, Verified, VerifyError, sha256_hex, usd, verify};
 pub use compute::{Recoupment, Terms};
 pub use period::{Period, date_label, parse_date};
-pub use store::{Adjustment, AdjustmentKind, ChainLink, Statement, StatementStatus, Statements};
+pub use store::{
+    Adjustment, AdjustmentKind, ChainLink, FactoryActivity, Statement, StatementStatus, Statements,
+};
 
 use db::DbError;
 use ledger::LedgerError;

@@ -97,6 +97,8 @@ struct Page {
 
 struct Writer {
     pages: Vec<Page>,
+    /// Each page of a draft carries a large DRAFT behind its text.
+    draft: bool,
 }
 
 impl Writer {
@@ -109,8 +111,12 @@ impl Writer {
     }
 
     fn new_page(&mut self) {
+        let mut content = Content::new();
+        if self.draft {
+            watermark(&mut content);
+        }
         self.pages.push(Page {
-            content: Content::new(),
+            content,
             y: HEIGHT - MARGIN,
         });
     }
@@ -272,14 +278,41 @@ fn table_header(w: &mut Writer) {
     w.rule();
 }
 
-/// Renders the statement. `sha256` is the hash of its canonical CSV (closed statements).
-pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
-    let mut w = Writer { pages: Vec::new() };
+/// "DRAFT", large, light and slanted across the page, drawn first so the text sits on it.
+fn watermark(c: &mut Content) {
+    let (sin, cos) = 28f32.to_radians().sin_cos();
+    c.save_state();
+    c.set_fill_gray(0.88);
+    c.begin_text();
+    c.set_font(BOLD, 150.0);
+    c.set_text_matrix([cos, sin, -sin, cos, 190.0, 120.0]);
+    c.show(Str(b"DRAFT"));
+    c.end_text();
+    c.restore_state();
+}
+
+/// How a closed statement was issued: the hash of its canonical CSV and the day it was closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Issued<'a> {
+    pub sha256: &'a str,
+    /// `YYYY-MM-DD` (UTC).
+    pub date: &'a str,
+}
+
+/// Renders the statement: a closed one with how it was issued, a draft (`None`) marked DRAFT on
+/// every page.
+pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
+    let mut w = Writer {
+        pages: Vec::new(),
+        draft: issued.is_none(),
+    };
+    let sha256 = issued.map(|i| i.sha256);
     w.line(16.0, true, "Tokenmill revenue-share statement");
     w.line(11.0, true, &format!("{} - {}", d.partner_name, d.period));
-    let status = match d.number {
-        Some(n) => format!("Closed statement no. {n}"),
-        None => "Draft: the figures change until the month is closed".to_string(),
+    let status = match (d.number, issued) {
+        (Some(n), Some(i)) => format!("Closed statement no. {n}, issued {}", i.date),
+        (Some(n), None) => format!("Closed statement no. {n}"),
+        _ => "Draft: the figures change until the month is closed".to_string(),
     };
     w.line(
         9.0,
@@ -287,6 +320,14 @@ pub fn render(d: &Document, sha256: Option<&str>) -> Vec<u8> {
         &format!(
             "Partner id {}   Period {} to {} (UTC, end exclusive)   {status}",
             d.partner_id, d.period_from, d.period_to
+        ),
+    );
+    w.line(
+        9.0,
+        false,
+        &format!(
+            "Payee: {} (partner id {}), for the amount payable below",
+            d.partner_name, d.partner_id
         ),
     );
     w.gap(4.0);

@@ -65,6 +65,15 @@ impl Statement {
     }
 }
 
+/// What one factory produced over a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactoryActivity {
+    pub factory_id: String,
+    pub requests: i64,
+    pub tokens: i64,
+    pub device_us: i64,
+}
+
 /// A closed statement's place in its partner's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainLink {
@@ -534,6 +543,37 @@ impl Statements {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// What each of the partner's factories produced since `since` (Unix ms): requests,
+    /// tokens and device time, for the partner's dashboard. Factories with no usage are left out.
+    pub async fn factory_activity(
+        &self,
+        partner_org_id: &str,
+        since: i64,
+    ) -> Result<Vec<FactoryActivity>, StatementError> {
+        let rows = db::sqlx::query(
+            "SELECT factory_id, COUNT(*) AS requests, \
+             CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS tokens, \
+             CAST(COALESCE(SUM(device_us), 0) AS BIGINT) AS device_us \
+             FROM usage_events WHERE partner_org_id = $1 AND created_at > $2 \
+             GROUP BY factory_id",
+        )
+        .bind(partner_org_id)
+        .bind(since)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FactoryActivity {
+                    factory_id: r.try_get("factory_id")?,
+                    requests: r.try_get("requests")?,
+                    tokens: r.try_get("tokens")?,
+                    device_us: r.try_get("device_us")?,
+                })
+            })
+            .collect::<Result<_, db::sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Every partner organisation, by name: (id, name).

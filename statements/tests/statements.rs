@@ -481,11 +481,18 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
         assert!(w.credits.ledger().verify().await.unwrap().is_ok());
 
         // The PDF is a real document showing the same totals, the hash and the chain link.
-        let pdf = statements::pdf::render(&closed.document, Some(sha256));
+        let pdf = statements::pdf::render(
+            &closed.document,
+            Some(statements::pdf::Issued {
+                sha256,
+                date: "2026-11-01",
+            }),
+        );
         let text = pdf_text(&pdf);
         for shown in [
             "Savanna Cloud - 2026-10",
-            "Closed statement no. 1",
+            "Closed statement no. 1, issued 2026-11-01",
+            "Payee: Savanna Cloud",
             "$1.719999999",
             "$3.50",
             "$1.780000001",
@@ -886,13 +893,20 @@ fn a_long_statement_pdf_spreads_its_lines_over_pages_each_with_the_hash() {
         &c,
     );
     let doc = statements::verify(csv.as_bytes(), None).unwrap();
-    let pdf = statements::pdf::render(&doc.document, Some(&doc.sha256));
+    let pdf = statements::pdf::render(
+        &doc.document,
+        Some(statements::pdf::Issued {
+            sha256: &doc.sha256,
+            date: "2026-11-01",
+        }),
+    );
     let parsed = lopdf::Document::load_mem(&pdf).unwrap();
     let pages: Vec<u32> = parsed.get_pages().keys().copied().collect();
     assert!(pages.len() >= 3, "{} pages", pages.len());
     for p in &pages {
         let text = parsed.extract_text(&[*p]).unwrap();
         assert!(text.contains(&doc.sha256), "page {p} lacks the hash");
+        assert!(!text.contains("DRAFT"), "page {p} of a closed statement");
         assert!(
             text.contains(&format!("Page {p} of {}", pages.len())),
             "page {p}: {text}"
@@ -901,6 +915,17 @@ fn a_long_statement_pdf_spreads_its_lines_over_pages_each_with_the_hash() {
     let all = parsed.extract_text(&pages).unwrap();
     assert!(all.contains("tenant-149") && all.contains("tenant-000"));
     assert!(all.contains(&ledger::Nanos::new(c.totals.gross).to_string()));
+
+    // The same month as a draft: DRAFT on every page, no hash and no issue date.
+    let draft = statements::pdf::render(&doc.document, None);
+    let parsed = lopdf::Document::load_mem(&draft).unwrap();
+    let pages: Vec<u32> = parsed.get_pages().keys().copied().collect();
+    assert!(pages.len() >= 3);
+    for p in &pages {
+        let text = parsed.extract_text(&[*p]).unwrap();
+        assert!(text.contains("DRAFT"), "page {p}: {text}");
+        assert!(!text.contains(&doc.sha256), "page {p}");
+    }
 }
 
 /// A small deterministic generator (no extra dependency): the same seed, the same month.

@@ -144,6 +144,42 @@ pub struct GettingStarted {
     pub upcoming: Vec<String>,
 }
 
+/// A partner's month so far, its factories' work, and its latest statements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartnerPanel {
+    pub partner_id: String,
+    /// `YYYY-MM`, the month to date.
+    pub month: String,
+    /// Gross usage on the partner's factories this month, at list price.
+    pub gross: String,
+    /// What the month's statement would pay the partner if it closed now.
+    pub payable: String,
+    pub factories: Vec<FactoryBusy>,
+    /// The latest closed statements, newest first.
+    pub statements: Vec<RecentStatement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactoryBusy {
+    pub name: String,
+    pub region: String,
+    pub gpu_class: String,
+    pub models: String,
+    /// Over the last 24 hours.
+    pub requests: i64,
+    pub tokens: i64,
+    pub device_seconds: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentStatement {
+    pub period: String,
+    pub number: i64,
+    pub payable: String,
+    /// When it was closed (UTC date).
+    pub issued: String,
+}
+
 /// Everything the dashboard shows, read at once: one resource, so the page hydrates the same
 /// way however the reads finish.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +191,8 @@ pub struct DashboardView {
     pub start: Option<GettingStarted>,
     /// An operator's console.
     pub console: Option<ConsoleView>,
+    /// A partner's month, factories and statements.
+    pub partner: Option<PartnerPanel>,
 }
 
 #[server(endpoint = "dashboard")]
@@ -180,6 +218,7 @@ pub async fn dashboard() -> Result<DashboardView, AppError> {
         tenant: None,
         start: None,
         console: None,
+        partner: None,
     };
     // Until a required second factor is set up, the page shows who is signed in and the
     // banner that says what to do, nothing else.
@@ -189,7 +228,9 @@ pub async fn dashboard() -> Result<DashboardView, AppError> {
     view.team = super::team_of(&app, &user).await?;
     if view.me.is_operator {
         view.console = Some(console_view(&app, &user).await?);
-    } else if !view.me.is_partner {
+    } else if view.me.is_partner {
+        view.partner = Some(partner_panel(&app, &user.org_id).await?);
+    } else {
         let summary = super::tenant_summary(&app, &user).await?;
         let used = summary.per_day.iter().any(|d| d.tokens > 0);
         let first = getting_started(&app, &user, &origin).await?;
@@ -261,5 +302,66 @@ async fn getting_started(
         has_key,
         email_verified: user.email_verified,
         upcoming,
+    })
+}
+
+#[cfg(feature = "ssr")]
+async fn partner_panel(app: &AppState, partner_id: &str) -> Result<PartnerPanel, AppError> {
+    const DAY_MS: i64 = 86_400_000;
+    let now = db::now_ms();
+    let month = statements::Period::of_ms(now);
+    let listed = app.statements.list(partner_id, now).await.map_err(fail)?;
+    let (gross, payable) = listed
+        .iter()
+        .find(|s| s.period == month)
+        .map(|s| (s.document.summary[0], s.document.payable))
+        .unwrap_or_default();
+    let statements = listed
+        .iter()
+        .filter_map(|s| match &s.status {
+            statements::StatementStatus::Closed {
+                number, closed_at, ..
+            } => Some(RecentStatement {
+                period: s.period.to_string(),
+                number: *number,
+                payable: ledger::Nanos::new(s.document.payable).to_string(),
+                issued: super::date(*closed_at),
+            }),
+            statements::StatementStatus::Draft => None,
+        })
+        .take(3)
+        .collect();
+    let activity = app
+        .statements
+        .factory_activity(partner_id, now - DAY_MS)
+        .await
+        .map_err(fail)?;
+    let factories = app
+        .compute
+        .factories()
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .filter(|f| f.partner_org_id == partner_id)
+        .map(|f| {
+            let a = activity.iter().find(|a| a.factory_id == f.id);
+            FactoryBusy {
+                name: f.name,
+                region: f.region.label().to_string(),
+                gpu_class: f.gpu_class.code().to_string(),
+                models: f.models.join(", "),
+                requests: a.map_or(0, |a| a.requests),
+                tokens: a.map_or(0, |a| a.tokens),
+                device_seconds: format!("{:.1}", a.map_or(0, |a| a.device_us) as f64 / 1e6),
+            }
+        })
+        .collect();
+    Ok(PartnerPanel {
+        partner_id: partner_id.to_string(),
+        month: month.to_string(),
+        gross: ledger::Nanos::new(gross).to_string(),
+        payable: ledger::Nanos::new(payable).to_string(),
+        factories,
+        statements,
     })
 }

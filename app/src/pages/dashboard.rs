@@ -2,7 +2,9 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use crate::api::{ConsoleView, DashboardView, GettingStarted, TenantSummary, UsageDay, dashboard};
+use crate::api::{
+    ConsoleView, DashboardView, GettingStarted, PartnerPanel, TenantSummary, UsageDay, dashboard,
+};
 use crate::components::copy::CopyButton;
 
 /// The signed-in start page: the organisation at a glance. Everything it shows is one read
@@ -31,6 +33,7 @@ fn page(d: DashboardView) -> impl IntoView {
         tenant,
         start,
         console: glance,
+        partner,
     } = d;
     let pending = team.invitations.len();
     view! {
@@ -59,6 +62,7 @@ fn page(d: DashboardView) -> impl IntoView {
         </section>
         {tenant.map(|o| view! { <Overview o /> })}
         {glance.map(console)}
+        {partner.map(|p| view! { <PartnerOverview p /> })}
     }
 }
 
@@ -263,5 +267,63 @@ fn console(g: ConsoleView) -> impl IntoView {
                 }).collect_view()}
             </tbody>
         </table>
+    }
+}
+
+/// A partner's month so far, its factories' last day, and its latest statements.
+#[component]
+fn PartnerOverview(p: PartnerPanel) -> impl IntoView {
+    let statements_link = "/statements".to_string();
+    view! {
+        <section class="cards" data-testid="partner-panel">
+            <article class="card">
+                <h2>{format!("Gross usage, {} to date", p.month)}</h2>
+                <p class="big" data-testid="partner-gross">{p.gross}</p>
+                <p>"on your factories, at list price"</p>
+            </article>
+            <article class="card">
+                <h2>"Payable to you so far"</h2>
+                <p class="big" data-testid="partner-payable">{p.payable}</p>
+                <A href=format!("/statements/{}/{}", p.partner_id, p.month)>"This month's draft statement"</A>
+            </article>
+        </section>
+        <h2>"Your factories, last 24 hours"</h2>
+        {if p.factories.is_empty() {
+            view! { <p class="empty">"No factory yet: an operator sets them up for you."</p> }.into_any()
+        } else {
+            view! {
+                <table class="list" data-testid="partner-factories">
+                    <thead>
+                        <tr><th>"Factory"</th><th>"Region"</th><th>"GPU"</th><th>"Models"</th><th>"Requests"</th><th>"Tokens"</th><th>"Device time (s)"</th></tr>
+                    </thead>
+                    <tbody>
+                        {p.factories.into_iter().map(|f| view! {
+                            <tr>
+                                <td>{f.name}</td><td>{f.region}</td><td>{f.gpu_class}</td><td>{f.models}</td>
+                                <td>{f.requests}</td><td>{f.tokens}</td><td>{f.device_seconds}</td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            }.into_any()
+        }}
+        <h2>"Latest statements"</h2>
+        {if p.statements.is_empty() {
+            view! { <p class="empty">"No statement closed yet. " <A href=statements_link>"Statements"</A></p> }.into_any()
+        } else {
+            view! {
+                <table class="list" data-testid="partner-statements">
+                    <thead><tr><th>"Month"</th><th>"No."</th><th>"Issued"</th><th>"Payable"</th></tr></thead>
+                    <tbody>
+                        {p.statements.into_iter().map(|s| view! {
+                            <tr>
+                                <td><A href=format!("/statements/{}/{}", p.partner_id, s.period)>{s.period.clone()}</A></td>
+                                <td>{s.number}</td><td>{s.issued}</td><td>{s.payable}</td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            }.into_any()
+        }}
     }
 }
