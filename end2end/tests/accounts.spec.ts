@@ -28,7 +28,7 @@ async function signUp(page: Page, email: string, org: string) {
   await page.getByLabel("Work email").fill(email);
   await page.locator("#password").fill(password);
   await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+  await expect(page).toHaveURL(/\/login\?signed_up=1&email=/);
 }
 
 async function logIn(page: Page, email: string, pw: string) {
@@ -42,6 +42,9 @@ test("a startup signs up, sees its name on the dashboard, logs out and back in",
   const email = uniqueEmail("founder");
   await signUp(page, email, "Lumen Labs");
   await expect(page.getByTestId("signed-up")).toContainText("Check your email");
+  // The login form holds the address just signed up with, nothing else.
+  await hydrated(page);
+  await expect(page.getByLabel("Email")).toHaveValue(email);
 
   await logIn(page, email, password);
   await expect(page).toHaveURL(/\/dashboard$/);
@@ -147,7 +150,7 @@ test.describe("without JavaScript", () => {
     await page.getByLabel("Work email").fill(email);
     await page.locator("#password").fill(password);
     await page.getByRole("button", { name: "Create account" }).click();
-    await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+    await expect(page).toHaveURL(/\/login\?signed_up=1&email=/);
 
     await page.getByLabel("Email").fill(email);
     await page.locator("#password").fill("not the password at all");

@@ -68,7 +68,7 @@ test("a startup requests compute with credit support; the operator approves with
   await page.getByLabel("Work email").fill(founder);
   await page.locator("#password").fill(password);
   await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+  await expect(page).toHaveURL(/\/login\?signed_up=1&email=/);
   await page.goto(await letterLink(founder, "/verify/"));
   await expect(page.getByTestId("verified")).toContainText("is verified");
   await logIn(page, founder, password);

@@ -25,7 +25,7 @@ export async function signUpStartup(page: Page, email: string, org: string, base
   await page.getByLabel("Work email").fill(email);
   await page.locator("#password").fill(password);
   await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page).toHaveURL(/\/login\?signed_up=1$/);
+  await expect(page).toHaveURL(/\/login\?signed_up=1&email=/);
   await page.goto(await letterLink(email, "/verify/", base));
   await expect(page.getByTestId("verified")).toContainText("is verified");
   await logIn(page, email, password, base);

@@ -178,6 +178,7 @@ pub async fn sign_up(
     org_kind: String,
     region: String,
 ) -> Result<(), AppError> {
+    let email_typed = email.trim().to_string();
     let form = accounts::SignUpForm {
         email,
         password,
@@ -216,7 +217,12 @@ pub async fn sign_up(
             ));
         }
     }
-    leptos_axum::redirect("/login?signed_up=1");
+    // The login form comes back holding the address just signed up (the same for a new and a
+    // registered one: it is what the person typed).
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("email", &email_typed)
+        .finish();
+    leptos_axum::redirect(&format!("/login?signed_up=1&{query}"));
     Ok(())
 }
 

@@ -138,3 +138,27 @@ where
     });
     form
 }
+
+/// A balance as people read it: dollars and cents, cut (never rounded up, so it is never more
+/// than what is there) from the exact amount (`$9.9999874` shows `$9.99`; the page puts the
+/// exact figure in a tooltip).
+pub fn cents(exact: &str) -> String {
+    match exact.split_once('.') {
+        Some((whole, frac)) => {
+            let two: String = frac.chars().chain("00".chars()).take(2).collect();
+            format!("{whole}.{two}")
+        }
+        None => exact.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn balances_show_whole_cents_never_rounded_up() {
+        assert_eq!(super::cents("$9.9999874"), "$9.99");
+        assert_eq!(super::cents("$10.00"), "$10.00");
+        assert_eq!(super::cents("$0.5"), "$0.50");
+        assert_eq!(super::cents("$3"), "$3");
+    }
+}

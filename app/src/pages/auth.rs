@@ -109,7 +109,14 @@ pub fn Login() -> impl IntoView {
             <ActionForm action>
                 <FormError message=general_error(value) />
                 <label for="email">"Email"</label>
-                <input id="email" name="email" type="email" required autocomplete="username" />
+                <input
+                    id="email"
+                    name="email"
+                    type="email"
+                    required
+                    autocomplete="username"
+                    value=move || query.with(|q| q.get("email").unwrap_or_default())
+                />
                 <FieldError message=field_error(value, "email") id="email-error" />
                 <label for="password">"Password"</label>
                 <PasswordInput name="password" id="password" autocomplete="current-password" />

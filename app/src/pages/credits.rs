@@ -6,7 +6,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 
 use crate::api::{CreditsView, HISTORY_KINDS, StartTopUp, TopUpView, credits_overview};
-use crate::components::form::{FieldError, FormError, field_error, general_error};
+use crate::components::form::{FieldError, FormError, cents, field_error, general_error};
 
 #[component]
 pub fn Credits() -> impl IntoView {
@@ -40,7 +40,7 @@ fn Overview(c: CreditsView) -> impl IntoView {
         <section class="cards">
             <article class="card">
                 <h2>"Available"</h2>
-                <p class="big" data-testid="available">{c.available.clone()}</p>
+                <p class="big" data-testid="available" title=c.available.clone()>{cents(&c.available)}</p>
                 <p>"Spent in this order: grants that expire soonest, then paid credit."</p>
             </article>
             {c.owed.clone().map(|owed| view! {
@@ -69,7 +69,7 @@ fn Overview(c: CreditsView) -> impl IntoView {
                         view! {
                             <tr>
                                 <td>{b.label}</td>
-                                <td>{b.balance}</td>
+                                <td title=b.balance.clone()>{cents(&b.balance)}</td>
                                 <td>{b.held}</td>
                                 <td>
                                     {b.expires.unwrap_or_else(|| "never".to_string())}

@@ -1,4 +1,6 @@
 use leptos::prelude::*;
+
+use crate::components::form::cents;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
@@ -142,7 +144,7 @@ fn Overview(o: TenantSummary) -> impl IntoView {
         <section class="cards">
             <article class="card">
                 <h2>"Balance"</h2>
-                <p class="big" data-testid="dashboard-balance">{o.available.clone()}</p>
+                <p class="big" data-testid="dashboard-balance" title=o.available.clone()>{cents(&o.available)}</p>
                 <A href="/credits">"Wallet and top-ups"</A>
             </article>
             <article class="card">

@@ -6,6 +6,8 @@
 //! sends.
 
 use leptos::prelude::*;
+
+use crate::components::form::cents;
 use leptos::task::spawn_local;
 use leptos_meta::Title;
 use serde_json::{Value, json};
@@ -436,7 +438,7 @@ fn StatsPanel(stats: Stats) -> impl IntoView {
             <dt>"Cost"</dt>
             <dd data-testid="cost">{r.cost}</dd>
             <dt>"Balance"</dt>
-            <dd data-testid="balance">{r.balance}</dd>
+            <dd data-testid="balance" title=r.balance.clone()>{cents(&r.balance)}</dd>
         </dl>
         {(stats.stopped || r.partial)
             .then(|| view! { <p class="hint" data-testid="stopped">"Stopped: only the tokens delivered were charged."</p> })}

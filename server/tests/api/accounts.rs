@@ -11,7 +11,7 @@ async fn sign_up_log_in_see_the_organisation_log_out() {
     let b = app.browser();
     let r = b.sign_up("ada@example.com", "Acme Robotics").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(location(&r), "/login?signed_up=1");
+    assert_eq!(location(&r), "/login?signed_up=1&email=ada%40example.com");
 
     let r = b.login("ada@example.com", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::OK);
