@@ -72,6 +72,17 @@ test("a new startup gets starter credits, streams an answer, stops a long one an
   const cut = nanos((await page.getByTestId("available").textContent()) ?? "");
   expect(cut <= balance && balance - cut < 10_000_000n).toBeTruthy();
 
+  // Usage: by source (the playground), by key (none: the playground uses the session), and
+  // each request in the activity log, newest first.
+  await page.goto(`${base}/usage?days=7`);
+  await hydrated(page);
+  await expect(page.getByTestId("usage-by-source")).toContainText("playground");
+  await expect(page.getByTestId("usage-by-key")).toContainText("no key");
+  const activity = page.getByTestId("activity").locator("tbody tr");
+  await expect(activity).toHaveCount(2);
+  await expect(activity.first()).toContainText("(stopped)");
+  await expect(page.getByTestId("chart-max")).toContainText("$");
+
   // View code repeats the request for the API.
   await page.goto(`${base}/playground`);
   await hydrated(page);

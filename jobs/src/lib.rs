@@ -10,6 +10,7 @@
 //! fails (the hold is voided). Settlement, the usage event and the job's final state are one
 //! database transaction.
 
+mod activity;
 mod admit;
 mod drain;
 pub mod journal;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use credits::Credits;
 use db::Db;
 
+pub use activity::{Activity, Cursor, UsageShare};
 pub use drain::{Busy, Drained};
 pub use engine::Pool as WorkerPool;
 pub use pricing::Rates;

@@ -30,10 +30,22 @@ pub struct UsageDay {
     pub amount: String,
 }
 
+/// What one API key, or one source, used in the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareRow {
+    pub label: String,
+    pub requests: i64,
+    pub tokens: i64,
+    pub amount: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageSummary {
     pub days: i64,
     pub rows: Vec<UsageRow>,
+    pub by_key: Vec<ShareRow>,
+    /// The API (`production`), the playground, batches.
+    pub by_source: Vec<ShareRow>,
     /// Every day of the window, oldest first, zero where nothing ran (the chart's bars).
     pub per_day: Vec<UsageDay>,
     pub total_tokens: i64,
@@ -62,8 +74,37 @@ pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
         })?;
     let per_day = per_day(&usage, days, now);
     let total_nanos: i64 = usage.iter().map(|u| u.amount.get()).sum();
+    let since = (now.div_euclid(86_400_000) - days + 1) * 86_400_000;
+    let shares = |list: Vec<jobs::UsageShare>| {
+        list.into_iter()
+            .map(|s| ShareRow {
+                label: s.label,
+                requests: s.requests,
+                tokens: s.tokens,
+                amount: s.amount.to_string(),
+            })
+            .collect()
+    };
+    let storage = |e: jobs::JobError| {
+        tracing::error!(error = %e, "usage report");
+        fail(AppError::Internal)
+    };
+    let by_key = shares(
+        app.jobs
+            .usage_by_key(&user.org_id, since)
+            .await
+            .map_err(storage)?,
+    );
+    let by_source = shares(
+        app.jobs
+            .usage_by_source(&user.org_id, since)
+            .await
+            .map_err(storage)?,
+    );
     Ok(UsageSummary {
         days,
+        by_key,
+        by_source,
         total_tokens: usage
             .iter()
             .map(|u| u.prompt_tokens + u.completion_tokens)
@@ -220,5 +261,74 @@ pub(crate) async fn tenant_summary(
         days_left,
         per_day: days,
         allocations,
+    })
+}
+
+/// One request in the activity log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityRow {
+    pub at: String,
+    pub model: String,
+    pub source: String,
+    pub key: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost: String,
+    /// Time to first token and the whole request, as the server measured them.
+    pub latency: String,
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityPage {
+    pub rows: Vec<ActivityRow>,
+    /// Where the next (older) page starts, if there is one.
+    pub next: Option<String>,
+}
+
+/// Requests shown on one page of the activity log.
+pub const ACTIVITY_PAGE: i64 = 50;
+
+/// The organisation's requests, newest first, a page at a time (`after`: where the previous
+/// page ended, empty for the newest).
+#[server(endpoint = "usage_activity")]
+pub async fn usage_activity(#[server(default)] after: String) -> Result<ActivityPage, AppError> {
+    let app = state()?;
+    let user = require_user().await.map_err(fail)?;
+    let after = match after.trim() {
+        "" => None,
+        text => Some(jobs::Cursor::decode(text).ok_or_else(|| {
+            fail(AppError::Invalid(
+                "That page of the activity log does not exist.".into(),
+            ))
+        })?),
+    };
+    let (rows, next) = app
+        .jobs
+        .activity(&user.org_id, after.as_ref(), ACTIVITY_PAGE)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "activity log");
+            fail(AppError::Internal)
+        })?;
+    Ok(ActivityPage {
+        rows: rows
+            .into_iter()
+            .map(|a| ActivityRow {
+                at: crate::api::timestamp(a.at),
+                model: a.model,
+                source: a.source,
+                key: a.key.unwrap_or_else(|| "—".into()),
+                prompt_tokens: a.prompt_tokens,
+                completion_tokens: a.completion_tokens,
+                cost: a.amount.to_string(),
+                latency: match a.ttft_ms {
+                    Some(t) => format!("{t} ms / {} ms", a.duration_ms),
+                    None => format!("— / {} ms", a.duration_ms),
+                },
+                partial: a.partial,
+            })
+            .collect(),
+        next: next.map(|c| c.encode()),
     })
 }

@@ -180,27 +180,35 @@ fn Overview(o: TenantSummary) -> impl IntoView {
     }
 }
 
+/// Bars of tokens per day with axes: the busiest day's tokens and zero up the left, the first
+/// and last dates along the bottom.
 #[component]
 fn TokensChart(days: Vec<UsageDay>) -> impl IntoView {
     const HEIGHT: f64 = 100.0;
+    const LEFT: f64 = 64.0;
     let width = 640.0;
-    let slot = width / days.len().max(1) as f64;
-    let max = days.iter().map(|d| d.tokens).max().unwrap_or(0).max(1) as f64;
+    let slot = (width - LEFT) / days.len().max(1) as f64;
+    let top = days.iter().map(|d| d.tokens).max().unwrap_or(0);
+    let max = top.max(1) as f64;
     let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
     let last = days.last().map(|d| d.day.clone()).unwrap_or_default();
     view! {
         <svg class="chart" viewBox=format!("0 0 {width} {}", HEIGHT + 18.0) role="img"
             aria-label="Tokens per day" data-testid="dashboard-chart">
+            <line class="axis" x1=LEFT y1="0" x2=LEFT y2=HEIGHT />
+            <line class="axis" x1=LEFT y1=HEIGHT x2=width y2=HEIGHT />
+            <text x=LEFT - 4.0 y="10" text-anchor="end">{format!("{top} tokens")}</text>
+            <text x=LEFT - 4.0 y=HEIGHT text-anchor="end">"0"</text>
             {days.into_iter().enumerate().map(|(i, d)| {
                 let h = (d.tokens as f64 / max * HEIGHT).max(if d.tokens > 0 { 1.0 } else { 0.0 });
                 view! {
-                    <rect x=format!("{:.1}", i as f64 * slot + slot * 0.1) y=format!("{:.1}", HEIGHT - h)
+                    <rect x=format!("{:.1}", LEFT + i as f64 * slot + slot * 0.1) y=format!("{:.1}", HEIGHT - h)
                         width=format!("{:.1}", slot * 0.8) height=format!("{h:.1}")>
                         <title>{format!("{}: {} tokens ({})", d.day, d.tokens, d.amount)}</title>
                     </rect>
                 }
             }).collect_view()}
-            <text x="0" y=HEIGHT + 14.0>{first}</text>
+            <text x=LEFT y=HEIGHT + 14.0>{first}</text>
             <text x=width y=HEIGHT + 14.0 text-anchor="end">{last}</text>
         </svg>
     }

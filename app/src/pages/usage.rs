@@ -1,11 +1,14 @@
 //! Usage: tokens and spend per day and model over 7, 30 or 90 days, a chart of daily spend,
-//! and the same rows as CSV.
+//! the same rows as CSV, the window's use by API key and by source (API, playground, batch),
+//! and the activity log: every request, newest first, a page at a time.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 
-use crate::api::{USAGE_WINDOWS, UsageDay, UsageSummary, usage_report};
+use crate::api::{
+    ActivityPage, ShareRow, USAGE_WINDOWS, UsageDay, UsageSummary, usage_activity, usage_report,
+};
 
 #[component]
 pub fn Usage() -> impl IntoView {
@@ -19,6 +22,8 @@ pub fn Usage() -> impl IntoView {
         })
     };
     let report = Resource::new(days, usage_report);
+    let after = move || query.with(|q| q.get("after").unwrap_or_default());
+    let activity = Resource::new(after, usage_activity);
     view! {
         <Title text="Usage · Tokenmill" />
         <h1>"Usage"</h1>
@@ -43,7 +48,99 @@ pub fn Usage() -> impl IntoView {
                 }
             })}
         </Transition>
+        <h2 id="activity">"Activity"</h2>
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match activity.await {
+                    Ok(page) => activity_log(page, days(), !after().is_empty()).into_any(),
+                    Err(e) => view! { <p class="form-error">{e.to_string()}</p> }.into_any(),
+                }
+            })}
+        </Transition>
     }
+}
+
+/// Every request, newest first: when, what, how big, what it cost, which key, how fast.
+fn activity_log(page: ActivityPage, days: i64, older: bool) -> impl IntoView {
+    if page.rows.is_empty() {
+        return view! { <p class="empty">"No requests yet."</p> }.into_any();
+    }
+    view! {
+        <table class="list" data-testid="activity">
+            <thead>
+                <tr>
+                    <th>"Time (UTC)"</th>
+                    <th>"Model"</th>
+                    <th>"Source"</th>
+                    <th>"API key"</th>
+                    <th>"Input"</th>
+                    <th>"Output"</th>
+                    <th>"Cost"</th>
+                    <th>"First token / total"</th>
+                </tr>
+            </thead>
+            <tbody>
+                {page
+                    .rows
+                    .into_iter()
+                    .map(|a| {
+                        view! {
+                            <tr>
+                                <td>{a.at}</td>
+                                <td>{a.model}</td>
+                                <td>{a.source}{a.partial.then_some(" (stopped)")}</td>
+                                <td>{a.key}</td>
+                                <td>{a.prompt_tokens}</td>
+                                <td>{a.completion_tokens}</td>
+                                <td>{a.cost}</td>
+                                <td>{a.latency}</td>
+                            </tr>
+                        }
+                    })
+                    .collect_view()}
+            </tbody>
+        </table>
+        <nav class="pager" aria-label="Activity pages">
+            {older.then(|| view! { <a href=format!("/usage?days={days}#activity")>"Newest"</a> })}
+            {page
+                .next
+                .map(|next| {
+                    view! {
+                        <a href=format!("/usage?days={days}&after={next}#activity") data-testid="older">
+                            "Older requests"
+                        </a>
+                    }
+                })}
+        </nav>
+    }
+        .into_any()
+}
+
+/// A window's use split by API key or by source.
+fn shares(
+    title: &'static str,
+    testid: &'static str,
+    first: &'static str,
+    rows: Vec<ShareRow>,
+) -> impl IntoView {
+    (!rows.is_empty()).then(|| {
+        view! {
+            <h2>{title}</h2>
+            <table class="list" data-testid=testid>
+                <thead>
+                    <tr><th>{first}</th><th>"Requests"</th><th>"Tokens"</th><th>"Spend"</th></tr>
+                </thead>
+                <tbody>
+                    {rows
+                        .into_iter()
+                        .map(|r| view! {
+                            <tr><td>{r.label}</td><td>{r.requests}</td><td>{r.tokens}</td><td>{r.amount}</td></tr>
+                        })
+                        .collect_view()}
+                </tbody>
+            </table>
+        }
+    })
 }
 
 #[component]
@@ -62,6 +159,8 @@ fn Report(r: UsageSummary) -> impl IntoView {
         </section>
         <h2>"Daily spend"</h2>
         <Chart days=r.per_day />
+        {shares("By API key", "usage-by-key", "Key", r.by_key)}
+        {shares("By source", "usage-by-source", "Source", r.by_source)}
         <p>
             <a href=csv download="" data-testid="usage-csv" rel="external">"Download CSV"</a>
         </p>
@@ -104,22 +203,25 @@ fn Report(r: UsageSummary) -> impl IntoView {
     }
 }
 
-/// Bars of daily spend, drawn as SVG on the server (no script needed); each bar's title gives
-/// the exact amount and tokens.
+/// Bars of daily spend, drawn as SVG on the server (no script needed), with axes: the largest
+/// day's spend and zero up the left, the first, middle and last dates along the bottom; each
+/// bar's title gives the exact amount and tokens.
 #[component]
 fn Chart(days: Vec<UsageDay>) -> impl IntoView {
     const HEIGHT: f64 = 120.0;
+    const LEFT: f64 = 64.0;
     let width = 640.0;
     let n = days.len().max(1) as f64;
-    let slot = width / n;
-    let max = days
-        .iter()
-        .map(|d| d.amount_nanos)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
-    let last = days.last().map(|d| d.day.clone()).unwrap_or_default();
+    let slot = (width - LEFT) / n;
+    let top = days.iter().max_by_key(|d| d.amount_nanos).cloned();
+    let max = top.as_ref().map_or(0, |d| d.amount_nanos).max(1) as f64;
+    let top_label = top.map(|d| d.amount).unwrap_or_else(|| "$0.00".into());
+    let label = |i: usize| days.get(i).map(|d| d.day.clone()).unwrap_or_default();
+    let (first, middle, last) = (
+        label(0),
+        label(days.len() / 2),
+        label(days.len().saturating_sub(1)),
+    );
     view! {
         <svg
             class="chart"
@@ -128,6 +230,10 @@ fn Chart(days: Vec<UsageDay>) -> impl IntoView {
             aria-label="Spend per day"
             data-testid="usage-chart"
         >
+            <line class="axis" x1=LEFT y1="0" x2=LEFT y2=HEIGHT />
+            <line class="axis" x1=LEFT y1=HEIGHT x2=width y2=HEIGHT />
+            <text x=LEFT - 4.0 y="10" text-anchor="end" data-testid="chart-max">{top_label}</text>
+            <text x=LEFT - 4.0 y=HEIGHT text-anchor="end">"$0"</text>
             {days
                 .into_iter()
                 .enumerate()
@@ -135,7 +241,7 @@ fn Chart(days: Vec<UsageDay>) -> impl IntoView {
                     let h = (d.amount_nanos as f64 / max * HEIGHT).max(if d.amount_nanos > 0 { 1.0 } else { 0.0 });
                     view! {
                         <rect
-                            x=format!("{:.1}", i as f64 * slot + slot * 0.1)
+                            x=format!("{:.1}", LEFT + i as f64 * slot + slot * 0.1)
                             y=format!("{:.1}", HEIGHT - h)
                             width=format!("{:.1}", slot * 0.8)
                             height=format!("{h:.1}")
@@ -145,7 +251,8 @@ fn Chart(days: Vec<UsageDay>) -> impl IntoView {
                     }
                 })
                 .collect_view()}
-            <text x="0" y=HEIGHT + 14.0>{first}</text>
+            <text x=LEFT y=HEIGHT + 14.0>{first}</text>
+            <text x=LEFT + (width - LEFT) / 2.0 y=HEIGHT + 14.0 text-anchor="middle">{middle}</text>
             <text x=width y=HEIGHT + 14.0 text-anchor="end">{last}</text>
         </svg>
     }

@@ -2,7 +2,7 @@
 //! and the ledger's charges, for the organisation's own jobs only (T1).
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::completions::api;
 use crate::helpers::PASSWORD;
@@ -55,8 +55,46 @@ async fn usage_per_day_and_model_matches_the_charges_and_stays_in_its_org() {
     assert!(page.contains("usage-chart"));
     assert!(page.contains(&ledger::Nanos::new(spent).to_string()));
 
+    // By API key and by source: both requests came through the API with the one key.
+    assert_eq!(report["by_source"][0]["label"], "production");
+    assert_eq!(report["by_source"][0]["requests"], 2);
+    assert!(
+        report["by_key"][0]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("ci · tmk_"),
+        "{report}"
+    );
+    assert_eq!(report["by_key"][0]["tokens"], report["total_tokens"]);
+
+    // The activity log: each request, newest first, and pages that pick up where they ended.
+    let (status, activity) = owner.json("/api/usage_activity", &[("after", "")]).await;
+    assert_eq!(status, StatusCode::OK, "{activity}");
+    let rows = activity["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["completion_tokens"], 3, "the newest first");
+    assert_eq!(rows[1]["completion_tokens"], 2);
+    assert!(rows[0]["key"].as_str().unwrap().starts_with("ci · tmk_"));
+    assert!(rows[0]["latency"].as_str().unwrap().ends_with(" ms"));
+    assert_eq!(activity["next"], Value::Null);
+    let (first, next) = api.app.jobs.activity(&api.org_id, None, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let next = next.expect("a second page");
+    let (status, second) = owner
+        .json("/api/usage_activity", &[("after", &next.encode())])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(second["rows"][0]["completion_tokens"], 2);
+    let (status, _) = owner
+        .json("/api/usage_activity", &[("after", "not a cursor")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
     // Another organisation sees none of it; bad windows and anonymous downloads are refused.
     let other = api.app.owner("eve@other.example", "Other").await;
+    let (_, theirs) = other.json("/api/usage_activity", &[("after", "")]).await;
+    assert_eq!(theirs["rows"], json!([]));
     let csv = other.get("/usage.csv?days=30").await.text().await.unwrap();
     assert_eq!(csv.lines().count(), 1, "{csv}");
     let (_, report) = other.json("/api/usage_report", &[("days", "30")]).await;
