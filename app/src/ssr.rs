@@ -51,6 +51,8 @@ pub const SECOND_FACTOR_KEY: &str = "second_factor";
 /// How long the second factor may take after the password.
 pub const SECOND_FACTOR_TTL_MS: i64 = 5 * 60 * 1000;
 
+/// The application state. A server function takes it before its first `await`: during server
+/// rendering, context is only reliable until the future first yields.
 pub fn state() -> Result<AppState, AppError> {
     use_context::<AppState>().ok_or_else(|| {
         tracing::error!("AppState missing from context");
@@ -115,6 +117,21 @@ async fn session_user(
             Ok(None)
         }
     }
+}
+
+/// The state and the signed-in user: how a server function begins. (The state is taken first,
+/// before any `await`; see [`state`].)
+pub async fn signed_in() -> Result<(AppState, User), AppError> {
+    let app = state()?;
+    let user = require_user().await.map_err(fail)?;
+    Ok((app, user))
+}
+
+/// [`signed_in`] for the operators' server functions: anyone else is refused (403).
+pub async fn signed_in_operator() -> Result<(AppState, User), AppError> {
+    let app = state()?;
+    let user = require_operator().await.map_err(fail)?;
+    Ok((app, user))
 }
 
 pub async fn require_user() -> Result<User, AppError> {

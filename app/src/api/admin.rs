@@ -65,12 +65,9 @@ pub struct ProgramForm {
 
 #[server(endpoint = "factories")]
 pub async fn factories() -> Result<Vec<FactoryView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     require_user().await.map_err(fail)?;
     Ok(app
-        .clone()
         .compute
         .factories()
         .await
@@ -88,10 +85,7 @@ pub async fn create_factory(
     gpu_class: String,
     models: String,
 ) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let spec = compute::FactorySpec {
         partner_org_id,
         name,
@@ -100,7 +94,6 @@ pub async fn create_factory(
         models,
     };
     let factory = app
-        .clone()
         .compute
         .create_factory(&user, &spec)
         .await
@@ -127,8 +120,6 @@ pub async fn create_factory(
 
 #[server(endpoint = "programs")]
 pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     require_operator().await.map_err(fail)?;
     let st = app.clone();
@@ -186,8 +177,6 @@ pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
 
 #[server(endpoint = "create_program")]
 pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     use accounts::{OrgKind, Region};
     use ledger::Nanos;

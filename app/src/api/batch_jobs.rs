@@ -27,10 +27,7 @@ pub struct BatchView {
 
 #[server(endpoint = "batch_views")]
 pub async fn batch_views() -> Result<Vec<BatchView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let (list, _) = app
         .batches
         .list(&user.org_id, None, 100)

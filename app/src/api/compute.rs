@@ -211,10 +211,7 @@ async fn programs_open_to(st: &AppState, org_id: &str) -> Result<Vec<ProgramOpti
 
 #[server(endpoint = "compute")]
 pub async fn compute_page() -> Result<ComputeView, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let st = app.clone();
     let org = st
         .accounts
@@ -255,12 +252,8 @@ fn form(t: RequestTerms) -> compute::RequestForm {
 
 #[server(endpoint = "submit_compute")]
 pub async fn submit_compute(terms: RequestTerms) -> Result<String, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let r = app
-        .clone()
         .compute
         .submit(&user, &form(terms), db::now_ms())
         .await
@@ -271,12 +264,8 @@ pub async fn submit_compute(terms: RequestTerms) -> Result<String, AppError> {
 
 #[server(endpoint = "resubmit_compute")]
 pub async fn resubmit_compute(id: String, terms: RequestTerms) -> Result<String, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let r = app
-        .clone()
         .compute
         .resubmit(&user, &id, &form(terms), db::now_ms())
         .await
@@ -286,10 +275,7 @@ pub async fn resubmit_compute(id: String, terms: RequestTerms) -> Result<String,
 
 #[server(endpoint = "compute_request")]
 pub async fn compute_request(id: String) -> Result<RequestDetail, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let st = app.clone();
     let r = st.compute.request(&user, &id).await.map_err(fail)?;
     let timeline = st.compute.timeline(&user, &id).await.map_err(fail)?;
@@ -391,10 +377,7 @@ fn datetime(ms: i64) -> String {
 
 #[server(endpoint = "cancel_compute")]
 pub async fn cancel_compute(id: String) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     app.clone()
         .compute
         .cancel(&user, &id, db::now_ms())
@@ -405,12 +388,8 @@ pub async fn cancel_compute(id: String) -> Result<(), AppError> {
 
 #[server(endpoint = "approvals")]
 pub async fn approvals() -> Result<Vec<RequestRow>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     Ok(app
-        .clone()
         .compute
         .queue(&user)
         .await
@@ -430,10 +409,7 @@ pub async fn approve_compute(
     grant_program_id: String,
     grant_amount: String,
 ) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let decision = compute::Decision {
         share_weight,
         rate_limit_tpm,
@@ -444,7 +420,6 @@ pub async fn approve_compute(
     };
     let before = app.compute.request(&user, &id).await.map_err(fail)?;
     let after = app
-        .clone()
         .compute
         .approve(&user, &id, &decision, db::now_ms())
         .await
@@ -490,11 +465,8 @@ async fn audit_decision(
 /// Rejects, sends back for changes, or ends early: every decision that carries a reason.
 #[server(endpoint = "answer_compute")]
 pub async fn answer_compute(id: String, answer: String, reason: String) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
-    let c = app.clone().compute;
+    let (app, user) = signed_in().await?;
+    let c = &app.compute;
     let now = db::now_ms();
     let before = c.request(&user, &id).await.map_err(fail)?;
     let (action, after) = match answer.as_str() {

@@ -115,10 +115,7 @@ pub async fn credits_overview(
     #[server(default)] kind: String,
     #[server(default)] page: i64,
 ) -> Result<CreditsView, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let st = app.clone();
     let kind = HISTORY_KINDS
         .iter()
@@ -202,8 +199,6 @@ pub async fn credits_overview(
 /// Starts a Stripe Checkout for `amount` dollars and sends the browser there.
 #[server(endpoint = "top_up")]
 pub async fn start_top_up(amount: String) -> Result<String, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     let user = require_verified_user().await.map_err(fail)?;
     if user.is_operator {
@@ -211,7 +206,6 @@ pub async fn start_top_up(amount: String) -> Result<String, AppError> {
     }
     let amount = payments::TopUpAmount::parse(&amount).map_err(fail)?;
     let url = app
-        .clone()
         .payments
         .start_checkout(&user.org_id, &user.id, &user.email, amount, &origin())
         .await
@@ -223,12 +217,8 @@ pub async fn start_top_up(amount: String) -> Result<String, AppError> {
 /// Where a top-up stands, for the page Stripe returns to.
 #[server(endpoint = "top_up_status")]
 pub async fn top_up_status(session_id: String) -> Result<Option<CheckoutView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     Ok(app
-        .clone()
         .payments
         .checkout_by_session(&user.org_id, &session_id)
         .await

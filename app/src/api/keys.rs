@@ -32,12 +32,9 @@ pub const MAX_KEY_DAYS: i64 = 3650;
 
 #[server(endpoint = "api_keys")]
 pub async fn api_keys() -> Result<Vec<ApiKeyView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let now = db::now_ms();
-    let keys = app.clone().keys.list(&user.org_id).await.map_err(fail)?;
+    let keys = app.keys.list(&user.org_id).await.map_err(fail)?;
     Ok(keys
         .into_iter()
         .map(|k| ApiKeyView {
@@ -64,8 +61,6 @@ pub async fn api_keys() -> Result<Vec<ApiKeyView>, AppError> {
 /// `expires_in_days`: empty for a key that does not expire.
 #[server(endpoint = "create_api_key")]
 pub async fn create_api_key(name: String, expires_in_days: String) -> Result<NewApiKey, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     let user = require_verified_user().await.map_err(fail)?;
     let days = expires_in_days.trim();
@@ -85,7 +80,6 @@ pub async fn create_api_key(name: String, expires_in_days: String) -> Result<New
         }
     };
     let (key, secret) = app
-        .clone()
         .keys
         .create(&user.org_id, &user.id, &name, expires_at)
         .await
@@ -98,10 +92,7 @@ pub async fn create_api_key(name: String, expires_in_days: String) -> Result<New
 
 #[server(endpoint = "revoke_api_key")]
 pub async fn revoke_api_key(id: String) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     app.clone()
         .keys
         .revoke(&user.org_id, &id)

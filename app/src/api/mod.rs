@@ -132,8 +132,6 @@ pub(crate) fn date(ms: i64) -> String {
 
 #[server(endpoint = "me")]
 pub async fn me() -> Result<Option<Profile>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     let Some(signed_in) = current_session_user().await.map_err(fail)? else {
         return Ok(None);
@@ -285,10 +283,7 @@ pub async fn change_password(
     current_password: String,
     new_password: String,
 ) -> Result<String, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let st = app.clone();
     st.accounts
         .change_password(&user, &current_password, &new_password, &client_ip())
@@ -305,10 +300,7 @@ pub async fn change_password(
 
 #[server(endpoint = "team")]
 pub async fn team() -> Result<TeamView, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     team_of(&app, &user).await
 }
 
@@ -355,10 +347,7 @@ pub(crate) async fn team_of(app: &AppState, user: &accounts::User) -> Result<Tea
 
 #[server(endpoint = "invite")]
 pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let role = accounts::OrgRole::from_code(role.trim()).ok_or_else(|| {
         fail(AppError::Field {
             field: "role".into(),
@@ -367,7 +356,6 @@ pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError>
     })?;
     let origin = origin();
     let (invitation, token) = app
-        .clone()
         .accounts
         .invite(&user, &email, role)
         .await
@@ -389,10 +377,7 @@ pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError>
 
 #[server(endpoint = "revoke_invitation")]
 pub async fn revoke_invitation(id: String) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     app.clone()
         .accounts
         .revoke_invitation(&user, &id)
@@ -402,16 +387,8 @@ pub async fn revoke_invitation(id: String) -> Result<(), AppError> {
 
 #[server(endpoint = "remove_member")]
 pub async fn remove_member(id: String) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
-    let removed = app
-        .clone()
-        .accounts
-        .remove_member(&user, &id)
-        .await
-        .map_err(fail)?;
+    let (app, user) = signed_in().await?;
+    let removed = app.accounts.remove_member(&user, &id).await.map_err(fail)?;
     // Their keys were revoked with them; none may be taken as valid from memory either.
     for key in &removed.revoked_keys {
         app.keys.forget(key);
@@ -463,11 +440,8 @@ pub async fn accept_invitation(token: String, password: String) -> Result<(), Ap
 
 #[server(endpoint = "partners")]
 pub async fn partners() -> Result<Vec<PartnerView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
-    let list = app.clone().accounts.partners(&user).await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
+    let list = app.accounts.partners(&user).await.map_err(fail)?;
     Ok(list
         .into_iter()
         .map(|o| PartnerView {
@@ -485,13 +459,10 @@ pub async fn create_partner(
     region: String,
     owner_email: String,
 ) -> Result<NewPartner, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     let origin = origin();
     let user = require_user().await.map_err(fail)?;
     let (org, invitation, token) = app
-        .clone()
         .accounts
         .create_partner(&user, &name, &region, &owner_email)
         .await

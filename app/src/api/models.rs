@@ -21,11 +21,9 @@ pub struct ModelView {
 
 #[server(endpoint = "model_catalog")]
 pub async fn model_catalog() -> Result<Vec<ModelView>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     require_user().await.map_err(fail)?;
-    let compute = app.clone().compute;
+    let compute = app.compute;
     let factories = compute.factories().await.map_err(fail)?;
     Ok(compute
         .prices()
@@ -52,10 +50,7 @@ pub async fn set_model_price(
     input_per_mtok: String,
     output_per_mtok: String,
 ) -> Result<(), AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let price = |p: &compute::ModelPrice| {
         serde_json::json!({
             "input_per_mtok": p.input_per_mtok.to_string(),
@@ -71,7 +66,6 @@ pub async fn set_model_price(
         .find(|p| p.model_id == model_id)
         .map(price);
     let set = app
-        .clone()
         .compute
         .set_price(&user, &model_id, &input_per_mtok, &output_per_mtok)
         .await

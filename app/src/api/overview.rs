@@ -197,8 +197,6 @@ pub struct DashboardView {
 
 #[server(endpoint = "dashboard")]
 pub async fn dashboard() -> Result<DashboardView, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     let origin = origin();
     let signed_in = current_session_user()

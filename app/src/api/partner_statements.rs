@@ -220,10 +220,7 @@ fn adjustment_view(a: &statements::Adjustment) -> AdjustmentView {
 
 #[server(endpoint = "statements_overview")]
 pub async fn statements_overview(partner: Option<String>) -> Result<StatementsView, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let partner_id = access::statement_partner(&app, &user, partner.as_deref())
         .await
         .map_err(fail)?;

@@ -47,8 +47,6 @@ fn job_error(e: jobs::JobError) -> AppError {
 
 #[server(endpoint = "playground_models")]
 pub async fn playground_models() -> Result<Vec<PlaygroundModel>, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
     let app = state()?;
     require_user().await.map_err(fail)?;
     let available = app.jobs.available_models().await.map_err(job_error)?;
@@ -73,10 +71,7 @@ pub async fn playground_models() -> Result<Vec<PlaygroundModel>, AppError> {
 /// this waits a little while it is still running; a job of another organisation is not found.
 #[server(endpoint = "job_receipt")]
 pub async fn job_receipt(job_id: String) -> Result<AnswerReceipt, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     let job_id = job_id
         .trim()
         .trim_start_matches("chatcmpl-")

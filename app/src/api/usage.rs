@@ -54,10 +54,7 @@ pub struct UsageSummary {
 
 #[server(endpoint = "usage_report")]
 pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
-    // Taken before the first await: during server rendering, context is only reliable
-    // until the future first yields.
-    let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let (app, user) = signed_in().await?;
     if !USAGE_WINDOWS.contains(&days) {
         return Err(fail(AppError::Invalid(
             "Choose a window of 7, 30 or 90 days.".into(),
