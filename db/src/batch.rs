@@ -1,9 +1,9 @@
 //! Writes that need no answer between them, sent together.
 //!
 //! Through sqlx every statement on SQLite is a round trip to the connection's own thread
-//! (about 60 µs here, docs/perf.md), far more than SQLite takes to run it. A job's hold and
-//! its settlement are each a handful of inserts and updates whose values are all known before
-//! the first is sent, so on SQLite a [`Batch`] sends them as one multi-statement query: one
+//! (about 60 µs here; docs/perf.md, "Gateway overhead"), far more than SQLite takes to run
+//! it. A job's hold and its settlement are each a handful of inserts and updates whose values
+//! are all known before the first is sent, so on SQLite a [`Batch`] sends them as one multi-statement query: one
 //! round trip, and SQLite still reports each statement's result on its own. PostgreSQL's
 //! extended protocol takes one statement per query, so there they run one after another.
 //! A metering transaction ([`crate::MeterTx`]) can also send its `COMMIT` (and its `BEGIN`)
@@ -86,7 +86,8 @@ pub enum Column {
 /// (see [`Batch::push_rows`]). However many rows there are, the statement's text stays the
 /// same, so each connection parses and plans it once. Written out as a multi-row `VALUES`,
 /// every number of rows is a statement of its own, parsed and planned anew on each
-/// connection that meets it (0.7 ms apiece on PostgreSQL, docs/perf.md).
+/// connection that meets it (0.7 ms apiece on PostgreSQL; docs/perf.md, "Tried and not
+/// kept").
 #[derive(Debug, Clone)]
 pub struct Rows<const N: usize> {
     columns: &'static [(&'static str, Column); N],
@@ -251,8 +252,8 @@ impl<R> Batch<R> {
     ///
     /// Meant for inserts. PostgreSQL plans an update joined to its rows from the table's size
     /// when a connection first meets it, and keeps that plan: planned on a small table, such a
-    /// join went on scanning the whole table as it grew (docs/perf.md). An update of rows by
-    /// their keys stays one statement per row.
+    /// join went on scanning the whole table as it grew (docs/perf.md, "Tried and not kept").
+    /// An update of rows by their keys stays one statement per row.
     pub fn push_rows<const N: usize>(&mut self, sql: &str, rows: Rows<N>, refusal: Option<R>) {
         let expected = rows.len() as u64;
         self.statements.push(Statement {

@@ -4,8 +4,8 @@
 //! fsyncs come with the checkpoint that copies the log back into the database file. By default
 //! SQLite runs that checkpoint inside whichever commit takes the log past 1 000 pages, and
 //! the request behind that commit waits for them (the slow tail of the gateway benchmark on
-//! SQLite, docs/perf.md). Here a task of the pool's own checkpoints every
-//! [`CHECKPOINT_EVERY`] instead, in `PASSIVE` mode: it waits for no reader and blocks no
+//! SQLite; docs/perf.md, "Tried and not kept"). Here a task of the pool's own checkpoints
+//! every [`CHECKPOINT_EVERY`] instead, in `PASSIVE` mode: it waits for no reader and blocks no
 //! writer, and commits keep appending while it copies. SQLite's own checkpoint stays as a
 //! backstop at [`BACKSTOP_PAGES`], so the log stays bounded when writes outrun the task or no
 //! task runs.

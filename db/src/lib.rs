@@ -149,8 +149,8 @@ impl Db {
         }
         let options = AnyConnectOptions::from_str(url)?;
         // sqlx pings every connection it hands out by default: a round trip before every
-        // statement run on the pool, which measured about a tenth of a millisecond each on
-        // SQLite (docs/perf.md). An embedded SQLite file has no other end that could hang up;
+        // statement run on the pool, measured on 2026-11-28 at about a tenth of a millisecond
+        // each on SQLite. An embedded SQLite file has no other end that could hang up;
         // a PostgreSQL connection is pinged only after it sat idle long enough for a server
         // restart or a dropped link to have gone unnoticed.
         let pool_options = AnyPoolOptions::new()

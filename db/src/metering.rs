@@ -1,6 +1,7 @@
 //! Metering transactions: a job's hold with its row, and its settlement with its usage event.
 //! Both run on every request, so their `BEGIN` and `COMMIT` are not round trips of their own
-//! (each about 0.1 ms through sqlx on SQLite and more on PostgreSQL, docs/perf.md).
+//! (each about 0.1 ms through sqlx on SQLite and more on PostgreSQL; docs/perf.md, "Gateway
+//! overhead").
 //!
 //! On SQLite a hold is its read (with `BEGIN IMMEDIATE`) and then its writes (with `COMMIT`),
 //! a settlement one query. sqlx does not know of a transaction begun this way, so one that is

@@ -241,7 +241,8 @@ impl RunningJob {
     ///
     /// The answer does not wait for the commit: the settlement waits a moment for others and
     /// is written with them in one transaction (see `settler`), beside the caller's next
-    /// requests (docs/perf.md). The job stays unsettled for a shutdown until the commit.
+    /// requests (docs/perf.md, "Gateway overhead"). The job stays unsettled for a shutdown
+    /// until the commit.
     ///
     /// # Panics
     /// In debug builds, when the job did not run to its end (settle those with

@@ -1,6 +1,6 @@
 //! What admission last read of each wallet, so that the next hold can be planned without a
-//! read of its own (a round trip before the writes, on PostgreSQL the larger part of a
-//! request's time in the portal: docs/perf.md).
+//! read of its own (a round trip before the writes; docs/perf.md, "Gateway overhead", says
+//! what a round trip costs on each database).
 //!
 //! What is kept here is never trusted: a hold planned from it goes with a condition that
 //! makes its writes refuse unless the plan is still the one a read would give
