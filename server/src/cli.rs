@@ -102,7 +102,76 @@ pub enum ModelCommand {
         /// Llama 3 RoPE frequency scaling.
         #[arg(long)]
         llama3_rope: bool,
+        /// Write one GGUF file at `--out` instead, its matrices in this type.
+        #[arg(long, value_parser = ["f32", "q8_0", "q4_0", "q4_1"])]
+        gguf: Option<String>,
     },
+    /// Write a Hugging Face model directory as one GGUF file (byte-level BPE tokenizers; no
+    /// Llama 3 rope scaling).
+    Convert {
+        /// The model directory.
+        from: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value = "q8_0", value_parser = ["f32", "q8_0", "q4_0", "q4_1"])]
+        quant: String,
+    },
+    /// Open a model (a directory or a `.gguf` file) as the server would, and print what it is.
+    Inspect { path: std::path::PathBuf },
+}
+
+fn quant_of(name: &str) -> Option<engine::gguf::Quant> {
+    use engine::gguf::Quant;
+    match name {
+        "q8_0" => Some(Quant::Q8_0),
+        "q4_0" => Some(Quant::Q4_0),
+        "q4_1" => Some(Quant::Q4_1),
+        _ => None,
+    }
+}
+
+/// `tokenmill model inspect`: the configuration and, for GGUF files, the tensor types.
+fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
+    let ck = engine::Checkpoint::open(path)?;
+    let c = &ck.config;
+    println!("{}", path.display());
+    println!(
+        "{:?}: {} layers, hidden {}, {} heads ({} key/value) of {}, vocabulary {}, context {}",
+        c.architecture,
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.max_position_embeddings
+    );
+    println!(
+        "end of sequence: {:?}; chat template: {}",
+        c.eos_token_ids,
+        if ck.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if path.is_file() {
+        let file = engine::gguf::GgufFile::open(path)?;
+        let mut kinds = std::collections::BTreeMap::<String, (usize, u64)>::new();
+        for t in &file.tensors {
+            let kind = match t.kind {
+                engine::gguf::Kind::Float(d) => format!("{d:?}"),
+                engine::gguf::Kind::Quant(q) => q.name().to_string(),
+            };
+            let e = kinds.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += t.dims.iter().product::<u64>();
+        }
+        for (kind, (n, values)) in kinds {
+            println!("{n:>5} tensors in {kind} ({values} values)");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +221,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             dtype,
             tied,
             llama3_rope,
+            gguf,
         }) => {
             use engine::{Architecture, fixture};
             let spec = fixture::FixtureSpec {
@@ -167,10 +237,25 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 seed,
             };
             let dir = out.clone();
-            tokio::task::spawn_blocking(move || fixture::write_fixture(&dir, &spec)).await??;
+            tokio::task::spawn_blocking(move || match gguf {
+                Some(q) => engine::gguf::write_fixture(&dir, &spec, quant_of(&q)),
+                None => fixture::write_fixture(&dir, &spec),
+            })
+            .await??;
             println!("Model written to {}", out.display());
             Ok(())
         }
+        Command::Model(ModelCommand::Convert { from, out, quant }) => {
+            let to = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let ck = engine::Checkpoint::open(&from)?;
+                engine::gguf::convert(&ck, quant_of(&quant), &to)
+            })
+            .await??;
+            println!("Model written to {}", out.display());
+            Ok(())
+        }
+        Command::Model(ModelCommand::Inspect { path }) => inspect(&path),
     }
 }
 

@@ -1,6 +1,10 @@
 //! Configuration from environment variables, each with a default that works on a laptop.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use accounts::LoginLimits;
 
@@ -121,9 +125,10 @@ impl std::ops::Deref for Secret {
 /// The models the worker pool serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
-    /// `TOKENMILL_MODELS`: `id=DIR` pairs separated by commas (Hugging Face directories), or
-    /// `none`. Default: the project's test model, written to `data/models/tokenmill-tiny` on
-    /// first start, so a fresh checkout serves tokens out of the box.
+    /// `TOKENMILL_MODELS`: `id=PATH` pairs separated by commas (a Hugging Face directory or a
+    /// `.gguf` file), or `none`. Default: the project's test model, written to
+    /// `data/models/tokenmill-tiny` on first start, and SmolLM2-135M-Instruct when
+    /// `data/models/SmolLM2-135M-Instruct.Q4_1.gguf` is there (`scripts/dev` fetches it).
     pub models: Vec<(String, PathBuf)>,
     /// Write the test model into the first directory if it holds no model yet.
     pub write_fixture: bool,
@@ -139,6 +144,10 @@ pub struct EngineSettings {
 
 pub const DEFAULT_MODEL_ID: &str = "tokenmill-tiny";
 pub const DEFAULT_MODEL_DIR: &str = "data/models/tokenmill-tiny";
+/// The real model served by default beside the test model, when its file is there
+/// (`scripts/dev` fetches it).
+pub const SMOLLM2_ID: &str = "smollm2-135m-instruct";
+pub const SMOLLM2_FILE: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -165,6 +174,10 @@ impl EngineSettings {
 
     fn from_env() -> Result<EngineSettings, ConfigError> {
         let mut s = EngineSettings::default();
+        if Path::new(SMOLLM2_FILE).is_file() {
+            s.models
+                .push((SMOLLM2_ID.into(), PathBuf::from(SMOLLM2_FILE)));
+        }
         if let Some(list) = var("TOKENMILL_MODELS") {
             let bad = |message: String| ConfigError {
                 name: "TOKENMILL_MODELS",
@@ -178,7 +191,7 @@ impl EngineSettings {
                     .map(|pair| {
                         let (id, dir) = pair.split_once('=').ok_or_else(|| {
                             bad(format!(
-                                "expected id=DIR pairs separated by commas, got {pair:?}"
+                                "expected id=PATH pairs separated by commas, got {pair:?}"
                             ))
                         })?;
                         let id = id.trim();

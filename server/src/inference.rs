@@ -17,6 +17,17 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
         tracing::info!("no models configured (TOKENMILL_MODELS=none): the API will answer 503");
         return Ok(None);
     }
+    if settings.write_fixture
+        && !settings
+            .models
+            .iter()
+            .any(|(id, _)| id == crate::config::SMOLLM2_ID)
+    {
+        tracing::warn!(
+            file = crate::config::SMOLLM2_FILE,
+            "SmolLM2-135M-Instruct is not there, so only the test model (random weights) is served: scripts/dev fetches it"
+        );
+    }
     let settings = settings.clone();
     tokio::task::spawn_blocking(move || {
         if settings.write_fixture {

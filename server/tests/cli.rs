@@ -131,6 +131,72 @@ fn model_fixture_writes_a_directory_the_engine_loads() {
 }
 
 #[test]
+fn model_commands_write_convert_and_inspect_gguf_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], path: &std::path::Path| {
+        let out = tokenmill().args(args).arg(path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // The fixture straight to a Q4_1 file; a directory converted to Q8_0.
+    let q4 = tmp.path().join("tiny-q4_1.gguf");
+    run(&["model", "fixture", "--gguf", "q4_1", "--out"], &q4);
+    let dir = tmp.path().join("tiny");
+    run(&["model", "fixture", "--arch", "qwen2", "--out"], &dir);
+    let q8 = tmp.path().join("tiny-q8_0.gguf");
+    let out = tokenmill()
+        .args(["model", "convert", "--quant", "q8_0", "--out"])
+        .arg(&q8)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = run(&["model", "inspect"], &q4);
+    assert!(
+        text.contains("Llama: 2 layers, hidden 64, 4 heads (2 key/value)"),
+        "{text}"
+    );
+    assert!(text.contains("tensors in Q4_1"), "{text}");
+    assert!(text.contains("chat template: yes"), "{text}");
+    let text = run(&["model", "inspect"], &q8);
+    assert!(text.contains("Qwen2: 2 layers"), "{text}");
+    assert!(
+        text.contains("tensors in Q8_0") && text.contains("tensors in F32"),
+        "{text}"
+    );
+    let text = run(&["model", "inspect"], &dir);
+    assert!(
+        text.contains("Qwen2: 2 layers") && !text.contains("tensors in"),
+        "{text}"
+    );
+
+    // A file that is not GGUF is named with what is wrong.
+    let junk = tmp.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let bad = tokenmill()
+        .args(["model", "inspect"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("junk.gguf") && err.contains("not a GGUF file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bench_reports_prefill_decode_by_batch_and_bandwidth() {
     let dir = tempfile::tempdir().unwrap();
     engine::fixture::write_fixture(dir.path(), &engine::fixture::FixtureSpec::default()).unwrap();

@@ -899,3 +899,55 @@ async fn a_key_revoked_or_expired_elsewhere_is_refused_on_its_next_completion() 
     assert_eq!(api.scalar("SELECT COUNT(*) FROM ledger_holds").await, holds);
     assert_eq!(api.open_holds().await, 0);
 }
+
+/// The real SmolLM2-135M-Instruct file (TOKENMILL_SMOLLM2_GGUF), served beside the fixture:
+/// a plain question gets a right answer in English through `/v1/chat/completions`, charged
+/// what its usage says. Required where TOKENMILL_REQUIRE_SMOLLM2 is set (the test command
+/// fetches the file); skipped otherwise.
+#[tokio::test]
+async fn the_real_smollm2_file_answers_through_the_api() {
+    let path = std::env::var_os("TOKENMILL_SMOLLM2_GGUF").map(std::path::PathBuf::from);
+    let Some(path) = path.filter(|p| p.is_file()) else {
+        assert!(
+            std::env::var_os("TOKENMILL_REQUIRE_SMOLLM2").is_none(),
+            "TOKENMILL_REQUIRE_SMOLLM2 is set but TOKENMILL_SMOLLM2_GGUF names no file"
+        );
+        eprintln!("skipped: TOKENMILL_SMOLLM2_GGUF is not set");
+        return;
+    };
+    let api = api_with(|c| {
+        c.engine.models.push(("smollm2-135m-instruct".into(), path));
+        c.engine.cpu_kv_mib = 16;
+    })
+    .await;
+    let listed = api.models().await;
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "smollm2-135m-instruct"),
+        "{listed}"
+    );
+    let before = api.available().await;
+    let v = api
+        .ok(
+            "/v1/chat/completions",
+            &json!({
+                "model": "smollm2-135m-instruct",
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "temperature": 0,
+                "max_tokens": 40,
+            }),
+        )
+        .await;
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(answer, "The capital of France is Paris.");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let (prompt, completion) = (
+        v["usage"]["prompt_tokens"].as_i64().unwrap(),
+        v["usage"]["completion_tokens"].as_i64().unwrap(),
+    );
+    assert!(prompt > 10 && completion >= 7, "{v}");
+    assert_eq!(api.available().await, before - cost(prompt, completion));
+}
