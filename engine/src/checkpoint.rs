@@ -53,9 +53,31 @@ impl Tensor<'_> {
             Some(q) => q.dequantize(self.data),
             None => self.floats(),
         };
+        if self.rope_heads.is_none() {
+            return values;
+        }
+        let cols = self.shape.iter().skip(1).product::<usize>().max(1);
+        let mut out = vec![0.0; values.len()];
+        for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+            let from = self.stored_row(r) * cols;
+            row.copy_from_slice(&values[from..from + cols]);
+        }
+        out
+    }
+
+    /// Where Hugging Face's row `r` is stored. The Q and K projections of a GGUF `llama` model
+    /// are in llama.cpp's rotary order: within each head of `d` rows its converter interleaved
+    /// the two halves, so Hugging Face's row `j·d/2 + i` is stored at `2i + j`.
+    pub fn stored_row(&self, r: usize) -> usize {
+        let rows = self.shape.first().copied().unwrap_or(1);
         match self.rope_heads {
-            Some(heads) => unpermute(values, heads, self.shape),
-            None => values,
+            Some(heads) if heads > 0 && rows % heads == 0 && (rows / heads) % 2 == 0 => {
+                let d = rows / heads;
+                let (head, within) = (r / d, r % d);
+                let (j, i) = (within / (d / 2), within % (d / 2));
+                head * d + 2 * i + j
+            }
+            _ => r,
         }
     }
 
@@ -78,28 +100,6 @@ impl Tensor<'_> {
                 .collect(),
         }
     }
-}
-
-/// Rows of a Q or K projection from llama.cpp's rotary order back to Hugging Face's: within each
-/// head of `d` rows the converter interleaved the two halves (row `2i + j` holds Hugging Face's
-/// row `j·d/2 + i`).
-fn unpermute(values: Vec<f32>, heads: usize, shape: &[usize]) -> Vec<f32> {
-    let (rows, cols) = (shape[0], shape.iter().skip(1).product::<usize>().max(1));
-    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
-        return values;
-    }
-    let d = rows / heads;
-    let mut out = vec![0.0; values.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let from = (h * d + 2 * i + j) * cols;
-                let to = (h * d + j * d / 2 + i) * cols;
-                out[to..to + cols].copy_from_slice(&values[from..from + cols]);
-            }
-        }
-    }
-    out
 }
 
 /// What a tensor is, and where its bytes are.

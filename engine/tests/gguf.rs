@@ -4,12 +4,16 @@
 //! match the `gguf` Python package (llama.cpp's own) bit for bit; and the real SmolLM2 file, when
 //! present, answers plain questions in English.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{generate, python_has, smollm2};
 
 use engine::fixture::{FixtureSpec, write_fixture};
 use engine::gguf::write::{Out, to_bytes};
 use engine::gguf::{Quant, Value, convert};
-use engine::{ChatMessage, Checkpoint, Event, Prompt, Request, SamplingParams, Worker, WorkerSpec};
+use engine::{ChatMessage, Checkpoint, Prompt, Request, SamplingParams, Worker, WorkerSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -29,30 +33,6 @@ fn worker(path: &Path) -> Worker {
     s.threads = 2;
     s.cpu_kv_bytes = 4 << 20;
     Worker::start(s).unwrap()
-}
-
-async fn generate(
-    worker: &Worker,
-    prompt: Prompt,
-    max_tokens: usize,
-    ignore_eos: bool,
-) -> (Vec<u32>, String) {
-    let mut r = Request::new(prompt);
-    r.sampling = SamplingParams::greedy();
-    r.max_tokens = Some(max_tokens);
-    r.ignore_eos = ignore_eos;
-    let (mut tokens, mut text) = (Vec::new(), String::new());
-    for e in worker.submit(r).unwrap().collect().await {
-        match e {
-            Event::Token { token, text: t, .. } => {
-                tokens.push(token);
-                text.push_str(&t);
-            }
-            Event::Failed(m) => panic!("failed: {m}"),
-            Event::Finished(_) => {}
-        }
-    }
-    (tokens, text)
 }
 
 fn chat(text: &str) -> Prompt {
@@ -189,6 +169,29 @@ async fn quantized_fixtures_stay_close_to_the_weights_and_serve() {
     assert_eq!(full[..2], q8[..2]);
 }
 
+#[tokio::test]
+async fn a_quantized_sequence_is_the_same_alone_and_batched() {
+    let (_tmp, _dir, file) = both(Some(Quant::Q4_1));
+    let w = worker(&file);
+    let target = chat("Tell me about quantization.");
+    let alone = generate(&w, target.clone(), 30, true).await;
+    // The same request among others of different lengths, all submitted at once.
+    let others: Vec<_> = (0..6)
+        .map(|i| {
+            let mut r = Request::new(chat(&"more words ".repeat(i + 1)));
+            r.sampling = SamplingParams::greedy();
+            r.max_tokens = Some(20 + i);
+            r.ignore_eos = true;
+            w.submit(r).unwrap()
+        })
+        .collect();
+    let batched = generate(&w, target, 30, true).await;
+    for g in others {
+        g.collect().await;
+    }
+    assert_eq!(alone, batched);
+}
+
 /// The error opening `bytes` as `broken.gguf` gives.
 fn open_error(bytes: &[u8]) -> String {
     let tmp = tempfile::tempdir().unwrap();
@@ -275,52 +278,23 @@ fn broken_gguf_files_fail_with_what_is_wrong() {
     expect_error(&freqs, "rope_freqs.weight");
 }
 
-/// Whether the `gguf` Python package imports; required when TOKENMILL_REQUIRE_GGUF_PYTHON is
-/// set (the test command installs it), skipped with a note otherwise.
-fn gguf_python() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import gguf.quants"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok || std::env::var_os("TOKENMILL_REQUIRE_GGUF_PYTHON").is_none(),
-        "TOKENMILL_REQUIRE_GGUF_PYTHON is set but python3 cannot import gguf"
-    );
-    if !ok {
-        eprintln!("skipped: the gguf Python package is not installed");
-    }
-    ok
-}
-
-const PYTHON: &str = r#"
+const QUANTS: &str = r#"
 import sys, numpy as np
 from gguf.quants import dequantize, quantize
 from gguf import GGMLQuantizationType as T
-op, kind, src, dst = sys.argv[1:]
+op, kind = sys.argv[1:]
 t = getattr(T, kind)
+src = sys.stdin.buffer.read()
 if op == "dequantize":
-    out = dequantize(np.fromfile(src, dtype=np.uint8), t).astype(np.float32)
+    out = dequantize(np.frombuffer(src, dtype=np.uint8), t).astype(np.float32)
 else:
-    out = quantize(np.fromfile(src, dtype=np.float32).reshape(-1, 32), t)
-out.tofile(dst)
+    out = quantize(np.frombuffer(src, dtype=np.float32).reshape(-1, 32), t)
+sys.stdout.buffer.write(out.tobytes())
 "#;
 
-fn python(op: &str, kind: &str, input: &[u8]) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst) = (tmp.path().join("in"), tmp.path().join("out"));
-    std::fs::write(&src, input).unwrap();
-    let out = std::process::Command::new("python3")
-        .args(["-c", PYTHON, op, kind])
-        .arg(&src)
-        .arg(&dst)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(dst).unwrap()
+/// `op` ("quantize" or "dequantize") of `input` as the gguf package does it for `kind`.
+fn gguf_quants(op: &str, kind: &str, input: &[u8]) -> Vec<u8> {
+    common::python(QUANTS, &[op.as_ref(), kind.as_ref()], input)
 }
 
 /// Random blocks of `q` whose f16 scales are finite: random, zero, negative, subnormal.
@@ -349,7 +323,7 @@ fn random_blocks(q: Quant, blocks: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
 
 #[test]
 fn dequantization_matches_llama_cpp_bit_for_bit() {
-    if !gguf_python() {
+    if !python_has("gguf.quants") {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -363,7 +337,7 @@ fn dequantization_matches_llama_cpp_bit_for_bit() {
     ] {
         let blocks = random_blocks(q, 64, &mut rng);
         let ours = q.dequantize(&blocks);
-        let theirs: Vec<f32> = python("dequantize", kind, &blocks)
+        let theirs: Vec<f32> = gguf_quants("dequantize", kind, &blocks)
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
@@ -376,7 +350,7 @@ fn dequantization_matches_llama_cpp_bit_for_bit() {
 
 #[test]
 fn quantization_matches_llama_cpp_byte_for_byte() {
-    if !gguf_python() {
+    if !python_has("gguf.quants") {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(9);
@@ -391,23 +365,8 @@ fn quantization_matches_llama_cpp_byte_for_byte() {
         (Quant::Q4_1, "Q4_1"),
     ] {
         let ours = engine::gguf::quantize(q, &values).unwrap();
-        assert_eq!(ours, python("quantize", kind, &bytes), "{kind}");
+        assert_eq!(ours, gguf_quants("quantize", kind, &bytes), "{kind}");
     }
-}
-
-/// SmolLM2-135M-Instruct (Q4_1) from TOKENMILL_SMOLLM2_GGUF: required when
-/// TOKENMILL_REQUIRE_SMOLLM2 is set (the test command fetches it), skipped otherwise.
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("TOKENMILL_SMOLLM2_GGUF").map(PathBuf::from);
-    let found = path.filter(|p| p.is_file());
-    assert!(
-        found.is_some() || std::env::var_os("TOKENMILL_REQUIRE_SMOLLM2").is_none(),
-        "TOKENMILL_REQUIRE_SMOLLM2 is set but TOKENMILL_SMOLLM2_GGUF names no file"
-    );
-    if found.is_none() {
-        eprintln!("skipped: TOKENMILL_SMOLLM2_GGUF is not set");
-    }
-    found
 }
 
 #[tokio::test]
@@ -426,20 +385,32 @@ async fn smollm2_answers_plain_questions_in_english() {
     s.device = engine::Device::Cpu;
     s.threads = 2;
     let w = Worker::start(s).unwrap();
-    // Greedy answers, pinned: a change in dequantization, the tokenizer, the chat template or
-    // the forward pass shows up as different words.
+    // Greedy answers, pinned: a change in the quantized kernels, the tokenizer, the chat
+    // template or the forward pass shows up as different words. Each must also be on topic. The
+    // words are those of the AVX2 kernels (the portable ones round differently).
     let cases = [
         (
-            "What is the capital of France?",
-            "The capital of France is Paris.",
+            "Explain what a CPU does in one sentence.",
+            "executes instructions",
+            "A CPU (Central Processing Unit) is the brain of a computer that executes instructions and performs calculations.",
         ),
         (
-            "Explain what a CPU does in one sentence.",
-            "The CPU (Central Processing Unit) is the brain of a computer that executes instructions and performs calculations.",
+            "What color is the sky?",
+            "blue",
+            "The sky is a beautiful shade of blue. It's a reflection of the Earth's atmosphere, composed of a mix of gases, including water vapor, nitrogen, and oxygen. The sky is a canvas of light, with the sky above representing the Earth's atmosphere.",
+        ),
+        (
+            "Who wrote Hamlet?",
+            "William Shakespeare",
+            "The Bard's own son, William Shakespeare, penned the iconic play \"Hamlet\" in 1603. He was a 17th-century English playwright and actor who wrote the story of a prince's tragic downfall. His work has been widely acclaimed for its innovative use of language",
         ),
     ];
-    for (question, answer) in cases {
+    let pinned = engine::cpu::kernels::isa_name() == "avx2+fma";
+    for (question, topic, answer) in cases {
         let (_, text) = generate(&w, chat(question), 60, false).await;
-        assert_eq!(text, answer, "{question}");
+        assert!(text.contains(topic), "{question}: {text:?}");
+        if pinned {
+            assert_eq!(text, answer, "{question}");
+        }
     }
 }

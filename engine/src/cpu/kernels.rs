@@ -12,19 +12,19 @@
 
 use std::sync::OnceLock;
 
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 /// Rows of W computed together: each x row is loaded once per chunk for all of them.
 const NB: usize = 4;
 /// Rows of X computed together: each W chunk is loaded once for all of them.
 const MB: usize = 3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
+pub(super) enum Isa {
     Avx2Fma,
     Portable,
 }
 
-fn isa() -> Isa {
+pub(super) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -93,7 +93,7 @@ fn tile_portable(
 
 /// The fixed lane-summation tree shared by both instruction sets.
 #[inline]
-fn hsum(a: [f32; LANES]) -> f32 {
+pub(super) fn hsum(a: [f32; LANES]) -> f32 {
     let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
     let c = [b[0] + b[2], b[1] + b[3]];
     c[0] + c[1]
@@ -193,7 +193,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// A raw output pointer shared by the threads of one product; each writes disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: the pointer is only used to write disjoint elements of one live `&mut [f32]`, and the
 // parallel scope that uses it ends before that borrow does.
 unsafe impl Send for OutPtr {}
@@ -202,7 +202,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    fn at(self, i: usize) -> *mut f32 {
+    pub(super) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }

@@ -1,8 +1,10 @@
-//! The CPU backend: f32 weights with q/k/v and gate/up fused so each is one pass over memory,
-//! a paged f32 KV cache, and the kernels of `kernels` spread over a private thread pool. Buffers
-//! are sized once for the largest step seen, so a decode step allocates nothing.
+//! The CPU backend: f32 or quantized weights (`weights`), a paged f32 KV cache, and the
+//! kernels of `kernels` and `quant` spread over a private thread pool. Buffers are sized once
+//! for the largest step seen, so a decode step allocates nothing.
 
 pub mod kernels;
+pub mod quant;
+mod weights;
 
 use rayon::prelude::*;
 
@@ -10,73 +12,12 @@ use crate::backend::{Backend, DeviceInfo, SeqStep};
 use crate::rope::RopeTables;
 use crate::{Checkpoint, EngineError, ModelConfig};
 
-use kernels::{add_in_place, dot, matmul, rms_norm, rope, silu_mul};
+use kernels::{add_in_place, dot, rms_norm, rope, silu_mul};
+use quant::XBlock;
+use weights::{Weights, load};
 
 /// The largest head dimension the attention kernels handle (their accumulator is on the stack).
 pub const MAX_HEAD_DIM: usize = 256;
-
-struct Layer {
-    attn_norm: Vec<f32>,
-    mlp_norm: Vec<f32>,
-    /// `[q | k | v]` rows, each `hidden` long.
-    wqkv: Vec<f32>,
-    bqkv: Option<Vec<f32>>,
-    wo: Vec<f32>,
-    /// `[gate | up]` rows.
-    wgu: Vec<f32>,
-    wdown: Vec<f32>,
-}
-
-struct Weights {
-    embed: Vec<f32>,
-    norm: Vec<f32>,
-    /// `None` when the embeddings are tied.
-    lm_head: Option<Vec<f32>>,
-    layers: Vec<Layer>,
-}
-
-fn load(ck: &Checkpoint) -> Result<Weights, EngineError> {
-    let t = |name: &str| ck.tensor(name).map(|t| t.to_f32());
-    let cat = |names: &[String]| -> Result<Vec<f32>, EngineError> {
-        let mut out = Vec::new();
-        for n in names {
-            out.extend(t(n)?);
-        }
-        Ok(out)
-    };
-    let c = &ck.config;
-    let mut layers = Vec::with_capacity(c.num_layers);
-    for l in 0..c.num_layers {
-        let p = format!("model.layers.{l}");
-        let proj = |w: &str, kind: &str| format!("{p}.self_attn.{w}_proj.{kind}");
-        layers.push(Layer {
-            attn_norm: t(&format!("{p}.input_layernorm.weight"))?,
-            mlp_norm: t(&format!("{p}.post_attention_layernorm.weight"))?,
-            wqkv: cat(&["q", "k", "v"].map(|w| proj(w, "weight")))?,
-            bqkv: if c.architecture.qkv_bias() {
-                Some(cat(&["q", "k", "v"].map(|w| proj(w, "bias")))?)
-            } else {
-                None
-            },
-            wo: t(&proj("o", "weight"))?,
-            wgu: cat(&[
-                format!("{p}.mlp.gate_proj.weight"),
-                format!("{p}.mlp.up_proj.weight"),
-            ])?,
-            wdown: t(&format!("{p}.mlp.down_proj.weight"))?,
-        });
-    }
-    Ok(Weights {
-        embed: t("model.embed_tokens.weight")?,
-        norm: t("model.norm.weight")?,
-        lm_head: if c.tie_word_embeddings {
-            None
-        } else {
-            Some(t("lm_head.weight")?)
-        },
-        layers,
-    })
-}
 
 /// Step buffers, grown to the largest step and then reused.
 #[derive(Default)]
@@ -93,6 +34,8 @@ struct Scratch {
     token_at: Vec<(usize, usize)>,
     last: Vec<f32>,
     logits: Vec<f32>,
+    /// Activations quantized for quantized weights.
+    xq: Vec<XBlock>,
 }
 
 pub struct CpuConfig {
@@ -279,8 +222,7 @@ impl Backend for CpuBackend {
         let mut t = 0;
         for seq in seqs {
             for &tok in seq.tokens {
-                let row = tok as usize * h;
-                x[t * h..(t + 1) * h].copy_from_slice(&w.embed[row..row + h]);
+                w.embed.row(tok as usize, &mut x[t * h..(t + 1) * h]);
                 t += 1;
             }
         }
@@ -288,7 +230,7 @@ impl Backend for CpuBackend {
             let xn = &mut s.xn[..tokens * h];
             rms_norm(x, &layer.attn_norm, eps, xn);
             let qkv = &mut s.qkv[..tokens * qkv_w];
-            matmul(&self.pool, xn, tokens, &layer.wqkv, h, qkv);
+            layer.wqkv.matmul(&self.pool, xn, tokens, h, qkv, &mut s.xq);
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
             debug_assert_eq!(kc.len(), slots * kv_w);
             for (row, &(si, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&s.token_at) {
@@ -334,14 +276,18 @@ impl Backend for CpuBackend {
                 attn.chunks_mut(d).enumerate().for_each(task);
             }
             let proj = &mut s.proj[..tokens * h];
-            matmul(&self.pool, attn, tokens, &layer.wo, q_w, proj);
+            layer
+                .wo
+                .matmul(&self.pool, attn, tokens, q_w, proj, &mut s.xq);
             add_in_place(x, proj);
             rms_norm(x, &layer.mlp_norm, eps, xn);
             let gu = &mut s.gu[..tokens * 2 * inter];
-            matmul(&self.pool, xn, tokens, &layer.wgu, h, gu);
+            layer.wgu.matmul(&self.pool, xn, tokens, h, gu, &mut s.xq);
             let act = &mut s.act[..tokens * inter];
             silu_mul(gu, inter, act);
-            matmul(&self.pool, act, tokens, &layer.wdown, inter, proj);
+            layer
+                .wdown
+                .matmul(&self.pool, act, tokens, inter, proj, &mut s.xq);
             add_in_place(x, proj);
         }
         // Only the last token of a sequence that wants logits reaches the head.
@@ -355,9 +301,16 @@ impl Backend for CpuBackend {
                 o += 1;
             }
         }
-        let head = w.lm_head.as_deref().unwrap_or(&w.embed);
+        let head = w.lm_head.as_ref().unwrap_or(&w.embed);
         let logits = &mut s.logits[..outputs * c.vocab_size];
-        matmul(&self.pool, &s.last[..outputs * h], outputs, head, h, logits);
+        head.matmul(
+            &self.pool,
+            &s.last[..outputs * h],
+            outputs,
+            h,
+            logits,
+            &mut s.xq,
+        );
         Ok(logits)
     }
 
@@ -371,22 +324,7 @@ impl Backend for CpuBackend {
         self.num_blocks
     }
     fn weight_bytes_per_token(&self) -> u64 {
-        let w = &self.weights;
-        let layers: usize = w
-            .layers
-            .iter()
-            .map(|l| {
-                l.attn_norm.len()
-                    + l.mlp_norm.len()
-                    + l.wqkv.len()
-                    + l.bqkv.as_ref().map_or(0, Vec::len)
-                    + l.wo.len()
-                    + l.wgu.len()
-                    + l.wdown.len()
-            })
-            .sum();
-        let head = w.lm_head.as_ref().map_or(w.embed.len(), Vec::len);
-        ((layers + head + w.norm.len()) * 4) as u64
+        self.weights.bytes_per_token() as u64
     }
 
     fn device(&self) -> DeviceInfo {

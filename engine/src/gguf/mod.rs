@@ -19,7 +19,7 @@ use std::path::Path;
 use memmap2::Mmap;
 
 pub use convert::{convert, write_fixture};
-pub use quant::Quant;
+pub use quant::{Block32, Quant};
 pub use read::Value;
 pub use write::quantize;
 

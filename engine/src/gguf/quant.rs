@@ -90,24 +90,54 @@ impl Quant {
         }
     }
 
-    /// The f32 values of `bytes` (whole blocks).
+    /// The f32 values of `bytes` (whole blocks), computed as ggml computes them.
     pub fn dequantize(self, bytes: &[u8]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(bytes.len() / self.block().1 * self.block().0);
+        for b in self.unpack(bytes) {
+            out.extend(b.values());
+        }
+        out
+    }
+
+    /// `bytes` (whole blocks) as blocks of 32 small integers with their scales: every type
+    /// here is one of those per 32 values, so the CPU kernels need one block format only.
+    pub fn unpack(self, bytes: &[u8]) -> Vec<Block32> {
         let (values, size) = self.block();
-        let mut out = Vec::with_capacity(bytes.len() / size * values);
+        let mut out = Vec::with_capacity(bytes.len() / size * values / 32);
         for b in bytes.chunks_exact(size) {
-            let start = out.len();
-            out.resize(start + values, 0.0);
-            let y = &mut out[start..];
             match self {
-                Quant::Q4_0 => q4_0(b, y),
-                Quant::Q4_1 => q4_1(b, y),
-                Quant::Q8_0 => q8_0(b, y),
-                Quant::Q4K => q4_k(b, y),
-                Quant::Q5K => q5_k(b, y),
-                Quant::Q6K => q6_k(b, y),
+                Quant::Q4_0 => out.push(q4_0(b)),
+                Quant::Q4_1 => out.push(q4_1(b)),
+                Quant::Q8_0 => out.push(q8_0(b)),
+                Quant::Q4K => q4_k(b, &mut out),
+                Quant::Q5K => q5_k(b, &mut out),
+                Quant::Q6K => q6_k(b, &mut out),
             }
         }
         out
+    }
+}
+
+/// 32 values: `scale[h] · q (+ min)`, `h` the half (values 0–15, 16–31) a value is in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Block32 {
+    pub q: [i8; 32],
+    /// Equal but for Q6_K, whose scales cover 16 values each.
+    pub scale: [f32; 2],
+    /// Added after scaling: Q4_1's m, the K-quants' −dmin·m; none for the symmetric types (an
+    /// added +0.0 would turn −0.0 into +0.0, which ggml does not do).
+    pub min: Option<f32>,
+}
+
+impl Block32 {
+    pub fn values(&self) -> impl Iterator<Item = f32> + '_ {
+        self.q.iter().enumerate().map(|(j, q)| {
+            let v = self.scale[j / 16] * *q as f32;
+            match self.min {
+                Some(m) => v + m,
+                None => v,
+            }
+        })
     }
 }
 
@@ -116,28 +146,42 @@ fn half(b: &[u8], at: usize) -> f32 {
 }
 
 /// `d: f16, qs: [u8; 16]`: `(q - 8) * d`, low nibbles first.
-fn q4_0(b: &[u8], y: &mut [f32]) {
+fn q4_0(b: &[u8]) -> Block32 {
     let d = half(b, 0);
-    for (j, q) in b[2..18].iter().enumerate() {
-        y[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
-        y[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+    let mut q = [0i8; 32];
+    for (j, v) in b[2..18].iter().enumerate() {
+        q[j] = (v & 0x0F) as i8 - 8;
+        q[j + 16] = (v >> 4) as i8 - 8;
+    }
+    Block32 {
+        q,
+        scale: [d; 2],
+        min: None,
     }
 }
 
 /// `d: f16, m: f16, qs: [u8; 16]`: `q * d + m`.
-fn q4_1(b: &[u8], y: &mut [f32]) {
+fn q4_1(b: &[u8]) -> Block32 {
     let (d, m) = (half(b, 0), half(b, 2));
-    for (j, q) in b[4..20].iter().enumerate() {
-        y[j] = (q & 0x0F) as f32 * d + m;
-        y[j + 16] = (q >> 4) as f32 * d + m;
+    let mut q = [0i8; 32];
+    for (j, v) in b[4..20].iter().enumerate() {
+        q[j] = (v & 0x0F) as i8;
+        q[j + 16] = (v >> 4) as i8;
+    }
+    Block32 {
+        q,
+        scale: [d; 2],
+        min: Some(m),
     }
 }
 
 /// `d: f16, qs: [i8; 32]`: `q * d`.
-fn q8_0(b: &[u8], y: &mut [f32]) {
+fn q8_0(b: &[u8]) -> Block32 {
     let d = half(b, 0);
-    for (j, q) in b[2..34].iter().enumerate() {
-        y[j] = (*q as i8) as f32 * d;
+    Block32 {
+        q: std::array::from_fn(|j| b[2 + j] as i8),
+        scale: [d; 2],
+        min: None,
     }
 }
 
@@ -153,66 +197,69 @@ fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-/// `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: eight sub-blocks of 32, each
-/// `d·sc · q − dmin·m`.
-fn q4_k(b: &[u8], y: &mut [f32]) {
+/// Sub-block `j` of a Q4_K / Q5_K superblock: ggml's `d·sc · q − dmin·m`.
+fn k_block(b: &[u8], j: usize, q: [i8; 32]) -> Block32 {
     let (d, min) = (half(b, 0), half(b, 2));
-    let scales = &b[4..16];
-    let qs = &b[16..144];
-    for (chunk, (q, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min(2 * chunk, scales);
-        let (sc2, m2) = scale_min(2 * chunk + 1, scales);
-        let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
-        let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
-        for l in 0..32 {
-            out[l] = d1 * (q[l] & 0x0F) as f32 - m1;
-            out[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-        }
+    let (sc, m) = scale_min(j, &b[4..16]);
+    Block32 {
+        q,
+        scale: [d * sc as f32; 2],
+        min: Some(-(min * m as f32)),
+    }
+}
+
+/// `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: eight sub-blocks of 32.
+fn q4_k(b: &[u8], out: &mut Vec<Block32>) {
+    for (chunk, qs) in b[16..144].chunks_exact(32).enumerate() {
+        out.push(k_block(
+            b,
+            2 * chunk,
+            std::array::from_fn(|l| (qs[l] & 0x0F) as i8),
+        ));
+        out.push(k_block(
+            b,
+            2 * chunk + 1,
+            std::array::from_fn(|l| (qs[l] >> 4) as i8),
+        ));
     }
 }
 
 /// `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`: as Q4_K with a fifth bit
 /// from `qh`.
-fn q5_k(b: &[u8], y: &mut [f32]) {
-    let (d, min) = (half(b, 0), half(b, 2));
-    let scales = &b[4..16];
+fn q5_k(b: &[u8], out: &mut Vec<Block32>) {
     let qh = &b[16..48];
-    let qs = &b[48..176];
-    for (chunk, (ql, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min(2 * chunk, scales);
-        let (sc2, m2) = scale_min(2 * chunk + 1, scales);
-        let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
-        let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+    for (chunk, ql) in b[48..176].chunks_exact(32).enumerate() {
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
-        for l in 0..32 {
-            let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let hi2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            out[l] = d1 * ((ql[l] & 0x0F) + hi1) as f32 - m1;
-            out[l + 32] = d2 * ((ql[l] >> 4) + hi2) as f32 - m2;
-        }
+        let high = |l: usize, u: u8| if qh[l] & u != 0 { 16 } else { 0 };
+        let lo = std::array::from_fn(|l| ((ql[l] & 0x0F) + high(l, u1)) as i8);
+        let hi = std::array::from_fn(|l| ((ql[l] >> 4) + high(l, u2)) as i8);
+        out.push(k_block(b, 2 * chunk, lo));
+        out.push(k_block(b, 2 * chunk + 1, hi));
     }
 }
 
 /// `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`: 6-bit values less 32, sixteen
-/// sub-blocks of 16 with a scale each.
-fn q6_k(b: &[u8], y: &mut [f32]) {
+/// sub-blocks of 16 with a scale each (`d·sc · q`).
+fn q6_k(b: &[u8], out: &mut Vec<Block32>) {
     let d = half(b, 208);
     for half_block in 0..2 {
         let ql = &b[half_block * 64..half_block * 64 + 64];
         let qh = &b[128 + half_block * 32..128 + half_block * 32 + 32];
         let sc = &b[192 + half_block * 8..192 + half_block * 8 + 8];
-        let out = &mut y[half_block * 128..half_block * 128 + 128];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            let s = |k: usize| d * (sc[is + k] as i8) as f32;
-            out[l] = s(0) * q1 as f32;
-            out[l + 32] = s(2) * q2 as f32;
-            out[l + 64] = s(4) * q3 as f32;
-            out[l + 96] = s(6) * q4 as f32;
+        // Four runs of 32 values: low nibbles of ql[0..32], of ql[32..64], then high nibbles,
+        // each with two bits of qh.
+        for run in 0..4 {
+            let q = std::array::from_fn(|l| {
+                let low = ql[l + 32 * (run % 2)];
+                let low = if run < 2 { low & 0x0F } else { low >> 4 };
+                ((low | (((qh[l] >> (2 * run)) & 3) << 4)) as i32 - 32) as i8
+            });
+            let s = |k: usize| d * (sc[2 * run + k] as i8) as f32;
+            out.push(Block32 {
+                q,
+                scale: [s(0), s(1)],
+                min: None,
+            });
         }
     }
 }
