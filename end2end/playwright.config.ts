@@ -13,6 +13,12 @@ export const stripeWebhookSecret = "whsec_e2e_secret";
 export const playgroundPort = Number(process.env.E2E_PLAYGROUND_PORT ?? 3212);
 export const playgroundDir = process.env.E2E_PLAYGROUND_DIR ?? "/tmp/tokenmill-e2e-playground";
 const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
+// A third portal as README command 1 starts it: the test model and SmolLM2-135M-Instruct (the
+// file the test command fetched), for the newcomer's first playground answer. Without the file
+// it is not started and its test says why.
+export const smollm2File = process.env.TOKENMILL_SMOLLM2_GGUF;
+export const smollm2Port = Number(process.env.E2E_SMOLLM2_PORT ?? 3213);
+const smollm2Dir = process.env.E2E_SMOLLM2_DIR ?? "/tmp/tokenmill-e2e-smollm2";
 
 export default defineConfig({
   testDir: "./tests",
@@ -75,5 +81,21 @@ export default defineConfig({
       TOKENMILL_OUTBOX_DIR: `${playgroundDir}/outbox`,
       TOKENMILL_SIGNUPS_PER_IP_HOUR: "10000",
     },
-  }],
+  }, ...(smollm2File ? [{
+    command: `rm -rf ${smollm2Dir} && mkdir -p ${smollm2Dir} && ${bin} model fixture --shape tiny --out ${smollm2Dir}/tiny && ${bin}`,
+    url: `http://127.0.0.1:${smollm2Port}/ready`,
+    reuseExistingServer: false,
+    timeout: 120_000,
+    env: {
+      TOKENMILL_ADDR: `127.0.0.1:${smollm2Port}`,
+      DATABASE_URL: `sqlite://${smollm2Dir}/tokenmill.db?mode=rwc`,
+      TOKENMILL_JOURNAL_DIR: `${smollm2Dir}/journal`,
+      LEPTOS_SITE_ROOT: process.env.LEPTOS_SITE_ROOT ?? "../target/site",
+      RUST_LOG: "warn",
+      TOKENMILL_MODELS: `tokenmill-tiny=${smollm2Dir}/tiny,smollm2-135m-instruct=${smollm2File}`,
+      TOKENMILL_DEVICE: "cpu",
+      TOKENMILL_OUTBOX_DIR: `${smollm2Dir}/outbox`,
+      TOKENMILL_SIGNUPS_PER_IP_HOUR: "10000",
+    },
+  }] : [])],
 });

@@ -33,7 +33,8 @@ export async function signUpStartup(page: Page, email: string, org: string, base
 
 /** The folder a portal writes its letters to (no SMTP server in these tests). */
 export function outboxOf(base = ""): string {
-  return `${base === "" ? dbDir : playgroundDir}/outbox`;
+  const dir = base === "" ? dbDir : base.endsWith(`:${smollm2Port}`) ? smollm2Dir : playgroundDir;
+  return `${dir}/outbox`;
 }
 
 /** A letter's text with quoted-printable soft line breaks joined. */
@@ -106,6 +107,8 @@ export function nanos(amount: string): bigint {
 
 const dbDir = process.env.E2E_DB_DIR ?? "/tmp/tokenmill-e2e";
 const playgroundDir = process.env.E2E_PLAYGROUND_DIR ?? "/tmp/tokenmill-e2e-playground";
+const smollm2Dir = process.env.E2E_SMOLLM2_DIR ?? "/tmp/tokenmill-e2e-smollm2";
+const smollm2Port = Number(process.env.E2E_SMOLLM2_PORT ?? 3213);
 export const bin = process.env.TOKENMILL_BIN ?? "../target/debug/tokenmill";
 
 /** Logs in on the portal at `base` ("" for the default one) and waits for the dashboard; with
