@@ -160,6 +160,9 @@ fn dots<W: WeightBlock>(ws: &[&[W]], xs: &[&[XBlock]]) -> [[f32; NQ]; MQ] {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` returned Avx2Fma only after runtime detection of both features; the
         // kernel reads whole blocks of slices whose lengths were checked above.
+        Isa::Avx2Fma if avx2::has_vnni() => unsafe { avx2::dots_vnni(ws, xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         Isa::Avx2Fma => unsafe { avx2::dots(ws, xs) },
         _ => dots_portable(ws, xs),
     }
@@ -234,83 +237,123 @@ pub mod avx2 {
         }
     }
 
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; every `ws[j]` holds the same number of blocks and
-    /// every `xs[i]` at least that many; 1 ≤ `xs.len()` ≤ MQ, 1 ≤ `ws.len()` ≤ NQ.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dots<W: WeightBlock>(ws: &[&[W]], xs: &[&[XBlock]]) -> [[f32; NQ]; MQ] {
-        // Monomorphise on the tile shape so the accumulators live in registers.
-        macro_rules! go {
-            ($m:literal, $n:literal) => {
-                // SAFETY: forwarded from this function's contract.
-                unsafe {
-                    kernel::<W, $m, $n>(
-                        std::array::from_fn(|j| ws[j]),
-                        std::array::from_fn(|i| xs[i]),
-                    )
-                }
-            };
-        }
-        match (xs.len(), ws.len()) {
-            (1, 1) => go!(1, 1),
-            (1, 2) => go!(1, 2),
-            (2, 1) => go!(2, 1),
-            (2, 2) => go!(2, 2),
-            (3, 1) => go!(3, 1),
-            (3, 2) => go!(3, 2),
-            (4, 1) => go!(4, 1),
-            _ => go!(4, 2),
-        }
-    }
-
+    /// A block's 32 products of unsigned weight bytes and signed activation bytes, summed four
+    /// to a lane, as f32s. A pair of products fits an i16 (see `prepare_q8`), so `maddubs` does
+    /// not saturate and both forms give the same integers.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    // The tile indexes accumulators, x blocks and w blocks together; ranges read best.
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn kernel<W: WeightBlock, const M: usize, const N: usize>(
-        ws: [&[W]; N],
-        xs: [&[XBlock]; M],
-    ) -> [[f32; NQ]; MQ] {
-        const { assert!(M <= MQ && N <= NQ) };
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); N]; M];
-        let mut offsets = [[0f32; N]; M];
-        let nb = ws[0].len();
-        for b in 0..nb {
-            for j in 0..N {
-                // Weight rows are streamed from memory once, and the next tile's rows follow
-                // these in memory: ask for the same block of them, a tile ahead of use (a
-                // prefetch past the end is harmless; it never faults).
-                _mm_prefetch::<_MM_HINT_T0>(ws[j].as_ptr().wrapping_add(N * nb + b).cast());
-                // SAFETY: this function has the features `prepare` needs.
-                let w = unsafe { ws[j][b].prepare() };
-                for i in 0..M {
-                    let xb = &xs[i][b];
-                    // SAFETY: `q` is 32 bytes, one unaligned 256-bit load; `xs[i]` holds block
-                    // b (activations stay in the first-level cache: loading again is cheap).
-                    let xq = unsafe { _mm256_loadu_si256(xb.q.as_ptr().cast()) };
-                    let x = match w.signs {
-                        Some(signs) => _mm256_sign_epi8(xq, signs),
-                        None => xq,
-                    };
-                    let pairs = _mm256_maddubs_epi16(w.unsigned, x);
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                    let xd = _mm256_set1_ps(xb.d);
-                    acc[i][j] = _mm256_fmadd_ps(w.scale, _mm256_mul_ps(sums, xd), acc[i][j]);
-                    offsets[i][j] += w.min * xb.s;
+    fn sums_avx2(w: __m256i, x: __m256i) -> __m256 {
+        let pairs = _mm256_maddubs_epi16(w, x);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// As `sums_avx2`, in one instruction where the CPU has AVX-512 VNNI.
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    #[inline]
+    fn sums_vnni(w: __m256i, x: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x))
+    }
+
+    fn array<T: Copy, const K: usize>(s: &[T]) -> [T; K] {
+        std::array::from_fn(|i| s[i])
+    }
+
+    /// The tile kernel and its dispatch on the tile's shape, compiled for one set of features
+    /// with one way of summing a block.
+    macro_rules! tiles {
+        ($dots:ident, $kernel:ident, $features:literal, $sums:ident) => {
+            /// # Safety
+            /// The CPU must support the features named; every `ws[j]` holds the same number of
+            /// blocks and every `xs[i]` at least that many; 1 ≤ `xs.len()` ≤ MQ,
+            /// 1 ≤ `ws.len()` ≤ NQ.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $dots<W: WeightBlock>(
+                ws: &[&[W]],
+                xs: &[&[XBlock]],
+            ) -> [[f32; NQ]; MQ] {
+                // Monomorphised on the tile shape so the accumulators live in registers.
+                // SAFETY (every arm): forwarded from this function's contract.
+                unsafe {
+                    match (xs.len(), ws.len()) {
+                        (1, 1) => $kernel::<W, 1, 1>(array(ws), array(xs)),
+                        (1, 2) => $kernel::<W, 1, 2>(array(ws), array(xs)),
+                        (2, 1) => $kernel::<W, 2, 1>(array(ws), array(xs)),
+                        (2, 2) => $kernel::<W, 2, 2>(array(ws), array(xs)),
+                        (3, 1) => $kernel::<W, 3, 1>(array(ws), array(xs)),
+                        (3, 2) => $kernel::<W, 3, 2>(array(ws), array(xs)),
+                        (4, 1) => $kernel::<W, 4, 1>(array(ws), array(xs)),
+                        _ => $kernel::<W, 4, 2>(array(ws), array(xs)),
+                    }
                 }
             }
-        }
-        let mut out = [[0f32; NQ]; MQ];
-        for i in 0..M {
-            for j in 0..N {
-                let mut lanes = [0f32; LANES];
-                // SAFETY: `lanes` is 8 f32s, exactly one unaligned 256-bit store.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
-                out[i][j] = hsum(lanes) + offsets[i][j];
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            // The tile indexes accumulators, x blocks and w blocks together; ranges read best.
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn $kernel<W: WeightBlock, const M: usize, const N: usize>(
+                ws: [&[W]; N],
+                xs: [&[XBlock]; M],
+            ) -> [[f32; NQ]; MQ] {
+                const { assert!(M <= MQ && N <= NQ) };
+                let mut acc = [[_mm256_setzero_ps(); N]; M];
+                let mut offsets = [[0f32; N]; M];
+                let nb = ws[0].len();
+                for b in 0..nb {
+                    for j in 0..N {
+                        // Weight rows are streamed from memory once, and the next tile's rows
+                        // follow these in memory: ask for the same block of them, a tile ahead
+                        // of use (a prefetch past the end is harmless; it never faults).
+                        _mm_prefetch::<_MM_HINT_T0>(ws[j].as_ptr().wrapping_add(N * nb + b).cast());
+                        // SAFETY: this function has the features `prepare` needs.
+                        let w = unsafe { ws[j][b].prepare() };
+                        for i in 0..M {
+                            let xb = &xs[i][b];
+                            // SAFETY: `q` is 32 bytes, one unaligned 256-bit load; `xs[i]` holds
+                            // block b (activations stay in the first-level cache: loading
+                            // again is cheap).
+                            let xq = unsafe { _mm256_loadu_si256(xb.q.as_ptr().cast()) };
+                            let x = match w.signs {
+                                Some(signs) => _mm256_sign_epi8(xq, signs),
+                                None => xq,
+                            };
+                            let sums = $sums(w.unsigned, x);
+                            let xd = _mm256_set1_ps(xb.d);
+                            acc[i][j] =
+                                _mm256_fmadd_ps(w.scale, _mm256_mul_ps(sums, xd), acc[i][j]);
+                            offsets[i][j] += w.min * xb.s;
+                        }
+                    }
+                }
+                let mut out = [[0f32; NQ]; MQ];
+                for i in 0..M {
+                    for j in 0..N {
+                        let mut lanes = [0f32; LANES];
+                        // SAFETY: `lanes` is 8 f32s, exactly one unaligned 256-bit store.
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
+                        out[i][j] = hsum(lanes) + offsets[i][j];
+                    }
+                }
+                out
             }
-        }
-        out
+        };
+    }
+
+    tiles!(dots, kernel, "avx2,fma", sums_avx2);
+    tiles!(
+        dots_vnni,
+        kernel_vnni,
+        "avx2,fma,avx512vnni,avx512vl",
+        sums_vnni
+    );
+
+    /// Whether the CPU has AVX-512 VNNI on 256-bit registers (checked once).
+    pub(super) fn has_vnni() -> bool {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        })
     }
 }
 
@@ -515,5 +558,72 @@ mod tests {
             let (a, b) = (a[0][0], b[0][0]);
             assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
         }
+    }
+
+    /// `maddubs` + `madd` and VNNI's `dpbusd` give the same integers, so the same floats: the
+    /// pinned answers of real models do not depend on which the CPU has. Extreme values included
+    /// (weights of −128 and 15, activations of ±127).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_vnni_kernels_agree_bitwise() {
+        if !(matches!(isa(), Isa::Avx2Fma) && avx2::has_vnni()) {
+            eprintln!("skipped: this CPU lacks AVX2 or AVX-512 VNNI");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let nb = 9;
+        let x: Vec<XBlock> = (0..4 * nb)
+            .map(|b| {
+                let mut xb = XBlock::default();
+                for (j, q) in xb.q.iter_mut().enumerate() {
+                    *q = match (b + j) % 7 {
+                        0 => 127,
+                        1 => -127,
+                        _ => rng.random_range(-127..=127),
+                    };
+                }
+                xb.d = rng.random_range(0.001..0.1);
+                xb.s = rng.random_range(-3.0..3.0);
+                xb
+            })
+            .collect();
+        let w8: Vec<Q8Block> = (0..2 * nb)
+            .map(|b| Q8Block {
+                q: std::array::from_fn(|j| match (b + j) % 5 {
+                    0 => -128,
+                    1 => 127,
+                    _ => rng.random_range(-128..=127),
+                }),
+                scale: [rng.random_range(0.001..0.1), rng.random_range(0.001..0.1)],
+                min: rng.random_range(-1.0..1.0),
+            })
+            .collect();
+        let w4: Vec<Q4Block> = (0..2 * nb)
+            .map(|b| Q4Block {
+                qs: std::array::from_fn(|j| if (b + j) % 3 == 0 { 0xFF } else { rng.random() }),
+                d: rng.random_range(0.001..0.1),
+                m: rng.random_range(-1.0..1.0),
+            })
+            .collect();
+        fn both<W: WeightBlock>(w: &[W], x: &[XBlock], nb: usize) {
+            let ws: Vec<&[W]> = w.chunks(nb).collect();
+            let xs: Vec<&[XBlock]> = x.chunks(nb).collect();
+            for (m, n) in [(1, 1), (4, 2), (3, 1)] {
+                // SAFETY: the test returned above unless the CPU has every feature; the slices
+                // hold `nb` blocks each.
+                let (a, b) = unsafe {
+                    (
+                        avx2::dots(&ws[..n], &xs[..m]),
+                        avx2::dots_vnni(&ws[..n], &xs[..m]),
+                    )
+                };
+                assert_eq!(
+                    a.map(|r| r.map(f32::to_bits)),
+                    b.map(|r| r.map(f32::to_bits))
+                );
+            }
+        }
+        both(&w8, &x, nb);
+        both(&w4, &x, nb);
     }
 }
