@@ -272,7 +272,7 @@ pub mod avx2 {
                 xs: &[&[XBlock]],
             ) -> [[f32; NQ]; MQ] {
                 // Monomorphised on the tile shape so the accumulators live in registers.
-                // SAFETY (every arm): forwarded from this function's contract.
+                // SAFETY: every arm forwards this function's contract.
                 unsafe {
                     match (xs.len(), ws.len()) {
                         (1, 1) => $kernel::<W, 1, 1>(array(ws), array(xs)),
