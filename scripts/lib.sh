@@ -106,13 +106,14 @@ ensure_aiosmtpd() {
 }
 
 # llama.cpp's own Python package (gguf, with numpy), for the tests that check dequantization
-# and quantization against it bit for bit, and Jinja2, which renders chat templates for
-# Hugging Face's tokenizers: ours must render them the same.
+# and quantization against it bit for bit; Jinja2, which renders chat templates for Hugging
+# Face's tokenizers; and SentencePiece, whose tokenization of Llama-style vocabularies ours
+# must match.
 ensure_gguf_python() {
-  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/gguf-python-2"
-  if [ ! -e "$dir/gguf/__init__.py" ] || [ ! -e "$dir/jinja2/__init__.py" ]; then
-    log "Installing the gguf and jinja2 Python packages from PyPI (quantization and template tests)"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "gguf==0.19.0" "jinja2==3.1.6"
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/gguf-python-3"
+  if [ ! -e "$dir/gguf/__init__.py" ] || [ ! -e "$dir/jinja2/__init__.py" ] || [ ! -e "$dir/sentencepiece/__init__.py" ]; then
+    log "Installing the gguf, jinja2 and sentencepiece Python packages from PyPI (quantization, template and tokenizer tests)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "gguf==0.19.0" "jinja2==3.1.6" "sentencepiece==0.2.1"
   fi
   export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
   export TOKENMILL_REQUIRE_GGUF_PYTHON=1

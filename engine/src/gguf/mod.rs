@@ -285,6 +285,12 @@ fn hf_name(gguf: &str, arch: Architecture) -> Option<(String, bool)> {
     Some((format!("model.layers.{layer}.{hf}"), permuted))
 }
 
+/// The tokenizer a GGUF file describes, without reading its tensors.
+pub fn tokenizer_of(path: &Path) -> Result<tokenizers::Tokenizer, EngineError> {
+    let file = GgufFile::open(path)?;
+    vocab::tokenizer(&file).map_err(|m| error(path, m))
+}
+
 /// A GGUF model as the engine's checkpoint: its tensors stay in the mapped file, quantized or
 /// not, and are turned into f32 (and their rows put back in Hugging Face order) only when a
 /// backend loads them.
