@@ -80,9 +80,10 @@ async fn the_fixture_as_f32_gguf_is_the_same_model_as_its_directory() {
             cb.tie_word_embeddings
         )
     );
+    // GGUF stores them as f32, the precision the forward pass uses.
     assert_eq!(
-        (ca.rms_norm_eps, ca.rope_theta),
-        (cb.rms_norm_eps, cb.rope_theta)
+        (ca.rms_norm_eps as f32, ca.rope_theta as f32),
+        (cb.rms_norm_eps as f32, cb.rope_theta as f32)
     );
     assert_eq!(ca.bos_token_id, cb.bos_token_id);
     assert_eq!(ca.eos_token_ids, cb.eos_token_ids);
@@ -413,4 +414,51 @@ async fn smollm2_answers_plain_questions_in_english() {
             assert_eq!(text, answer, "{question}");
         }
     }
+}
+
+const FIELD_TYPES: &str = r#"
+import json, sys
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[1])
+out = {}
+for name, f in r.fields.items():
+    kinds = [t.name for t in f.types]
+    value = bytes(f.parts[f.data[0]]).decode() if kinds == ["STRING"] else None
+    out[name] = {"types": kinds, "string": value}
+json.dump(out, sys.stdout)
+"#;
+
+/// llama.cpp refuses a hyperparameter stored at another width ("key llama.context_length has
+/// wrong type u64 but expected type u32") and a pre-tokenizer name it does not know, so the
+/// files we write use its types and names: read back by the gguf package.
+#[test]
+fn written_files_use_the_types_and_names_llama_cpp_requires() {
+    if !python_has("gguf") {
+        return;
+    }
+    let (_tmp, _dir, file) = both(Some(Quant::Q8_0));
+    let out = common::python(FIELD_TYPES, &[file.as_os_str()], b"");
+    let fields: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let types = |key: &str| fields[key]["types"].to_string();
+    for key in [
+        "block_count",
+        "context_length",
+        "embedding_length",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+    ] {
+        assert_eq!(types(&format!("llama.{key}")), r#"["UINT32"]"#, "{key}");
+    }
+    for key in [
+        "llama.attention.layer_norm_rms_epsilon",
+        "llama.rope.freq_base",
+    ] {
+        assert_eq!(types(key), r#"["FLOAT32"]"#, "{key}");
+    }
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        assert_eq!(types(key), r#"["UINT32"]"#, "{key}");
+    }
+    assert_eq!(types("tokenizer.ggml.token_type"), r#"["ARRAY","INT32"]"#);
+    assert_eq!(fields["tokenizer.ggml.pre"]["string"], "gpt-2");
 }

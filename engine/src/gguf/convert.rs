@@ -52,7 +52,8 @@ fn permute(values: &[f32], heads: usize, rows: usize) -> Vec<f32> {
 fn pre_type(pre: &Json) -> Option<&'static str> {
     let kind = |v: &Json| v.get("type").and_then(Json::as_str).map(str::to_string);
     match kind(pre)?.as_str() {
-        "ByteLevel" if pre.get("use_regex") != Some(&Json::Bool(false)) => Some("gpt2"),
+        // llama.cpp names GPT-2's split "gpt-2".
+        "ByteLevel" if pre.get("use_regex") != Some(&Json::Bool(false)) => Some("gpt-2"),
         "Sequence" => {
             let parts = pre.get("pretokenizers")?.as_array()?;
             let kinds: Vec<String> = parts.iter().filter_map(kind).collect();

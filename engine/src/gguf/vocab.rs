@@ -68,7 +68,7 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, String> {
         |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
     Ok(match pre {
         // GPT-2's split is what the byte-level pre-tokenizer's own regex does.
-        "gpt2" | "default" | "olmo" | "mpt" | "jais" => byte_level(true),
+        "gpt-2" | "gpt2" | "default" | "olmo" | "mpt" | "jais" => byte_level(true),
         // Each digit alone, then GPT-2's split.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![

@@ -23,31 +23,80 @@ fn string(w: &mut Vec<u8>, s: &str) {
     w.extend(s.as_bytes());
 }
 
-fn value(w: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::U64(n) => w.extend(n.to_le_bytes()),
-        Value::I64(n) => w.extend(n.to_le_bytes()),
-        Value::F64(n) => w.extend(n.to_le_bytes()),
-        Value::Bool(b) => w.push(u8::from(*b)),
-        Value::String(s) => string(w, s),
-        Value::Array(items) => {
-            w.extend(items.first().map_or(10, type_id).to_le_bytes());
-            w.extend((items.len() as u64).to_le_bytes());
-            for item in items {
-                value(w, item);
-            }
+/// How a value is stored. Numbers take llama.cpp's types (u32 and i32 where the value fits,
+/// f32 for every float, as its converters write them), because llama.cpp refuses a
+/// hyperparameter of another width ("key llama.context_length has wrong type u64 but expected
+/// type u32"). Reading widens them again.
+#[derive(Clone, Copy, PartialEq)]
+enum Stored {
+    U32,
+    U64,
+    I32,
+    I64,
+    F32,
+    Bool,
+    String,
+    Array,
+}
+
+impl Stored {
+    fn of(v: &Value) -> Stored {
+        match v {
+            Value::U64(n) if u32::try_from(*n).is_ok() => Stored::U32,
+            Value::U64(_) => Stored::U64,
+            Value::I64(n) if i32::try_from(*n).is_ok() => Stored::I32,
+            Value::I64(_) => Stored::I64,
+            Value::F64(_) => Stored::F32,
+            Value::Bool(_) => Stored::Bool,
+            Value::String(_) => Stored::String,
+            Value::Array(_) => Stored::Array,
+        }
+    }
+
+    /// One type for all of an array's items: the widest any of them needs.
+    fn of_items(items: &[Value]) -> Stored {
+        let all = |s: Stored| items.iter().all(|v| Stored::of(v) == s);
+        match items.first().map(Stored::of) {
+            None => Stored::U32,
+            Some(Stored::U32 | Stored::U64) if all(Stored::U32) => Stored::U32,
+            Some(Stored::U32 | Stored::U64) => Stored::U64,
+            Some(Stored::I32 | Stored::I64) if all(Stored::I32) => Stored::I32,
+            Some(Stored::I32 | Stored::I64) => Stored::I64,
+            Some(other) => other,
+        }
+    }
+
+    fn id(self) -> u32 {
+        match self {
+            Stored::U32 => 4,
+            Stored::I32 => 5,
+            Stored::F32 => 6,
+            Stored::Bool => 7,
+            Stored::String => 8,
+            Stored::Array => 9,
+            Stored::U64 => 10,
+            Stored::I64 => 11,
         }
     }
 }
 
-fn type_id(v: &Value) -> u32 {
-    match v {
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
+fn value(w: &mut Vec<u8>, v: &Value, stored: Stored) {
+    match (v, stored) {
+        (Value::U64(n), Stored::U32) => w.extend((*n as u32).to_le_bytes()),
+        (Value::U64(n), _) => w.extend(n.to_le_bytes()),
+        (Value::I64(n), Stored::I32) => w.extend((*n as i32).to_le_bytes()),
+        (Value::I64(n), _) => w.extend(n.to_le_bytes()),
+        (Value::F64(n), _) => w.extend((*n as f32).to_le_bytes()),
+        (Value::Bool(b), _) => w.push(u8::from(*b)),
+        (Value::String(s), _) => string(w, s),
+        (Value::Array(items), _) => {
+            let item = Stored::of_items(items);
+            w.extend(item.id().to_le_bytes());
+            w.extend((items.len() as u64).to_le_bytes());
+            for v in items {
+                value(w, v, item);
+            }
+        }
     }
 }
 
@@ -60,8 +109,9 @@ pub fn to_bytes(metadata: &[(String, Value)], tensors: &[Out]) -> Vec<u8> {
     w.extend((metadata.len() as u64).to_le_bytes());
     for (key, v) in metadata {
         string(&mut w, key);
-        w.extend(type_id(v).to_le_bytes());
-        value(&mut w, v);
+        let stored = Stored::of(v);
+        w.extend(stored.id().to_le_bytes());
+        value(&mut w, v, stored);
     }
     let mut offset = 0u64;
     for t in tensors {
