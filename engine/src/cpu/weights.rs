@@ -6,14 +6,16 @@ use crate::{Checkpoint, EngineError};
 
 use crate::gguf::{Block32, Quant};
 
-use super::quant::{Q4Block, Q8Block, WeightBlock, XBlock, quantize_rows};
+use super::quant::{Q4Block, Q8Block, Q80Block, WeightBlock, XBlock, quantize_rows};
 
 /// A weight matrix, rows of `k` values; quantized ones hold `k / 32` blocks a row.
 pub enum Matrix {
     F32(Vec<f32>),
     /// Q4_0, Q4_1 and Q4_K.
     Q4(Vec<Q4Block>),
-    /// Q8_0, Q5_K, Q6_K, and 4-bit types stacked with them.
+    /// Q8_0, and 4-bit types of one scale and no offset (Q4_0) stacked with it.
+    Q80(Vec<Q80Block>),
+    /// Q5_K, Q6_K, and the others stacked with them.
     Q8(Vec<Q8Block>),
 }
 
@@ -53,8 +55,12 @@ impl Matrix {
             .iter()
             .map(|(b, low)| Q4Block::new(b, (*low)?))
             .collect();
-        match four {
-            Some(four) => Matrix::Q4(four),
+        if let Some(four) = four {
+            return Matrix::Q4(four);
+        }
+        let one: Option<Vec<Q80Block>> = blocks.iter().map(|(b, _)| Q80Block::new(b)).collect();
+        match one {
+            Some(one) => Matrix::Q80(one),
             None => Matrix::Q8(blocks.into_iter().map(|(b, _)| Q8Block::from(b)).collect()),
         }
     }
@@ -63,6 +69,7 @@ impl Matrix {
         match self {
             Matrix::F32(v) => v.len() * 4,
             Matrix::Q4(b) => b.len() * size_of::<Q4Block>(),
+            Matrix::Q80(b) => b.len() * size_of::<Q80Block>(),
             Matrix::Q8(b) => b.len() * size_of::<Q8Block>(),
         }
     }
@@ -73,6 +80,7 @@ impl Matrix {
         match self {
             Matrix::F32(v) => out.copy_from_slice(&v[r * k..(r + 1) * k]),
             Matrix::Q4(b) => dequantize_row(&b[r * k / 32..(r + 1) * k / 32], out),
+            Matrix::Q80(b) => dequantize_row(&b[r * k / 32..(r + 1) * k / 32], out),
             Matrix::Q8(b) => dequantize_row(&b[r * k / 32..(r + 1) * k / 32], out),
         }
     }
@@ -91,6 +99,7 @@ impl Matrix {
         match self {
             Matrix::F32(w) => super::kernels::matmul(pool, x, rows, w, k, out),
             Matrix::Q4(w) => quantized(pool, x, rows, k, w, out, xq),
+            Matrix::Q80(w) => quantized(pool, x, rows, k, w, out, xq),
             Matrix::Q8(w) => quantized(pool, x, rows, k, w, out, xq),
         }
     }
