@@ -426,6 +426,9 @@ pub fn matmul<W: WeightBlock>(
     let block = (32 * 1024 / (nb * size_of::<W>()).max(1)).clamp(NQ, 128) / NQ * NQ;
     let blocks = cols.div_ceil(block);
     let ptr = OutPtr(out.as_mut_ptr());
+    // One activation row gains nothing from sharing weight loads: one weight row at a time
+    // keeps the weights one sequential stream, which the hardware prefetcher follows best.
+    let nq = if rows == 1 { 1 } else { NQ };
     let run = |b: usize| {
         let (n0, n1) = (b * block, ((b + 1) * block).min(cols));
         let mut m0 = 0;
@@ -435,7 +438,7 @@ pub fn matmul<W: WeightBlock>(
                 std::array::from_fn(|i| &xq[(m0 + i.min(m - 1)) * nb..][..nb]);
             let mut n = n0;
             while n < n1 {
-                let nn = NQ.min(n1 - n);
+                let nn = nq.min(n1 - n);
                 let ws: [&[W]; NQ] = std::array::from_fn(|j| &w[(n + j.min(nn - 1)) * nb..][..nb]);
                 let r = dots(&ws[..nn], &xs[..m]);
                 for (i, row) in r.iter().enumerate().take(m) {
