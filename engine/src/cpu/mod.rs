@@ -330,7 +330,12 @@ impl Backend for CpuBackend {
     fn device(&self) -> DeviceInfo {
         DeviceInfo {
             id: "cpu".into(),
-            name: format!("CPU, {} threads ({})", self.threads, kernels::isa_name()),
+            name: format!(
+                "CPU, {} threads ({}; quantized {})",
+                self.threads,
+                kernels::isa_name(),
+                quant::isa_name()
+            ),
             memory_bytes: None,
             bandwidth_bytes_per_s: None,
         }

@@ -187,6 +187,16 @@ pub fn quantize_rows(x: &[f32], out: &mut [XBlock]) {
 const MQ: usize = 4;
 const NQ: usize = 2;
 
+/// The instructions the quantized products use on this machine, for logs and benchmarks.
+pub fn isa_name() -> &'static str {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma if avx2::has_vnni() => "avx512-vnni",
+        Isa::Avx2Fma => "avx2",
+        Isa::Portable => "portable",
+    }
+}
+
 /// `out[i][j] = Σ_b ws[j][b] · xs[i][b]` for up to `MQ` activation rows and `NQ` weight rows.
 fn dots<W: WeightBlock>(ws: &[&[W]], xs: &[&[XBlock]]) -> [[f32; NQ]; MQ] {
     assert!((1..=MQ).contains(&xs.len()) && (1..=NQ).contains(&ws.len()));
