@@ -1,4 +1,4 @@
-//! Writing GGUF files: the test model as GGUF (`tokenmill model fixture --format gguf`), so
+//! Writing GGUF files: the test model as GGUF (`tokenmill model fixture --gguf TYPE`), so
 //! that the loader, every quantized type and the tokenizer rebuilt from metadata are tested
 //! without downloads. Quantization here is ggml's reference rounding for Q8_0, Q4_0 and Q4_1.
 
