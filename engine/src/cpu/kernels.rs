@@ -193,7 +193,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// A raw output pointer shared by the threads of one product; each writes disjoint elements.
 #[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
+struct OutPtr(*mut f32);
 // SAFETY: the pointer is only used to write disjoint elements of one live `&mut [f32]`, and the
 // parallel scope that uses it ends before that borrow does.
 unsafe impl Send for OutPtr {}
@@ -202,13 +202,13 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Through a method, so closures capture the whole (Send) wrapper, not the raw field.
-    pub(super) fn at(self, i: usize) -> *mut f32 {
+    fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }
 
 /// `out[m][n] = dot(x[m], w[n])` for x `[rows][k]` and w `[cols][k]` (both row-major), split
-/// over the pool's threads by blocks of w rows, so each w row is read from memory once per call.
+/// over the pool's threads by blocks of w rows ([`over_tiles`]).
 pub fn matmul(
     pool: &rayon::ThreadPool,
     x: &[f32],
@@ -224,33 +224,66 @@ pub fn matmul(
     // Blocks of w rows small enough to stay in cache while every x row passes over them, and
     // numerous enough to balance the threads.
     let block = (16 * 1024 / k.max(1)).clamp(NB, 64) / NB * NB;
-    let blocks = cols.div_ceil(block);
+    // Below a few tens of thousands of multiply-adds, handing work to threads costs more than
+    // it saves (tiny models, the last rows of a step).
+    let serial = rows * cols * k < 1 << 15;
+    let tiling = Tiling {
+        rows,
+        cols,
+        block,
+        n: NB,
+        serial,
+    };
+    over_tiles(pool, tiling, out, |m0, m, n0, n| {
+        tile(&x[m0 * k..], k, m, &w[n0 * k..], n, k)
+    });
+}
+
+/// How a product's `rows × cols` outputs are cut up: blocks of `block` columns, a task each on
+/// the pool unless `serial`; each block in tiles of up to `M` rows by up to `n` columns.
+pub(super) struct Tiling {
+    pub rows: usize,
+    pub cols: usize,
+    pub block: usize,
+    pub n: usize,
+    pub serial: bool,
+}
+
+/// Every tile of `t` computed by `tile(m0, m, n0, n)` (its first `m` rows of `n` results are
+/// used) and written into `out` (`rows × cols`, row-major). A column block belongs to one task,
+/// so each weight row is read from memory once per call.
+pub(super) fn over_tiles<const M: usize, const N: usize>(
+    pool: &rayon::ThreadPool,
+    t: Tiling,
+    out: &mut [f32],
+    tile: impl Fn(usize, usize, usize, usize) -> [[f32; N]; M] + Sync,
+) {
+    // The output is written through a raw pointer: these bounds must hold in every build.
+    assert!(out.len() >= t.rows * t.cols && (1..=N).contains(&t.n) && t.block > 0);
+    let blocks = t.cols.div_ceil(t.block);
     let ptr = OutPtr(out.as_mut_ptr());
     let run = |b: usize| {
-        let n0 = b * block;
-        let n1 = (n0 + block).min(cols);
+        let n1 = ((b + 1) * t.block).min(t.cols);
         let mut m0 = 0;
-        while m0 < rows {
-            let m = MB.min(rows - m0);
-            let mut n = n0;
-            while n < n1 {
-                let nn = NB.min(n1 - n);
-                let r = tile(&x[m0 * k..], k, m, &w[n * k..], nn, k);
+        while m0 < t.rows {
+            let m = M.min(t.rows - m0);
+            let mut n0 = b * t.block;
+            while n0 < n1 {
+                let n = t.n.min(n1 - n0);
+                let r = tile(m0, m, n0, n);
                 for (i, row) in r.iter().enumerate().take(m) {
-                    for (j, v) in row.iter().enumerate().take(nn) {
-                        // SAFETY: (m0+i) < rows and (n+j) < cols, inside `out`; this block of
-                        // columns belongs to this task alone.
-                        unsafe { *ptr.at((m0 + i) * cols + n + j) = *v };
+                    for (j, v) in row.iter().enumerate().take(n) {
+                        // SAFETY: (m0+i) < rows and (n0+j) < cols, inside `out`; this block
+                        // of columns belongs to this task alone.
+                        unsafe { *ptr.at((m0 + i) * t.cols + n0 + j) = *v };
                     }
                 }
-                n += nn;
+                n0 += n;
             }
             m0 += m;
         }
     };
-    // Below a few tens of thousands of multiply-adds, handing work to threads costs more than
-    // it saves (tiny models, the last rows of a step).
-    if blocks == 1 || pool.current_num_threads() == 1 || rows * cols * k < 1 << 15 {
+    if blocks == 1 || pool.current_num_threads() == 1 || t.serial {
         (0..blocks).for_each(run);
     } else {
         use rayon::prelude::*;

@@ -14,7 +14,7 @@
 
 use crate::gguf::Block32;
 
-use super::kernels::{Isa, LANES, OutPtr, hsum, isa};
+use super::kernels::{Isa, LANES, Tiling, hsum, isa, over_tiles};
 
 /// A weight block format the kernels read.
 pub trait WeightBlock: Copy + Send + Sync + 'static {
@@ -434,41 +434,20 @@ pub fn matmul<W: WeightBlock>(
     assert!(xq.len() >= rows * nb && out.len() >= rows * cols);
     // Blocks of weight rows that stay in cache while the activation rows pass over them.
     let block = (32 * 1024 / (nb * size_of::<W>()).max(1)).clamp(NQ, 128) / NQ * NQ;
-    let blocks = cols.div_ceil(block);
-    let ptr = OutPtr(out.as_mut_ptr());
-    // One activation row gains nothing from sharing weight loads: one weight row at a time
-    // keeps the weights one sequential stream, which the hardware prefetcher follows best.
-    let nq = if rows == 1 { 1 } else { NQ };
-    let run = |b: usize| {
-        let (n0, n1) = (b * block, ((b + 1) * block).min(cols));
-        let mut m0 = 0;
-        while m0 < rows {
-            let m = MQ.min(rows - m0);
-            let xs: [&[XBlock]; MQ] =
-                std::array::from_fn(|i| &xq[(m0 + i.min(m - 1)) * nb..][..nb]);
-            let mut n = n0;
-            while n < n1 {
-                let nn = nq.min(n1 - n);
-                let ws: [&[W]; NQ] = std::array::from_fn(|j| &w[(n + j.min(nn - 1)) * nb..][..nb]);
-                let r = dots(&ws[..nn], &xs[..m]);
-                for (i, row) in r.iter().enumerate().take(m) {
-                    for (j, v) in row.iter().enumerate().take(nn) {
-                        // SAFETY: (m0+i) < rows and (n+j) < cols, inside `out`; this block of
-                        // columns belongs to this task alone.
-                        unsafe { *ptr.at((m0 + i) * cols + n + j) = *v };
-                    }
-                }
-                n += nn;
-            }
-            m0 += m;
-        }
+    let tiling = Tiling {
+        rows,
+        cols,
+        block,
+        // One activation row gains nothing from sharing weight loads: one weight row at a time
+        // keeps the weights one sequential stream, which the hardware prefetcher follows best.
+        n: if rows == 1 { 1 } else { NQ },
+        serial: rows * cols * nb < 1 << 10,
     };
-    if blocks == 1 || pool.current_num_threads() == 1 || rows * cols * nb < 1 << 10 {
-        (0..blocks).for_each(run);
-    } else {
-        use rayon::prelude::*;
-        pool.install(|| (0..blocks).into_par_iter().for_each(run));
-    }
+    over_tiles(pool, tiling, out, |m0, m, n0, n| {
+        let xs: [&[XBlock]; MQ] = std::array::from_fn(|i| &xq[(m0 + i.min(m - 1)) * nb..][..nb]);
+        let ws: [&[W]; NQ] = std::array::from_fn(|j| &w[(n0 + j.min(n - 1)) * nb..][..nb]);
+        dots(&ws[..n], &xs[..m])
+    });
 }
 
 #[cfg(test)]
