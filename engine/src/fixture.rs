@@ -21,6 +21,9 @@ pub use tokenizer::{SPECIAL_TOKENS, train_tokenizer};
 pub enum Shape {
     /// A few hundred thousand parameters: fast enough for every test.
     Tiny,
+    /// As small, but every matrix row a whole number of 256-value superblocks, so that a
+    /// K-quant file of it is all K-quant blocks.
+    Tiny256,
     /// SmolLM2-135M's shape (tied embeddings).
     SmolLm2_135M,
     /// TinyLlama-1.1B's shape.
@@ -31,6 +34,7 @@ impl Shape {
     pub fn parse(text: &str) -> Option<Shape> {
         match text {
             "tiny" => Some(Shape::Tiny),
+            "tiny-256" => Some(Shape::Tiny256),
             "smollm2-135m" => Some(Shape::SmolLm2_135M),
             "tinyllama-1.1b" => Some(Shape::TinyLlama1_1B),
             _ => None,
@@ -66,6 +70,7 @@ impl Default for FixtureSpec {
 fn dims(shape: Shape) -> (usize, usize, usize, usize, usize, usize, bool, usize) {
     match shape {
         Shape::Tiny => (512, 64, 160, 2, 4, 2, false, 512),
+        Shape::Tiny256 => (512, 256, 512, 2, 4, 2, false, 512),
         Shape::SmolLm2_135M => (49_152, 576, 1_536, 30, 9, 3, true, 8_192),
         Shape::TinyLlama1_1B => (32_000, 2_048, 5_632, 22, 32, 4, false, 2_048),
     }

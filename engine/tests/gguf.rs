@@ -19,9 +19,14 @@ use rand_chacha::ChaCha8Rng;
 
 /// The fixture as a directory and as GGUF in `quant`.
 fn both(quant: Option<Quant>) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    both_of(&FixtureSpec::default(), quant)
+}
+
+/// The fixture of `spec` as a directory and as GGUF in `quant`.
+fn both_of(spec: &FixtureSpec, quant: Option<Quant>) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tiny");
-    write_fixture(&dir, &FixtureSpec::default()).unwrap();
+    write_fixture(&dir, spec).unwrap();
     let file = tmp.path().join("tiny.gguf");
     convert(&Checkpoint::open(&dir).unwrap(), quant, &file).unwrap();
     (tmp, dir, file)
@@ -168,6 +173,43 @@ async fn quantized_fixtures_stay_close_to_the_weights_and_serve() {
     let full = generate(&worker(&dir), chat("The sea"), 4, true).await.0;
     let q8 = generate(&worker(&file), chat("The sea"), 4, true).await.0;
     assert_eq!(full[..2], q8[..2]);
+}
+
+#[tokio::test]
+async fn q4_k_fixtures_are_q4_k_where_rows_are_whole_superblocks() {
+    // Every row of the 256-wide shape is whole superblocks: every matrix is Q4_K.
+    let spec = FixtureSpec {
+        shape: engine::fixture::Shape::Tiny256,
+        ..FixtureSpec::default()
+    };
+    let (_tmp, dir, file) = both_of(&spec, Some(Quant::Q4K));
+    let (a, b) = (
+        Checkpoint::open(&dir).unwrap(),
+        Checkpoint::open(&file).unwrap(),
+    );
+    let mut matrices = 0;
+    for (name, shape) in a.config.expected_tensors() {
+        let t = b.tensor(&name).unwrap();
+        if shape.len() != 2 {
+            assert_eq!(t.quant, None, "{name}");
+            continue;
+        }
+        matrices += 1;
+        assert_eq!(t.quant, Some(Quant::Q4K), "{name}");
+        let (x, y) = (a.tensor(&name).unwrap().to_f32(), t.to_f32());
+        let err = rms(x.iter().zip(&y).map(|(p, q)| p - q)) / rms(x.iter().copied());
+        assert!(err > 0.0 && err < 0.15, "{name}: relative error {err:.4}");
+    }
+    assert_eq!(matrices, 2 + 7 * a.config.num_layers);
+    let (tokens, _) = generate(&worker(&file), chat("Hello"), 16, true).await;
+    assert_eq!(tokens.len(), 16);
+    // The 64- and 160-wide rows of the small shape are not: they fall back to Q8_0.
+    let (_tmp, _dir, file) = both(Some(Quant::Q4K));
+    let b = Checkpoint::open(&file).unwrap();
+    for (name, shape) in b.config.expected_tensors() {
+        let expected = (shape.len() == 2).then_some(Quant::Q8_0);
+        assert_eq!(b.tensor(&name).unwrap().quant, expected, "{name}");
+    }
 }
 
 #[tokio::test]
@@ -368,6 +410,46 @@ fn quantization_matches_llama_cpp_byte_for_byte() {
         let ours = engine::gguf::quantize(q, &values).unwrap();
         assert_eq!(ours, gguf_quants("quantize", kind, &bytes), "{kind}");
     }
+}
+
+#[test]
+fn q4_k_quantization_error_stays_within_its_bound() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut values: Vec<f32> = (0..256 * 16).map(|_| rng.random_range(-1.0..1.0)).collect();
+    values[..256].fill(0.0); // an all-zero superblock
+    values[256..288].fill(0.25); // a constant sub-block
+    values[512] = 100.0; // an outlier
+    for v in &mut values[768..1024] {
+        *v = v.abs() + 0.5; // all positive: the min stays at 0
+    }
+    let bytes = engine::gguf::quantize(Quant::Q4K, &values).unwrap();
+    assert_eq!(bytes.len(), 16 * 144);
+    let back = Quant::Q4K.dequantize(&bytes);
+    assert!(back[..256].iter().all(|v| *v == 0.0));
+    for (j, (x, b)) in values.chunks(32).zip(Quant::Q4K.unpack(&bytes)).enumerate() {
+        // Each value is `-offset + t·scale` for some t in [0, 15]; the sub-block stores
+        // `-m + q·s`. The nearest stored value is no farther than q = round(t)'s.
+        let min = x.iter().copied().fold(0f32, f32::min);
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let (scale, offset) = ((max - min) / 15.0, -min);
+        let (s, m) = (b.scale[0], -b.min.unwrap());
+        let bound = (m - offset).abs() + 15.0 * (s - scale).abs() + s / 2.0;
+        let slack = 1e-6 * (max.abs() + offset);
+        for (l, (v, w)) in x.iter().zip(&back[32 * j..32 * j + 32]).enumerate() {
+            assert!(
+                (v - w).abs() <= bound + slack,
+                "sub-block {j} value {l}: {v} came back as {w}, bound {bound}"
+            );
+        }
+    }
+    // Where no outlier stretches the scales, 4 bits keep the error small.
+    let ordinary = 1024..;
+    let err = rms(values[ordinary.clone()]
+        .iter()
+        .zip(&back[ordinary.clone()])
+        .map(|(p, q)| p - q))
+        / rms(values[ordinary].iter().copied());
+    assert!(err < 0.08, "relative error {err:.4}");
 }
 
 #[tokio::test]

@@ -89,8 +89,9 @@ pub enum ModelCommand {
         out: std::path::PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// `tiny` for tests; a real model's shape for benchmarks.
-        #[arg(long, default_value = "tiny", value_parser = ["tiny", "smollm2-135m", "tinyllama-1.1b"])]
+        /// `tiny` for tests (`tiny-256`: rows of whole K-quant superblocks); a real model's
+        /// shape for benchmarks.
+        #[arg(long, default_value = "tiny", value_parser = ["tiny", "tiny-256", "smollm2-135m", "tinyllama-1.1b"])]
         shape: String,
         #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "mistral"])]
         arch: String,
@@ -103,7 +104,7 @@ pub enum ModelCommand {
         #[arg(long)]
         llama3_rope: bool,
         /// Write one GGUF file at `--out` instead, its matrices in this type.
-        #[arg(long, value_parser = ["f32", "q8_0", "q4_0", "q4_1"])]
+        #[arg(long, value_parser = ["f32", "q8_0", "q4_0", "q4_1", "q4_k"])]
         gguf: Option<String>,
     },
     /// Write a Hugging Face model directory as one GGUF file (byte-level BPE tokenizers; no
@@ -113,7 +114,7 @@ pub enum ModelCommand {
         from: std::path::PathBuf,
         #[arg(long)]
         out: std::path::PathBuf,
-        #[arg(long, default_value = "q8_0", value_parser = ["f32", "q8_0", "q4_0", "q4_1"])]
+        #[arg(long, default_value = "q8_0", value_parser = ["f32", "q8_0", "q4_0", "q4_1", "q4_k"])]
         quant: String,
     },
     /// Open a model (a directory or a `.gguf` file) as the server would, and print what it is.
@@ -126,6 +127,7 @@ fn quant_of(name: &str) -> Option<engine::gguf::Quant> {
         "q8_0" => Some(Quant::Q8_0),
         "q4_0" => Some(Quant::Q4_0),
         "q4_1" => Some(Quant::Q4_1),
+        "q4_k" => Some(Quant::Q4K),
         _ => None,
     }
 }

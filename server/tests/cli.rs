@@ -168,6 +168,20 @@ fn model_commands_write_convert_and_inspect_gguf_files() {
     );
     assert!(text.contains("tensors in Q4_1"), "{text}");
     assert!(text.contains("chat template: yes"), "{text}");
+    // Rows of whole 256-value superblocks in Q4_K.
+    let q4k = tmp.path().join("tiny-q4_k.gguf");
+    run(
+        &[
+            "model", "fixture", "--shape", "tiny-256", "--gguf", "q4_k", "--out",
+        ],
+        &q4k,
+    );
+    let text = run(&["model", "inspect"], &q4k);
+    assert!(text.contains("hidden 256"), "{text}");
+    assert!(
+        text.contains("tensors in Q4_K") && !text.contains("tensors in Q8_0"),
+        "{text}"
+    );
     let text = run(&["model", "inspect"], &q8);
     assert!(text.contains("Qwen2: 2 layers"), "{text}");
     assert!(

@@ -196,8 +196,23 @@ fn metadata(ck: &Checkpoint, path: &Path) -> Result<Vec<(String, Value)>, Engine
     Ok(m)
 }
 
-/// Writes `ck` to `out` as GGUF: matrices whose rows are whole 32-value blocks in `quant`
-/// (F32 when `None`), everything else (norms, biases) in F32.
+/// The type a matrix of `shape` is written in when `quant` is asked for: `quant` when its
+/// rows are whole blocks of it; Q8_0 when they are not whole 256-value superblocks of a
+/// K-quant but are whole 32-value blocks (llama.cpp's converter falls back the same way, to
+/// a type of 32-value blocks); none (F32) for vectors and rows of no whole blocks.
+fn type_of_matrix(quant: Quant, shape: &[usize]) -> Option<Quant> {
+    let [_, k] = shape else { return None };
+    if k % quant.block().0 == 0 {
+        Some(quant)
+    } else if k % 32 == 0 {
+        Some(Quant::Q8_0)
+    } else {
+        None
+    }
+}
+
+/// Writes `ck` to `out` as GGUF: matrices in `quant` where their rows allow it (see
+/// [`type_of_matrix`]; F32 when `None`), everything else (norms, biases) in F32.
 pub fn convert(ck: &Checkpoint, quant: Option<Quant>, out: &Path) -> Result<(), EngineError> {
     let metadata = metadata(ck, out)?;
     let c = &ck.config;
@@ -214,8 +229,7 @@ pub fn convert(ck: &Checkpoint, quant: Option<Quant>, out: &Path) -> Result<(), 
             };
             values = permute(&values, heads, shape[0]);
         }
-        let blocks = shape.len() == 2 && shape[1] % 32 == 0;
-        let (ggml_type, data) = match quant.filter(|_| blocks) {
+        let (ggml_type, data) = match quant.and_then(|q| type_of_matrix(q, &shape)) {
             Some(q) => {
                 let data = quantize(q, &values).ok_or_else(|| {
                     error(out, format!("{q:?} is not a type this converter writes"))

@@ -157,10 +157,17 @@ pub fn ggml_id(q: Quant) -> u32 {
     }
 }
 
-/// `values` (a whole number of 32-value blocks) quantized as ggml's reference does, for the
-/// types written here; `None` for the K-quants, which this writer does not make.
+/// `values` (a whole number of the type's blocks) quantized: Q8_0, Q4_0 and Q4_1 as ggml's
+/// reference does, to the byte; Q4_K by [`q4_k`]; `None` for Q5_K and Q6_K, which this writer
+/// does not make.
 pub fn quantize(q: Quant, values: &[f32]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
+    if q == Quant::Q4K {
+        for x in values.chunks(256) {
+            q4_k(x, &mut out);
+        }
+        return Some(out);
+    }
     for x in values.chunks(32) {
         match q {
             Quant::Q8_0 => {
@@ -194,4 +201,69 @@ pub fn quantize(q: Quant, values: &[f32]) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// One Q4_K superblock (256 values): eight sub-blocks of 32, each `d·sc · q − dmin·m` with a
+/// 6-bit `sc` and `m`. The scale and min of a sub-block come from its own range (the min
+/// never above 0, as ggml keeps it), then are rounded to 6 bits against the largest of the
+/// superblock. That is the plain min–max choice, not ggml's search for the least squared
+/// error (`make_qkx2_quants`): files written here are test fixtures, whose error only has to
+/// be bounded; reading and computing with them is what must match ggml.
+fn q4_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    for (j, sub) in x.chunks_exact(32).enumerate() {
+        let min = sub.iter().copied().fold(0f32, f32::min);
+        let max = sub.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scales[j] = (max - min) / 15.0;
+        mins[j] = -min;
+    }
+    let max_scale = scales.iter().copied().fold(0f32, f32::max);
+    let max_min = mins.iter().copied().fold(0f32, f32::max);
+    let six_bits = |v: f32, max: f32| {
+        if max > 0.0 {
+            ((63.0 / max) * v).round().min(63.0) as u8
+        } else {
+            0
+        }
+    };
+    let ls: [u8; 8] = std::array::from_fn(|j| six_bits(scales[j], max_scale));
+    let lm: [u8; 8] = std::array::from_fn(|j| six_bits(mins[j], max_min));
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+    out.extend(d.to_le_bytes());
+    out.extend(dmin.to_le_bytes());
+    // ggml's packing (`get_scale_min_k4` reads it back): sub-blocks 0–3 in the low six bits
+    // of bytes 0–7, sub-blocks 4–7 as nibbles of bytes 8–11 with their top two bits above
+    // those of 0–3.
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            packed[j] = ls[j];
+            packed[j + 4] = lm[j];
+        } else {
+            packed[j + 4] = (ls[j] & 0x0F) | ((lm[j] & 0x0F) << 4);
+            packed[j - 4] |= (ls[j] >> 4) << 6;
+            packed[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    out.extend(packed);
+    let q: Vec<[u8; 32]> = x
+        .chunks_exact(32)
+        .enumerate()
+        .map(|(j, sub)| {
+            let scale = d.to_f32() * f32::from(ls[j]);
+            let offset = dmin.to_f32() * f32::from(lm[j]);
+            std::array::from_fn(|l| {
+                if scale == 0.0 {
+                    return 0;
+                }
+                ((sub[l] + offset) / scale).round().clamp(0.0, 15.0) as u8
+            })
+        })
+        .collect();
+    // 32 bytes per pair of sub-blocks: the first in the low nibbles, the second in the high.
+    for pair in q.chunks_exact(2) {
+        out.extend((0..32).map(|l| pair[0][l] | (pair[1][l] << 4)));
+    }
 }
