@@ -20,7 +20,7 @@ pub mod metrics;
 mod pricing;
 pub mod recovery;
 mod running;
-mod settler;
+mod settlement;
 mod usage;
 mod wallets;
 
@@ -218,8 +218,8 @@ struct Inner {
     drain: drain::DrainState,
     /// What admission last read of each wallet (see [`wallets`]).
     wallets: wallets::Wallets,
-    /// Finished jobs waiting to be settled together (see [`settler`]).
-    settler: settler::Settler,
+    /// Finished jobs waiting to be settled together (see [`settlement`]).
+    settler: settlement::Settler,
 }
 
 impl Jobs {
@@ -244,7 +244,7 @@ impl Jobs {
                 journal: std::sync::OnceLock::new(),
                 drain: drain::DrainState::default(),
                 wallets: wallets::Wallets::default(),
-                settler: settler::Settler::default(),
+                settler: settlement::Settler::default(),
             }),
         }
     }

@@ -12,7 +12,8 @@ use db::sqlx::Row;
 use ledger::Nanos;
 
 use crate::journal::{self, Entry};
-use crate::running::{JobContext, Settlement, charge};
+use crate::running::JobContext;
+use crate::settlement::{Settlement, write_settlement};
 use crate::{JobError, JobKind, Jobs, Principal};
 
 /// How often an instance records that it is alive.
@@ -241,7 +242,7 @@ impl Jobs {
             delivered,
             "stream of a stopped instance: delivered tokens charged, job failed"
         );
-        charge(
+        write_settlement(
             self,
             &ctx,
             &Settlement {

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use db::{new_id, now_ms, sqlx::Row};
 use engine::{Event, Finish, FinishReason, Generation};
-use ledger::{AccountKind, AccountSpec, Nanos};
+use ledger::Nanos;
 
+use crate::settlement::settle_or_void;
 use crate::{JobError, JobKind, Jobs, Principal, Rates};
 
 /// What admission decided, carried to settlement.
@@ -225,7 +225,7 @@ impl RunningJob {
     }
 
     /// The engine's last word when the job ran to its end (a stop or the length limit), once
-    /// its last event was handed out: what [`RunningJob::settle_completed`] charges.
+    /// its last event was handed out: what [`RunningJob::settle_without_waiting`] charges.
     pub fn completed(&self) -> Option<&Finish> {
         match &self.end {
             Some(End::Finished(f)) if f.reason != FinishReason::Cancelled => Some(f),
@@ -240,17 +240,17 @@ impl RunningJob {
     /// always; the answer still goes out.
     ///
     /// The answer does not wait for the commit: the settlement waits a moment for others and
-    /// is written with them in one transaction (see `settler`), beside the caller's next
+    /// is written with them in one transaction (see `settlement::gather`), beside the caller's next
     /// requests (docs/perf.md, "Gateway overhead"). The job stays unsettled for a shutdown
     /// until the commit.
     ///
     /// # Panics
     /// In debug builds, when the job did not run to its end (settle those with
     /// [`RunningJob::settle`], whose receipt says what happened).
-    pub fn settle_completed(mut self) {
+    pub fn settle_without_waiting(mut self) {
         debug_assert!(
             self.completed().is_some(),
-            "settle_completed on an unfinished job"
+            "settle_without_waiting on an unfinished job"
         );
         if !self.streaming {
             self.streaming = true;
@@ -270,7 +270,7 @@ impl RunningJob {
         match end {
             Some(End::Finished(finish)) if finish.reason != FinishReason::Cancelled => {
                 let settler = &self.jobs.inner.settler;
-                settler.send(crate::settler::Finished::new(
+                settler.send(crate::settlement::Finished::new(
                     jobs, ctx, finish, delivered, slot,
                 ));
             }
@@ -280,7 +280,7 @@ impl RunningJob {
                 tokio::spawn(tracing::Instrument::instrument(
                     async move {
                         let end = end.unwrap_or_else(|| End::Failed("no end".into()));
-                        if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
+                        if let Err(e) = settle_or_void(&jobs, &ctx, end, delivered, slot).await {
                             tracing::error!(error = %e, "settling a finished job failed; not charged");
                         }
                     },
@@ -305,7 +305,7 @@ impl RunningJob {
                     Some(end) => end,
                     None => drain(generation).await,
                 };
-                settle(&jobs, &ctx, end, delivered, slot).await
+                settle_or_void(&jobs, &ctx, end, delivered, slot).await
             },
             span,
         ))
@@ -362,488 +362,11 @@ impl Drop for RunningJob {
                     Some(end) => end,
                     None => drain(Some(generation)).await,
                 };
-                if let Err(e) = settle(&jobs, &ctx, end, delivered, slot).await {
+                if let Err(e) = settle_or_void(&jobs, &ctx, end, delivered, slot).await {
                     tracing::error!(error = %e, "settling an abandoned job failed; its hold expires by TTL");
                 }
             },
             span,
         ));
     }
-}
-
-/// Settles the job; when that fails (storage trouble, or the hold expired meanwhile) the hold
-/// is voided and the job marked failed, so nothing stays reserved and the caller's "not
-/// charged" is true. The journal slot is freed only after, so a crash before the settlement
-/// committed still finds the delivered count.
-pub(crate) async fn settle(
-    jobs: &Jobs,
-    ctx: &JobContext,
-    end: End,
-    delivered: usize,
-    slot: Option<crate::journal::Slot>,
-) -> Result<Receipt, JobError> {
-    let result = match settle_once(jobs, ctx, end, delivered).await {
-        Ok(r) => Ok(r),
-        Err(e) => Err(not_settled(jobs, ctx, e).await),
-    };
-    settled(jobs, ctx, &result, slot, now_ms());
-    result
-}
-
-/// A settlement that failed (`e`): the hold is voided and the job marked failed, so nothing
-/// stays reserved and the job is not charged. Returns `e`.
-pub(crate) async fn not_settled(jobs: &Jobs, ctx: &JobContext, e: JobError) -> JobError {
-    tracing::error!(job = ctx.id, error = %e, "settlement failed; voiding the hold");
-    if let Err(again) = fail(jobs, ctx, format!("settlement failed: {e}")).await {
-        tracing::error!(job = ctx.id, error = %again, "marking the job failed also failed");
-    }
-    e
-}
-
-/// After a job's settlement committed (or failed for good): its metrics (the job having
-/// ended at `ended_at`, milliseconds), its journal slot (freed only now, so a crash before
-/// the commit still finds the delivered count) and the shutdown's count of unsettled jobs.
-pub(crate) fn settled(
-    jobs: &Jobs,
-    ctx: &JobContext,
-    result: &Result<Receipt, JobError>,
-    slot: Option<crate::journal::Slot>,
-    ended_at: i64,
-) {
-    let (status, receipt) = match result {
-        Ok(
-            r @ Receipt {
-                charged: Charged::Complete,
-                ..
-            },
-        ) => ("succeeded", Some(r)),
-        Ok(
-            r @ Receipt {
-                charged: Charged::Partial,
-                ..
-            },
-        ) => ("cancelled", Some(r)),
-        Ok(r) => ("failed", Some(r)),
-        Err(_) => ("failed", None),
-    };
-    jobs.inner.metrics.observe(&crate::metrics::Observed {
-        model: &ctx.model,
-        factory: &ctx.factory_id,
-        kind: ctx.kind.code(),
-        status,
-        completion_tokens: receipt.map_or(0, |r| r.completion_tokens),
-        time_to_first_token: receipt.map_or(Duration::ZERO, |r| r.time_to_first_token),
-        decode_time: receipt.map_or(Duration::ZERO, |r| r.decode_time),
-        e2e_seconds: (ended_at - ctx.created_at).max(0) as f64 / 1000.0,
-    });
-    if let (Some(slot), Some(journal)) = (slot, jobs.journal()) {
-        journal.release(slot);
-    }
-    jobs.untrack(&ctx.id);
-}
-
-async fn settle_once(
-    jobs: &Jobs,
-    ctx: &JobContext,
-    end: End,
-    delivered: usize,
-) -> Result<Receipt, JobError> {
-    let f = match end {
-        End::Failed(message) => return fail(jobs, ctx, message).await,
-        // Cancelled by a shutdown before anything reached the client: the client gets an
-        // error and pays nothing (a batch line runs again elsewhere).
-        End::Finished(f)
-            if f.reason == FinishReason::Cancelled
-                && delivered == 0
-                && jobs.cancelled_for_shutdown() =>
-        {
-            let mut receipt = fail(
-                jobs,
-                ctx,
-                "The server shut down before this request finished; nothing was charged.".into(),
-            )
-            .await?;
-            receipt.shut_down = true;
-            return Ok(receipt);
-        }
-        End::Finished(f) => f,
-    };
-    let s = settlement_of(&f, delivered, now_ms());
-    ctx.give_back_tokens(jobs, s.prompt_tokens + s.completion_tokens);
-    let amount = charge(jobs, ctx, &s).await?;
-    Ok(receipt_of(jobs, ctx, &f, &s, amount))
-}
-
-/// What a job that ended with `f` is charged for, `delivered` tokens having reached its
-/// client: every token when it ran to its end; when it was cut short, the prompt (once it was
-/// processed) and only the delivered output. It ended at `ended_at` (milliseconds).
-pub(crate) fn settlement_of(f: &Finish, delivered: usize, ended_at: i64) -> Settlement<'static> {
-    let complete = f.reason != FinishReason::Cancelled;
-    let (prompt_tokens, completion_tokens) = if complete {
-        (f.prompt_tokens, f.completion_tokens)
-    } else {
-        // The prompt was processed when the first token came out.
-        let prompt = if f.completion_tokens > 0 {
-            f.prompt_tokens
-        } else {
-            0
-        };
-        (prompt, delivered.min(f.completion_tokens))
-    };
-    Settlement {
-        prompt_tokens,
-        completion_tokens,
-        partial: !complete,
-        finish_reason: f.reason.as_str(),
-        device_us: (f.device_seconds * 1e6).round() as i64,
-        queue_ms: f.queue_time.as_millis() as i64,
-        ttft_ms: (f.completion_tokens > 0).then_some(f.time_to_first_token.as_millis() as i64),
-        status: if complete { "succeeded" } else { "cancelled" },
-        error: None,
-        ended_at,
-    }
-}
-
-/// The receipt of a job that ended with `f`, charged `amount` for `s`.
-pub(crate) fn receipt_of(
-    jobs: &Jobs,
-    ctx: &JobContext,
-    f: &Finish,
-    s: &Settlement<'_>,
-    amount: Nanos,
-) -> Receipt {
-    Receipt {
-        job_id: ctx.id.clone(),
-        charged: if s.partial {
-            Charged::Partial
-        } else {
-            Charged::Complete
-        },
-        prompt_tokens: s.prompt_tokens,
-        completion_tokens: s.completion_tokens,
-        amount,
-        finish_reason: Some(f.reason),
-        time_to_first_token: f.time_to_first_token,
-        decode_time: f.decode_time,
-        device_seconds: f.device_seconds,
-        shut_down: s.partial && jobs.cancelled_for_shutdown(),
-    }
-}
-
-/// What a job is charged for and how it ended, as recorded.
-pub(crate) struct Settlement<'a> {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub partial: bool,
-    pub finish_reason: &'a str,
-    pub device_us: i64,
-    pub queue_ms: i64,
-    pub ttft_ms: Option<i64>,
-    /// The job's final status.
-    pub status: &'static str,
-    pub error: Option<String>,
-    /// When the job ended (milliseconds): its row's `finished_at`, and where its usage
-    /// event's duration ends. Not when the settlement is written, which may be later.
-    pub ended_at: i64,
-}
-
-/// In one transaction: settles the hold for the tokens (the rest goes back), records the usage
-/// event with its split by funding source, and ends the job. Returns the amount charged.
-pub(crate) async fn charge(
-    jobs: &Jobs,
-    ctx: &JobContext,
-    s: &Settlement<'_>,
-) -> Result<Nanos, JobError> {
-    let mut amounts = charge_many(jobs, &[(ctx, s)]).await?;
-    Ok(amounts.pop().unwrap_or(Nanos::new(0)))
-}
-
-/// [`charge`] for several jobs in one transaction, which stands or falls whole: each job's hold
-/// settled (the ledger's `settle_many_into`), usage event and end. Returns what each was
-/// charged, in order.
-///
-/// Everything is worked out first and written as one batch (one round trip on SQLite, one
-/// statement on PostgreSQL); the writes fail, and roll back whole, if a hold was resolved
-/// meanwhile.
-pub(crate) async fn charge_many(
-    jobs: &Jobs,
-    items: &[(&JobContext, &Settlement<'_>)],
-) -> Result<Vec<Nanos>, JobError> {
-    let inner = &jobs.inner;
-    let mut amounts = Vec::with_capacity(items.len());
-    // Per job: where its charge goes and the memo of its transaction (none without a hold).
-    let mut receivers = Vec::with_capacity(items.len());
-    for (ctx, s) in items {
-        let mut amount = ctx
-            .rates
-            .cost(s.prompt_tokens as u64, s.completion_tokens as u64)
-            .unwrap_or(Nanos::new(i64::MAX));
-        if amount > ctx.max_cost {
-            // Cannot happen while the engine keeps to the prepared limits; charge the hold.
-            tracing::error!(job = ctx.id, %amount, held = %ctx.max_cost, "charge above the hold");
-            amount = ctx.max_cost;
-        }
-        match &ctx.hold {
-            Some(_) => receivers.push(Some((
-                revenue_account(jobs, ctx).await?,
-                format!("{} {} job {}", ctx.kind.code(), ctx.model, ctx.id),
-            ))),
-            None => {
-                amount = Nanos::new(0);
-                receivers.push(None);
-            }
-        }
-        amounts.push(amount);
-    }
-    let to_settle: Vec<ledger::ToSettle<'_>> = items
-        .iter()
-        .zip(&receivers)
-        .zip(&amounts)
-        .filter_map(|(((ctx, _), to), amount)| {
-            let (hold, (to, memo)) = (ctx.hold.as_ref()?, to.as_ref()?);
-            Some(ledger::ToSettle {
-                hold,
-                actual: *amount,
-                to,
-                memo,
-            })
-        })
-        .collect();
-    let mut writes: ledger::Writes = inner.db.batch();
-    let mut settled = inner
-        .credits
-        .ledger()
-        .settle_many_into(&mut writes, &to_settle)
-        .map_err(JobError::storage)?
-        .into_iter();
-    let now = now_ms();
-    let mut usage = UsageRows::new();
-    for (((ctx, s), amount), to) in items.iter().zip(&amounts).zip(&receivers) {
-        let (drawn, transaction_id) = match to.as_ref().and_then(|_| settled.next()) {
-            Some(settled) => (settled.drawn, settled.transaction_id),
-            None => (Vec::new(), None),
-        };
-        // Which grants paid: every drawn account that is not a grant's is paid credit.
-        let mut grants = Vec::new();
-        let mut paid = 0i64;
-        for (account, part) in &drawn {
-            match grant_of_account(jobs, account).await? {
-                Some((grant_id, program_id)) => grants.push((grant_id, program_id, *part)),
-                None => paid += part,
-            }
-        }
-        usage.add(
-            ctx,
-            s,
-            &Charge {
-                amount: *amount,
-                paid,
-                grants,
-                transaction_id,
-                now,
-            },
-        );
-        queue_end(&mut writes, ctx, s);
-    }
-    usage.queue(&mut writes);
-    // Only now the write lock (SQLite) or the rows (PostgreSQL). The whole settlement is one
-    // query on SQLite (with its BEGIN and COMMIT) and one statement on PostgreSQL.
-    let tx = inner.db.begin_metering().await.map_err(JobError::storage)?;
-    tx.commit_with(writes)
-        .await
-        .map_err(|e| JobError::storage(ledger::LedgerError::from(e)))?;
-    Ok(amounts)
-}
-
-/// What one job's settlement charged, as its usage event records it.
-struct Charge {
-    amount: Nanos,
-    /// The part paid from paid credit; the rest came from `grants` (grant, program, amount).
-    paid: i64,
-    grants: Vec<(String, String, i64)>,
-    transaction_id: Option<String>,
-    now: i64,
-}
-
-/// The usage events of a settlement, each with its split by grant, queued as two statements
-/// of one text whatever the number of jobs (see `db::Rows`).
-struct UsageRows {
-    events: db::Rows<23>,
-    grants: db::Rows<4>,
-}
-
-impl UsageRows {
-    fn new() -> UsageRows {
-        use db::Column::{Int, Text};
-        UsageRows {
-            events: db::Rows::new(&[
-                ("id", Text),
-                ("job_id", Text),
-                ("org_id", Text),
-                ("user_id", Text),
-                ("api_key_id", Text),
-                ("kind", Text),
-                ("model", Text),
-                ("factory_id", Text),
-                ("partner_org_id", Text),
-                ("prompt_tokens", Int),
-                ("completion_tokens", Int),
-                ("input_nanos_per_mtok", Int),
-                ("output_nanos_per_mtok", Int),
-                ("amount", Int),
-                ("paid_amount", Int),
-                ("device_us", Int),
-                ("queue_ms", Int),
-                ("ttft_ms", Int),
-                ("duration_ms", Int),
-                ("partial", Int),
-                ("finish_reason", Text),
-                ("transaction_id", Text),
-                ("created_at", Int),
-            ]),
-            grants: db::Rows::new(&[
-                ("usage_event_id", Text),
-                ("grant_id", Text),
-                ("program_id", Text),
-                ("amount", Int),
-            ]),
-        }
-    }
-
-    /// The job's usage event, with its split by grant.
-    fn add(&mut self, ctx: &JobContext, s: &Settlement<'_>, c: &Charge) {
-        let event_id = new_id();
-        self.events.push([
-            event_id.as_str().into(),
-            ctx.id.as_str().into(),
-            ctx.who.org_id.as_str().into(),
-            (&ctx.who.user_id).into(),
-            (&ctx.who.api_key_id).into(),
-            ctx.kind.code().into(),
-            ctx.model.as_str().into(),
-            ctx.factory_id.as_str().into(),
-            ctx.partner_org_id.as_str().into(),
-            (s.prompt_tokens as i64).into(),
-            (s.completion_tokens as i64).into(),
-            ctx.rates.input_nanos_per_mtok.into(),
-            ctx.rates.output_nanos_per_mtok.into(),
-            c.amount.get().into(),
-            c.paid.into(),
-            s.device_us.into(),
-            s.queue_ms.into(),
-            s.ttft_ms.into(),
-            (s.ended_at - ctx.created_at).into(),
-            i64::from(s.partial).into(),
-            s.finish_reason.into(),
-            (&c.transaction_id).into(),
-            c.now.into(),
-        ]);
-        for (grant_id, program_id, part) in &c.grants {
-            self.grants.push([
-                event_id.as_str().into(),
-                grant_id.as_str().into(),
-                program_id.as_str().into(),
-                (*part).into(),
-            ]);
-        }
-    }
-
-    /// The events first: their grants refer to them.
-    fn queue(self, writes: &mut ledger::Writes) {
-        writes.insert_rows("usage_events", self.events);
-        writes.insert_rows("usage_event_grants", self.grants);
-    }
-}
-
-/// Queues the job's end: one statement per job, found by its key (see `db::Batch::push_rows`).
-fn queue_end(writes: &mut ledger::Writes, ctx: &JobContext, s: &Settlement<'_>) {
-    writes.push(
-        "UPDATE jobs SET status = $1, completion_tokens = $2, finish_reason = $3, finished_at = $4, \
-         error = $6 WHERE id = $5 AND status = 'running'",
-        vec![
-            s.status.into(),
-            (s.completion_tokens as i64).into(),
-            s.finish_reason.into(),
-            s.ended_at.into(),
-            ctx.id.as_str().into(),
-            (&s.error).into(),
-        ],
-    );
-}
-
-/// The grant (id, program) a wallet account holds, or `None` for paid credit. Which grant an
-/// account holds never changes: looked up once per process.
-async fn grant_of_account(
-    jobs: &Jobs,
-    account: &str,
-) -> Result<Option<(String, String)>, JobError> {
-    if let Some(known) = jobs.grant_of_account(account) {
-        return Ok(known);
-    }
-    let row = db::sqlx::query("SELECT id, program_id FROM credit_grants WHERE account_id = $1")
-        .bind(account)
-        .fetch_optional(jobs.inner.db.pool())
-        .await
-        .map_err(JobError::storage)?;
-    let grant = match row {
-        Some(r) => Some((
-            r.try_get::<String, _>("id").map_err(JobError::storage)?,
-            r.try_get::<String, _>("program_id")
-                .map_err(JobError::storage)?,
-        )),
-        None => None,
-    };
-    jobs.remember_grant_of_account(account, grant.clone());
-    Ok(grant)
-}
-
-async fn fail(jobs: &Jobs, ctx: &JobContext, message: String) -> Result<Receipt, JobError> {
-    tracing::warn!(job = ctx.id, error = %message, "job failed in the engine; hold voided");
-    ctx.give_back_tokens(jobs, 0);
-    jobs.release(ctx).await;
-    db::sqlx::query(
-        "UPDATE jobs SET status = 'failed', error = $1, finished_at = $2 WHERE id = $3 AND status = 'running'",
-    )
-    .bind(&message)
-    .bind(now_ms())
-    .bind(&ctx.id)
-    .execute(jobs.inner.db.pool())
-    .await
-    .map_err(JobError::storage)?;
-    Ok(Receipt {
-        job_id: ctx.id.clone(),
-        charged: Charged::Failed(message),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        amount: Nanos::new(0),
-        finish_reason: None,
-        time_to_first_token: Duration::ZERO,
-        decode_time: Duration::ZERO,
-        device_seconds: 0.0,
-        shut_down: false,
-    })
-}
-
-/// The factory's usage revenue account, where settled charges go (statements split it between
-/// the partner and the vendor).
-async fn revenue_account(jobs: &Jobs, ctx: &JobContext) -> Result<String, JobError> {
-    if let Some(id) = jobs.revenue_account_cached(&ctx.factory_id) {
-        return Ok(id);
-    }
-    let spec = AccountSpec {
-        code: format!("factory:{}:usage", ctx.factory_id),
-        org_id: Some(ctx.partner_org_id.clone()),
-        kind: AccountKind::Revenue,
-        expires_at: None,
-    };
-    let id = jobs
-        .inner
-        .credits
-        .ledger()
-        .open_account(&spec)
-        .await
-        .map_err(JobError::storage)?
-        .id;
-    jobs.remember_revenue_account(&ctx.factory_id, &id);
-    Ok(id)
 }

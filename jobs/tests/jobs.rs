@@ -991,7 +991,7 @@ async fn finished_jobs_settled_together_are_each_charged_and_a_bad_one_fails_alo
         let ids: Vec<String> = done.iter().map(|j| j.id().to_string()).collect();
         // Settled one right after another: together, in one transaction.
         for job in done {
-            job.settle_completed();
+            job.settle_without_waiting();
         }
         let handed_over = db::now_ms();
         all_settled(w).await;
@@ -1029,7 +1029,7 @@ async fn finished_jobs_settled_together_are_each_charged_and_a_bad_one_fails_alo
         let ids: Vec<String> = done.iter().map(|j| j.id().to_string()).collect();
         void_hold_of(w, &ids[1]).await;
         for job in done {
-            job.settle_completed();
+            job.settle_without_waiting();
         }
         all_settled(w).await;
         let charged = charges(w, &ids).await;
@@ -1046,7 +1046,7 @@ async fn finished_jobs_settled_together_are_each_charged_and_a_bad_one_fails_alo
         let job = done.remove(0);
         let id = job.id().to_string();
         void_hold_of(w, &id).await;
-        job.settle_completed();
+        job.settle_without_waiting();
         all_settled(w).await;
         assert_eq!(charges(w, &[id]).await[0], ("failed".into(), None));
         assert_eq!(w.available().await.get(), start);

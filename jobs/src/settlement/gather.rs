@@ -2,9 +2,9 @@
 //!
 //! Each settlement writes the same few rows as every other of its tenant and factory (the
 //! wallet's account, the factory's revenue account) and, alone, is one commit of its own. The
-//! answer never waits for it ([`crate::RunningJob::settle_completed`]), so it can wait a
+//! answer never waits for it ([`crate::RunningJob::settle_without_waiting`]), so it can wait a
 //! little for others: the first of a batch waits [`GATHER`] for more to come, and whatever
-//! arrived meanwhile is settled in one transaction (`charge_many`), each account's row
+//! arrived meanwhile is settled in one transaction (`write_settlements`), each account's row
 //! updated once. While one batch is written the next one gathers. On a busy portal that is
 //! one commit for many jobs; on a quiet one, a settlement that commits [`GATHER`] later.
 //!
@@ -21,9 +21,11 @@ use engine::Finish;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::writes::write_settlements;
+use super::{after_settlement, receipt, settle_or_void, void_unsettled, what_is_charged};
 use crate::Jobs;
 use crate::journal::Slot;
-use crate::running::{self, End, JobContext};
+use crate::running::{End, JobContext};
 
 /// How long the first settlement of a batch waits for others.
 const GATHER: Duration = Duration::from_millis(5);
@@ -115,25 +117,25 @@ async fn settle_batch(batch: Vec<Finished>) {
     };
     let settlements: Vec<_> = batch
         .iter()
-        .map(|f| running::settlement_of(&f.finish, f.delivered, f.ended_at))
+        .map(|f| what_is_charged(&f.finish, f.delivered, f.ended_at))
         .collect();
     for (f, s) in batch.iter().zip(&settlements) {
         f.ctx
             .give_back_tokens(&f.jobs, s.prompt_tokens + s.completion_tokens);
     }
     let items: Vec<_> = batch.iter().map(|f| &f.ctx).zip(&settlements).collect();
-    match running::charge_many(&jobs, &items).await {
+    match write_settlements(&jobs, &items).await {
         Ok(amounts) => {
             for ((f, s), amount) in batch.into_iter().zip(&settlements).zip(amounts) {
-                let receipt = running::receipt_of(&f.jobs, &f.ctx, &f.finish, s, amount);
-                running::settled(&f.jobs, &f.ctx, &Ok(receipt), f.slot, f.ended_at);
+                let receipt = receipt(&f.jobs, &f.ctx, &f.finish, s, amount);
+                after_settlement(&f.jobs, &f.ctx, &Ok(receipt), f.slot, f.ended_at);
             }
         }
         // Alone already: written again it would fail the same way.
         Err(e) if batch.len() == 1 => {
             if let Some(f) = batch.into_iter().next() {
-                let e = running::not_settled(&f.jobs, &f.ctx, e).await;
-                running::settled(&f.jobs, &f.ctx, &Err(e), f.slot, f.ended_at);
+                let e = void_unsettled(&f.jobs, &f.ctx, e).await;
+                after_settlement(&f.jobs, &f.ctx, &Err(e), f.slot, f.ended_at);
             }
         }
         Err(e) => {
@@ -149,7 +151,7 @@ async fn settle_batch(batch: Vec<Finished>) {
 async fn settle_alone(f: Finished) {
     let span = tracing::info_span!("job", job = %f.ctx.id);
     let settled = tracing::Instrument::instrument(
-        running::settle(
+        settle_or_void(
             &f.jobs,
             &f.ctx,
             End::Finished(f.finish.clone()),

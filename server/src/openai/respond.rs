@@ -265,7 +265,7 @@ async fn complete(mut job: RunningJob, shape: Shape) -> Result<Response, ApiErro
     // The usual end: the charge is the engine's counts (the answer goes out while the
     // settlement commits).
     if let Some(f) = job.completed().cloned() {
-        job.settle_completed();
+        job.settle_without_waiting();
         let body = whole_body(
             &shape,
             &events,
@@ -361,7 +361,7 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
         }
         // Ran to its end: usage is the engine's counts (settled while the stream ends).
         if let Some(f) = job.completed().cloned() {
-            job.settle_completed();
+            job.settle_without_waiting();
             if shape.include_usage {
                 yield data(&shape.envelope(
                     Vec::new(),
