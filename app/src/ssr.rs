@@ -123,14 +123,14 @@ async fn session_user(
 /// before any `await`; see [`state`].)
 pub async fn signed_in() -> Result<(AppState, User), AppError> {
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     Ok((app, user))
 }
 
 /// [`signed_in`] for the operators' server functions: anyone else is refused (403).
 pub async fn signed_in_operator() -> Result<(AppState, User), AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     Ok((app, user))
 }
 
@@ -267,9 +267,9 @@ fn is_form_post() -> bool {
         .unwrap_or(false)
 }
 
-/// Turns an error into the server function's answer: sets the HTTP status (and `Retry-After`)
-/// for API clients, logs it, and returns it.
-pub fn fail(err: impl Into<AppError>) -> AppError {
+/// The server function's answer for `err`: sets the HTTP status (and `Retry-After`)
+/// for API clients, and returns it.
+pub fn with_status(err: impl Into<AppError>) -> AppError {
     let err = err.into();
     if !is_form_post()
         && let Some(opts) = use_context::<leptos_axum::ResponseOptions>()

@@ -42,7 +42,11 @@ pub struct VerifiedView {
 #[server(endpoint = "verify_email")]
 pub async fn verify_email(token: String) -> Result<VerifiedView, AppError> {
     let st = state()?;
-    let verified = st.accounts.verify_email(&token).await.map_err(fail)?;
+    let verified = st
+        .accounts
+        .verify_email(&token)
+        .await
+        .map_err(with_status)?;
     let mut grants = Vec::new();
     if verified.newly {
         grants = grant_on_verification(&st, &verified.user).await;
@@ -76,9 +80,13 @@ async fn grant_on_verification(st: &AppState, user: &accounts::User) -> Vec<Stri
 pub async fn resend_verification() -> Result<String, AppError> {
     let st = state()?;
     let origin = origin();
-    let user = require_user().await.map_err(fail)?;
-    let token = st.accounts.resend_verification(&user).await.map_err(fail)?;
-    let org_name = org_name(&st, &user.org_id).await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
+    let token = st
+        .accounts
+        .resend_verification(&user)
+        .await
+        .map_err(with_status)?;
+    let org_name = org_name(&st, &user.org_id).await.map_err(with_status)?;
     st.mailer.send_later(mail::letters::verify_email(
         &user.email,
         &org_name,
@@ -97,7 +105,7 @@ pub async fn forgot_password(email: String) -> Result<String, AppError> {
         .accounts
         .request_password_reset(&email, &client_ip())
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
     {
         st.mailer.send_later(mail::letters::reset_password(
             &user.email,
@@ -119,7 +127,7 @@ pub async fn reset_link(token: String) -> Result<String, AppError> {
         .accounts
         .reset_link_email(&token)
         .await
-        .map_err(fail)
+        .map_err(with_status)
 }
 
 #[server(endpoint = "reset_password")]
@@ -128,7 +136,7 @@ pub async fn reset_password(token: String, password: String) -> Result<(), AppEr
         .accounts
         .reset_password(&token, &password)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     // Every session of the user ended, this browser's included: log in with the new password.
     log_out().await?;
     leptos_axum::redirect("/login?reset=1");
@@ -141,7 +149,7 @@ pub async fn reset_password(token: String, password: String) -> Result<(), AppEr
 pub async fn login_code(code: String) -> Result<(), AppError> {
     let st = state()?;
     let Some(user_id) = awaiting_second_factor().await? else {
-        return Err(fail(AppError::Invalid(
+        return Err(with_status(AppError::Invalid(
             "The login has expired. Log in again with your password.".into(),
         )));
     };
@@ -149,7 +157,7 @@ pub async fn login_code(code: String) -> Result<(), AppError> {
         .accounts
         .second_factor(&user_id, &code, &client_ip(), db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     log_in(&user).await?;
     leptos_axum::redirect("/dashboard");
     Ok(())
@@ -160,8 +168,8 @@ pub async fn two_factor() -> Result<TwoFactorView, AppError> {
     let st = state()?;
     let signed_in = current_session_user()
         .await
-        .map_err(fail)?
-        .ok_or_else(|| fail(AppError::NotSignedIn))?;
+        .map_err(with_status)?
+        .ok_or_else(|| with_status(AppError::NotSignedIn))?;
     let user = &signed_in.user;
     Ok(TwoFactorView {
         enabled: user.two_factor,
@@ -170,7 +178,7 @@ pub async fn two_factor() -> Result<TwoFactorView, AppError> {
             .accounts
             .recovery_codes_left(&user.id)
             .await
-            .map_err(fail)?,
+            .map_err(with_status)?,
     })
 }
 
@@ -178,10 +186,14 @@ pub async fn two_factor() -> Result<TwoFactorView, AppError> {
 pub async fn begin_two_factor() -> Result<TwoFactorSetup, AppError> {
     let st = state()?;
     let user = signed_in_any().await?;
-    let enrolment = st.accounts.begin_two_factor(&user).await.map_err(fail)?;
+    let enrolment = st
+        .accounts
+        .begin_two_factor(&user)
+        .await
+        .map_err(with_status)?;
     let qr = qrcode::QrCode::new(enrolment.url.as_bytes()).map_err(|e| {
         tracing::error!(error = %e, "QR code");
-        fail(AppError::Internal)
+        with_status(AppError::Internal)
     })?;
     let qr_svg = qr
         .render::<qrcode::render::svg::Color>()
@@ -202,7 +214,7 @@ pub async fn enable_two_factor(code: String) -> Result<RecoveryCodes, AppError> 
         .accounts
         .enable_two_factor(&user, &code, &client_ip(), db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     // The session continues under a new id: a stolen one from before does not gain it.
     log_in(&user).await?;
     Ok(RecoveryCodes { codes })
@@ -213,17 +225,17 @@ pub async fn disable_two_factor(code: String) -> Result<String, AppError> {
     let st = state()?;
     let signed_in = current_session_user()
         .await
-        .map_err(fail)?
-        .ok_or_else(|| fail(AppError::NotSignedIn))?;
+        .map_err(with_status)?
+        .ok_or_else(|| with_status(AppError::NotSignedIn))?;
     let required = signed_in.user.two_factor_required(signed_in.org_kind);
     st.accounts
         .disable_two_factor(&signed_in.user, required, &code, &client_ip(), db::now_ms())
         .await
         .map_err(|e| match e {
-            accounts::AccountError::Forbidden => fail(AppError::Invalid(
+            accounts::AccountError::Forbidden => with_status(AppError::Invalid(
                 "Your role requires two-factor sign-in; it cannot be switched off.".into(),
             )),
-            other => fail(other),
+            other => with_status(other),
         })?;
     Ok("Two-factor sign-in is off.".to_string())
 }
@@ -236,7 +248,7 @@ pub async fn new_recovery_codes(code: String) -> Result<RecoveryCodes, AppError>
         .accounts
         .new_recovery_codes(&user, &code, &client_ip(), db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     Ok(RecoveryCodes { codes })
 }
 
@@ -245,7 +257,7 @@ pub async fn new_recovery_codes(code: String) -> Result<RecoveryCodes, AppError>
 async fn signed_in_any() -> Result<accounts::User, AppError> {
     current_session_user()
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .map(|s| s.user)
-        .ok_or_else(|| fail(AppError::NotSignedIn))
+        .ok_or_else(|| with_status(AppError::NotSignedIn))
 }

@@ -66,12 +66,12 @@ pub struct ProgramForm {
 #[server(endpoint = "factories")]
 pub async fn factories() -> Result<Vec<FactoryView>, AppError> {
     let app = state()?;
-    require_user().await.map_err(fail)?;
+    require_user().await.map_err(with_status)?;
     Ok(app
         .compute
         .factories()
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .map(super::compute::convert::factory)
         .collect())
@@ -97,7 +97,7 @@ pub async fn create_factory(
         .compute
         .create_factory(&user, &spec)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let after = serde_json::json!({
         "name": factory.name, "partner": factory.partner_name, "region": factory.region.label(),
         "gpu_class": spec.gpu_class, "models": factory.models,
@@ -121,16 +121,16 @@ pub async fn create_factory(
 #[server(endpoint = "programs")]
 pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
     let app = state()?;
-    require_operator().await.map_err(fail)?;
+    require_operator().await.map_err(with_status)?;
     let st = app.clone();
     let mut out = Vec::new();
-    for p in st.credits.programs().await.map_err(fail)? {
+    for p in st.credits.programs().await.map_err(with_status)? {
         let sponsor = match &p.sponsor_org_id {
             Some(org) => st
                 .accounts
                 .org(org)
                 .await
-                .map_err(fail)?
+                .map_err(with_status)?
                 .map(|o| o.name)
                 .unwrap_or_else(|| "unknown partner".into()),
             None => "Vendor".into(),
@@ -139,7 +139,7 @@ pub async fn programs() -> Result<Vec<ProgramView>, AppError> {
             .credits
             .program_grants(&p.id, PROGRAM_GRANTS_SHOWN)
             .await
-            .map_err(fail)?
+            .map_err(with_status)?
             .into_iter()
             .map(|g| ProgramGrantView {
                 org_name: g.org_name,
@@ -180,7 +180,7 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
     let app = state()?;
     use accounts::{OrgKind, Region};
     use ledger::Nanos;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let st = app.clone();
     let money = |text: &str, field: &str| {
         Nanos::parse_dollars(text).map_err(|e| AppError::Field {
@@ -191,11 +191,11 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
     let sponsor_org_id = match form.sponsor.trim() {
         "vendor" => None,
         id => {
-            let org = st.accounts.org(id).await.map_err(fail)?;
+            let org = st.accounts.org(id).await.map_err(with_status)?;
             match org {
                 Some(o) if o.kind == OrgKind::Partner => Some(o.id),
                 _ => {
-                    return Err(fail(AppError::Field {
+                    return Err(with_status(AppError::Field {
                         field: "sponsor".into(),
                         message: "Choose the vendor or a partner.".into(),
                     }));
@@ -235,18 +235,22 @@ pub async fn create_program(form: ProgramForm) -> Result<(), AppError> {
             .map(|(_, k)| *k)
             .collect(),
         eligible_regions,
-        grant_amount: money(&form.grant_amount, "grant_amount").map_err(fail)?,
+        grant_amount: money(&form.grant_amount, "grant_amount").map_err(with_status)?,
         grant_lifetime_days: form.grant_lifetime_days.trim().parse().map_err(|_| {
-            fail(AppError::Field {
+            with_status(AppError::Field {
                 field: "grant_lifetime_days".into(),
                 message: "Enter a whole number of days.".into(),
             })
         })?,
-        budget: money(&form.budget, "budget").map_err(fail)?,
+        budget: money(&form.budget, "budget").map_err(with_status)?,
         auto_on_signup: form.auto_on_signup.is_some(),
         requires_verified_email: form.requires_verified_email.is_some(),
     };
-    let program = st.credits.create_program(&spec).await.map_err(fail)?;
+    let program = st
+        .credits
+        .create_program(&spec)
+        .await
+        .map_err(with_status)?;
     let after = serde_json::json!({
         "name": program.name, "sponsor": program.sponsor_org_id.as_deref().unwrap_or("vendor"),
         "grant": program.grant_amount.to_string(), "budget": form.budget.trim(),
@@ -284,20 +288,20 @@ pub struct OrgView {
 #[server(endpoint = "organizations")]
 pub async fn organizations(search: String) -> Result<Vec<OrgView>, AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let now = db::now_ms();
     let mut out = Vec::new();
     for (org, suspended_at) in app
         .accounts
         .organizations(&user, &search)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
     {
         let balance = app
             .credits
             .wallet(&org.id, now)
             .await
-            .map_err(fail)?
+            .map_err(with_status)?
             .available();
         out.push(OrgView {
             id: org.id,
@@ -316,13 +320,13 @@ pub async fn organizations(search: String) -> Result<Vec<OrgView>, AppError> {
 #[server(endpoint = "set_org_suspended")]
 pub async fn set_org_suspended(org_id: String, suspend: String) -> Result<(), AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let suspend = suspend == "1";
     let was = app
         .accounts
         .set_suspended(&user, &org_id, suspend)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     audited(
         &app,
         &user,
@@ -366,7 +370,7 @@ pub struct WorkerView {
 #[server(endpoint = "worker_pool")]
 pub async fn worker_pool() -> Result<Vec<WorkerView>, AppError> {
     let app = state()?;
-    require_operator().await.map_err(fail)?;
+    require_operator().await.map_err(with_status)?;
     let Some(pool) = app.jobs.pool() else {
         return Ok(Vec::new());
     };
@@ -409,13 +413,13 @@ fn worker_of(
     let pool = app
         .jobs
         .pool()
-        .ok_or_else(|| fail(AppError::NotFound))?
+        .ok_or_else(|| with_status(AppError::NotFound))?
         .clone();
     let (model, state) = pool
         .status()
         .get(index)
         .map(|w| (w.model_id.clone(), w.state.as_str()))
-        .ok_or_else(|| fail(AppError::NotFound))?;
+        .ok_or_else(|| with_status(AppError::NotFound))?;
     Ok((pool, model, state))
 }
 
@@ -449,11 +453,11 @@ async fn audit_worker(
 #[server(endpoint = "drain_worker")]
 pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let (pool, model, was) = worker_of(&app, index)?;
     let drain = drain == "1";
     pool.set_draining(index, drain)
-        .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
+        .map_err(|e| with_status(AppError::Invalid(e.to_string())))?;
     let (action, now) = if drain {
         ("worker.drain", "draining")
     } else {
@@ -468,11 +472,11 @@ pub async fn drain_worker(index: usize, drain: String) -> Result<(), AppError> {
 #[server(endpoint = "restart_worker")]
 pub async fn restart_worker(index: usize) -> Result<(), AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let (pool, model, was) = worker_of(&app, index)?;
     // Out of rotation at once (the restart itself runs in the background).
     pool.set_draining(index, true)
-        .map_err(|e| fail(AppError::Invalid(e.to_string())))?;
+        .map_err(|e| with_status(AppError::Invalid(e.to_string())))?;
     audit_worker(
         &app,
         &user,

@@ -24,12 +24,12 @@ pub struct AuditEntryView {
 #[server(endpoint = "audit_entries")]
 pub async fn audit_entries(search: String) -> Result<Vec<AuditEntryView>, AppError> {
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     let events = app
         .accounts
         .audit_log(&user, &search, accounts::audit::AUDIT_PAGE)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     Ok(events.into_iter().map(view).collect())
 }
 

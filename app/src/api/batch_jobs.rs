@@ -34,7 +34,7 @@ pub async fn batch_views() -> Result<Vec<BatchView>, AppError> {
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "batch list");
-            fail(AppError::Internal)
+            with_status(AppError::Internal)
         })?;
     Ok(list
         .into_iter()
@@ -56,14 +56,14 @@ pub async fn batch_views() -> Result<Vec<BatchView>, AppError> {
 #[server(endpoint = "batch_cancel")]
 pub async fn cancel_batch(id: String) -> Result<(), AppError> {
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     match app.batches.cancel(&user.org_id, &id).await {
         Ok(_) => Ok(()),
-        Err(batches::BatchError::NotFound(..)) => Err(fail(AppError::NotFound)),
-        Err(batches::BatchError::Conflict(m)) => Err(fail(AppError::Invalid(m))),
+        Err(batches::BatchError::NotFound(..)) => Err(with_status(AppError::NotFound)),
+        Err(batches::BatchError::Conflict(m)) => Err(with_status(AppError::Invalid(m))),
         Err(e) => {
             tracing::error!(error = %e, "batch cancel");
-            Err(fail(AppError::Internal))
+            Err(with_status(AppError::Internal))
         }
     }
 }

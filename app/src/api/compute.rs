@@ -217,18 +217,20 @@ pub async fn compute_page() -> Result<ComputeView, AppError> {
         .accounts
         .org(&user.org_id)
         .await
-        .map_err(fail)?
-        .ok_or_else(|| fail(AppError::NotFound))?;
-    let factories = st.compute.factories().await.map_err(fail)?;
+        .map_err(with_status)?
+        .ok_or_else(|| with_status(AppError::NotFound))?;
+    let factories = st.compute.factories().await.map_err(with_status)?;
     Ok(ComputeView {
         may_request: accounts::OrgKind::TENANT_KINDS.contains(&org.kind),
         factories: factories.into_iter().map(convert::factory).collect(),
-        programs: programs_open_to(&st, &user.org_id).await.map_err(fail)?,
+        programs: programs_open_to(&st, &user.org_id)
+            .await
+            .map_err(with_status)?,
         requests: st
             .compute
             .my_requests(&user)
             .await
-            .map_err(fail)?
+            .map_err(with_status)?
             .iter()
             .map(convert::row)
             .collect(),
@@ -257,7 +259,7 @@ pub async fn submit_compute(terms: RequestTerms) -> Result<String, AppError> {
         .compute
         .submit(&user, &form(terms), db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     leptos_axum::redirect(&format!("/compute/{}", r.id));
     Ok(r.id)
 }
@@ -269,7 +271,7 @@ pub async fn resubmit_compute(id: String, terms: RequestTerms) -> Result<String,
         .compute
         .resubmit(&user, &id, &form(terms), db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     Ok(r.id)
 }
 
@@ -277,15 +279,15 @@ pub async fn resubmit_compute(id: String, terms: RequestTerms) -> Result<String,
 pub async fn compute_request(id: String) -> Result<RequestDetail, AppError> {
     let (app, user) = signed_in().await?;
     let st = app.clone();
-    let r = st.compute.request(&user, &id).await.map_err(fail)?;
-    let timeline = st.compute.timeline(&user, &id).await.map_err(fail)?;
+    let r = st.compute.request(&user, &id).await.map_err(with_status)?;
+    let timeline = st.compute.timeline(&user, &id).await.map_err(with_status)?;
     let can_decide = r.may_decide(&user) && convert::is_open(r.status);
     let grant_programs = if can_decide {
-        let org = st.accounts.org(&r.org_id).await.map_err(fail)?;
+        let org = st.accounts.org(&r.org_id).await.map_err(with_status)?;
         st.credits
             .programs()
             .await
-            .map_err(fail)?
+            .map_err(with_status)?
             .into_iter()
             .filter(|p| user.is_operator || p.sponsor_org_id.as_deref() == Some(&user.org_id))
             .filter(|p| org.as_ref().is_some_and(|o| p.is_eligible(o)))
@@ -301,11 +303,13 @@ pub async fn compute_request(id: String) -> Result<RequestDetail, AppError> {
             st.compute
                 .factories()
                 .await
-                .map_err(fail)?
+                .map_err(with_status)?
                 .into_iter()
                 .map(convert::factory)
                 .collect(),
-            programs_open_to(&st, &user.org_id).await.map_err(fail)?,
+            programs_open_to(&st, &user.org_id)
+                .await
+                .map_err(with_status)?,
         )
     } else {
         (Vec::new(), Vec::new())
@@ -382,7 +386,7 @@ pub async fn cancel_compute(id: String) -> Result<(), AppError> {
         .compute
         .cancel(&user, &id, db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     Ok(())
 }
 
@@ -393,7 +397,7 @@ pub async fn approvals() -> Result<Vec<RequestRow>, AppError> {
         .compute
         .queue(&user)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .iter()
         .map(convert::row)
         .collect())
@@ -418,12 +422,12 @@ pub async fn approve_compute(
         grant_program_id,
         grant_amount,
     };
-    let before = app.compute.request(&user, &id).await.map_err(fail)?;
+    let before = app.compute.request(&user, &id).await.map_err(with_status)?;
     let after = app
         .compute
         .approve(&user, &id, &decision, db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     audit_decision(&app, &user, "compute_request.approve", &before, &after).await;
     Ok(())
 }
@@ -468,7 +472,7 @@ pub async fn answer_compute(id: String, answer: String, reason: String) -> Resul
     let (app, user) = signed_in().await?;
     let c = &app.compute;
     let now = db::now_ms();
-    let before = c.request(&user, &id).await.map_err(fail)?;
+    let before = c.request(&user, &id).await.map_err(with_status)?;
     let (action, after) = match answer.as_str() {
         "reject" => (
             "compute_request.reject",
@@ -479,9 +483,9 @@ pub async fn answer_compute(id: String, answer: String, reason: String) -> Resul
             c.request_changes(&user, &id, &reason, now).await,
         ),
         "end" => ("compute_request.end", c.end(&user, &id, &reason, now).await),
-        _ => return Err(fail(AppError::Invalid("Unknown answer.".into()))),
+        _ => return Err(with_status(AppError::Invalid("Unknown answer.".into()))),
     };
-    let after = after.map_err(fail)?;
+    let after = after.map_err(with_status)?;
     audit_decision(&app, &user, action, &before, &after).await;
     Ok(())
 }

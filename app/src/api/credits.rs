@@ -123,9 +123,14 @@ pub async fn credits_overview(
         .map_or("", |(code, _)| code);
     let filter = (!kind.is_empty()).then_some(kind);
     let now = db::now_ms();
-    let wallet = st.credits.wallet(&user.org_id, now).await.map_err(fail)?;
+    let wallet = st
+        .credits
+        .wallet(&user.org_id, now)
+        .await
+        .map_err(with_status)?;
     let ledger = st.credits.ledger();
-    let internal = |e: ledger::LedgerError| fail(AppError::from(credits::CreditsError::from(e)));
+    let internal =
+        |e: ledger::LedgerError| with_status(AppError::from(credits::CreditsError::from(e)));
     let (count, total) = ledger
         .wallet_history_total(&user.org_id, filter)
         .await
@@ -142,12 +147,12 @@ pub async fn credits_overview(
         .await
         .map_err(internal)?;
     let holds = ledger.open_holds(&user.org_id).await.map_err(internal)?;
-    let owed = st.credits.owed(&user.org_id).await.map_err(fail)?;
+    let owed = st.credits.owed(&user.org_id).await.map_err(with_status)?;
     let recent = st
         .payments
         .checkouts(&user.org_id, 10)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     const SOON_MS: i64 = 14 * 86_400_000;
     Ok(CreditsView {
         available: wallet.available().to_string(),
@@ -200,16 +205,16 @@ pub async fn credits_overview(
 #[server(endpoint = "top_up")]
 pub async fn start_top_up(amount: String) -> Result<String, AppError> {
     let app = state()?;
-    let user = require_verified_user().await.map_err(fail)?;
+    let user = require_verified_user().await.map_err(with_status)?;
     if user.is_operator {
-        return Err(fail(AppError::Forbidden));
+        return Err(with_status(AppError::Forbidden));
     }
-    let amount = payments::TopUpAmount::parse(&amount).map_err(fail)?;
+    let amount = payments::TopUpAmount::parse(&amount).map_err(with_status)?;
     let url = app
         .payments
         .start_checkout(&user.org_id, &user.id, &user.email, amount, &origin())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     leptos_axum::redirect(&url);
     Ok(url)
 }
@@ -222,6 +227,6 @@ pub async fn top_up_status(session_id: String) -> Result<Option<CheckoutView>, A
         .payments
         .checkout_by_session(&user.org_id, &session_id)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .map(checkout_view))
 }

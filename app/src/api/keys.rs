@@ -34,7 +34,7 @@ pub const MAX_KEY_DAYS: i64 = 3650;
 pub async fn api_keys() -> Result<Vec<ApiKeyView>, AppError> {
     let (app, user) = signed_in().await?;
     let now = db::now_ms();
-    let keys = app.keys.list(&user.org_id).await.map_err(fail)?;
+    let keys = app.keys.list(&user.org_id).await.map_err(with_status)?;
     Ok(keys
         .into_iter()
         .map(|k| ApiKeyView {
@@ -62,7 +62,7 @@ pub async fn api_keys() -> Result<Vec<ApiKeyView>, AppError> {
 #[server(endpoint = "create_api_key")]
 pub async fn create_api_key(name: String, expires_in_days: String) -> Result<NewApiKey, AppError> {
     let app = state()?;
-    let user = require_verified_user().await.map_err(fail)?;
+    let user = require_verified_user().await.map_err(with_status)?;
     let days = expires_in_days.trim();
     let expires_at = if days.is_empty() {
         None
@@ -70,7 +70,7 @@ pub async fn create_api_key(name: String, expires_in_days: String) -> Result<New
         match days.parse::<i64>() {
             Ok(d) if (1..=MAX_KEY_DAYS).contains(&d) => Some(db::now_ms() + d * 86_400_000),
             _ => {
-                return Err(fail(AppError::Field {
+                return Err(with_status(AppError::Field {
                     field: "expires_in_days".into(),
                     message: format!(
                         "Enter a whole number of days from 1 to {MAX_KEY_DAYS}, or leave it empty."
@@ -83,7 +83,7 @@ pub async fn create_api_key(name: String, expires_in_days: String) -> Result<New
         .keys
         .create(&user.org_id, &user.id, &name, expires_at)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     Ok(NewApiKey {
         name: key.name,
         secret,
@@ -97,5 +97,5 @@ pub async fn revoke_api_key(id: String) -> Result<(), AppError> {
         .keys
         .revoke(&user.org_id, &id)
         .await
-        .map_err(fail)
+        .map_err(with_status)
 }

@@ -133,7 +133,7 @@ pub(crate) fn date(ms: i64) -> String {
 #[server(endpoint = "me")]
 pub async fn me() -> Result<Option<Profile>, AppError> {
     let app = state()?;
-    let Some(signed_in) = current_session_user().await.map_err(fail)? else {
+    let Some(signed_in) = current_session_user().await.map_err(with_status)? else {
         return Ok(None);
     };
     profile_of(&app, signed_in).await.map(Some)
@@ -151,8 +151,8 @@ pub(crate) async fn profile_of(
         .accounts
         .org(&user.org_id)
         .await
-        .map_err(fail)?
-        .ok_or_else(|| fail(AppError::NotFound))?;
+        .map_err(with_status)?
+        .ok_or_else(|| with_status(AppError::NotFound))?;
     Ok(Profile {
         email: user.email,
         org_name: org.name,
@@ -192,7 +192,7 @@ pub async fn sign_up(
         .accounts
         .sign_up(form, &client_ip())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     match outcome {
         accounts::SignUpOutcome::Created {
             user_id,
@@ -252,14 +252,14 @@ pub async fn login(email: String, password: String) -> Result<(), AppError> {
         .accounts
         .login(&email, &password, &client_ip())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     if app
         .accounts
         .is_suspended(&user.org_id)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
     {
-        return Err(fail(AppError::Suspended));
+        return Err(with_status(AppError::Suspended));
     }
     if user.two_factor {
         await_second_factor(&user).await?;
@@ -288,12 +288,12 @@ pub async fn change_password(
     st.accounts
         .change_password(&user, &current_password, &new_password, &client_ip())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     // End every session of this user, then continue this one under a new id.
     st.accounts
         .end_sessions(&user.id, None)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     log_in(&user).await?;
     Ok("Password changed. You have been logged out everywhere else.".to_string())
 }
@@ -312,7 +312,7 @@ pub(crate) async fn team_of(app: &AppState, user: &accounts::User) -> Result<Tea
     let members = accounts
         .members(user)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .map(|m| MemberView {
             is_you: m.id == user.id,
@@ -326,7 +326,7 @@ pub(crate) async fn team_of(app: &AppState, user: &accounts::User) -> Result<Tea
         accounts
             .invitations(user)
             .await
-            .map_err(fail)?
+            .map_err(with_status)?
             .into_iter()
             .map(|i| InvitationView {
                 id: i.id,
@@ -349,7 +349,7 @@ pub(crate) async fn team_of(app: &AppState, user: &accounts::User) -> Result<Tea
 pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError> {
     let (app, user) = signed_in().await?;
     let role = accounts::OrgRole::from_code(role.trim()).ok_or_else(|| {
-        fail(AppError::Field {
+        with_status(AppError::Field {
             field: "role".into(),
             message: "Choose owner or member.".into(),
         })
@@ -359,9 +359,9 @@ pub async fn invite(email: String, role: String) -> Result<InviteLink, AppError>
         .accounts
         .invite(&user, &email, role)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let link = format!("{origin}/invite/{token}");
-    let org_name = org_name(&app, &user.org_id).await.map_err(fail)?;
+    let org_name = org_name(&app, &user.org_id).await.map_err(with_status)?;
     app.mailer.send_later(mail::letters::invitation(
         &invitation.email,
         &org_name,
@@ -382,13 +382,17 @@ pub async fn revoke_invitation(id: String) -> Result<(), AppError> {
         .accounts
         .revoke_invitation(&user, &id)
         .await
-        .map_err(fail)
+        .map_err(with_status)
 }
 
 #[server(endpoint = "remove_member")]
 pub async fn remove_member(id: String) -> Result<(), AppError> {
     let (app, user) = signed_in().await?;
-    let removed = app.accounts.remove_member(&user, &id).await.map_err(fail)?;
+    let removed = app
+        .accounts
+        .remove_member(&user, &id)
+        .await
+        .map_err(with_status)?;
     // Their keys were revoked with them; none may be taken as valid from memory either.
     for key in &removed.revoked_keys {
         app.keys.forget(key);
@@ -418,7 +422,7 @@ pub async fn invitation(token: String) -> Result<InvitationPreviewView, AppError
         .accounts
         .preview_invitation(&token)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     Ok(InvitationPreviewView {
         org_name: preview.org_name,
         email: preview.email,
@@ -432,7 +436,7 @@ pub async fn accept_invitation(token: String, password: String) -> Result<(), Ap
         .accounts
         .accept_invitation(&token, &password)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     log_in(&user).await?;
     leptos_axum::redirect("/dashboard");
     Ok(())
@@ -441,7 +445,7 @@ pub async fn accept_invitation(token: String, password: String) -> Result<(), Ap
 #[server(endpoint = "partners")]
 pub async fn partners() -> Result<Vec<PartnerView>, AppError> {
     let (app, user) = signed_in().await?;
-    let list = app.accounts.partners(&user).await.map_err(fail)?;
+    let list = app.accounts.partners(&user).await.map_err(with_status)?;
     Ok(list
         .into_iter()
         .map(|o| PartnerView {
@@ -461,12 +465,12 @@ pub async fn create_partner(
 ) -> Result<NewPartner, AppError> {
     let app = state()?;
     let origin = origin();
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     let (org, invitation, token) = app
         .accounts
         .create_partner(&user, &name, &region, &owner_email)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let link = format!("{origin}/invite/{token}");
     app.mailer.send_later(mail::letters::invitation(
         &invitation.email,

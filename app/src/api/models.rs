@@ -22,13 +22,13 @@ pub struct ModelView {
 #[server(endpoint = "model_catalog")]
 pub async fn model_catalog() -> Result<Vec<ModelView>, AppError> {
     let app = state()?;
-    require_user().await.map_err(fail)?;
+    require_user().await.map_err(with_status)?;
     let compute = app.compute;
-    let factories = compute.factories().await.map_err(fail)?;
+    let factories = compute.factories().await.map_err(with_status)?;
     Ok(compute
         .prices()
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .map(|p| ModelView {
             factories: factories
@@ -61,7 +61,7 @@ pub async fn set_model_price(
         .compute
         .prices()
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .iter()
         .find(|p| p.model_id == model_id)
         .map(price);
@@ -69,7 +69,7 @@ pub async fn set_model_price(
         .compute
         .set_price(&user, &model_id, &input_per_mtok, &output_per_mtok)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     audited(
         &app,
         &user,

@@ -46,7 +46,7 @@ pub struct ConsoleView {
 #[server(endpoint = "console_glance")]
 pub async fn console_glance() -> Result<ConsoleView, AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     console_view(&app, &user).await
 }
 
@@ -57,9 +57,9 @@ pub(crate) async fn console_view(
     user: &accounts::User,
 ) -> Result<ConsoleView, AppError> {
     let now = db::now_ms();
-    let factories = app.compute.factories().await.map_err(fail)?;
+    let factories = app.compute.factories().await.map_err(with_status)?;
     let mut partners = Vec::new();
-    for p in app.accounts.partners(user).await.map_err(fail)? {
+    for p in app.accounts.partners(user).await.map_err(with_status)? {
         let own: Vec<_> = factories
             .iter()
             .filter(|f| f.partner_org_id == p.id)
@@ -67,12 +67,12 @@ pub(crate) async fn console_view(
         let mut models: Vec<String> = own.iter().flat_map(|f| f.models.clone()).collect();
         models.sort();
         models.dedup();
-        let statements = app.statements.list(&p.id, now).await.map_err(fail)?;
+        let statements = app.statements.list(&p.id, now).await.map_err(with_status)?;
         let next = app
             .statements
             .next_closable(&p.id, now)
             .await
-            .map_err(fail)?;
+            .map_err(with_status)?;
         partners.push(PartnerGlance {
             factories: own.len(),
             models,
@@ -86,7 +86,7 @@ pub(crate) async fn console_view(
         .compute
         .queue(user)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .iter()
         .filter(|r| r.status == compute::Status::Submitted)
         .count();
@@ -94,7 +94,7 @@ pub(crate) async fn console_view(
         .credits
         .programs()
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .map(|p| {
             let used = p.budget.get() - p.remaining.get();
@@ -110,7 +110,11 @@ pub(crate) async fn console_view(
             }
         })
         .collect();
-    let orgs = app.accounts.organizations(user, "").await.map_err(fail)?;
+    let orgs = app
+        .accounts
+        .organizations(user, "")
+        .await
+        .map_err(with_status)?;
     let workers = app.jobs.pool().map(|p| p.status()).unwrap_or_default();
     Ok(ConsoleView {
         partners,
@@ -118,7 +122,7 @@ pub(crate) async fn console_view(
         programs,
         organizations: orgs.len(),
         suspended: orgs.iter().filter(|(_, s)| s.is_some()).count(),
-        priced_models: app.compute.prices().await.map_err(fail)?.len(),
+        priced_models: app.compute.prices().await.map_err(with_status)?.len(),
         workers_ready: workers
             .iter()
             .filter(|w| w.state.as_str() == "ready")
@@ -201,8 +205,8 @@ pub async fn dashboard() -> Result<DashboardView, AppError> {
     let origin = origin();
     let signed_in = current_session_user()
         .await
-        .map_err(fail)?
-        .ok_or_else(|| fail(AppError::NotSignedIn))?;
+        .map_err(with_status)?
+        .ok_or_else(|| with_status(AppError::NotSignedIn))?;
     let user = signed_in.user.clone();
     let setup_required = signed_in.needs_two_factor_setup();
     let me = super::profile_of(&app, signed_in).await?;
@@ -251,7 +255,7 @@ async fn getting_started(
         .credits
         .wallet(&user.org_id, now)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .buckets
         .into_iter()
         .filter(|b| b.balance.get() > 0)
@@ -264,7 +268,7 @@ async fn getting_started(
         .keys
         .list(&user.org_id)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .iter()
         .any(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now));
     let model = app
@@ -273,7 +277,7 @@ async fn getting_started(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "models for the dashboard");
-            fail(AppError::Internal)
+            with_status(AppError::Internal)
         })?
         .into_iter()
         .next();
@@ -281,7 +285,7 @@ async fn getting_started(
         .compute
         .my_requests(user)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .filter(|r| r.status == compute::Status::Approved)
         .filter_map(|r| {
@@ -308,7 +312,11 @@ async fn partner_panel(app: &AppState, partner_id: &str) -> Result<PartnerPanel,
     const DAY_MS: i64 = 86_400_000;
     let now = db::now_ms();
     let month = statements::Period::of_ms(now);
-    let listed = app.statements.list(partner_id, now).await.map_err(fail)?;
+    let listed = app
+        .statements
+        .list(partner_id, now)
+        .await
+        .map_err(with_status)?;
     let (gross, payable) = listed
         .iter()
         .find(|s| s.period == month)
@@ -333,12 +341,12 @@ async fn partner_panel(app: &AppState, partner_id: &str) -> Result<PartnerPanel,
         .statements
         .factory_activity(partner_id, now - DAY_MS)
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let factories = app
         .compute
         .factories()
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .filter(|f| f.partner_org_id == partner_id)
         .map(|f| {

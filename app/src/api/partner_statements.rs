@@ -223,17 +223,20 @@ pub async fn statements_overview(partner: Option<String>) -> Result<StatementsVi
     let (app, user) = signed_in().await?;
     let partner_id = access::statement_partner(&app, &user, partner.as_deref())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let s = &app.statements;
     let now = db::now_ms();
-    let partner_name = s.partner_name(&partner_id).await.map_err(fail)?;
-    let rows = s.list(&partner_id, now).await.map_err(fail)?;
-    let agreements = s.agreements(&partner_id).await.map_err(fail)?;
-    let adjustments = s.adjustments(&partner_id).await.map_err(fail)?;
-    let chain = s.chain(&partner_id).await.map_err(fail)?;
-    let next = s.next_closable(&partner_id, now).await.map_err(fail)?;
+    let partner_name = s.partner_name(&partner_id).await.map_err(with_status)?;
+    let rows = s.list(&partner_id, now).await.map_err(with_status)?;
+    let agreements = s.agreements(&partner_id).await.map_err(with_status)?;
+    let adjustments = s.adjustments(&partner_id).await.map_err(with_status)?;
+    let chain = s.chain(&partner_id).await.map_err(with_status)?;
+    let next = s
+        .next_closable(&partner_id, now)
+        .await
+        .map_err(with_status)?;
     let partners = if user.is_operator {
-        s.partners().await.map_err(fail)?
+        s.partners().await.map_err(with_status)?
     } else {
         Vec::new()
     };
@@ -293,16 +296,16 @@ pub async fn statement_detail(
     period: String,
 ) -> Result<StatementDocView, AppError> {
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     let partner_id = access::statement_partner(&app, &user, Some(&partner))
         .await
-        .map_err(fail)?;
-    let period = statements::Period::parse(&period).map_err(fail)?;
+        .map_err(with_status)?;
+    let period = statements::Period::parse(&period).map_err(with_status)?;
     let st = app
         .statements
         .statement(&partner_id, period, db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let d = &st.document;
     let money = |n: i64| ledger::Nanos::new(n).to_string();
     let line =
@@ -412,13 +415,13 @@ pub async fn statement_detail(
 #[server(endpoint = "close_statement")]
 pub async fn close_statement(partner_id: String, period: String) -> Result<i64, AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
-    let period = statements::Period::parse(&period).map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
+    let period = statements::Period::parse(&period).map_err(with_status)?;
     let closed = app
         .statements
         .close(&partner_id, period, &user.email, db::now_ms())
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let after = serde_json::json!({
         "status": "closed",
         "number": closed.document.number,
@@ -458,7 +461,7 @@ pub struct AgreementForm {
 #[server(endpoint = "create_agreement")]
 pub async fn create_agreement(form: AgreementForm) -> Result<i64, AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let AgreementForm {
         partner_id,
         from,
@@ -473,25 +476,26 @@ pub async fn create_agreement(form: AgreementForm) -> Result<i64, AppError> {
         field: field.into(),
         message: e.to_string(),
     };
-    let from = statements::parse_date(&from).map_err(|e| fail(field("from", e)))?;
+    let from = statements::parse_date(&from).map_err(|e| with_status(field("from", e)))?;
     let to = match to.trim() {
         "" => None,
-        t => Some(statements::parse_date(t).map_err(|e| fail(field("to", e)))?),
+        t => Some(statements::parse_date(t).map_err(|e| with_status(field("to", e)))?),
     };
-    let partner_share_bps = access::parse_pct(&partner_share, "partner_share").map_err(fail)?;
+    let partner_share_bps =
+        access::parse_pct(&partner_share, "partner_share").map_err(with_status)?;
     let credit_bps =
-        access::parse_pct(&credit_reimbursement, "credit_reimbursement").map_err(fail)?;
+        access::parse_pct(&credit_reimbursement, "credit_reimbursement").map_err(with_status)?;
     let recoupment = match (recoup_cost.trim(), recoup_vendor_share.trim()) {
         ("", "") => None,
         (cost, vendor) => {
             let cost = ledger::Nanos::parse_dollars(cost).map_err(|e| {
-                fail(AppError::Field {
+                with_status(AppError::Field {
                     field: "recoup_cost".into(),
                     message: e.to_string(),
                 })
             })?;
             let vendor_share_bps =
-                access::parse_pct(vendor, "recoup_vendor_share").map_err(fail)?;
+                access::parse_pct(vendor, "recoup_vendor_share").map_err(with_status)?;
             Some(statements::Recoupment {
                 cost: cost.get(),
                 vendor_share_bps,
@@ -522,7 +526,7 @@ pub async fn create_agreement(form: AgreementForm) -> Result<i64, AppError> {
             db::now_ms(),
         )
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     audited(
         &app,
         &user,
@@ -548,11 +552,11 @@ pub async fn create_adjustment(
     reason: String,
 ) -> Result<(), AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
-    let period = statements::Period::parse(&period).map_err(fail)?;
-    let kind = statements::AdjustmentKind::parse(kind.trim()).map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
+    let period = statements::Period::parse(&period).map_err(with_status)?;
+    let kind = statements::AdjustmentKind::parse(kind.trim()).map_err(with_status)?;
     let amount = ledger::Nanos::parse_dollars(&amount).map_err(|e| {
-        fail(AppError::Field {
+        with_status(AppError::Field {
             field: "amount".into(),
             message: e.to_string(),
         })
@@ -569,7 +573,7 @@ pub async fn create_adjustment(
             db::now_ms(),
         )
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     let after = serde_json::json!({
         "period": period.to_string(), "kind": format!("{kind:?}"), "amount": amount.to_string(),
         "reason": reason.trim(),
@@ -597,9 +601,9 @@ pub async fn refund_usage(
     reason: String,
 ) -> Result<(), AppError> {
     let app = state()?;
-    let user = require_operator().await.map_err(fail)?;
+    let user = require_operator().await.map_err(with_status)?;
     let amount = ledger::Nanos::parse_dollars(&amount).map_err(|e| {
-        fail(AppError::Field {
+        with_status(AppError::Field {
             field: "refund_amount".into(),
             message: e.to_string(),
         })
@@ -613,7 +617,7 @@ pub async fn refund_usage(
             db::now_ms(),
         )
         .await
-        .map_err(fail)?;
+        .map_err(with_status)?;
     audited(
         &app,
         &user,

@@ -48,9 +48,9 @@ fn job_error(e: jobs::JobError) -> AppError {
 #[server(endpoint = "playground_models")]
 pub async fn playground_models() -> Result<Vec<PlaygroundModel>, AppError> {
     let app = state()?;
-    require_user().await.map_err(fail)?;
+    require_user().await.map_err(with_status)?;
     let available = app.jobs.available_models().await.map_err(job_error)?;
-    let prices = app.compute.prices().await.map_err(fail)?;
+    let prices = app.compute.prices().await.map_err(with_status)?;
     let context = |model: &str| {
         let worker = app.jobs.pool()?.worker_for(model).ok()?;
         Some(worker.info.context as u64)
@@ -85,9 +85,9 @@ pub async fn job_receipt(job_id: String) -> Result<AnswerReceipt, AppError> {
             .map_err(job_error)?
             .as_deref()
         {
-            None => return Err(fail(AppError::NotFound)),
+            None => return Err(with_status(AppError::NotFound)),
             Some("failed") => {
-                return Err(fail(AppError::Conflict(
+                return Err(with_status(AppError::Conflict(
                     "The model failed while answering; nothing was charged.".into(),
                 )));
             }
@@ -103,7 +103,7 @@ pub async fn job_receipt(job_id: String) -> Result<AnswerReceipt, AppError> {
                 .credits
                 .wallet(&user.org_id, db::now_ms())
                 .await
-                .map_err(fail)?
+                .map_err(with_status)?
                 .available();
             return Ok(AnswerReceipt {
                 prompt_tokens: e.prompt_tokens,
@@ -117,5 +117,5 @@ pub async fn job_receipt(job_id: String) -> Result<AnswerReceipt, AppError> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    Err(fail(AppError::NotFound))
+    Err(with_status(AppError::NotFound))
 }

@@ -56,7 +56,7 @@ pub struct UsageSummary {
 pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
     let (app, user) = signed_in().await?;
     if !USAGE_WINDOWS.contains(&days) {
-        return Err(fail(AppError::Invalid(
+        return Err(with_status(AppError::Invalid(
             "Choose a window of 7, 30 or 90 days.".into(),
         )));
     }
@@ -67,7 +67,7 @@ pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "usage report");
-            fail(AppError::Internal)
+            with_status(AppError::Internal)
         })?;
     let per_day = per_day(&usage, days, now);
     let total_nanos: i64 = usage.iter().map(|u| u.amount.get()).sum();
@@ -84,7 +84,7 @@ pub async fn usage_report(days: i64) -> Result<UsageSummary, AppError> {
     };
     let storage = |e: jobs::JobError| {
         tracing::error!(error = %e, "usage report");
-        fail(AppError::Internal)
+        with_status(AppError::Internal)
     };
     let by_key = shares(
         app.jobs
@@ -183,7 +183,7 @@ pub struct TenantSummary {
 #[server(endpoint = "tenant_overview")]
 pub async fn tenant_overview() -> Result<TenantSummary, AppError> {
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     tenant_summary(&app, &user).await
 }
 
@@ -196,13 +196,13 @@ pub(crate) async fn tenant_summary(
     let now = db::now_ms();
     let internal = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "tenant overview");
-        fail(AppError::Internal)
+        with_status(AppError::Internal)
     };
     let available = app
         .credits
         .wallet(&user.org_id, now)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .available()
         .get();
     let usage = app
@@ -224,7 +224,7 @@ pub(crate) async fn tenant_summary(
         .compute
         .my_requests(user)
         .await
-        .map_err(fail)?
+        .map_err(with_status)?
         .into_iter()
         .filter(|r| r.status == compute::Status::Active)
         .filter_map(|r| {
@@ -291,11 +291,11 @@ pub const ACTIVITY_PAGE: i64 = 50;
 #[server(endpoint = "usage_activity")]
 pub async fn usage_activity(#[server(default)] after: String) -> Result<ActivityPage, AppError> {
     let app = state()?;
-    let user = require_user().await.map_err(fail)?;
+    let user = require_user().await.map_err(with_status)?;
     let after = match after.trim() {
         "" => None,
         text => Some(jobs::Cursor::decode(text).ok_or_else(|| {
-            fail(AppError::Invalid(
+            with_status(AppError::Invalid(
                 "That page of the activity log does not exist.".into(),
             ))
         })?),
@@ -306,7 +306,7 @@ pub async fn usage_activity(#[server(default)] after: String) -> Result<Activity
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "activity log");
-            fail(AppError::Internal)
+            with_status(AppError::Internal)
         })?;
     Ok(ActivityPage {
         rows: rows
