@@ -499,6 +499,9 @@ fn publish(counters: &Counters, sched: &Scheduler<Gen>) {
         .store(sched.preemptions, Ordering::Relaxed);
 }
 
+/// The worker thread's loop: take requests, retire finished sequences, plan a step, run it
+/// on the backend, and sample each sequence's next token. Returns when told to stop (once
+/// every sequence has its answer), when every sender is gone, or after a failed step.
 fn run(
     mut backend: Box<dyn Backend>,
     info: &ModelInfo,
@@ -517,91 +520,24 @@ fn run(
     counters
         .kv_blocks_total
         .store(backend.kv_blocks(), Ordering::Relaxed);
-    let eos = &info.config.eos_token_ids;
-    let vocab = backend.vocab();
     let mut plan: Vec<Planned> = Vec::new();
-    let mut scratch = Scratch::default();
-    let mut row: Vec<f32> = Vec::with_capacity(vocab);
+    let mut sampling = Sampling {
+        eos: &info.config.eos_token_ids,
+        vocab: backend.vocab(),
+        scratch: Scratch::default(),
+        row: Vec::with_capacity(backend.vocab()),
+    };
     let mut stopping = false;
     loop {
-        // Take new requests: wait for one when there is nothing to do.
-        loop {
-            let cmd = if sched.is_idle() && !stopping {
-                match rx.recv() {
-                    Ok(c) => c,
-                    Err(_) => return,
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(c) => c,
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        stopping = true;
-                        break;
-                    }
-                }
-            };
-            match cmd {
-                Command::Stop => stopping = true,
-                Command::Submit(sub) => {
-                    let sub = *sub;
-                    let r = sub.request;
-                    let state = Gen {
-                        sampler: SeqSampler::new(r.sampling, &sub.tokens),
-                        detok: Detokenizer::new(info.tokenizer.clone(), &sub.tokens, r.stop),
-                        events: sub.events,
-                        cancel: sub.cancel,
-                        max_len: sub.max_len,
-                        ignore_eos: r.ignore_eos,
-                        submitted: sub.submitted,
-                        started: None,
-                        first_token: None,
-                        last_token: None,
-                        device_seconds: 0.0,
-                        finished: None,
-                    };
-                    sched.add(sub.id, r.priority, r.tenant, r.weight, sub.tokens, state);
-                }
-            }
+        if !take_commands(&rx, &mut sched, info, &mut stopping) {
+            return;
         }
-        if stopping {
-            for s in &mut sched.running {
-                s.state.finished.get_or_insert(FinishReason::Cancelled);
-            }
-            for s in &mut sched.waiting {
-                s.state.finished.get_or_insert(FinishReason::Cancelled);
-            }
-        }
-        // Leave: finished, cancelled, or nobody listening. The counters show the freed blocks
-        // before the final events go out.
-        let gone = sched.remove_where(|s| s.state.finished.is_some() || s.state.gone());
-        for s in &gone {
-            if !s.started {
-                counters.waiting.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        publish(counters, &sched);
-        for s in gone {
-            let reason = s.state.finished.unwrap_or(FinishReason::Cancelled);
-            let _ = s.state.events.send(finish(&s, reason));
-        }
+        retire(&mut sched, counters, stopping);
         if stopping && sched.is_idle() {
             return;
         }
         sched.plan(&mut plan);
-        let now = Instant::now();
-        for p in &plan {
-            let s = &mut sched.running[p.index];
-            if !s.started {
-                s.started = true;
-                s.state.started = Some(now);
-                counters.waiting.fetch_sub(1, Ordering::AcqRel);
-                counters
-                    .prompt_tokens
-                    .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
-            }
-        }
-        publish(counters, &sched);
+        start_planned(&mut sched, &plan, counters);
         if plan.is_empty() {
             if sched.is_idle() {
                 continue;
@@ -628,73 +564,208 @@ fn run(
         let logits = match backend.forward(&steps) {
             Ok(l) => l,
             Err(e) => {
-                // A failed step leaves the cache in an unknown state: fail everything and stop.
                 drop(steps);
-                let message = format!("the engine failed: {e}");
-                counters.stopped.store(true, Ordering::Relaxed);
-                for s in sched.remove_where(|_| true) {
-                    let _ = s.state.events.send(Event::Failed(message.clone()));
-                }
-                // Requests still in the channel were accepted too: each gets its answer.
-                for cmd in rx.try_iter() {
-                    if let Command::Submit(sub) = cmd {
-                        let _ = sub.events.send(Event::Failed(message.clone()));
-                    }
-                }
-                publish(counters, &sched);
+                fail_everything(
+                    &mut sched,
+                    &rx,
+                    counters,
+                    &format!("the engine failed: {e}"),
+                );
                 return;
             }
         };
         let elapsed = started.elapsed();
-        let step_tokens: usize = plan.iter().map(|p| p.tokens).sum();
         counters.steps.fetch_add(1, Ordering::Relaxed);
         counters
             .last_step_micros
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
-        let done = Instant::now();
-        let mut out = 0;
-        for (p, want) in plan.iter().zip(wants) {
-            let s = &mut sched.running[p.index];
-            s.computed += p.tokens;
-            s.state.device_seconds += elapsed.as_secs_f64() * p.tokens as f64 / step_tokens as f64;
-            if !want {
-                continue;
+        sample_step(
+            &mut sched,
+            &plan,
+            &wants,
+            logits,
+            elapsed,
+            &mut sampling,
+            counters,
+        );
+        sched.account(&plan);
+    }
+}
+
+/// Takes the requests that have arrived, waiting for one when there is nothing to do. False
+/// when every sender is gone and nothing is left to finish.
+fn take_commands(
+    rx: &mpsc::Receiver<Command>,
+    sched: &mut Scheduler<Gen>,
+    info: &ModelInfo,
+    stopping: &mut bool,
+) -> bool {
+    loop {
+        let cmd = if sched.is_idle() && !*stopping {
+            match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return false,
             }
-            row.clear();
-            row.extend_from_slice(&logits[out * vocab..(out + 1) * vocab]);
-            out += 1;
-            let g = &mut s.state;
-            let (token, logprob) = g.sampler.sample(&mut row, &mut scratch);
-            g.sampler.record(token);
-            s.tokens.push(token);
-            counters.tokens_generated.fetch_add(1, Ordering::Relaxed);
-            g.first_token.get_or_insert(done);
-            g.last_token = Some(done);
-            let is_eos = !g.ignore_eos && eos.contains(&token);
-            let mut text = String::new();
-            if is_eos {
-                g.finished = Some(FinishReason::Stop);
-            } else {
-                match g.detok.push(token) {
-                    Delta::Text(t) => text = t,
-                    Delta::Stopped(t) => {
-                        text = t;
-                        g.finished = Some(FinishReason::Stop);
-                    }
+        } else {
+            match rx.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    *stopping = true;
+                    return true;
                 }
             }
-            if g.finished.is_none() && s.tokens.len() >= g.max_len {
-                g.finished = Some(FinishReason::Length);
+        };
+        match cmd {
+            Command::Stop => *stopping = true,
+            Command::Submit(sub) => {
+                let sub = *sub;
+                let r = sub.request;
+                let state = Gen {
+                    sampler: SeqSampler::new(r.sampling, &sub.tokens),
+                    detok: Detokenizer::new(info.tokenizer.clone(), &sub.tokens, r.stop),
+                    events: sub.events,
+                    cancel: sub.cancel,
+                    max_len: sub.max_len,
+                    ignore_eos: r.ignore_eos,
+                    submitted: sub.submitted,
+                    started: None,
+                    first_token: None,
+                    last_token: None,
+                    device_seconds: 0.0,
+                    finished: None,
+                };
+                sched.add(sub.id, r.priority, r.tenant, r.weight, sub.tokens, state);
             }
-            if matches!(g.finished, Some(FinishReason::Length)) || is_eos {
-                text.push_str(&g.detok.finish());
-            }
-            let _ = g.events.send(Event::Token {
-                token,
-                text,
-                logprob,
-            });
         }
-        sched.account(&plan);
+    }
+}
+
+/// Sequences leave: finished, cancelled (all of them when stopping), or nobody listening.
+/// The counters show the freed blocks before the final events go out.
+fn retire(sched: &mut Scheduler<Gen>, counters: &Counters, stopping: bool) {
+    if stopping {
+        for s in sched.running.iter_mut().chain(sched.waiting.iter_mut()) {
+            s.state.finished.get_or_insert(FinishReason::Cancelled);
+        }
+    }
+    let gone = sched.remove_where(|s| s.state.finished.is_some() || s.state.gone());
+    for s in &gone {
+        if !s.started {
+            counters.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    publish(counters, sched);
+    for s in gone {
+        let reason = s.state.finished.unwrap_or(FinishReason::Cancelled);
+        let _ = s.state.events.send(finish(&s, reason));
+    }
+}
+
+/// Marks the planned sequences that run for the first time as started, and counts them.
+fn start_planned(sched: &mut Scheduler<Gen>, plan: &[Planned], counters: &Counters) {
+    let now = Instant::now();
+    for p in plan {
+        let s = &mut sched.running[p.index];
+        if !s.started {
+            s.started = true;
+            s.state.started = Some(now);
+            counters.waiting.fetch_sub(1, Ordering::AcqRel);
+            counters
+                .prompt_tokens
+                .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
+        }
+    }
+    publish(counters, sched);
+}
+
+/// A failed step leaves the cache in an unknown state: every sequence fails with `message`,
+/// and so does every request still in the channel (those were accepted too).
+fn fail_everything(
+    sched: &mut Scheduler<Gen>,
+    rx: &mpsc::Receiver<Command>,
+    counters: &Counters,
+    message: &str,
+) {
+    counters.stopped.store(true, Ordering::Relaxed);
+    for s in sched.remove_where(|_| true) {
+        let _ = s.state.events.send(Event::Failed(message.to_string()));
+    }
+    for cmd in rx.try_iter() {
+        if let Command::Submit(sub) = cmd {
+            let _ = sub.events.send(Event::Failed(message.to_string()));
+        }
+    }
+    publish(counters, sched);
+}
+
+/// What sampling a step needs besides the sequences: the end-of-sequence ids, and buffers
+/// kept from step to step.
+struct Sampling<'a> {
+    eos: &'a [u32],
+    vocab: usize,
+    scratch: Scratch,
+    /// One sequence's logits, which sampling modifies in place.
+    row: Vec<f32>,
+}
+
+/// After a step: each planned sequence has its tokens computed and its share of the step's
+/// device time; those that wanted logits sample their next token, which is sent with its
+/// text, and end on an end-of-sequence token, a stop string or their length.
+fn sample_step(
+    sched: &mut Scheduler<Gen>,
+    plan: &[Planned],
+    wants: &[bool],
+    logits: &[f32],
+    elapsed: Duration,
+    sampling: &mut Sampling<'_>,
+    counters: &Counters,
+) {
+    let vocab = sampling.vocab;
+    let step_tokens: usize = plan.iter().map(|p| p.tokens).sum();
+    let done = Instant::now();
+    let mut out = 0;
+    for (p, want) in plan.iter().zip(wants) {
+        let s = &mut sched.running[p.index];
+        s.computed += p.tokens;
+        s.state.device_seconds += elapsed.as_secs_f64() * p.tokens as f64 / step_tokens as f64;
+        if !want {
+            continue;
+        }
+        let row = &mut sampling.row;
+        row.clear();
+        row.extend_from_slice(&logits[out * vocab..(out + 1) * vocab]);
+        out += 1;
+        let g = &mut s.state;
+        let (token, logprob) = g.sampler.sample(row, &mut sampling.scratch);
+        g.sampler.record(token);
+        s.tokens.push(token);
+        counters.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        g.first_token.get_or_insert(done);
+        g.last_token = Some(done);
+        let is_eos = !g.ignore_eos && sampling.eos.contains(&token);
+        let mut text = String::new();
+        if is_eos {
+            g.finished = Some(FinishReason::Stop);
+        } else {
+            match g.detok.push(token) {
+                Delta::Text(t) => text = t,
+                Delta::Stopped(t) => {
+                    text = t;
+                    g.finished = Some(FinishReason::Stop);
+                }
+            }
+        }
+        if g.finished.is_none() && s.tokens.len() >= g.max_len {
+            g.finished = Some(FinishReason::Length);
+        }
+        if matches!(g.finished, Some(FinishReason::Length)) || is_eos {
+            text.push_str(&g.detok.finish());
+        }
+        let _ = g.events.send(Event::Token {
+            token,
+            text,
+            logprob,
+        });
     }
 }

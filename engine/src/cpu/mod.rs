@@ -183,22 +183,11 @@ fn attend(
     }
 }
 
-impl Backend for CpuBackend {
-    fn forward(&mut self, seqs: &[SeqStep<'_>]) -> Result<&[f32], EngineError> {
-        let tokens: usize = seqs.iter().map(|s| s.tokens.len()).sum();
-        let outputs = seqs.iter().filter(|s| s.want_logits).count();
-        self.reserve(tokens, outputs);
-        let c = &self.config;
-        let (h, d) = (c.hidden_size, c.head_dim);
-        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
-        let (q_w, kv_w) = (heads * d, kv_heads * d);
-        let qkv_w = q_w + 2 * kv_w;
-        let inter = c.intermediate_size;
-        let eps = c.rms_norm_eps as f32;
-        let scale = 1.0 / (d as f32).sqrt();
+impl CpuBackend {
+    /// Checks the step against the context, the block pool and the vocabulary, and notes
+    /// each token's (sequence, position).
+    fn check(&mut self, seqs: &[SeqStep<'_>]) -> Result<(), EngineError> {
         let bs = self.block_size;
-        let slots = self.num_blocks * bs;
-
         for (i, seq) in seqs.iter().enumerate() {
             let end = seq.start + seq.tokens.len();
             if end > self.rope.positions || end.div_ceil(bs) > seq.blocks.len() {
@@ -207,7 +196,7 @@ impl Backend for CpuBackend {
                 )));
             }
             for (j, &tok) in seq.tokens.iter().enumerate() {
-                if tok as usize >= c.vocab_size {
+                if tok as usize >= self.config.vocab_size {
                     return Err(EngineError::Device(format!("token id {tok} out of range")));
                 }
                 self.s.token_at.push((i, seq.start + j));
@@ -216,81 +205,107 @@ impl Backend for CpuBackend {
                 return Err(EngineError::Device("block id out of range".into()));
             }
         }
+        Ok(())
+    }
+
+    /// Layer `l`'s attention: norm, the fused q/k/v product (with its bias), RoPE, the new
+    /// keys and values written to the paged cache, causal attention of every query head
+    /// (on the pool once there is enough work), the output projection added to the residual.
+    fn attention_layer(&mut self, l: usize, seqs: &[SeqStep<'_>], tokens: usize) {
+        let c = &self.config;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+        let (q_w, kv_w) = (heads * d, kv_heads * d);
+        let qkv_w = q_w + 2 * kv_w;
+        let eps = c.rms_norm_eps as f32;
+        let scale = 1.0 / (d as f32).sqrt();
+        let bs = self.block_size;
         let s = &mut self.s;
-        let w = &self.weights;
+        let layer = &self.weights.layers[l];
         let x = &mut s.x[..tokens * h];
-        let mut t = 0;
-        for seq in seqs {
-            for &tok in seq.tokens {
-                w.embed.row(tok as usize, &mut x[t * h..(t + 1) * h]);
-                t += 1;
+        let xn = &mut s.xn[..tokens * h];
+        rms_norm(x, &layer.attn_norm, eps, xn);
+        let qkv = &mut s.qkv[..tokens * qkv_w];
+        layer.wqkv.matmul(&self.pool, xn, tokens, h, qkv, &mut s.xq);
+        let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
+        debug_assert_eq!(kc.len(), self.num_blocks * bs * kv_w);
+        for (row, &(si, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&s.token_at) {
+            if let Some(b) = &layer.bqkv {
+                add_in_place(row, b);
             }
+            let (cos, sin) = self.rope.at(pos);
+            for head in row[..q_w + kv_w].chunks_exact_mut(d) {
+                rope(head, cos, sin);
+            }
+            let blocks = seqs[si].blocks;
+            let slot = blocks[pos / bs] as usize * bs + pos % bs;
+            kc[slot * kv_w..(slot + 1) * kv_w].copy_from_slice(&row[q_w..q_w + kv_w]);
+            vc[slot * kv_w..(slot + 1) * kv_w].copy_from_slice(&row[q_w + kv_w..]);
         }
-        for (l, layer) in w.layers.iter().enumerate() {
-            let xn = &mut s.xn[..tokens * h];
-            rms_norm(x, &layer.attn_norm, eps, xn);
-            let qkv = &mut s.qkv[..tokens * qkv_w];
-            layer.wqkv.matmul(&self.pool, xn, tokens, h, qkv, &mut s.xq);
-            let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
-            debug_assert_eq!(kc.len(), slots * kv_w);
-            for (row, &(si, pos)) in qkv.chunks_exact_mut(qkv_w).zip(&s.token_at) {
-                if let Some(b) = &layer.bqkv {
-                    add_in_place(row, b);
-                }
-                let (cos, sin) = self.rope.at(pos);
-                for head in row[..q_w + kv_w].chunks_exact_mut(d) {
-                    rope(head, cos, sin);
-                }
-                let blocks = seqs[si].blocks;
-                let slot = blocks[pos / bs] as usize * bs + pos % bs;
-                kc[slot * kv_w..(slot + 1) * kv_w].copy_from_slice(&row[q_w..q_w + kv_w]);
-                vc[slot * kv_w..(slot + 1) * kv_w].copy_from_slice(&row[q_w + kv_w..]);
-            }
-            let attn = &mut s.attn[..tokens * q_w];
-            let (qkv, kc, vc, token_at) = (&*qkv, &*kc, &*vc, &s.token_at);
-            let group = heads / kv_heads;
-            let task = |(i, out): (usize, &mut [f32])| {
-                let (t, head) = (i / heads, i % heads);
-                let (si, pos) = token_at[t];
-                let q = &qkv[t * qkv_w + head * d..t * qkv_w + (head + 1) * d];
-                let blocks = seqs[si].blocks;
-                attend(
-                    q,
-                    kc,
-                    vc,
-                    blocks,
-                    bs,
-                    pos,
-                    head / group,
-                    kv_heads,
-                    scale,
-                    out,
-                );
-            };
-            // Threads pay off once there is real work: many heads or long contexts.
-            let work = tokens * heads * (s.token_at.last().map_or(0, |t| t.1) + 1) * d;
-            if self.threads > 1 && work >= 1 << 15 {
-                self.pool
-                    .install(|| attn.par_chunks_mut(d).enumerate().for_each(task));
-            } else {
-                attn.chunks_mut(d).enumerate().for_each(task);
-            }
-            let proj = &mut s.proj[..tokens * h];
-            layer
-                .wo
-                .matmul(&self.pool, attn, tokens, q_w, proj, &mut s.xq);
-            add_in_place(x, proj);
-            rms_norm(x, &layer.mlp_norm, eps, xn);
-            let gu = &mut s.gu[..tokens * 2 * inter];
-            layer.wgu.matmul(&self.pool, xn, tokens, h, gu, &mut s.xq);
-            let act = &mut s.act[..tokens * inter];
-            silu_mul(gu, inter, act);
-            layer
-                .wdown
-                .matmul(&self.pool, act, tokens, inter, proj, &mut s.xq);
-            add_in_place(x, proj);
+        let attn = &mut s.attn[..tokens * q_w];
+        let (qkv, kc, vc, token_at) = (&*qkv, &*kc, &*vc, &s.token_at);
+        let group = heads / kv_heads;
+        let task = |(i, out): (usize, &mut [f32])| {
+            let (t, head) = (i / heads, i % heads);
+            let (si, pos) = token_at[t];
+            let q = &qkv[t * qkv_w + head * d..t * qkv_w + (head + 1) * d];
+            let blocks = seqs[si].blocks;
+            attend(
+                q,
+                kc,
+                vc,
+                blocks,
+                bs,
+                pos,
+                head / group,
+                kv_heads,
+                scale,
+                out,
+            );
+        };
+        // Threads pay off once there is real work: many heads or long contexts.
+        let work = tokens * heads * (s.token_at.last().map_or(0, |t| t.1) + 1) * d;
+        if self.threads > 1 && work >= 1 << 15 {
+            self.pool
+                .install(|| attn.par_chunks_mut(d).enumerate().for_each(task));
+        } else {
+            attn.chunks_mut(d).enumerate().for_each(task);
         }
-        // Only the last token of a sequence that wants logits reaches the head.
+        let proj = &mut s.proj[..tokens * h];
+        layer
+            .wo
+            .matmul(&self.pool, attn, tokens, q_w, proj, &mut s.xq);
+        add_in_place(x, proj);
+    }
+
+    /// Layer `l`'s MLP: norm, the fused gate/up product, SiLU(gate) × up, the down
+    /// projection added to the residual.
+    fn mlp_layer(&mut self, l: usize, tokens: usize) {
+        let c = &self.config;
+        let (h, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps as f32);
+        let s = &mut self.s;
+        let layer = &self.weights.layers[l];
+        let x = &mut s.x[..tokens * h];
+        let xn = &mut s.xn[..tokens * h];
+        rms_norm(x, &layer.mlp_norm, eps, xn);
+        let gu = &mut s.gu[..tokens * 2 * inter];
+        layer.wgu.matmul(&self.pool, xn, tokens, h, gu, &mut s.xq);
+        let act = &mut s.act[..tokens * inter];
+        silu_mul(gu, inter, act);
+        let proj = &mut s.proj[..tokens * h];
+        layer
+            .wdown
+            .matmul(&self.pool, act, tokens, inter, proj, &mut s.xq);
+        add_in_place(x, proj);
+    }
+
+    /// The final norm and the head, only on the last token of each sequence that wants
+    /// logits: the logits, `outputs` rows of the vocabulary.
+    fn head(&mut self, seqs: &[SeqStep<'_>], tokens: usize, outputs: usize) -> &[f32] {
+        let c = &self.config;
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps as f32);
+        let (s, w) = (&mut self.s, &self.weights);
+        let x = &s.x[..tokens * h];
         let mut t = 0;
         let mut o = 0;
         for seq in seqs {
@@ -311,7 +326,34 @@ impl Backend for CpuBackend {
             logits,
             &mut s.xq,
         );
-        Ok(logits)
+        logits
+    }
+}
+
+impl Backend for CpuBackend {
+    /// One forward step: the batch checked, then the embedding, each layer's attention and
+    /// MLP, and the head on the last token of each sequence that wants logits.
+    fn forward(&mut self, seqs: &[SeqStep<'_>]) -> Result<&[f32], EngineError> {
+        let tokens: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let outputs = seqs.iter().filter(|s| s.want_logits).count();
+        self.reserve(tokens, outputs);
+        self.check(seqs)?;
+        let h = self.config.hidden_size;
+        let x = &mut self.s.x[..tokens * h];
+        let mut t = 0;
+        for seq in seqs {
+            for &tok in seq.tokens {
+                self.weights
+                    .embed
+                    .row(tok as usize, &mut x[t * h..(t + 1) * h]);
+                t += 1;
+            }
+        }
+        for l in 0..self.weights.layers.len() {
+            self.attention_layer(l, seqs, tokens);
+            self.mlp_layer(l, tokens);
+        }
+        Ok(self.head(seqs, tokens, outputs))
     }
 
     fn vocab(&self) -> usize {

@@ -200,75 +200,14 @@ impl CudaBackend {
         };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS", e))?;
 
-        let mut weight_bytes = 0u64;
-        let mut up = |values: Vec<f32>, counted: bool| -> Result<CudaSlice<u16>, EngineError> {
-            if counted {
-                weight_bytes += 2 * values.len() as u64;
-            }
-            stream
-                .clone_htod(&bf16_bits(&values))
-                .map_err(|e| err("upload", e))
-        };
-        let t = |name: &str| ck.tensor(name).map(|t| t.to_f32());
-        let cat = |names: [String; 3]| -> Result<Vec<f32>, EngineError> {
-            let mut out = Vec::new();
-            for n in names {
-                out.extend(t(&n)?);
-            }
-            Ok(out)
-        };
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for l in 0..config.num_layers {
-            let p = format!("model.layers.{l}");
-            let proj = |w: &str, kind: &str| format!("{p}.self_attn.{w}_proj.{kind}");
-            let bqkv = if config.architecture.qkv_bias() {
-                let b = cat(["q", "k", "v"].map(|w| proj(w, "bias")))?;
-                Some(stream.clone_htod(&b).map_err(|e| err("upload", e))?)
-            } else {
-                None
-            };
-            let mut gate = t(&format!("{p}.mlp.gate_proj.weight"))?;
-            gate.extend(t(&format!("{p}.mlp.up_proj.weight"))?);
-            layers.push(Layer {
-                attn_norm: up(t(&format!("{p}.input_layernorm.weight"))?, true)?,
-                mlp_norm: up(t(&format!("{p}.post_attention_layernorm.weight"))?, true)?,
-                wqkv: up(cat(["q", "k", "v"].map(|w| proj(w, "weight")))?, true)?,
-                bqkv,
-                wo: up(t(&proj("o", "weight"))?, true)?,
-                wgu: up(gate, true)?,
-                wdown: up(t(&format!("{p}.mlp.down_proj.weight"))?, true)?,
-            });
-        }
-        let tied = config.tie_word_embeddings;
-        let embed = up(t("model.embed_tokens.weight")?, tied)?;
-        let norm = up(t("model.norm.weight")?, true)?;
-        let lm_head = if tied {
-            None
-        } else {
-            Some(up(t("lm_head.weight")?, true)?)
-        };
+        let w = upload_weights(ck, &stream)?;
         let rope = RopeTables::new(&config, config.max_position_embeddings);
         let cos = stream.clone_htod(&rope.cos).map_err(|e| err("upload", e))?;
         let sin = stream.clone_htod(&rope.sin).map_err(|e| err("upload", e))?;
 
         let s = Scratch::new(&stream, &config, opts.max_step_tokens, opts.max_seqs, 1)?;
-        // The KV cache takes its share of what is left.
         let (free, total) = ctx.mem_get_info().map_err(|e| err("memory", e))?;
-        let per_slot = config.num_kv_heads * config.head_dim;
-        let per_block = 2 * config.num_layers * opts.block_size * per_slot * 2;
-        let num_blocks = ((free as f64 * opts.kv_fraction) as usize / per_block).max(1);
-        let slots = num_blocks * opts.block_size;
-        let alloc = || {
-            stream
-                .alloc_zeros::<u16>(slots * per_slot)
-                .map_err(|e| err("KV cache", e))
-        };
-        let k_cache = (0..config.num_layers)
-            .map(|_| alloc())
-            .collect::<Result<_, _>>()?;
-        let v_cache = (0..config.num_layers)
-            .map(|_| alloc())
-            .collect::<Result<_, _>>()?;
+        let kv = alloc_kv_cache(&stream, &config, &opts, free)?;
         let info = DeviceInfo {
             id: format!("cuda:{}", opts.ordinal),
             name: ctx.name().map_err(|e| err("device", e))?,
@@ -281,16 +220,16 @@ impl CudaBackend {
             stream,
             blas,
             k,
-            embed,
-            norm,
-            lm_head,
-            layers,
+            embed: w.embed,
+            norm: w.norm,
+            lm_head: w.lm_head,
+            layers: w.layers,
             cos,
             sin,
-            k_cache,
-            v_cache,
+            k_cache: kv.k,
+            v_cache: kv.v,
             block_size: opts.block_size,
-            num_blocks,
+            num_blocks: kv.blocks,
             s,
             h_ids: Vec::new(),
             h_pos: Vec::new(),
@@ -299,9 +238,116 @@ impl CudaBackend {
             h_tables: Vec::new(),
             h_logits: Vec::new(),
             info,
-            weight_bytes,
+            weight_bytes: w.bytes,
         })
     }
+}
+
+/// The model's weights on the device, in bf16, with q/k/v and gate/up fused.
+struct DeviceWeights {
+    layers: Vec<Layer>,
+    embed: CudaSlice<u16>,
+    norm: CudaSlice<u16>,
+    lm_head: Option<CudaSlice<u16>>,
+    /// Bytes read per token (the embedding only when it is also the head).
+    bytes: u64,
+}
+
+fn upload_weights(ck: &Checkpoint, stream: &Arc<CudaStream>) -> Result<DeviceWeights, EngineError> {
+    let config = &ck.config;
+    let mut weight_bytes = 0u64;
+    let mut up = |values: Vec<f32>, counted: bool| -> Result<CudaSlice<u16>, EngineError> {
+        if counted {
+            weight_bytes += 2 * values.len() as u64;
+        }
+        stream
+            .clone_htod(&bf16_bits(&values))
+            .map_err(|e| err("upload", e))
+    };
+    let t = |name: &str| ck.tensor(name).map(|t| t.to_f32());
+    let cat = |names: [String; 3]| -> Result<Vec<f32>, EngineError> {
+        let mut out = Vec::new();
+        for n in names {
+            out.extend(t(&n)?);
+        }
+        Ok(out)
+    };
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for l in 0..config.num_layers {
+        let p = format!("model.layers.{l}");
+        let proj = |w: &str, kind: &str| format!("{p}.self_attn.{w}_proj.{kind}");
+        let bqkv = if config.architecture.qkv_bias() {
+            let b = cat(["q", "k", "v"].map(|w| proj(w, "bias")))?;
+            Some(stream.clone_htod(&b).map_err(|e| err("upload", e))?)
+        } else {
+            None
+        };
+        let mut gate = t(&format!("{p}.mlp.gate_proj.weight"))?;
+        gate.extend(t(&format!("{p}.mlp.up_proj.weight"))?);
+        layers.push(Layer {
+            attn_norm: up(t(&format!("{p}.input_layernorm.weight"))?, true)?,
+            mlp_norm: up(t(&format!("{p}.post_attention_layernorm.weight"))?, true)?,
+            wqkv: up(cat(["q", "k", "v"].map(|w| proj(w, "weight")))?, true)?,
+            bqkv,
+            wo: up(t(&proj("o", "weight"))?, true)?,
+            wgu: up(gate, true)?,
+            wdown: up(t(&format!("{p}.mlp.down_proj.weight"))?, true)?,
+        });
+    }
+    let tied = config.tie_word_embeddings;
+    let embed = up(t("model.embed_tokens.weight")?, tied)?;
+    let norm = up(t("model.norm.weight")?, true)?;
+    let lm_head = if tied {
+        None
+    } else {
+        Some(up(t("lm_head.weight")?, true)?)
+    };
+    Ok(DeviceWeights {
+        layers,
+        embed,
+        norm,
+        lm_head,
+        bytes: weight_bytes,
+    })
+}
+
+/// The KV cache: its share (`kv_fraction`) of the `free` device memory left after the
+/// weights and scratch, as whole blocks. Returns the key and value caches per layer and the
+/// number of blocks.
+fn alloc_kv_cache(
+    stream: &Arc<CudaStream>,
+    config: &ModelConfig,
+    opts: &CudaConfig,
+    free: usize,
+) -> Result<KvCache, EngineError> {
+    // The KV cache takes its share of what is left.
+    let per_slot = config.num_kv_heads * config.head_dim;
+    let per_block = 2 * config.num_layers * opts.block_size * per_slot * 2;
+    let num_blocks = ((free as f64 * opts.kv_fraction) as usize / per_block).max(1);
+    let slots = num_blocks * opts.block_size;
+    let alloc = || {
+        stream
+            .alloc_zeros::<u16>(slots * per_slot)
+            .map_err(|e| err("KV cache", e))
+    };
+    let k_cache = (0..config.num_layers)
+        .map(|_| alloc())
+        .collect::<Result<_, _>>()?;
+    let v_cache = (0..config.num_layers)
+        .map(|_| alloc())
+        .collect::<Result<_, _>>()?;
+    Ok(KvCache {
+        k: k_cache,
+        v: v_cache,
+        blocks: num_blocks,
+    })
+}
+
+/// The paged key and value caches, one buffer per layer each, of `blocks` blocks.
+struct KvCache {
+    k: Vec<CudaSlice<u16>>,
+    v: Vec<CudaSlice<u16>>,
+    blocks: usize,
 }
 
 /// Device-to-device copy bandwidth (bytes read plus bytes written per second) over 1 GiB.
@@ -464,16 +510,26 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// One forward step: the batch's inputs uploaded, then the embedding, each layer's
+    /// attention and MLP, and the head on the rows that want logits, whose logits are read
+    /// back into `h_logits`.
     fn run(&mut self, seqs: &[SeqStep<'_>]) -> Result<(), EngineError> {
-        let c = &self.config;
-        let (h, d, vocab) = (c.hidden_size, c.head_dim, c.vocab_size);
-        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
-        let q_w = heads * d;
-        let qkv_w = q_w + 2 * kv_heads * d;
-        let inter = c.intermediate_size;
-        let eps = c.rms_norm_eps as f32;
-        let bs = self.block_size;
+        let step = self.upload(seqs)?;
+        self.embed(&step)?;
+        for l in 0..self.layers.len() {
+            self.attention_layer(l, &step)?;
+            self.mlp_layer(l, &step)?;
+        }
+        self.head(seqs, &step)?;
+        self.stream.synchronize().map_err(|e| err("step", e))
+    }
 
+    /// Checks the step against the context, the block pool and the vocabulary, packs its
+    /// token ids, positions, cache slots, sequence of each token and block tables, and
+    /// uploads them into scratch sized for the step.
+    fn upload(&mut self, seqs: &[SeqStep<'_>]) -> Result<Step, EngineError> {
+        let bs = self.block_size;
+        let vocab = self.config.vocab_size;
         self.h_ids.clear();
         self.h_pos.clear();
         self.h_slots.clear();
@@ -511,11 +567,14 @@ impl CudaBackend {
                 self.h_seq.push(i as i32);
             }
         }
-        let tokens = self.h_ids.len();
-        let outputs = seqs.iter().filter(|s| s.want_logits).count();
+        let step = Step {
+            tokens: self.h_ids.len(),
+            max_blocks,
+            outputs: seqs.iter().filter(|s| s.want_logits).count(),
+        };
         // Block tables are uploaded for every sequence of the step, not only those that want
         // logits (a chunked prefill's middle chunk wants none).
-        self.ensure_scratch(tokens, seqs.len().max(1), max_blocks)?;
+        self.ensure_scratch(step.tokens, seqs.len().max(1), max_blocks)?;
         let st = &self.stream;
         let s = &mut self.s;
         let copy = |host: &[i32], dev: &mut CudaSlice<i32>| {
@@ -527,18 +586,21 @@ impl CudaBackend {
         copy(&self.h_slots, &mut s.slots)?;
         copy(&self.h_seq, &mut s.token_seq)?;
         copy(&self.h_tables, &mut s.block_tables)?;
+        Ok(step)
+    }
 
-        let k = &self.k;
-        let (t32, h32) = (tokens as i32, h as i32);
-        let launch = |r: Result<_, cudarc::driver::DriverError>, what: &str| {
-            r.map(|_| ()).map_err(|e| err(what, e))
-        };
-        // SAFETY (every launch below): each kernel's arguments match its signature in
-        // llama.cu in order and type; every buffer was sized for at least `tokens` rows of its
-        // width (ensure_scratch), the caches for num_blocks × block_size slots (block ids and
-        // positions were range-checked above), and the grids cover exactly those rows.
-        launch(
-            // SAFETY: as stated before the first launch in this function.
+    // SAFETY (every launch in the stages below): each kernel's arguments match its signature
+    // in llama.cu in order and type; every buffer was sized for at least `step.tokens` rows of
+    // its width (`ensure_scratch`, from `upload`), the caches for num_blocks × block_size
+    // slots (block ids and positions were range-checked in `upload`), and the grids cover
+    // exactly those rows.
+
+    /// The token embeddings into the residual stream `x`.
+    fn embed(&mut self, step: &Step) -> Result<(), EngineError> {
+        let (st, s, k) = (&self.stream, &mut self.s, &self.k);
+        let (t32, h32) = (step.tokens as i32, self.config.hidden_size as i32);
+        launched(
+            // SAFETY: as stated before `embed`.
             unsafe {
                 st.launch_builder(&k.embedding)
                     .arg(&self.embed)
@@ -549,133 +611,162 @@ impl CudaBackend {
                     .launch(cfg((t32 as u32, 1), 256, 0))
             },
             "embedding",
-        )?;
-        let (hn, qn, kvn, dn) = (heads as i32, q_w as i32, kv_heads as i32, d as i32);
-        let _ = qn;
-        let null: u64 = 0;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mb = max_blocks as i32;
-        let bs32 = bs as i32;
-        for (l, layer) in self.layers.iter().enumerate() {
-            if l == 0 {
-                launch(
-                    // SAFETY: as stated before the first launch in this function.
-                    unsafe {
-                        st.launch_builder(&k.rms_norm)
-                            .arg(&s.x)
-                            .arg(&layer.attn_norm)
-                            .arg(&mut s.xn)
-                            .arg(&h32)
-                            .arg(&eps)
-                            .launch(cfg((t32 as u32, 1), 256, 0))
-                    },
-                    "rms_norm",
-                )?;
-            } else {
-                // The previous layer's MLP output joins the residual here.
-                add_norm(st, &k.add_rms_norm, s, &layer.attn_norm, tokens, h, eps)?;
-            }
-            gemm(
-                &self.blas,
-                st,
-                &s.xn,
-                &layer.wqkv,
-                &mut s.qkv,
-                tokens,
-                qkv_w,
-                h,
-            )?;
-            let mut b = st.launch_builder(&k.qkv_rope_cache);
-            b.arg(&s.qkv);
-            match &layer.bqkv {
-                Some(bias) => b.arg(bias),
-                None => b.arg(&null),
-            };
-            launch(
-                // SAFETY: as stated before the first launch in this function.
+        )
+    }
+
+    /// Layer `l`'s attention: its norm (after adding the previous layer's MLP output to the
+    /// residual), the fused q/k/v product, RoPE with the K/V cache write, paged attention
+    /// over the cache, and the output projection into `proj`.
+    fn attention_layer(&mut self, l: usize, step: &Step) -> Result<(), EngineError> {
+        let c = &self.config;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+        let q_w = heads * d;
+        let qkv_w = q_w + 2 * kv_heads * d;
+        let eps = c.rms_norm_eps as f32;
+        let tokens = step.tokens;
+        let (st, s, k) = (&self.stream, &mut self.s, &self.k);
+        let layer = &self.layers[l];
+        let (t32, h32) = (tokens as i32, h as i32);
+        if l == 0 {
+            launched(
+                // SAFETY: as stated before `embed`.
                 unsafe {
-                    b.arg(&self.cos)
-                        .arg(&self.sin)
-                        .arg(&s.positions)
-                        .arg(&s.slots)
-                        .arg(&mut s.q)
-                        .arg(&self.k_cache[l])
-                        .arg(&self.v_cache[l])
-                        .arg(&hn)
-                        .arg(&kvn)
-                        .arg(&dn)
-                        .launch(cfg((t32 as u32, 1), 128, 0))
-                },
-                "qkv_rope_cache",
-            )?;
-            launch(
-                // SAFETY: as stated before the first launch in this function.
-                unsafe {
-                    st.launch_builder(&k.paged_attention)
-                        .arg(&s.q)
-                        .arg(&self.k_cache[l])
-                        .arg(&self.v_cache[l])
-                        .arg(&s.block_tables)
-                        .arg(&mb)
-                        .arg(&s.token_seq)
-                        .arg(&s.positions)
-                        .arg(&mut s.attn)
-                        .arg(&hn)
-                        .arg(&kvn)
-                        .arg(&dn)
-                        .arg(&bs32)
-                        .arg(&scale)
-                        .launch(cfg((t32 as u32, heads as u32), 128, 0))
-                },
-                "paged_attention",
-            )?;
-            gemm(
-                &self.blas,
-                st,
-                &s.attn,
-                &layer.wo,
-                &mut s.proj,
-                tokens,
-                h,
-                q_w,
-            )?;
-            add_norm(st, &k.add_rms_norm, s, &layer.mlp_norm, tokens, h, eps)?;
-            gemm(
-                &self.blas,
-                st,
-                &s.xn,
-                &layer.wgu,
-                &mut s.gu,
-                tokens,
-                2 * inter,
-                h,
-            )?;
-            let i32n = inter as i32;
-            launch(
-                // SAFETY: as stated before the first launch in this function.
-                unsafe {
-                    st.launch_builder(&k.silu_mul)
-                        .arg(&s.gu)
-                        .arg(&mut s.act)
-                        .arg(&i32n)
-                        .arg(&t32)
+                    st.launch_builder(&k.rms_norm)
+                        .arg(&s.x)
+                        .arg(&layer.attn_norm)
+                        .arg(&mut s.xn)
+                        .arg(&h32)
+                        .arg(&eps)
                         .launch(cfg((t32 as u32, 1), 256, 0))
                 },
-                "silu_mul",
+                "rms_norm",
             )?;
-            gemm(
-                &self.blas,
-                st,
-                &s.act,
-                &layer.wdown,
-                &mut s.proj,
-                tokens,
-                h,
-                inter,
-            )?;
+        } else {
+            // The previous layer's MLP output joins the residual here.
+            add_norm(st, &k.add_rms_norm, s, &layer.attn_norm, tokens, h, eps)?;
         }
-        // Final residual and norm for every row, then the head on the rows that want logits.
-        add_norm(st, &k.add_rms_norm, s, &self.norm, tokens, h, eps)?;
+        gemm(
+            &self.blas,
+            st,
+            &s.xn,
+            &layer.wqkv,
+            &mut s.qkv,
+            tokens,
+            qkv_w,
+            h,
+        )?;
+        let (hn, kvn, dn) = (heads as i32, kv_heads as i32, d as i32);
+        let null: u64 = 0;
+        let mut b = st.launch_builder(&k.qkv_rope_cache);
+        b.arg(&s.qkv);
+        match &layer.bqkv {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        launched(
+            // SAFETY: as stated before `embed`.
+            unsafe {
+                b.arg(&self.cos)
+                    .arg(&self.sin)
+                    .arg(&s.positions)
+                    .arg(&s.slots)
+                    .arg(&mut s.q)
+                    .arg(&self.k_cache[l])
+                    .arg(&self.v_cache[l])
+                    .arg(&hn)
+                    .arg(&kvn)
+                    .arg(&dn)
+                    .launch(cfg((t32 as u32, 1), 128, 0))
+            },
+            "qkv_rope_cache",
+        )?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (mb, bs32) = (step.max_blocks as i32, self.block_size as i32);
+        launched(
+            // SAFETY: as stated before `embed`.
+            unsafe {
+                st.launch_builder(&k.paged_attention)
+                    .arg(&s.q)
+                    .arg(&self.k_cache[l])
+                    .arg(&self.v_cache[l])
+                    .arg(&s.block_tables)
+                    .arg(&mb)
+                    .arg(&s.token_seq)
+                    .arg(&s.positions)
+                    .arg(&mut s.attn)
+                    .arg(&hn)
+                    .arg(&kvn)
+                    .arg(&dn)
+                    .arg(&bs32)
+                    .arg(&scale)
+                    .launch(cfg((t32 as u32, heads as u32), 128, 0))
+            },
+            "paged_attention",
+        )?;
+        gemm(
+            &self.blas,
+            st,
+            &s.attn,
+            &layer.wo,
+            &mut s.proj,
+            tokens,
+            h,
+            q_w,
+        )
+    }
+
+    /// Layer `l`'s MLP: the attention output joins the residual and is normed, then the
+    /// fused gate/up product, SiLU(gate) × up, and the down projection into `proj`.
+    fn mlp_layer(&mut self, l: usize, step: &Step) -> Result<(), EngineError> {
+        let c = &self.config;
+        let (h, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps as f32);
+        let tokens = step.tokens;
+        let (st, s, k) = (&self.stream, &mut self.s, &self.k);
+        let layer = &self.layers[l];
+        add_norm(st, &k.add_rms_norm, s, &layer.mlp_norm, tokens, h, eps)?;
+        gemm(
+            &self.blas,
+            st,
+            &s.xn,
+            &layer.wgu,
+            &mut s.gu,
+            tokens,
+            2 * inter,
+            h,
+        )?;
+        let (t32, i32n) = (tokens as i32, inter as i32);
+        launched(
+            // SAFETY: as stated before `embed`.
+            unsafe {
+                st.launch_builder(&k.silu_mul)
+                    .arg(&s.gu)
+                    .arg(&mut s.act)
+                    .arg(&i32n)
+                    .arg(&t32)
+                    .launch(cfg((t32 as u32, 1), 256, 0))
+            },
+            "silu_mul",
+        )?;
+        gemm(
+            &self.blas,
+            st,
+            &s.act,
+            &layer.wdown,
+            &mut s.proj,
+            tokens,
+            h,
+            inter,
+        )
+    }
+
+    /// The last MLP output joins the residual and every row is normed; the rows that want
+    /// logits are gathered, multiplied by the head, and their logits read back.
+    fn head(&mut self, seqs: &[SeqStep<'_>], step: &Step) -> Result<(), EngineError> {
+        let c = &self.config;
+        let (h, vocab, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps as f32);
+        let (st, s, k) = (&self.stream, &mut self.s, &self.k);
+        add_norm(st, &k.add_rms_norm, s, &self.norm, step.tokens, h, eps)?;
         let mut row = 0;
         let mut o = 0;
         for seq in seqs {
@@ -687,27 +778,41 @@ impl CudaBackend {
                 o += 1;
             }
         }
-        if outputs > 0 {
-            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            gemm(
-                &self.blas,
-                st,
-                &s.last,
-                head,
-                &mut s.logits,
-                outputs,
-                vocab,
-                h,
-            )?;
-            self.h_logits.resize(outputs * vocab, 0.0);
-            st.memcpy_dtoh(&s.logits.slice(0..outputs * vocab), &mut self.h_logits[..])
-                .map_err(|e| err("download", e))?;
-        } else {
+        let outputs = step.outputs;
+        if outputs == 0 {
             self.h_logits.clear();
+            return Ok(());
         }
-        st.synchronize().map_err(|e| err("step", e))?;
-        Ok(())
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        gemm(
+            &self.blas,
+            st,
+            &s.last,
+            head,
+            &mut s.logits,
+            outputs,
+            vocab,
+            h,
+        )?;
+        self.h_logits.resize(outputs * vocab, 0.0);
+        st.memcpy_dtoh(&s.logits.slice(0..outputs * vocab), &mut self.h_logits[..])
+            .map_err(|e| err("download", e))
     }
+}
+
+/// The shape of one step, as [`CudaBackend::upload`] laid it out.
+struct Step {
+    /// Rows: the tokens of every sequence of the step.
+    tokens: usize,
+    /// The longest block table; each sequence's is padded to it.
+    max_blocks: usize,
+    /// Sequences that want logits.
+    outputs: usize,
+}
+
+/// A launch's result as the engine's error, naming the kernel.
+fn launched<T>(r: Result<T, cudarc::driver::DriverError>, what: &str) -> Result<(), EngineError> {
+    r.map(|_| ()).map_err(|e| err(what, e))
 }
 
 impl Backend for CudaBackend {
