@@ -375,63 +375,7 @@ impl Batches {
                 format!("File {input_file_id} was not uploaded with purpose \"batch\"."),
             ));
         }
-        let mut seen = std::collections::HashSet::new();
-        let mut checked = Vec::new();
-        for (i, text) in content.lines().enumerate() {
-            if text.trim().is_empty() {
-                continue;
-            }
-            let mut c = check_line(text, i + 1, endpoint);
-            if let Checked::Request { custom_id, .. } = &c
-                && !seen.insert(custom_id.clone())
-            {
-                c = Checked::Malformed {
-                    custom_id: Some(custom_id.clone()),
-                    message: format!(
-                        "Line {}: custom_id {custom_id:?} is used by an earlier line; each must be unique.",
-                        i + 1
-                    ),
-                };
-            }
-            checked.push(c);
-        }
-        if checked.is_empty() {
-            return Err(BatchError::invalid(
-                "input_file_id",
-                "The input file has no request lines.",
-            ));
-        }
-        // A batch in which nothing could run would only "complete" with errors: refuse it and
-        // say why, as a validation failure.
-        if checked
-            .iter()
-            .all(|c| matches!(c, Checked::Malformed { .. }))
-        {
-            let reasons: Vec<&str> = checked
-                .iter()
-                .take(3)
-                .filter_map(|c| match c {
-                    Checked::Malformed { message, .. } => Some(message.as_str()),
-                    Checked::Request { .. } => None,
-                })
-                .collect();
-            return Err(BatchError::invalid(
-                "input_file_id",
-                format!(
-                    "No line of the input file is a valid request. {}",
-                    reasons.join(" ")
-                ),
-            ));
-        }
-        if checked.len() > MAX_LINES {
-            return Err(BatchError::invalid(
-                "input_file_id",
-                format!(
-                    "The input file has {} lines; a batch takes at most {MAX_LINES}.",
-                    checked.len()
-                ),
-            ));
-        }
+        let checked = check_lines(&content, endpoint)?;
         let malformed = checked
             .iter()
             .filter(|c| matches!(c, Checked::Malformed { .. }))
@@ -462,6 +406,7 @@ impl Batches {
         .execute(&mut *tx)
         .await
         .map_err(BatchError::storage)?;
+        let mut lines = db::Rows::new(&LINE_COLUMNS);
         for (n, c) in checked.iter().enumerate() {
             let (custom_id, body, status, response) = match c {
                 Checked::Request { custom_id, body } => {
@@ -474,20 +419,22 @@ impl Batches {
                     Some(malformed_entry(custom_id.as_deref(), message)),
                 ),
             };
-            db::sqlx::query(
-                "INSERT INTO batch_lines (batch_id, line_no, custom_id, body, status, response, \
-                 succeeded) VALUES ($1, $2, $3, $4, $5, $6, 0)",
-            )
-            .bind(&id)
-            .bind(n as i64)
-            .bind(custom_id)
-            .bind(body)
-            .bind(status)
-            .bind(response)
-            .execute(&mut *tx)
-            .await
-            .map_err(BatchError::storage)?;
+            lines.push([
+                id.as_str().into(),
+                (n as i64).into(),
+                custom_id.into(),
+                body.into(),
+                status.into(),
+                response.into(),
+                0i64.into(),
+            ]);
         }
+        let mut writes: db::Batch<()> = self.db.batch();
+        writes.insert_rows("batch_lines", lines);
+        writes
+            .run(&mut tx)
+            .await
+            .map_err(|e| BatchError::Storage(e.to_string()))?;
         tx.commit().await.map_err(BatchError::storage)?;
         self.wake();
         self.get(&creator.org_id, &id)
@@ -585,6 +532,81 @@ impl Batches {
             .await?
             .ok_or_else(|| BatchError::NotFound("batch", id.to_string()))
     }
+}
+
+/// The columns of a batch's lines as [`Batches::create`] writes them.
+const LINE_COLUMNS: [(&str, db::Column); 7] = [
+    ("batch_id", db::Column::Text),
+    ("line_no", db::Column::Int),
+    ("custom_id", db::Column::Text),
+    ("body", db::Column::Text),
+    ("status", db::Column::Text),
+    ("response", db::Column::Text),
+    ("succeeded", db::Column::Int),
+];
+
+/// Every non-blank line of an input file checked (a repeated custom_id makes its line
+/// malformed). Refuses a file with no request line, with no valid one (saying why for the
+/// first few), or with more than [`MAX_LINES`].
+fn check_lines(content: &str, endpoint: Endpoint) -> Result<Vec<Checked>, BatchError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut checked = Vec::new();
+    for (i, text) in content.lines().enumerate() {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let mut c = check_line(text, i + 1, endpoint);
+        if let Checked::Request { custom_id, .. } = &c
+            && !seen.insert(custom_id.clone())
+        {
+            c = Checked::Malformed {
+                custom_id: Some(custom_id.clone()),
+                message: format!(
+                    "Line {}: custom_id {custom_id:?} is used by an earlier line; each must be unique.",
+                    i + 1
+                ),
+            };
+        }
+        checked.push(c);
+    }
+    if checked.is_empty() {
+        return Err(BatchError::invalid(
+            "input_file_id",
+            "The input file has no request lines.",
+        ));
+    }
+    // A batch in which nothing could run would only "complete" with errors: refuse it and
+    // say why, as a validation failure.
+    if checked
+        .iter()
+        .all(|c| matches!(c, Checked::Malformed { .. }))
+    {
+        let reasons: Vec<&str> = checked
+            .iter()
+            .take(3)
+            .filter_map(|c| match c {
+                Checked::Malformed { message, .. } => Some(message.as_str()),
+                Checked::Request { .. } => None,
+            })
+            .collect();
+        return Err(BatchError::invalid(
+            "input_file_id",
+            format!(
+                "No line of the input file is a valid request. {}",
+                reasons.join(" ")
+            ),
+        ));
+    }
+    if checked.len() > MAX_LINES {
+        return Err(BatchError::invalid(
+            "input_file_id",
+            format!(
+                "The input file has {} lines; a batch takes at most {MAX_LINES}.",
+                checked.len()
+            ),
+        ));
+    }
+    Ok(checked)
 }
 
 #[cfg(test)]
