@@ -43,14 +43,21 @@ const FACTORY_SELECT: &str = "SELECT f.id, f.partner_org_id, o.name AS partner_n
 fn factory_from_row(r: &db::sqlx::any::AnyRow) -> Result<Factory, ComputeError> {
     let region: String = r.try_get("region")?;
     let gpu: String = r.try_get("gpu_class")?;
+    // Only this crate writes these columns, from the same lists: anything else is a stored
+    // row this build cannot read, not a factory in some default place.
+    let unreadable = |what: &str, value: &str| {
+        ComputeError::from(db::sqlx::Error::Decode(
+            format!("factory row with an unknown {what} {value:?}").into(),
+        ))
+    };
     let models: String = r.try_get("models")?;
     Ok(Factory {
         id: r.try_get("id")?,
         partner_org_id: r.try_get("partner_org_id")?,
         partner_name: r.try_get("partner_name")?,
         name: r.try_get("name")?,
-        region: Region::from_code(&region).unwrap_or(Region::Europe),
-        gpu_class: GpuClass::from_code(&gpu).unwrap_or(GpuClass::H100),
+        region: Region::from_code(&region).ok_or_else(|| unreadable("region", &region))?,
+        gpu_class: GpuClass::from_code(&gpu).ok_or_else(|| unreadable("GPU class", &gpu))?,
         models: models
             .split(',')
             .filter(|m| !m.is_empty())

@@ -103,7 +103,7 @@ pub enum JobError {
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     UnknownModel(String),
     #[error(
-        "Not enough credits: this request may cost up to ${} and ${} is available. Add credits on the Credits page or lower max_tokens.",
+        "Not enough credits: this request may cost up to ${} and ${} is available.",
         needed.decimal(),
         available.decimal()
     )]

@@ -166,9 +166,14 @@ impl From<JobError> for ApiError {
                 param: Some("model"),
                 ..ApiError::not_found(message, "model_not_found")
             },
+            // What to do about it belongs to the answer, not to the jobs layer.
             JobError::InsufficientCredits { .. } => ApiError {
                 code: Some("insufficient_quota"),
-                ..ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_quota", message)
+                ..ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "insufficient_quota",
+                    format!("{message} Add credits on the Credits page or lower max_tokens."),
+                )
             },
             JobError::Overloaded => ApiError::rate_limited(message, "queue_full", 1),
             JobError::TokensPerMinute { retry_after, .. } => {
