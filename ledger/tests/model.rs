@@ -3,6 +3,10 @@
 //! every balance and every held amount equals the model's, and the ledger's own invariants
 //! hold (transactions sum to zero, balances equal their entries, nothing below zero). Runs on
 //! SQLite, and on PostgreSQL when `TEST_DATABASE_URL` is set.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 use std::cell::Cell;
 

@@ -407,6 +407,44 @@ impl Payments {
         let books = books
             .filter(|b| b.org_id == org_id)
             .ok_or(WebhookError::NotYet)?;
+        let (legs, owed) = self.refund_legs(tx, books, amount).await?;
+        let charge_id = text(charge, "id").unwrap_or_default();
+        let posting = Posting::new(
+            format!("stripe:refund:{charge_id}:{total}"),
+            "refund",
+            if owed > 0 {
+                format!("Card payment refunded; {} owed", Nanos::new(owed))
+            } else {
+                "Card payment refunded".to_string()
+            },
+            Some(org_id.clone()),
+            legs,
+        )?;
+        self.credits.ledger().post_in(tx, &posting).await?;
+        db::sqlx::query(
+            "UPDATE payment_checkouts SET refunded_cents = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(total)
+        .bind(now_ms())
+        .bind(&checkout)
+        .execute(&mut **tx)
+        .await?;
+        Ok(WebhookOutcome::Refunded {
+            org_id,
+            amount,
+            owed: Nanos::new(owed),
+        })
+    }
+
+    /// The legs that take `amount` back from a refunded payment: into the clearing account,
+    /// from the paid wallet as far as its available balance covers it, the rest owed.
+    /// Returns them with the owed part.
+    async fn refund_legs(
+        &self,
+        tx: &mut Tx,
+        books: &Books,
+        amount: Nanos,
+    ) -> Result<(Vec<Leg>, i64), WebhookError> {
         let (paid, owed_account, clearing) = (
             books.paid.clone(),
             books.owed.clone(),
@@ -442,31 +480,6 @@ impl Payments {
                 amount: -owed,
             });
         }
-        let charge_id = text(charge, "id").unwrap_or_default();
-        let posting = Posting::new(
-            format!("stripe:refund:{charge_id}:{total}"),
-            "refund",
-            if owed > 0 {
-                format!("Card payment refunded; {} owed", Nanos::new(owed))
-            } else {
-                "Card payment refunded".to_string()
-            },
-            Some(org_id.clone()),
-            legs,
-        )?;
-        self.credits.ledger().post_in(tx, &posting).await?;
-        db::sqlx::query(
-            "UPDATE payment_checkouts SET refunded_cents = $1, updated_at = $2 WHERE id = $3",
-        )
-        .bind(total)
-        .bind(now_ms())
-        .bind(&checkout)
-        .execute(&mut **tx)
-        .await?;
-        Ok(WebhookOutcome::Refunded {
-            org_id,
-            amount,
-            owed: Nanos::new(owed),
-        })
+        Ok((legs, owed))
     }
 }

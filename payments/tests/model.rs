@@ -5,6 +5,10 @@
 //! earlier delivery. After every step every bucket's balance and held amount, and what the
 //! organisation owes, equal the model's, and the ledger's invariants hold. Runs on SQLite, and
 //! on PostgreSQL when `TEST_DATABASE_URL` is set.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 use std::cell::Cell;
 

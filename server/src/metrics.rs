@@ -89,8 +89,15 @@ async fn count(db: &db::Db, sql: &str) -> Result<i64, db::sqlx::Error> {
 async fn render(m: &MetricsState) -> anyhow::Result<String> {
     let mut registry = Registry::default();
     m.jobs.metrics().register(&mut registry);
+    register_pool(&mut registry, m);
+    register_money_and_security(&mut registry, m).await?;
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
 
-    // The worker pool, read now.
+/// The worker pool's gauges and counters, read now, under vLLM's names.
+fn register_pool(registry: &mut Registry, m: &MetricsState) {
     let running = Family::<Model, Gauge>::default();
     let waiting = Family::<Model, Gauge>::default();
     let cache = Family::<Model, Gauge<f64, AtomicU64>>::default();
@@ -150,8 +157,13 @@ async fn render(m: &MetricsState) -> anyhow::Result<String> {
         generation_tokens,
     );
     registry.register("vllm:num_preemptions", "Sequences preempted", preemptions);
+}
 
-    // Money and security, from the database shared by every instance.
+/// Money and security, from the database shared by every instance.
+async fn register_money_and_security(
+    registry: &mut Registry,
+    m: &MetricsState,
+) -> anyhow::Result<()> {
     let holds = Gauge::<i64>::default();
     holds.set(
         count(
@@ -200,8 +212,5 @@ async fn render(m: &MetricsState) -> anyhow::Result<String> {
         "Failed logins inside the login limits' sliding window",
         failures,
     );
-
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)?;
-    Ok(out)
+    Ok(())
 }

@@ -45,6 +45,10 @@ pub struct Header<'a> {
     pub names: &'a BTreeMap<String, String>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the format's records in file order, one after another; split up, the order would be spread over functions"
+)]
 pub fn write(header: &Header<'_>, c: &Computed) -> String {
     // Names are the tenants' and partners' own text: every cell goes through text::Csv, so a
     // name that a spreadsheet would run as a formula is written with a leading `'`.
@@ -341,6 +345,10 @@ fn field<'a>(fields: &'a [String], i: usize, what: &str) -> Result<&'a str, Veri
 }
 
 /// Reads a statement CSV into its parts, checking only that each row is well formed.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the format's records in file order, one after another; split up, the order would be spread over functions"
+)]
 pub fn parse(bytes: &[u8]) -> Result<Document, VerifyError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -473,6 +481,10 @@ pub struct Verified {
 /// Re-adds every line, checks each total, split and balance, and hashes the file. With
 /// `previous_sha256`, also checks the chain link. Sums are taken in 128 bits, so no file can
 /// overflow them into agreement.
+#[allow(
+    clippy::too_many_lines,
+    reason = "every check of the format in file order, each a few lines, sharing the sums read so far"
+)]
 pub fn verify(bytes: &[u8], previous_sha256: Option<&str>) -> Result<Verified, VerifyError> {
     let d = parse(bytes)?;
     let wide = |s: &Sums| s.array().map(i128::from);

@@ -306,7 +306,21 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
         pages: Vec::new(),
         draft: issued.is_none(),
     };
-    let sha256 = issued.map(|i| i.sha256);
+    heading(&mut w, d, issued);
+    w.gap(4.0);
+    agreement_terms(&mut w, d);
+    w.gap(4.0);
+    summary(&mut w, d);
+    usage_lines(&mut w, d);
+    credit_support(&mut w, d);
+    w.gap(6.0);
+    adjustments(&mut w, d);
+    footers(&mut w, d, issued.map(|i| i.sha256));
+    assemble(w, d)
+}
+
+/// Title, partner, period, status and payee.
+fn heading(w: &mut Writer, d: &Document, issued: Option<Issued<'_>>) {
     w.line(16.0, true, "Tokenmill revenue-share statement");
     w.line(11.0, true, &format!("{} - {}", d.partner_name, d.period));
     let status = match (d.number, issued) {
@@ -330,7 +344,10 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
             d.partner_name, d.partner_id
         ),
     );
-    w.gap(4.0);
+}
+
+/// Each agreement version in force during the month, in words.
+fn agreement_terms(w: &mut Writer, d: &Document) {
     w.line(10.0, true, "Agreement terms");
     if d.agreements.is_empty() {
         w.line(
@@ -364,7 +381,10 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
             ),
         );
     }
-    w.gap(4.0);
+}
+
+/// The month's totals, recoupment and the amount payable.
+fn summary(w: &mut Writer, d: &Document) {
     w.line(10.0, true, "Summary");
     let [cost, before, during, after, remaining] = d.recoupment;
     let summary = [
@@ -418,16 +438,19 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
     w.gap(2.0);
     w.wrapped(7.5, &format!("Rounding: {}", d.rounding));
     w.gap(6.0);
+}
 
+/// One line per usage month, tenant and model, and their total.
+fn usage_lines(w: &mut Writer, d: &Document) {
     w.room(40.0);
     w.line(10.0, true, "Usage by tenant and model");
-    table_header(&mut w);
+    table_header(w);
     if d.lines.is_empty() {
         w.line(8.0, false, "No usage in this period.");
     }
     for l in &d.lines {
         if w.room(12.0) {
-            table_header(&mut w);
+            table_header(w);
         }
         let DocLine {
             usage_period,
@@ -453,7 +476,10 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
         true,
         &line_cells(["Total".into(), String::new(), String::new()], &d.total),
     );
+}
 
+/// Credit support by sponsor, when there is any.
+fn credit_support(w: &mut Writer, d: &Document) {
     if !d.support.is_empty() {
         w.gap(6.0);
         w.room(40.0);
@@ -489,8 +515,10 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
             w.table_row(false, &columns, values);
         }
     }
+}
 
-    w.gap(6.0);
+/// Credits, corrections and refunds taken into the month.
+fn adjustments(w: &mut Writer, d: &Document) {
     w.room(40.0);
     w.line(10.0, true, "Adjustments");
     if d.adjustments.is_empty() {
@@ -519,8 +547,11 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
             w.table_row(false, &columns, values);
         }
     }
+}
 
-    // Footers, now that the page count is known.
+/// Footers, now that the page count is known: the hashes of this statement and the previous,
+/// and the page number.
+fn footers(w: &mut Writer, d: &Document, sha256: Option<&str>) {
     let count = w.pages.len();
     let hash = match sha256 {
         Some(h) => format!("SHA-256 of the canonical CSV: {h}"),
@@ -548,7 +579,12 @@ pub fn render(d: &Document, issued: Option<Issued<'_>>) -> Vec<u8> {
         c.show(Str(label.as_bytes()));
         c.end_text();
     }
+}
 
+/// The PDF file: catalog, page tree, the two standard fonts, document info, and each page
+/// with its content stream.
+fn assemble(w: Writer, d: &Document) -> Vec<u8> {
+    let count = w.pages.len();
     let catalog = Ref::new(1);
     let tree = Ref::new(2);
     let regular = Ref::new(3);

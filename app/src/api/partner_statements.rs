@@ -306,24 +306,17 @@ pub async fn statement_detail(
         .statement(&partner_id, period, db::now_ms())
         .await
         .map_err(with_status)?;
+    Ok(statement_doc_view(partner_id, &st))
+}
+
+/// A statement as the statement page shows it: money as dollars, agreements in words.
+#[cfg(feature = "ssr")]
+fn statement_doc_view(partner_id: String, st: &statements::Statement) -> StatementDocView {
     let d = &st.document;
     let money = |n: i64| ledger::Nanos::new(n).to_string();
-    let line =
-        |period: &str, tenant: &str, model: &str, s: &statements::canonical::Sums| LineView {
-            usage_period: period.to_string(),
-            tenant: tenant.to_string(),
-            model: model.to_string(),
-            requests: s.requests,
-            input_tokens: s.input_tokens,
-            output_tokens: s.output_tokens,
-            device_seconds: statements::canonical::seconds(s.device_us),
-            gross: money(s.gross),
-            cash: money(s.cash),
-            credit_support: money(s.credit_support),
-            partner: money(s.partner_share),
-            vendor: money(s.vendor_share),
-            recouped: money(s.recouped),
-        };
+    let line = |period: &str, tenant: &str, model: &str, s: &statements::canonical::Sums| {
+        line_view(period, tenant, model, s, money)
+    };
     let [cost, before, during, after, remaining] = d.recoupment;
     let (sha256, previous_sha256) = match &st.status {
         statements::StatementStatus::Closed {
@@ -333,7 +326,7 @@ pub async fn statement_detail(
         } => (Some(sha256.clone()), previous_sha256.clone()),
         statements::StatementStatus::Draft => (None, d.previous_sha256.clone()),
     };
-    Ok(StatementDocView {
+    StatementDocView {
         partner_id,
         partner_name: d.partner_name.clone(),
         period: d.period.clone(),
@@ -344,30 +337,17 @@ pub async fn statement_detail(
         agreements: d
             .agreements
             .iter()
-            .map(|a| {
-                let recoup = match (a.recoup_cost, a.recoup_vendor_share_bps) {
-                    (Some(c), Some(v)) => format!(
-                        "; recoupment of {} at a vendor share of {}",
-                        money(c),
-                        access::pct(v as u32)
-                    ),
-                    _ => String::new(),
-                };
-                format!(
-                    "Version {} from {} to {}: partner share {}, credit support reimbursed at {}{recoup}",
-                    a.version,
-                    a.from,
-                    if a.to.is_empty() { "open" } else { &a.to },
-                    access::pct(a.partner_share_bps as u32),
-                    access::pct(a.credit_reimbursement_bps as u32)
-                )
-            })
+            .map(|a| agreement_text(a, money))
             .collect(),
         lines: d
             .lines
             .iter()
             .map(|l| {
-                let tenant = if l.tenant_name.is_empty() { &l.tenant_id } else { &l.tenant_name };
+                let tenant = if l.tenant_name.is_empty() {
+                    &l.tenant_id
+                } else {
+                    &l.tenant_name
+                };
                 line(&l.usage_period, tenant, &l.model, &l.sums)
             })
             .collect(),
@@ -378,7 +358,11 @@ pub async fn statement_detail(
             .map(|s| {
                 (
                     format!("{} / {}", s.usage_period, s.model),
-                    if s.sponsor_name.is_empty() { s.sponsor_id.clone() } else { s.sponsor_name.clone() },
+                    if s.sponsor_name.is_empty() {
+                        s.sponsor_id.clone()
+                    } else {
+                        s.sponsor_name.clone()
+                    },
                     money(s.amount),
                     money(s.partner_share),
                 )
@@ -409,7 +393,57 @@ pub async fn statement_detail(
             money(remaining)
         ),
         rounding: d.rounding.clone(),
-    })
+    }
+}
+
+/// One line (or the total) of a statement's usage table.
+#[cfg(feature = "ssr")]
+fn line_view(
+    period: &str,
+    tenant: &str,
+    model: &str,
+    s: &statements::canonical::Sums,
+    money: impl Fn(i64) -> String,
+) -> LineView {
+    LineView {
+        usage_period: period.to_string(),
+        tenant: tenant.to_string(),
+        model: model.to_string(),
+        requests: s.requests,
+        input_tokens: s.input_tokens,
+        output_tokens: s.output_tokens,
+        device_seconds: statements::canonical::seconds(s.device_us),
+        gross: money(s.gross),
+        cash: money(s.cash),
+        credit_support: money(s.credit_support),
+        partner: money(s.partner_share),
+        vendor: money(s.vendor_share),
+        recouped: money(s.recouped),
+    }
+}
+
+/// An agreement version in force during the month, in words.
+#[cfg(feature = "ssr")]
+fn agreement_text(
+    a: &statements::canonical::DocAgreement,
+    money: impl Fn(i64) -> String,
+) -> String {
+    let recoup = match (a.recoup_cost, a.recoup_vendor_share_bps) {
+        (Some(c), Some(v)) => format!(
+            "; recoupment of {} at a vendor share of {}",
+            money(c),
+            access::pct(v as u32)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "Version {} from {} to {}: partner share {}, credit support reimbursed at {}{recoup}",
+        a.version,
+        a.from,
+        if a.to.is_empty() { "open" } else { &a.to },
+        access::pct(a.partner_share_bps as u32),
+        access::pct(a.credit_reimbursement_bps as u32)
+    )
 }
 
 #[server(endpoint = "close_statement")]

@@ -7,6 +7,10 @@ use crate::AppError;
 use crate::api::{FactoryView, ProgramOption, RequestTerms};
 use crate::components::form::{FieldError, field_error};
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one form's markup, in the order it renders; its parts are components already"
+)]
 #[component]
 pub fn RequestFields<S>(
     factories: Vec<FactoryView>,

@@ -11,6 +11,10 @@ use crate::components::partner_options::PartnerOptions;
 use crate::pages::admin::AdminNav;
 use crate::pages::auth::{KIND_OPTIONS, REGION_OPTIONS};
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's markup, in the order it renders; its parts are components already"
+)]
 #[component]
 pub fn AdminPrograms() -> impl IntoView {
     let create = ServerAction::<CreateProgram>::new();

@@ -12,6 +12,10 @@ use crate::{
     },
 };
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's markup, in the order it renders; its parts are components already"
+)]
 #[component]
 pub fn Members() -> impl IntoView {
     let invite = ServerAction::<Invite>::new();

@@ -151,6 +151,10 @@ fn origin() -> String {
         .unwrap_or_else(|| "http://127.0.0.1:3000".into())
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's markup, in the order it renders; its parts are components already"
+)]
 #[component]
 pub fn Playground() -> impl IntoView {
     let models = Resource::new(|| (), |_| playground_models());

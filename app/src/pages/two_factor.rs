@@ -66,6 +66,10 @@ fn ShowCodes(codes: RecoveryCodes) -> impl IntoView {
 }
 
 /// The Account page's two-factor panel.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one page's markup, in the order it renders; its parts are components already"
+)]
 #[component]
 pub fn TwoFactorPanel() -> impl IntoView {
     let begin = ServerAction::<BeginTwoFactor>::new();

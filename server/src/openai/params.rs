@@ -178,7 +178,9 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Parsed, ApiError> {
     into_parsed(endpoint, body)
 }
 
-fn into_parsed(endpoint: Endpoint, b: Body) -> Result<Parsed, ApiError> {
+/// Refuses what this server does not do, naming the parameter: a missing model, n or
+/// best_of above 1, echo, suffix, tools and functions, response formats other than text.
+fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
     if b.model.trim().is_empty() {
         return Err(invalid(
             "model",
@@ -214,29 +216,36 @@ fn into_parsed(endpoint: Endpoint, b: Body) -> Result<Parsed, ApiError> {
             "Only response_format {\"type\": \"text\"} is supported.",
         ));
     }
+    Ok(())
+}
 
-    let prompt = match endpoint {
+/// The prompt: chat messages for chat, a prompt (text or token ids) for completions, never
+/// the other's field.
+fn prompt_of(
+    endpoint: Endpoint,
+    prompt: Option<PromptField>,
+    messages: Option<Vec<Message>>,
+) -> Result<Prompt, ApiError> {
+    Ok(match endpoint {
         Endpoint::Chat => {
-            if b.prompt.is_some() {
+            if prompt.is_some() {
                 return Err(invalid(
                     "prompt",
                     "prompt belongs to /v1/completions; chat takes messages.",
                 ));
             }
-            let messages = b
-                .messages
+            let messages = messages
                 .ok_or_else(|| invalid("messages", "Missing required parameter: 'messages'."))?;
             Prompt::Chat(chat_messages(messages)?)
         }
         Endpoint::Completions => {
-            if b.messages.is_some() {
+            if messages.is_some() {
                 return Err(invalid(
                     "messages",
                     "messages belong to /v1/chat/completions; completions take a prompt.",
                 ));
             }
-            match b
-                .prompt
+            match prompt
                 .ok_or_else(|| invalid("prompt", "Missing required parameter: 'prompt'."))?
             {
                 PromptField::Text(t) => Prompt::Text(t),
@@ -251,9 +260,13 @@ fn into_parsed(endpoint: Endpoint, b: Body) -> Result<Parsed, ApiError> {
                 }
             }
         }
-    };
+    })
+}
 
-    let logprobs = match endpoint {
+/// The logprobs asked for: chat's `logprobs` + `top_logprobs` (up to 20), or legacy
+/// completions' `logprobs` count (up to 5).
+fn logprobs_of(endpoint: Endpoint, b: &Body) -> Result<Logprobs, ApiError> {
+    Ok(match endpoint {
         Endpoint::Chat => {
             let on = match &b.logprobs {
                 None | Some(serde_json::Value::Null) => false,
@@ -291,8 +304,13 @@ fn into_parsed(endpoint: Endpoint, b: Body) -> Result<Parsed, ApiError> {
                 }
             },
         },
-    };
+    })
+}
 
+fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
+    refuse_unsupported(&b)?;
+    let prompt = prompt_of(endpoint, b.prompt.take(), b.messages.take())?;
+    let logprobs = logprobs_of(endpoint, &b)?;
     let max_tokens = match (b.max_completion_tokens, b.max_tokens) {
         (Some(m), _) | (None, Some(m)) => {
             if m == 0 {

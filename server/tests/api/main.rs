@@ -1,5 +1,9 @@
 //! The integration harness: each test starts the real server on port 0 with a fresh database
 //! and talks to it over HTTP, as a browser would.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 mod account_security;
 mod accounts;

@@ -92,27 +92,7 @@ impl Statements {
             q.bind(period.end_ms()).bind(from)
         };
         let rows = q.fetch_all(self.db.pool()).await?;
-        let mut grants: HashMap<String, Vec<String>> = HashMap::new();
-        let grant_rows = db::sqlx::query(
-            "SELECT g.usage_event_id, g.amount, p.sponsor_org_id FROM usage_event_grants g \
-             JOIN usage_events e ON e.id = g.usage_event_id \
-             JOIN credit_programs p ON p.id = g.program_id \
-             WHERE e.partner_org_id = $1 ORDER BY g.usage_event_id, g.grant_id",
-        )
-        .bind(partner_org_id)
-        .fetch_all(self.db.pool())
-        .await?;
-        for g in &grant_rows {
-            let sponsor: Option<String> = g.try_get("sponsor_org_id")?;
-            grants
-                .entry(g.try_get("usage_event_id")?)
-                .or_default()
-                .push(format!(
-                    "{}={}",
-                    sponsor.unwrap_or_else(|| "vendor".into()),
-                    canonical::usd(g.try_get("amount")?)
-                ));
-        }
+        let grants = self.support_by_event(partner_org_id).await?;
         let mut w = text::Csv::with({
             let mut b = csv::WriterBuilder::new();
             b.terminator(csv::Terminator::Any(b'\n'));
@@ -161,5 +141,34 @@ impl Statements {
             .map_err(write_err)?;
         }
         w.finish().map_err(write_err)
+    }
+
+    /// Each usage event's credit support, as `sponsor=amount` cells.
+    async fn support_by_event(
+        &self,
+        partner_org_id: &str,
+    ) -> Result<HashMap<String, Vec<String>>, StatementError> {
+        let mut grants: HashMap<String, Vec<String>> = HashMap::new();
+        let grant_rows = db::sqlx::query(
+            "SELECT g.usage_event_id, g.amount, p.sponsor_org_id FROM usage_event_grants g \
+             JOIN usage_events e ON e.id = g.usage_event_id \
+             JOIN credit_programs p ON p.id = g.program_id \
+             WHERE e.partner_org_id = $1 ORDER BY g.usage_event_id, g.grant_id",
+        )
+        .bind(partner_org_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        for g in &grant_rows {
+            let sponsor: Option<String> = g.try_get("sponsor_org_id")?;
+            grants
+                .entry(g.try_get("usage_event_id")?)
+                .or_default()
+                .push(format!(
+                    "{}={}",
+                    sponsor.unwrap_or_else(|| "vendor".into()),
+                    canonical::usd(g.try_get("amount")?)
+                ));
+        }
+        Ok(grants)
     }
 }
