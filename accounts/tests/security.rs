@@ -5,7 +5,6 @@ use accounts::{
     AccountError, Accounts, LoginLimits, SecondFactor, SignUpForm, SignUpOutcome,
     two_factor::code_at,
 };
-use db::testing::TestDb;
 
 const PASSWORD: &str = "lanterns over the harbour";
 
@@ -58,9 +57,8 @@ async fn burst(
     (wrong, limited, ok)
 }
 
-#[tokio::test]
-async fn a_burst_of_guesses_at_one_account_gets_no_more_checks_than_the_limit() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_burst_of_guesses_at_one_account_gets_no_more_checks_than_the_limit(t) {
         let accounts = Accounts::new(t.db.clone(), LoginLimits::default());
         signed_up(&accounts, "ada@example.com").await;
         let guesses = (0..40)
@@ -81,11 +79,10 @@ async fn a_burst_of_guesses_at_one_account_gets_no_more_checks_than_the_limit() 
         );
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_burst_from_one_address_over_many_accounts_gets_no_more_checks_than_the_limit() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_burst_from_one_address_over_many_accounts_gets_no_more_checks_than_the_limit(t) {
         let limits = LoginLimits {
             per_ip: 30,
             ..LoginLimits::default()
@@ -104,11 +101,10 @@ async fn a_burst_from_one_address_over_many_accounts_gets_no_more_checks_than_th
         assert_eq!((wrong, limited), (30, 15), "{:?}", t.db.backend());
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn after_nine_failures_a_burst_with_the_right_password_gets_one_check() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn after_nine_failures_a_burst_with_the_right_password_gets_one_check(t) {
         let accounts = Accounts::new(t.db.clone(), LoginLimits::default());
         signed_up(&accounts, "ada@example.com").await;
         let ip = "203.0.113.9";
@@ -127,11 +123,10 @@ async fn after_nine_failures_a_burst_with_the_right_password_gets_one_check() {
         assert_eq!(limited, 19);
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_burst_of_password_changes_checks_the_current_password_no_more_than_the_limit() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_burst_of_password_changes_checks_the_current_password_no_more_than_the_limit(t) {
         let accounts = Accounts::new(t.db.clone(), LoginLimits::default());
         let (user_id, _) = signed_up(&accounts, "ada@example.com").await;
         let user = accounts.user(&user_id).await.unwrap().unwrap();
@@ -164,11 +159,10 @@ async fn a_burst_of_password_changes_checks_the_current_password_no_more_than_th
         assert_eq!((wrong, limited), (10, 20), "{:?}", t.db.backend());
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn sign_ups_from_one_address_are_limited_per_hour_registered_emails_included() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn sign_ups_from_one_address_are_limited_per_hour_registered_emails_included(t) {
         let limits = LoginLimits {
             signups_per_ip_hour: 3,
             ..LoginLimits::default()
@@ -197,11 +191,10 @@ async fn sign_ups_from_one_address_are_limited_per_hour_registered_emails_includ
             .unwrap();
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_verification_link_works_once_and_verifies_only_its_user() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_verification_link_works_once_and_verifies_only_its_user(t) {
         let accounts = Accounts::new(t.db.clone(), LoginLimits::default());
         let (user_id, token) = signed_up(&accounts, "ada@example.com").await;
         let (other, _) = signed_up(&accounts, "bob@example.com").await;
@@ -232,11 +225,10 @@ async fn a_verification_link_works_once_and_verifies_only_its_user() {
         assert!(accounts.verify_email(&again).await.unwrap().newly);
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_password_reset_link_works_once_ends_every_session_and_retires_older_links() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_password_reset_link_works_once_ends_every_session_and_retires_older_links(t) {
         let accounts = Accounts::new(t.db.clone(), LoginLimits::default());
         let (user_id, _) = signed_up(&accounts, "ada@example.com").await;
         db::sqlx::query(
@@ -320,11 +312,10 @@ async fn a_password_reset_link_works_once_ends_every_session_and_retires_older_l
         ));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn totp_codes_work_once_within_one_step_and_recovery_codes_once_each() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn totp_codes_work_once_within_one_step_and_recovery_codes_once_each(t) {
         let accounts = Accounts::new(t.db.clone(), LoginLimits::default());
         let (user_id, _) = signed_up(&accounts, "ops@example.com").await;
         let user = accounts.user(&user_id).await.unwrap().unwrap();
@@ -404,4 +395,4 @@ async fn totp_codes_work_once_within_one_step_and_recovery_codes_once_each() {
         assert_eq!(accounts.recovery_codes_left(&user_id).await.unwrap(), 0);
         t.finish().await;
     }
-}
+);

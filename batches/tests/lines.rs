@@ -1,9 +1,12 @@
 //! The batch line state machine on SQLite and PostgreSQL: a line is claimed by one runner
 //! only; a dead runner's lines are taken over once; released lines run again; finished lines
 //! are counted once; a batch ends with its output and error files in line order.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 use batches::{Batches, Creator, Staged};
-use db::testing::TestDb;
 
 async fn org(db: &db::Db, id: &str) -> Creator {
     db::sqlx::query(
@@ -35,9 +38,8 @@ async fn heartbeat_at(db: &db::Db, runner: &str, at: i64) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn lines_are_claimed_once_taken_over_once_and_end_in_files() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn lines_are_claimed_once_taken_over_once_and_end_in_files(t) {
         let b = Batches::new(t.db.clone());
         let who = org(&t.db, "org-a").await;
         let content = [
@@ -150,11 +152,10 @@ async fn lines_are_claimed_once_taken_over_once_and_end_in_files() {
         ));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn cancelled_and_expired_batches_end_without_their_pending_lines() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn cancelled_and_expired_batches_end_without_their_pending_lines(t) {
         let b = Batches::new(t.db.clone());
         let who = org(&t.db, "org-a").await;
         let content = [request("one"), request("two")].join("\n");
@@ -214,11 +215,10 @@ async fn cancelled_and_expired_batches_end_without_their_pending_lines() {
         ));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_suspended_organisations_lines_wait_until_it_is_resumed() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_suspended_organisations_lines_wait_until_it_is_resumed(t) {
         let b = Batches::new(t.db.clone());
         let who = org(&t.db, "org-s").await;
         let file = b
@@ -245,4 +245,4 @@ async fn a_suspended_organisations_lines_wait_until_it_is_resumed() {
         assert_eq!(b.claim("r", 5).await.unwrap().len(), 1);
         t.finish().await;
     }
-}
+);

@@ -5,7 +5,6 @@
 use accounts::{Accounts, OrgKind, SignUpForm, SignUpOutcome, User};
 use compute::{Compute, ComputeError, Decision, FactorySpec, RequestForm, Status};
 use credits::{Credits, ProgramSpec};
-use db::testing::TestDb;
 use ledger::Nanos;
 
 const PASSWORD: &str = "correct horse battery staple 42";
@@ -157,9 +156,8 @@ fn field_of(e: ComputeError) -> &'static str {
     }
 }
 
-#[tokio::test]
-async fn bad_requests_are_refused_field_by_field() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn bad_requests_are_refused_field_by_field(t) {
         let w = world(&t.db).await;
         let c = &w.compute;
         let cases: Vec<(&str, Edit)> = vec![
@@ -225,11 +223,10 @@ async fn bad_requests_are_refused_field_by_field() {
         assert_eq!(r.capacity, compute::Capacity::Gpus { count: 8 });
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn approval_with_a_grant_activates_on_its_start_and_ends_on_its_end() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn approval_with_a_grant_activates_on_its_start_and_ends_on_its_end(t) {
         let w = world(&t.db).await;
         let c = &w.compute;
         let r = c.submit(&w.tenant, &form(&w), NOW).await.unwrap();
@@ -326,11 +323,10 @@ async fn approval_with_a_grant_activates_on_its_start_and_ends_on_its_end() {
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn changes_rejections_and_cancellations_follow_the_state_machine() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn changes_rejections_and_cancellations_follow_the_state_machine(t) {
         let w = world(&t.db).await;
         let c = &w.compute;
         let r = c.submit(&w.tenant, &form(&w), NOW).await.unwrap();
@@ -413,11 +409,10 @@ async fn changes_rejections_and_cancellations_follow_the_state_machine() {
         );
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn grants_on_approval_stay_within_the_program_budget() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn grants_on_approval_stay_within_the_program_budget(t) {
         let w = world(&t.db).await;
         let c = &w.compute;
         let a = c.submit(&w.tenant, &form(&w), NOW).await.unwrap();
@@ -482,11 +477,10 @@ async fn grants_on_approval_stay_within_the_program_budget() {
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn tenants_and_partners_cannot_cross_into_each_others_requests() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn tenants_and_partners_cannot_cross_into_each_others_requests(t) {
         let w = world(&t.db).await;
         let c = &w.compute;
         let a = c.submit(&w.tenant, &form(&w), NOW).await.unwrap();
@@ -564,11 +558,10 @@ async fn tenants_and_partners_cannot_cross_into_each_others_requests() {
         assert!(history.is_empty());
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn only_operators_create_factories_and_only_for_partners() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn only_operators_create_factories_and_only_for_partners(t) {
         let w = world(&t.db).await;
         let spec = FactorySpec {
             partner_org_id: w.partner.org_id.clone(),
@@ -628,11 +621,10 @@ async fn only_operators_create_factories_and_only_for_partners() {
         assert_eq!(w.compute.factories().await.unwrap().len(), 3);
         t.finish().await;
     }
-}
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_approvals_decide_once_and_grant_once() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn concurrent_approvals_decide_once_and_grant_once(t) {
         let w = world(&t.db).await;
         let r = w.compute.submit(&w.tenant, &form(&w), NOW).await.unwrap();
         let tasks: Vec<_> = (0..4)
@@ -661,11 +653,10 @@ async fn concurrent_approvals_decide_once_and_grant_once() {
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn operators_price_models_exactly_and_no_one_else_can() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn operators_price_models_exactly_and_no_one_else_can(t) {
         let w = world(&t.db).await;
         let c = &w.compute;
         let p = c
@@ -720,4 +711,4 @@ async fn operators_price_models_exactly_and_no_one_else_can() {
         assert_eq!(c.prices().await.unwrap().len(), 2);
         t.finish().await;
     }
-}
+);

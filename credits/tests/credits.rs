@@ -3,7 +3,6 @@
 
 use accounts::{Org, OrgKind, Region};
 use credits::{Credits, CreditsError, ProgramSpec};
-use db::testing::TestDb;
 use ledger::Nanos;
 
 fn org(id: &str, kind: OrgKind, region: Region) -> Org {
@@ -30,9 +29,8 @@ fn spec(name: &str, grant: i64, budget: i64) -> ProgramSpec {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_program_never_grants_beyond_its_budget_even_concurrently() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_program_never_grants_beyond_its_budget_even_concurrently(t) {
         let credits = Credits::new(t.db.clone());
         let program = credits
             .create_program(&spec("Startup boost", 100, 250))
@@ -64,11 +62,10 @@ async fn a_program_never_grants_beyond_its_budget_even_concurrently() {
         assert_eq!(credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn grants_go_only_to_eligible_organisations_and_once_per_key() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn grants_go_only_to_eligible_organisations_and_once_per_key(t) {
         let credits = Credits::new(t.db.clone());
         let mut s = spec("African research", 40, 1_000);
         s.eligible_kinds = vec![OrgKind::Research];
@@ -118,11 +115,10 @@ async fn grants_go_only_to_eligible_organisations_and_once_per_key() {
         );
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn spending_burns_soonest_expiring_grants_then_paid_and_lapsed_grants_leave_by_posting() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn spending_burns_soonest_expiring_grants_then_paid_and_lapsed_grants_leave_by_posting(t) {
         let credits = Credits::new(t.db.clone());
         let mut short = spec("Short", 30, 100);
         short.grant_lifetime_days = 7;
@@ -208,11 +204,10 @@ async fn spending_burns_soonest_expiring_grants_then_paid_and_lapsed_grants_leav
         assert_eq!(credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn bad_programs_are_refused_with_the_field_named() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn bad_programs_are_refused_with_the_field_named(t) {
         let credits = Credits::new(t.db.clone());
         let cases = [
             (
@@ -252,4 +247,4 @@ async fn bad_programs_are_refused_with_the_field_named() {
         ));
         t.finish().await;
     }
-}
+);

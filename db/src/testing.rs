@@ -110,3 +110,42 @@ fn replace_database(url: &str, name: &str) -> String {
         None => format!("{host_part}/{name}"),
     }
 }
+
+/// A storage test run on each backend as a test of its own: `name::sqlite`, and
+/// `name::postgres` on the server `TEST_DATABASE_URL` names (without it, that test says so on
+/// stderr and passes). A failure names its backend, and the two run in parallel.
+///
+/// ```ignore
+/// db::storage_test!(async fn a_hold_is_exact(t) {
+///     let ledger = Ledger::new(t.db.clone());
+///     // …
+/// });
+/// ```
+///
+/// The test's module sees everything of the file it is in (`use super::*`). The caller
+/// depends on tokio (with its test macro), as every async test does.
+#[macro_export]
+macro_rules! storage_test {
+    ($(#[$attr:meta])* async fn $name:ident($t:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $t = $crate::testing::TestDb::sqlite().await;
+                $body
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some($t) = $crate::testing::TestDb::postgres().await else {
+                    eprintln!("TEST_DATABASE_URL is not set: not run on PostgreSQL");
+                    return;
+                };
+                $body
+            }
+        }
+    };
+}

@@ -1,4 +1,8 @@
 //! The storage handle itself: SQLite settings and write transactions that queue.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 use db::{Backend, sqlx::Row, testing::TestDb};
 
@@ -91,9 +95,8 @@ async fn sqlite_copies_the_wal_back_beside_the_commits() {
     t.finish().await;
 }
 
-#[tokio::test]
-async fn foreign_keys_are_enforced_on_every_backend() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn foreign_keys_are_enforced_on_every_backend(t) {
         let orphan = db::sqlx::query(
             "INSERT INTO users (id, email, password_hash, org_id, org_role, created_at) \
              VALUES ('u1', 'a@b.co', 'x', 'no-such-org', 'owner', 0)",
@@ -107,7 +110,7 @@ async fn foreign_keys_are_enforced_on_every_backend() {
         );
         t.finish().await;
     }
-}
+);
 
 /// Twenty concurrent read-then-write transactions on one row: with `BEGIN IMMEDIATE` each
 /// waits for the write lock instead of failing to upgrade a read lock, and none is lost.
@@ -149,16 +152,15 @@ async fn concurrent_read_then_write_transactions_queue_on_sqlite() {
     t.finish().await;
 }
 
-#[tokio::test]
-async fn migrations_are_idempotent_across_restarts() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn migrations_are_idempotent_across_restarts(t) {
         let again = db::Db::connect(&t.url)
             .await
             .expect("reopen and migrate again");
         again.close().await;
         t.finish().await;
     }
-}
+);
 
 /// Metering commits skip the WAL flush on PostgreSQL for their own statement only, unless
 /// durable metering is asked for; other transactions keep the server's setting.
@@ -203,13 +205,12 @@ async fn metering_transactions_commit_without_the_flush_only_on_postgresql() {
     t.finish().await;
 }
 
-/// A batch runs its statements in order inside the caller's transaction, numbering each
-/// statement's placeholders on from the last, reports what each changed, and stops at a
-/// statement that changed the wrong number of rows; rolling back then undoes the whole batch.
-#[tokio::test]
-async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
-    use db::Value;
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// A batch runs its statements in order inside the caller's transaction, numbering each
+    /// statement's placeholders on from the last, reports what each changed, and stops at a
+    /// statement that changed the wrong number of rows; rolling back then undoes the whole batch.
+    async fn batches_run_in_order_report_each_statement_and_roll_back_whole(t) {
+        use db::Value;
         let backend = t.db.backend();
         let org = "INSERT INTO organizations (id, name, kind, region, created_at) \
                    VALUES ($1, $2, 'startup', 'europe', $3)";
@@ -272,22 +273,21 @@ async fn batches_run_in_order_report_each_statement_and_roll_back_whole() {
         drop(tx);
         t.finish().await;
     }
-}
+);
 
-/// A metering transaction: its reads see the database (inside the transaction on SQLite),
-/// its batch commits with the writes (checked row counts included), a refused or failed batch
-/// keeps nothing, and one dropped half way keeps nothing and leaves the pool usable. On SQLite
-/// the `BEGIN` and `COMMIT` travel inside those queries, so these are the checks that they do.
-#[tokio::test]
-async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
-    use db::Value;
-    async fn names(db: &db::Db) -> Vec<String> {
-        db::sqlx::query_scalar("SELECT name FROM organizations ORDER BY id")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-    }
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// A metering transaction: its reads see the database (inside the transaction on SQLite),
+    /// its batch commits with the writes (checked row counts included), a refused or failed batch
+    /// keeps nothing, and one dropped half way keeps nothing and leaves the pool usable. On SQLite
+    /// the `BEGIN` and `COMMIT` travel inside those queries, so these are the checks that they do.
+    async fn metering_transactions_commit_with_their_batch_or_keep_nothing(t) {
+        use db::Value;
+        async fn names(db: &db::Db) -> Vec<String> {
+            db::sqlx::query_scalar("SELECT name FROM organizations ORDER BY id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+        }
         let backend = t.db.backend();
         let org = "INSERT INTO organizations (id, name, kind, region, created_at) \
                    VALUES ($1, $2, 'startup', 'europe', $3)";
@@ -422,7 +422,7 @@ async fn metering_transactions_commit_with_their_batch_or_keep_nothing() {
         assert_eq!(names(&t.db).await, ["First!", "Second!"], "{backend:?}");
         t.finish().await;
     }
-}
+);
 
 /// Adds to `batch` the insert of organisation `o3` and then a rename of one that does not
 /// exist, whose check fails with "no such organisation".
@@ -436,45 +436,44 @@ fn insert_then_miss(batch: &mut db::Batch<&'static str>, insert: &'static str) {
     );
 }
 
-/// Rows sent as one parameter arrive exactly as given (the extremes of a 64-bit amount,
-/// NULLs, text that JSON escapes), none at all is a statement that changes nothing, and a
-/// statement over rows that must each change a row is refused, with everything else in the
-/// batch, when one of them changes none.
-#[tokio::test]
-async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
-    use db::{Column, Rows, Value};
-    const ORG: &[(&str, Column); 4] = &[
-        ("id", Column::Text),
-        ("name", Column::Text),
-        ("created_at", Column::Int),
-        ("suspended_at", Column::Int),
-    ];
-    const INSERT: &str = "INSERT INTO organizations (id, name, kind, region, created_at, \
-                          suspended_at) SELECT r.id, r.name, 'startup', 'europe', r.created_at, \
-                          r.suspended_at FROM {rows}";
-    async fn orgs(db: &db::Db) -> Vec<(String, String, i64, Option<i64>)> {
-        db::sqlx::query("SELECT id, name, created_at, suspended_at FROM organizations ORDER BY id")
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r.get("id"),
-                    r.get("name"),
-                    r.get("created_at"),
-                    r.get("suspended_at"),
-                )
-            })
-            .collect()
-    }
-    async fn commit(
-        db: &db::Db,
-        batch: db::Batch<&'static str>,
-    ) -> Result<Vec<u64>, db::BatchError<&'static str>> {
-        db.begin_metering().await.unwrap().commit_with(batch).await
-    }
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// Rows sent as one parameter arrive exactly as given (the extremes of a 64-bit amount,
+    /// NULLs, text that JSON escapes), none at all is a statement that changes nothing, and a
+    /// statement over rows that must each change a row is refused, with everything else in the
+    /// batch, when one of them changes none.
+    async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one(t) {
+        use db::{Column, Rows, Value};
+        const ORG: &[(&str, Column); 4] = &[
+            ("id", Column::Text),
+            ("name", Column::Text),
+            ("created_at", Column::Int),
+            ("suspended_at", Column::Int),
+        ];
+        const INSERT: &str = "INSERT INTO organizations (id, name, kind, region, created_at, \
+                              suspended_at) SELECT r.id, r.name, 'startup', 'europe', r.created_at, \
+                              r.suspended_at FROM {rows}";
+        async fn orgs(db: &db::Db) -> Vec<(String, String, i64, Option<i64>)> {
+            db::sqlx::query("SELECT id, name, created_at, suspended_at FROM organizations ORDER BY id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r.get("id"),
+                        r.get("name"),
+                        r.get("created_at"),
+                        r.get("suspended_at"),
+                    )
+                })
+                .collect()
+        }
+        async fn commit(
+            db: &db::Db,
+            batch: db::Batch<&'static str>,
+        ) -> Result<Vec<u64>, db::BatchError<&'static str>> {
+            db.begin_metering().await.unwrap().commit_with(batch).await
+        }
         let backend = t.db.backend();
         let mut rows = Rows::new(ORG);
         rows.push([
@@ -535,7 +534,7 @@ async fn rows_sent_as_one_parameter_arrive_whole_and_are_checked_one_by_one() {
         assert_eq!(orgs(&t.db).await, expected, "{backend:?}");
         t.finish().await;
     }
-}
+);
 
 /// An in-memory SQLite database would be one per pooled connection, the migrated one among
 /// them: refused when opened, with a message that says what to give instead.

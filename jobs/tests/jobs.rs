@@ -750,13 +750,12 @@ async fn the_jobs_of_a_stopped_instance_are_failed_and_their_holds_voided() {
     .await;
 }
 
-/// Holds started at once for one wallet never reserve more than it has, however its accounts
-/// share them. On PostgreSQL each hold reads the wallet unlocked and its writes check every
-/// account again: a hold that lost a race for an account is planned again or refused, never
-/// made from money another hold took.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// Holds started at once for one wallet never reserve more than it has, however its accounts
+    /// share them. On PostgreSQL each hold reads the wallet unlocked and its writes check every
+    /// account again: a hold that lost a race for an account is planned again or refused, never
+    /// made from money another hold took.
+    async fn holds_started_at_once_never_reserve_more_than_the_wallet_has(t) {
         let backend = t.db.backend();
         let w = world_with(&t.db, Shape::Tiny, |s| s.max_waiting = 64).await;
         w.price().await;
@@ -831,7 +830,7 @@ async fn holds_started_at_once_never_reserve_more_than_the_wallet_has() {
         w.jobs.pool().unwrap().workers()[0].stop();
         t.finish().await;
     }
-}
+);
 
 /// Runs a 4-token production job to its end: the accounts its hold drew on, in burn order.
 async fn drawn_on(w: &World) -> Vec<String> {

@@ -156,9 +156,8 @@ async fn waiting_hold(
     hold
 }
 
-#[tokio::test]
-async fn a_hold_burns_soonest_expiring_grants_first_and_releases_the_rest() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_hold_burns_soonest_expiring_grants_first_and_releases_the_rest(t) {
         let w = wallet(&t).await;
         let hold = w
             .ledger
@@ -190,11 +189,10 @@ async fn a_hold_burns_soonest_expiring_grants_first_and_releases_the_rest() {
         assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_hold_resolves_exactly_once() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_hold_resolves_exactly_once(t) {
         let w = wallet(&t).await;
         let hold = w
             .ledger
@@ -249,11 +247,10 @@ async fn a_hold_resolves_exactly_once() {
         assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_hold_beyond_the_balance_reserves_nothing() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_hold_beyond_the_balance_reserves_nothing(t) {
         let w = wallet(&t).await;
         let r = w
             .ledger
@@ -291,11 +288,10 @@ async fn a_hold_beyond_the_balance_reserves_nothing() {
         ));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn expired_holds_release_their_money_and_lapsed_grants_leave_through_a_posting() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn expired_holds_release_their_money_and_lapsed_grants_leave_through_a_posting(t) {
         let w = wallet(&t).await;
         let hold = w
             .ledger
@@ -345,12 +341,11 @@ async fn expired_holds_release_their_money_and_lapsed_grants_leave_through_a_pos
         assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-/// N concurrent reservations of x against a balance B: exactly ⌊B/x⌋ succeed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reservations_never_overcommit() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// N concurrent reservations of x against a balance B: exactly ⌊B/x⌋ succeed.
+    async fn concurrent_reservations_never_overcommit(t) {
         let w = wallet(&t).await;
         let (total, x, n) = (180, 25, 16);
         let tasks: Vec<_> = (0..n)
@@ -378,15 +373,14 @@ async fn concurrent_reservations_never_overcommit() {
         assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-/// Settlements and voids of holds that span the same two accounts, all at once, where burn
-/// order is the reverse of id order: each locks the accounts in id order (PostgreSQL), so none
-/// waits on another in a cycle and every one resolves; what was settled is charged once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_settlements_and_voids_on_shared_accounts_all_resolve() {
-    const HOLDS: i64 = 24;
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// Settlements and voids of holds that span the same two accounts, all at once, where burn
+    /// order is the reverse of id order: each locks the accounts in id order (PostgreSQL), so none
+    /// waits on another in a cycle and every one resolves; what was settled is charged once.
+    async fn concurrent_settlements_and_voids_on_shared_accounts_all_resolve(t) {
+        const HOLDS: i64 = 24;
         let w = wallet(&t).await;
         // `grant_soon` was opened after `paid`: it has the larger id, and burns first.
         assert!(w.grant_soon > w.paid);
@@ -453,7 +447,7 @@ async fn concurrent_settlements_and_voids_on_shared_accounts_all_resolve() {
         assert_eq!(revenue.balance.get(), settled);
         t.finish().await;
     }
-}
+);
 
 /// A hold takes its accounts' reserves rows in id order, as postings do (PostgreSQL). A hold
 /// that spans a grant (first in burn order, but the larger id) and paid credit, written while
@@ -573,9 +567,8 @@ async fn a_hold_that_waited_for_a_debit_sees_what_it_took() {
     t.finish().await;
 }
 
-#[tokio::test]
-async fn holds_settled_together_each_charge_their_own_and_fall_together() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn holds_settled_together_each_charge_their_own_and_fall_together(t) {
         let w = wallet(&t).await;
         let mut holds = Vec::new();
         for (key, amount) in [("job-1", 40), ("job-2", 20), ("job-3", 30)] {
@@ -675,4 +668,4 @@ async fn holds_settled_together_each_charge_their_own_and_fall_together() {
         assert_eq!(w.ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);

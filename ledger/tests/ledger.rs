@@ -2,7 +2,6 @@
 //! balanced postings, no overdraft, idempotency under replay and concurrency
 //! (RELIABILITY M1, M4). The reference-model property test is in `model.rs`.
 
-use db::testing::TestDb;
 use ledger::{AccountKind, AccountSpec, Ledger, LedgerError, Nanos, Posted, Posting};
 
 async fn open(ledger: &Ledger, code: &str, kind: AccountKind) -> String {
@@ -32,9 +31,8 @@ fn transfer(key: &str, from: &str, to: &str, amount: i64) -> Posting {
     Posting::transfer(key, "test", "test", None, from, to, Nanos::new(amount)).unwrap()
 }
 
-#[tokio::test]
-async fn transfers_move_money_exactly_and_overdrafts_change_nothing() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn transfers_move_money_exactly_and_overdrafts_change_nothing(t) {
         let ledger = Ledger::new(t.db.clone());
         let stripe = open(&ledger, "stripe", AccountKind::External).await;
         let wallet = open(&ledger, "wallet", AccountKind::WalletPaid).await;
@@ -78,11 +76,10 @@ async fn transfers_move_money_exactly_and_overdrafts_change_nothing() {
         assert_eq!(ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_replayed_key_applies_once_and_a_reused_key_is_refused() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_replayed_key_applies_once_and_a_reused_key_is_refused(t) {
         let ledger = Ledger::new(t.db.clone());
         let stripe = open(&ledger, "stripe", AccountKind::External).await;
         let wallet = open(&ledger, "wallet", AccountKind::WalletPaid).await;
@@ -109,12 +106,11 @@ async fn a_replayed_key_applies_once_and_a_reused_key_is_refused() {
         assert_eq!(balance(&ledger, "wallet").await, 500);
         t.finish().await;
     }
-}
+);
 
-/// M4: N concurrent debits of x against balance B: exactly ⌊B/x⌋ succeed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_debits_never_overdraw() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// M4: N concurrent debits of x against balance B: exactly ⌊B/x⌋ succeed.
+    async fn concurrent_debits_never_overdraw(t) {
         let ledger = Ledger::new(t.db.clone());
         let stripe = open(&ledger, "stripe", AccountKind::External).await;
         let wallet = open(&ledger, "wallet", AccountKind::WalletPaid).await;
@@ -144,12 +140,11 @@ async fn concurrent_debits_never_overdraw() {
         assert_eq!(ledger.verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-/// K concurrent replays of one posting (a webhook delivered many times): one credit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_replays_credit_once() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    /// K concurrent replays of one posting (a webhook delivered many times): one credit.
+    async fn concurrent_replays_credit_once(t) {
         let ledger = Ledger::new(t.db.clone());
         let stripe = open(&ledger, "stripe", AccountKind::External).await;
         let wallet = open(&ledger, "wallet", AccountKind::WalletPaid).await;
@@ -170,11 +165,10 @@ async fn concurrent_replays_credit_once() {
         assert_eq!(balance(&ledger, "wallet").await, 2_500);
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn wallet_history_filters_pages_and_totals() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn wallet_history_filters_pages_and_totals(t) {
         let ledger = Ledger::new(t.db.clone());
         let open = |code: &str, org: Option<&str>, kind| AccountSpec {
             code: code.into(),
@@ -251,4 +245,4 @@ async fn wallet_history_filters_pages_and_totals() {
         );
         t.finish().await;
     }
-}
+);

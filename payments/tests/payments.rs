@@ -2,10 +2,13 @@
 //! `TEST_DATABASE_URL`): Checkout creation through the real async-stripe client against a
 //! local stand-in, and signed webhook payloads: valid, bad signature, stale, replayed,
 //! concurrent, out of order, refunded.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 use accounts::{Accounts, SignUpForm, SignUpOutcome};
 use credits::Credits;
-use db::testing::TestDb;
 use ledger::Nanos;
 use payments::testing::*;
 use payments::{Payments, PaymentsError, StripeConfig, TopUpAmount, WebhookError, WebhookOutcome};
@@ -109,9 +112,8 @@ fn dollars(d: i64) -> Nanos {
     Nanos::from_dollars(d).unwrap()
 }
 
-#[tokio::test]
-async fn checkout_sessions_are_created_through_the_real_client() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn checkout_sessions_are_created_through_the_real_client(t) {
         let s = setup(&t.db).await;
         let url = s
             .payments
@@ -199,11 +201,10 @@ async fn checkout_sessions_are_created_through_the_real_client() {
         ));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn webhooks_are_verified_applied_once_and_in_any_order() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn webhooks_are_verified_applied_once_and_in_any_order(t) {
         let s = setup(&t.db).await;
         let (ours, cs) = s.checkout("100").await;
         let completed = event(
@@ -386,11 +387,10 @@ async fn webhooks_are_verified_applied_once_and_in_any_order() {
         assert_eq!(s.credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_replays_of_one_webhook_credit_once() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn concurrent_replays_of_one_webhook_credit_once(t) {
         let s = setup(&t.db).await;
         let (ours, cs) = s.checkout("40").await;
         let payload = event(
@@ -418,4 +418,4 @@ async fn concurrent_replays_of_one_webhook_credit_once() {
         assert_eq!(s.credits.ledger().verify().await.unwrap(), Ok(()));
         t.finish().await;
     }
-}
+);

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use db::testing::TestDb;
 use server::session_store::DbSessionStore;
 use time::{Duration, OffsetDateTime};
 use tower_sessions::{
@@ -26,9 +25,8 @@ fn record(user: Option<&str>, expires_in: Duration) -> Record {
     }
 }
 
-#[tokio::test]
-async fn sessions_are_created_loaded_saved_and_deleted() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn sessions_are_created_loaded_saved_and_deleted(t) {
         let store = DbSessionStore::new(t.db.clone());
         let mut r = record(Some("u1"), Duration::hours(1));
         store.create(&mut r).await.unwrap();
@@ -46,11 +44,10 @@ async fn sessions_are_created_loaded_saved_and_deleted() {
         assert!(store.load(&r.id).await.unwrap().is_none());
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn expired_sessions_are_not_loaded_and_are_swept() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn expired_sessions_are_not_loaded_and_are_swept(t) {
         let store = DbSessionStore::new(t.db.clone());
         let mut old = record(None, Duration::seconds(-1));
         let mut live = record(None, Duration::hours(1));
@@ -65,11 +62,10 @@ async fn expired_sessions_are_not_loaded_and_are_swept() {
         assert_eq!(left, 1);
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn a_users_sessions_can_be_ended_except_one() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_users_sessions_can_be_ended_except_one(t) {
         let store = DbSessionStore::new(t.db.clone());
         let mut keep = record(Some("u1"), Duration::hours(1));
         let mut other = record(Some("u1"), Duration::hours(1));
@@ -88,4 +84,4 @@ async fn a_users_sessions_can_be_ended_except_one() {
         assert!(store.load(&someone_else.id).await.unwrap().is_some());
         t.finish().await;
     }
-}
+);

@@ -1,6 +1,10 @@
 //! Statements on real databases (SQLite always, PostgreSQL with `TEST_DATABASE_URL`): a month
 //! computed by hand, closing and its ledger posting, the hash chain, late usage, bad requests
 //! and isolation between partners.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario read top to bottom; a long one tells a long story"
+)]
 
 use accounts::{Accounts, SignUpForm, SignUpOutcome, User};
 use compute::{Compute, FactorySpec};
@@ -285,9 +289,8 @@ fn closing_time() -> i64 {
     at("2026-11-27", 0)
 }
 
-#[tokio::test]
-async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_hand_computed_month_closes_into_the_ledger_and_verifies(t) {
         let w = world(&t.db).await;
         w.agreement(&w.partner, "2026-10-01", TERMS).await;
         // $1 cash from A: recouping at 60 %: partner 0.40, vendor (recouped) 0.60.
@@ -663,11 +666,10 @@ async fn a_hand_computed_month_closes_into_the_ledger_and_verifies() {
         assert!(matches!(not_partner, Err(StatementError::UnknownPartner)));
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn agreements_are_versioned_without_overlaps_or_rewriting_closed_months() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn agreements_are_versioned_without_overlaps_or_rewriting_closed_months(t) {
         let w = world(&t.db).await;
         let s = &w.statements;
         let new = |from: &str, to: Option<&str>, share: u32| NewAgreement {
@@ -741,11 +743,10 @@ async fn agreements_are_versioned_without_overlaps_or_rewriting_closed_months() 
         );
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn the_first_statement_waits_for_the_earliest_month_with_usage() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn the_first_statement_waits_for_the_earliest_month_with_usage(t) {
         let w = world(&t.db).await;
         w.agreement(&w.partner, "2026-09-01", TERMS).await;
         w.usage(&w.tenant_a, &w.factory, "m1", 5 * M, at("2026-09-10", 0))
@@ -814,11 +815,10 @@ async fn the_first_statement_waits_for_the_earliest_month_with_usage() {
         assert_eq!(periods, ["2026-11", "2026-10", "2026-09"]);
         t.finish().await;
     }
-}
+);
 
-#[tokio::test]
-async fn refunds_are_limited_to_what_was_charged() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn refunds_are_limited_to_what_was_charged(t) {
         let w = world(&t.db).await;
         let e = w
             .usage(&w.tenant_a, &w.factory, "m1", 10 * M, at("2026-11-02", 0))
@@ -851,7 +851,7 @@ async fn refunds_are_limited_to_what_was_charged() {
         assert_eq!(wallet.available().get(), 100_000 * M - 10 * M + 6 * M);
         t.finish().await;
     }
-}
+);
 
 /// The text of every page of a PDF, as a PDF library extracts it.
 fn pdf_text(bytes: &[u8]) -> String {
@@ -1092,9 +1092,8 @@ async fn random_months_reconcile_with_the_ledger_for_every_partner_and_the_vendo
     }
 }
 
-#[tokio::test]
-async fn a_close_that_fails_leaves_the_month_open_and_nothing_posted() {
-    for t in TestDb::all().await {
+db::storage_test!(
+    async fn a_close_that_fails_leaves_the_month_open_and_nothing_posted(t) {
         let w = world(&t.db).await;
         w.agreement(&w.partner, "2026-10-01", TERMS).await;
         w.usage(&w.tenant_a, &w.factory, "m1", 5 * M, at("2026-10-02", 0))
@@ -1186,4 +1185,4 @@ async fn a_close_that_fails_leaves_the_month_open_and_nothing_posted() {
         assert!(w.credits.ledger().verify().await.unwrap().is_ok());
         t.finish().await;
     }
-}
+);
