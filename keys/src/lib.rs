@@ -8,7 +8,7 @@
 
 use db::{
     Db, new_id, now_ms,
-    sqlx::{Row, any::AnyRow},
+    sqlx::{FromRow, Row, any::AnyRow},
 };
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -59,7 +59,8 @@ impl From<db::sqlx::Error> for KeyError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read from rows of `COLUMNS` (or `KEY_COLUMNS`) by name.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiKey {
     pub id: String,
     pub org_id: String,
@@ -122,21 +123,6 @@ fn hash(key: &str) -> String {
 
 fn display(key: &str) -> String {
     format!("{}…{}", &key[..PREFIX.len() + 4], &key[KEY_LEN - 4..])
-}
-
-fn from_row(r: &AnyRow) -> Result<ApiKey, KeyError> {
-    Ok(ApiKey {
-        id: r.try_get("id")?,
-        org_id: r.try_get("org_id")?,
-        created_by: r.try_get("created_by")?,
-        name: r.try_get("name")?,
-        display: r.try_get("display")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-        revoked_reason: r.try_get("revoked_reason")?,
-        last_used_at: r.try_get("last_used_at")?,
-    })
 }
 
 const COLUMNS: &str = "id, org_id, created_by, name, display, created_at, expires_at, revoked_at, \
@@ -238,13 +224,12 @@ impl ApiKeys {
 
     /// The organisation's keys, newest first, revoked ones included (marked).
     pub async fn list(&self, org_id: &str) -> Result<Vec<ApiKey>, KeyError> {
-        let rows = db::sqlx::query(&format!(
+        Ok(db::sqlx::query_as::<_, ApiKey>(&format!(
             "SELECT {COLUMNS} FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id DESC"
         ))
         .bind(org_id)
         .fetch_all(self.db.pool())
-        .await?;
-        rows.iter().map(from_row).collect()
+        .await?)
     }
 
     /// Revokes one of the organisation's keys; another organisation's key is `NotFound`.
@@ -286,7 +271,7 @@ impl ApiKeys {
         .fetch_optional(self.db.pool())
         .await?
         .ok_or(KeyError::Invalid)?;
-        let key = from_row(&row)?;
+        let key = ApiKey::from_row(&row)?;
         let suspended: Option<i64> = row.try_get("org_suspended_at")?;
         let now = now_ms();
         verdict(key.revoked_at, key.expires_at, suspended, now)?;

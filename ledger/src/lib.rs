@@ -107,12 +107,15 @@ pub struct AccountSpec {
     pub expires_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read from rows of `ACCOUNT_SELECT` by name.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Account {
     pub id: String,
     pub code: String,
     pub org_id: Option<String>,
+    #[sqlx(try_from = "i64")]
     pub balance: Nanos,
+    #[sqlx(try_from = "i64")]
     pub held: Nanos,
 }
 
@@ -147,16 +150,6 @@ impl Posted {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     db: Db,
-}
-
-fn account_from_row(row: &db::sqlx::any::AnyRow) -> Result<Account, LedgerError> {
-    Ok(Account {
-        id: row.try_get("id")?,
-        code: row.try_get("code")?,
-        org_id: row.try_get("org_id")?,
-        balance: Nanos::new(row.try_get("balance")?),
-        held: Nanos::new(row.try_get("held")?),
-    })
 }
 
 /// The entries of an organisation's wallet buckets ($1), of one transaction kind ($2) or all
@@ -215,11 +208,12 @@ impl Ledger {
     }
 
     pub async fn account_by_code(&self, code: &str) -> Result<Option<Account>, LedgerError> {
-        let row = db::sqlx::query(&format!("{ACCOUNT_SELECT} WHERE a.code = $1"))
-            .bind(code)
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(account_from_row).transpose()
+        Ok(
+            db::sqlx::query_as::<_, Account>(&format!("{ACCOUNT_SELECT} WHERE a.code = $1"))
+                .bind(code)
+                .fetch_optional(self.db.pool())
+                .await?,
+        )
     }
 
     /// Applies a balanced posting at most once. A repeat with the same key and the same legs

@@ -84,6 +84,13 @@ impl Nanos {
 }
 
 /// `$1234.50`, or more decimals when the amount has them (`$0.00000015`): exact, never rounded.
+/// A stored amount (see `Account`'s `FromRow`).
+impl From<i64> for Nanos {
+    fn from(nanos: i64) -> Nanos {
+        Nanos(nanos)
+    }
+}
+
 impl std::fmt::Display for Nanos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
