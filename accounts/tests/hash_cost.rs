@@ -13,7 +13,7 @@ async fn an_unknown_email_costs_one_password_verification_like_a_known_one() {
         .sign_up(
             SignUpForm {
                 email: "ada@example.com".into(),
-                password: "lanterns over the harbour".into(),
+                password: testkit::PASSWORD.into(),
                 org_name: "Acme".into(),
                 org_kind: "startup".into(),
                 region: "europe".into(),

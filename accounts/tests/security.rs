@@ -6,7 +6,7 @@ use accounts::{
     two_factor::code_at,
 };
 
-const PASSWORD: &str = "lanterns over the harbour";
+use testkit::PASSWORD;
 
 fn form(email: &str, org: &str) -> SignUpForm {
     SignUpForm {

@@ -4,7 +4,7 @@
 use accounts::{AccountError, Accounts, LoginLimits, OrgRole, SignUpForm, SignUpOutcome};
 use db::sqlx::Row;
 
-const PASSWORD: &str = "lanterns over the harbour";
+use testkit::PASSWORD;
 
 fn form(email: &str, org: &str) -> SignUpForm {
     SignUpForm {

@@ -2,17 +2,18 @@
 //! the state machine with its illegal transitions, grants on approval within a program's
 //! budget, and isolation between tenants and between partners.
 
-use accounts::{Accounts, OrgKind, SignUpForm, SignUpOutcome, User};
+use accounts::{Accounts, User};
 use compute::{Compute, ComputeError, Decision, FactorySpec, RequestForm, Status};
-use credits::{Credits, ProgramSpec};
+use credits::Credits;
 use ledger::Nanos;
+use testkit::{PASSWORD, Platform};
 
-const PASSWORD: &str = "correct horse battery staple 42";
 const DAY: i64 = 86_400_000;
 /// 2026-11-26T12:00:00Z.
 const NOW: i64 = 1_795_651_200_000 + DAY / 2;
 
 struct World {
+    platform: Platform,
     accounts: Accounts,
     credits: Credits,
     compute: Compute,
@@ -27,97 +28,31 @@ struct World {
     partner_program: String,
 }
 
-async fn tenant(accounts: &Accounts, email: &str, kind: &str) -> User {
-    let form = SignUpForm {
-        email: email.into(),
-        password: PASSWORD.into(),
-        org_name: format!("{email} org"),
-        org_kind: kind.into(),
-        region: "africa".into(),
-    };
-    let SignUpOutcome::Created { user_id, .. } =
-        accounts.sign_up(form, &db::new_id()).await.unwrap()
-    else {
-        panic!("not created")
-    };
-    accounts.user(&user_id).await.unwrap().unwrap()
-}
-
-async fn partner(accounts: &Accounts, operator: &User, name: &str) -> User {
-    let email = format!("owner@{}.example", name.replace(' ', "-").to_lowercase());
-    let (_, _, token) = accounts
-        .create_partner(operator, name, "africa", &email)
-        .await
-        .unwrap();
-    accounts.accept_invitation(&token, PASSWORD).await.unwrap()
-}
-
 async fn world(db: &db::Db) -> World {
-    let accounts = Accounts::new(db.clone(), Default::default());
-    let credits = Credits::new(db.clone());
-    let compute = Compute::new(db.clone(), accounts.clone(), credits.clone());
-    let operator = accounts
-        .create_operator("ops@tokenmill.example", PASSWORD)
-        .await
-        .unwrap();
-    let partner_user = partner(&accounts, &operator, "Savanna Cloud").await;
-    let other_partner = partner(&accounts, &operator, "Fjord Compute").await;
-    let factory = |p: &User, name: &str| FactorySpec {
-        partner_org_id: p.org_id.clone(),
-        name: name.into(),
-        region: "africa".into(),
-        gpu_class: "H100".into(),
-        models: "tiny/llama, tiny/qwen".into(),
-    };
-    let f1 = compute
-        .create_factory(&operator, &factory(&partner_user, "Nairobi 1"))
-        .await
-        .unwrap();
-    let f2 = compute
-        .create_factory(&operator, &factory(&other_partner, "Oslo 1"))
-        .await
-        .unwrap();
-    let program = credits
-        .create_program(&ProgramSpec {
-            name: "Startup support".into(),
-            sponsor_org_id: None,
-            eligible_kinds: vec![OrgKind::Startup],
-            eligible_regions: vec![],
-            grant_amount: Nanos::from_dollars(100).unwrap(),
-            grant_lifetime_days: 90,
-            budget: Nanos::from_dollars(1_000).unwrap(),
-            auto_on_signup: false,
-            requires_verified_email: false,
-        })
-        .await
-        .unwrap();
-    let partner_program = credits
-        .create_program(&ProgramSpec {
-            name: "Savanna builders".into(),
-            sponsor_org_id: Some(partner_user.org_id.clone()),
-            eligible_kinds: vec![OrgKind::Startup],
-            eligible_regions: vec![],
-            grant_amount: Nanos::from_dollars(10).unwrap(),
-            grant_lifetime_days: 30,
-            budget: Nanos::from_dollars(50).unwrap(),
-            auto_on_signup: false,
-            requires_verified_email: false,
-        })
-        .await
-        .unwrap();
+    let p = Platform::new(db).await;
+    let partner = p.partner("Savanna Cloud").await;
+    let other_partner = p.partner("Fjord Compute").await;
+    let models = "tiny/llama, tiny/qwen";
+    let f1 = p.factory(&partner.org_id, "Nairobi 1", models).await;
+    let f2 = p.factory(&other_partner.org_id, "Oslo 1", models).await;
+    let program = p.program("Startup support", None, (100, 90, 1_000)).await;
+    let partner_program = p
+        .program("Savanna builders", Some(&partner.org_id), (10, 30, 50))
+        .await;
     World {
-        tenant: tenant(&accounts, "a@startup.example", "startup").await,
-        other_tenant: tenant(&accounts, "b@startup.example", "startup").await,
-        accounts,
-        credits,
-        compute,
-        operator,
-        partner: partner_user,
+        tenant: p.tenant("a@startup.example", "startup").await,
+        other_tenant: p.tenant("b@startup.example", "startup").await,
+        accounts: p.accounts.clone(),
+        credits: p.credits.clone(),
+        compute: p.compute.clone(),
+        operator: p.operator.clone(),
+        partner,
         other_partner,
         factory: f1.id,
         other_factory: f2.id,
         program: program.id,
         partner_program: partner_program.id,
+        platform: p,
     }
 }
 
@@ -202,7 +137,7 @@ db::storage_test!(
             assert_eq!(field_of(err), want, "{f:?}");
         }
         // A research lab is not eligible for a startup program.
-        let lab = tenant(&w.accounts, "lab@research.example", "research").await;
+        let lab = w.platform.tenant("lab@research.example", "research").await;
         assert_eq!(
             field_of(c.submit(&lab, &form(&w), NOW).await.unwrap_err()),
             "program"

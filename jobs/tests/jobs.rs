@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use accounts::{Accounts, OrgKind, SignUpForm, SignUpOutcome, User};
-use compute::{Compute, FactorySpec};
+use accounts::{OrgKind, User};
+use compute::Compute;
 use credits::{Credits, ProgramSpec};
 use db::sqlx::Row;
 use db::testing::TestDb;
@@ -16,8 +16,8 @@ use engine::fixture::{FixtureSpec, Shape, write_fixture};
 use engine::{Event, Pool, Prompt, Request, SamplingParams, WorkerSpec};
 use jobs::{Charged, JobError, JobKind, Jobs, Principal, Rates};
 use ledger::Nanos;
+use testkit::Platform;
 
-const PASSWORD: &str = "correct horse battery staple 42";
 const MODEL: &str = "tiny";
 // $2 per million input tokens, $6 per million output tokens.
 const INPUT: &str = "2";
@@ -29,6 +29,7 @@ const RATES: Rates = Rates {
 
 struct World {
     _model: tempfile::TempDir,
+    platform: Platform,
     db: db::Db,
     credits: Credits,
     jobs: Jobs,
@@ -58,49 +59,16 @@ async fn world_with(db: &db::Db, shape: Shape, configure: impl FnOnce(&mut Worke
     configure(&mut spec);
     let pool = Arc::new(Pool::start(vec![spec]).unwrap());
 
-    let accounts = Accounts::new(db.clone(), Default::default());
-    let credits = Credits::new(db.clone());
-    let compute = Compute::new(db.clone(), accounts.clone(), credits.clone());
-    let operator = accounts
-        .create_operator("ops@tokenmill.example", PASSWORD)
-        .await
-        .unwrap();
-    let (_, _, token) = accounts
-        .create_partner(
-            &operator,
-            "Savanna Cloud",
-            "africa",
-            "owner@savanna.example",
-        )
-        .await
-        .unwrap();
-    let partner = accounts.accept_invitation(&token, PASSWORD).await.unwrap();
-    let factory = compute
-        .create_factory(
-            &operator,
-            &FactorySpec {
-                partner_org_id: partner.org_id.clone(),
-                name: "Nairobi 1".into(),
-                region: "africa".into(),
-                gpu_class: "H100".into(),
-                models: MODEL.into(),
-            },
-        )
-        .await
-        .unwrap();
-    let form = SignUpForm {
-        email: "dev@startup.example".into(),
-        password: PASSWORD.into(),
-        org_name: "Startup".into(),
-        org_kind: "startup".into(),
-        region: "africa".into(),
-    };
-    let SignUpOutcome::Created { user_id, .. } =
-        accounts.sign_up(form, &db::new_id()).await.unwrap()
-    else {
-        panic!("not created")
-    };
-    let tenant = accounts.user(&user_id).await.unwrap().unwrap();
+    let platform = Platform::new(db).await;
+    let partner = platform.partner("Savanna Cloud").await;
+    let factory = platform.factory(&partner.org_id, "Nairobi 1", MODEL).await;
+    let tenant = platform.tenant("dev@startup.example", "startup").await;
+    let Platform {
+        credits,
+        compute,
+        operator,
+        ..
+    } = platform.clone();
     credits.open_wallet(&tenant.org_id).await.unwrap();
     World {
         _model: model,
@@ -111,6 +79,7 @@ async fn world_with(db: &db::Db, shape: Shape, configure: impl FnOnce(&mut Worke
         operator,
         compute,
         factory_id: factory.id,
+        platform,
     }
 }
 
@@ -156,20 +125,7 @@ impl World {
 
     /// Another tenant organisation, with $10 of paid credit.
     async fn second_tenant(&self) -> User {
-        let accounts = Accounts::new(self.db.clone(), Default::default());
-        let form = SignUpForm {
-            email: "dev@other.example".into(),
-            password: PASSWORD.into(),
-            org_name: "Other".into(),
-            org_kind: "startup".into(),
-            region: "africa".into(),
-        };
-        let SignUpOutcome::Created { user_id, .. } =
-            accounts.sign_up(form, &db::new_id()).await.unwrap()
-        else {
-            panic!("not created")
-        };
-        let user = accounts.user(&user_id).await.unwrap().unwrap();
+        let user = self.platform.tenant("dev@other.example", "startup").await;
         self.credits.open_wallet(&user.org_id).await.unwrap();
         self.credits
             .credit_paid(
@@ -484,7 +440,8 @@ impl World {
     }
 
     async fn credits_org(&self) -> accounts::Org {
-        Accounts::new(self.db.clone(), Default::default())
+        self.platform
+            .accounts
             .org(&self.tenant.org_id)
             .await
             .unwrap()

@@ -429,7 +429,7 @@ fn random_wallet_histories_match_a_reference_model() {
                         .sign_up(
                             SignUpForm {
                                 email: format!("{name}@model.example"),
-                                password: "correct horse battery staple 42".into(),
+                                password: testkit::PASSWORD.into(),
                                 org_name: format!("Model org {name}"),
                                 org_kind: "startup".into(),
                                 region: "europe".into(),

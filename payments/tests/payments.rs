@@ -27,7 +27,7 @@ async fn setup(db: &db::Db) -> Setup {
         .sign_up(
             SignUpForm {
                 email: "pay@startup.example".into(),
-                password: "correct horse battery staple 42".into(),
+                password: testkit::PASSWORD.into(),
                 org_name: "Paying startup".into(),
                 org_kind: "startup".into(),
                 region: "europe".into(),

@@ -6,8 +6,7 @@
     reason = "each test is one scenario read top to bottom; a long one tells a long story"
 )]
 
-use accounts::{Accounts, SignUpForm, SignUpOutcome, User};
-use compute::{Compute, FactorySpec};
+use accounts::User;
 use credits::{Credits, ProgramSpec};
 use db::sqlx::Row;
 use db::testing::TestDb;
@@ -15,8 +14,8 @@ use ledger::{AccountKind, AccountSpec, Nanos};
 use statements::{
     AdjustmentKind, NewAgreement, Period, Recoupment, StatementError, Statements, Terms, parse_date,
 };
+use testkit::Platform;
 
-const PASSWORD: &str = "correct horse battery staple 42";
 const M: i64 = 1_000_000; // a milli-dollar in nano-dollars
 
 struct World {
@@ -36,58 +35,24 @@ fn at(date: &str, ms: i64) -> i64 {
     parse_date(date).unwrap() + ms
 }
 
-async fn tenant(accounts: &Accounts, email: &str) -> String {
-    let form = SignUpForm {
-        email: email.into(),
-        password: PASSWORD.into(),
-        org_name: format!("{email} org"),
-        org_kind: "startup".into(),
-        region: "africa".into(),
-    };
-    let SignUpOutcome::Created { user_id, .. } =
-        accounts.sign_up(form, &db::new_id()).await.unwrap()
-    else {
-        panic!("not created")
-    };
-    accounts.user(&user_id).await.unwrap().unwrap().org_id
-}
-
 async fn world(db: &db::Db) -> World {
-    let accounts = Accounts::new(db.clone(), Default::default());
-    let credits = Credits::new(db.clone());
-    let compute = Compute::new(db.clone(), accounts.clone(), credits.clone());
-    let operator = accounts
-        .create_operator("ops@tokenmill.example", PASSWORD)
-        .await
-        .unwrap();
+    let p = Platform::new(db).await;
     let mut partners = Vec::new();
     for name in ["Savanna Cloud", "Fjord Compute"] {
-        let email = format!("owner@{}.example", name.replace(' ', "-").to_lowercase());
-        let (org, _, _) = accounts
-            .create_partner(&operator, name, "africa", &email)
-            .await
-            .unwrap();
-        partners.push(org.id);
+        partners.push(p.partner(name).await.org_id);
     }
     let mut factories = Vec::new();
-    for (p, name) in partners.iter().zip(["Nairobi 1", "Oslo 1"]) {
-        let f = compute
-            .create_factory(
-                &operator,
-                &FactorySpec {
-                    partner_org_id: p.clone(),
-                    name: name.into(),
-                    region: "africa".into(),
-                    gpu_class: "H100".into(),
-                    models: "m1, m2".into(),
-                },
-            )
-            .await
-            .unwrap();
-        factories.push(f.id);
+    for (partner, name) in partners.iter().zip(["Nairobi 1", "Oslo 1"]) {
+        factories.push(p.factory(partner, name, "m1, m2").await.id);
     }
-    let tenant_a = tenant(&accounts, "a@startup.example").await;
-    let tenant_b = tenant(&accounts, "b@startup.example").await;
+    let tenant_a = p.tenant("a@startup.example", "startup").await.org_id;
+    let tenant_b = p.tenant("b@startup.example", "startup").await.org_id;
+    let Platform {
+        accounts,
+        credits,
+        operator,
+        ..
+    } = p;
     // Credit support sponsored by the partner itself.
     let program = credits
         .create_program(&ProgramSpec {

@@ -5,7 +5,7 @@ use reqwest::{Client, Response, StatusCode, redirect::Policy};
 use serde_json::Value;
 use server::Config;
 
-pub const PASSWORD: &str = "lanterns over the harbour";
+pub use testkit::PASSWORD;
 
 pub struct TestApp {
     pub base: String,
