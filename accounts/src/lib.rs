@@ -12,7 +12,7 @@ pub mod types;
 
 use db::{
     Db, new_id, now_ms,
-    sqlx::{AnyConnection, Row},
+    sqlx::{AnyConnection, FromRow, Row},
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -48,20 +48,25 @@ impl User {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read from rows of `ORG_COLUMNS` by name.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Org {
     pub id: String,
     pub name: String,
+    #[sqlx(try_from = "String")]
     pub kind: OrgKind,
+    #[sqlx(try_from = "String")]
     pub region: Region,
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read from rows of its table by name.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Invitation {
     pub id: String,
     pub org_id: String,
     pub email: String,
+    #[sqlx(try_from = "String")]
     pub role: OrgRole,
     pub created_at: i64,
     pub expires_at: i64,
@@ -151,33 +156,6 @@ fn user_from_row(row: &db::sqlx::any::AnyRow) -> Result<User, AccountError> {
             .try_get::<Option<i64>, _>("email_verified_at")?
             .is_some(),
         two_factor: row.try_get::<Option<i64>, _>("totp_enabled_at")?.is_some(),
-    })
-}
-
-fn org_from_row(row: &db::sqlx::any::AnyRow) -> Result<Org, AccountError> {
-    let kind: String = row.try_get("kind")?;
-    let region: String = row.try_get("region")?;
-    Ok(Org {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        kind: OrgKind::from_code(&kind)
-            .ok_or_else(|| AccountError::Internal(format!("unknown org kind {kind}")))?,
-        region: Region::from_code(&region)
-            .ok_or_else(|| AccountError::Internal(format!("unknown region {region}")))?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn invitation_from_row(row: &db::sqlx::any::AnyRow) -> Result<Invitation, AccountError> {
-    let role: String = row.try_get("role")?;
-    Ok(Invitation {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        email: row.try_get("email")?,
-        role: OrgRole::from_code(&role)
-            .ok_or_else(|| AccountError::Internal(format!("unknown role {role}")))?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -485,7 +463,7 @@ impl Accounts {
         .bind(org_id)
         .fetch_optional(self.db.pool())
         .await?;
-        row.as_ref().map(org_from_row).transpose()
+        Ok(row.as_ref().map(Org::from_row).transpose()?)
     }
 
     /// Whether the organisation is suspended (its sessions and API keys are refused).
@@ -558,7 +536,7 @@ impl Accounts {
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
-            .map(|r| Ok((org_from_row(r)?, r.try_get("suspended_at")?)))
+            .map(|r| Ok((Org::from_row(r)?, r.try_get("suspended_at")?)))
             .collect()
     }
 
@@ -755,7 +733,10 @@ impl Accounts {
         .bind(now_ms())
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(invitation_from_row).collect()
+        Ok(rows
+            .iter()
+            .map(Invitation::from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Revokes an open invitation of the actor's organisation.
@@ -911,7 +892,7 @@ impl Accounts {
         ))
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(org_from_row).collect()
+        Ok(rows.iter().map(Org::from_row).collect::<Result<_, _>>()?)
     }
 
     /// The platform acting on its own (what a first start sets up): an operator that is not

@@ -292,9 +292,54 @@ impl OrgRole {
     }
 }
 
+/// A code read back from storage that this build does not know: a row it cannot read, not a
+/// value to default.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {code:?} in storage")]
+pub struct UnknownCode {
+    what: &'static str,
+    code: String,
+}
+
+/// Stored codes as types, for `sqlx::FromRow`.
+macro_rules! try_from_code {
+    ($ty:ty, $what:literal) => {
+        impl TryFrom<String> for $ty {
+            type Error = UnknownCode;
+
+            fn try_from(code: String) -> Result<$ty, UnknownCode> {
+                <$ty>::from_code(&code).ok_or(UnknownCode { what: $what, code })
+            }
+        }
+    };
+}
+
+try_from_code!(OrgKind, "organisation kind");
+try_from_code!(Region, "region");
+try_from_code!(OrgRole, "role");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_codes_read_back_as_their_types_and_unknown_ones_are_errors() {
+        for r in Region::ALL {
+            assert_eq!(Region::try_from(r.code().to_string()).unwrap(), r);
+        }
+        assert_eq!(
+            OrgKind::try_from("partner".to_string()).unwrap(),
+            OrgKind::Partner
+        );
+        assert_eq!(
+            OrgRole::try_from("owner".to_string()).unwrap(),
+            OrgRole::Owner
+        );
+        let e = Region::try_from("atlantis".to_string()).unwrap_err();
+        assert_eq!(e.to_string(), "unknown region \"atlantis\" in storage");
+        assert!(OrgKind::try_from("Startup".to_string()).is_err());
+        assert!(OrgRole::try_from(String::new()).is_err());
+    }
 
     #[test]
     fn emails_are_normalised_and_checked() {
