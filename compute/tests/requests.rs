@@ -647,3 +647,33 @@ db::storage_test!(
         t.finish().await;
     }
 );
+
+db::storage_test!(
+    /// A stored factory whose region or GPU class this build does not know is an error that
+    /// names the value, not a factory in some default place.
+    async fn an_unknown_stored_region_or_gpu_class_is_an_error(t) {
+        let w = world(&t.db).await;
+        let c = &w.compute;
+        assert_eq!(c.factories().await.unwrap().len(), 2);
+        for (column, value) in [("region", "atlantis"), ("gpu_class", "Z9000")] {
+            let sql = format!("UPDATE factories SET {column} = $1 WHERE id = $2");
+            db::sqlx::query(&sql)
+                .bind(value)
+                .bind(&w.factory)
+                .execute(t.db.pool())
+                .await
+                .unwrap();
+            let e = c.factory(&w.factory).await.unwrap_err().to_string();
+            assert!(e.contains(value), "{column}: {e}");
+            assert!(c.factories().await.is_err(), "{column}");
+            db::sqlx::query(&sql)
+                .bind(if column == "region" { "africa" } else { "H100" })
+                .bind(&w.factory)
+                .execute(t.db.pool())
+                .await
+                .unwrap();
+        }
+        assert_eq!(c.factories().await.unwrap().len(), 2);
+        t.finish().await;
+    }
+);
