@@ -9,13 +9,7 @@ use accounts::{
 use testkit::PASSWORD;
 
 fn form(email: &str, org: &str) -> SignUpForm {
-    SignUpForm {
-        email: email.into(),
-        password: PASSWORD.into(),
-        org_name: org.into(),
-        org_kind: "startup".into(),
-        region: "europe".into(),
-    }
+    testkit::sign_up_form(email, org)
 }
 
 async fn signed_up(accounts: &Accounts, email: &str) -> (String, String) {

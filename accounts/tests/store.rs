@@ -7,13 +7,7 @@ use db::sqlx::Row;
 use testkit::PASSWORD;
 
 fn form(email: &str, org: &str) -> SignUpForm {
-    SignUpForm {
-        email: email.into(),
-        password: PASSWORD.into(),
-        org_name: org.into(),
-        org_kind: "startup".into(),
-        region: "europe".into(),
-    }
+    testkit::sign_up_form(email, org)
 }
 
 async fn count(db: &db::Db, table: &str) -> i64 {

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 
-use accounts::{Accounts, Org, SignUpForm, SignUpOutcome};
+use accounts::{Accounts, Org};
 use credits::{Credits, Program, ProgramSpec};
 use db::testing::TestDb;
 use ledger::{AccountKind, AccountSpec, HoldStatus, LedgerError, Nanos, Posting};
@@ -425,23 +425,11 @@ fn random_wallet_histories_match_a_reference_model() {
                 case.set(case.get() + 1);
                 let name = format!("c{}", case.get());
                 rt.block_on(async {
-                    let SignUpOutcome::Created { user_id, .. } = accounts
-                        .sign_up(
-                            SignUpForm {
-                                email: format!("{name}@model.example"),
-                                password: testkit::PASSWORD.into(),
-                                org_name: format!("Model org {name}"),
-                                org_kind: "startup".into(),
-                                region: "europe".into(),
-                            },
-                            &db::new_id(),
-                        )
-                        .await
-                        .unwrap()
-                    else {
-                        panic!()
-                    };
-                    let user = accounts.user(&user_id).await.unwrap().unwrap();
+                    let form = testkit::sign_up_form(
+                        &format!("{name}@model.example"),
+                        &format!("Model org {name}"),
+                    );
+                    let user = testkit::signed_up(&accounts, form).await;
                     let org = accounts.org(&user.org_id).await.unwrap().unwrap();
                     let paid = credits.paid_account(&org.id).await.unwrap();
                     let c = Case {
@@ -450,7 +438,7 @@ fn random_wallet_histories_match_a_reference_model() {
                         stand_in: &stand_in,
                         program: &program,
                         org,
-                        user_id,
+                        user_id: user.id.clone(),
                         revenue: revenue.clone(),
                         name,
                     };

@@ -7,7 +7,7 @@
     reason = "each test is one scenario read top to bottom; a long one tells a long story"
 )]
 
-use accounts::{Accounts, SignUpForm, SignUpOutcome};
+use accounts::Accounts;
 use credits::Credits;
 use ledger::Nanos;
 use payments::testing::*;
@@ -23,23 +23,13 @@ struct Setup {
 
 async fn setup(db: &db::Db) -> Setup {
     let accounts = Accounts::new(db.clone(), Default::default());
-    let SignUpOutcome::Created { user_id, .. } = accounts
-        .sign_up(
-            SignUpForm {
-                email: "pay@startup.example".into(),
-                password: testkit::PASSWORD.into(),
-                org_name: "Paying startup".into(),
-                org_kind: "startup".into(),
-                region: "europe".into(),
-            },
-            &db::new_id(),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let org_id = accounts.user(&user_id).await.unwrap().unwrap().org_id;
+    let user = testkit::signed_up(
+        &accounts,
+        testkit::sign_up_form("pay@startup.example", "Paying startup"),
+    )
+    .await;
+    let user_id = user.id.clone();
+    let org_id = user.org_id;
     let (stand_in, base) = StandIn::start().await;
     let credits = Credits::new(db.clone());
     let payments = Payments::new(

@@ -18,6 +18,34 @@ pub const PASSWORD: &str = "correct horse battery staple 42";
 /// Where the platform's organisations and factories are, unless a test says otherwise.
 pub const REGION: &str = "africa";
 
+/// A startup's sign-up by `email` for the organisation `org_name`, with [`PASSWORD`].
+pub fn sign_up_form(email: &str, org_name: &str) -> SignUpForm {
+    SignUpForm {
+        email: email.into(),
+        password: PASSWORD.into(),
+        org_name: org_name.into(),
+        org_kind: "startup".into(),
+        region: REGION.into(),
+    }
+}
+
+/// Signs `form` up and returns the new owner; panics when the address had an account.
+pub async fn signed_up(accounts: &Accounts, form: SignUpForm) -> User {
+    let email = form.email.clone();
+    let SignUpOutcome::Created { user_id, .. } = accounts
+        .sign_up(form, &db::new_id())
+        .await
+        .expect("sign up")
+    else {
+        panic!("{email} was not created: it has an account already")
+    };
+    accounts
+        .user(&user_id)
+        .await
+        .expect("read the new user")
+        .expect("the new user exists")
+}
+
 /// The services of one database, and its operator (`ops@tokenmill.example`).
 #[derive(Clone)]
 pub struct Platform {
@@ -83,25 +111,10 @@ impl Platform {
     /// named `<email> org`: its owner.
     pub async fn tenant(&self, email: &str, kind: &str) -> User {
         let form = SignUpForm {
-            email: email.into(),
-            password: PASSWORD.into(),
-            org_name: format!("{email} org"),
             org_kind: kind.into(),
-            region: REGION.into(),
+            ..sign_up_form(email, &format!("{email} org"))
         };
-        let SignUpOutcome::Created { user_id, .. } = self
-            .accounts
-            .sign_up(form, &db::new_id())
-            .await
-            .expect("sign up")
-        else {
-            panic!("{email} was not created: it has an account already")
-        };
-        self.accounts
-            .user(&user_id)
-            .await
-            .expect("read the new user")
-            .expect("the new user exists")
+        signed_up(&self.accounts, form).await
     }
 
     /// A program for startups, sponsored by `sponsor_org_id` (the vendor when `None`), granting
