@@ -9,7 +9,10 @@
 //! autovacuum makes them reusable for the next rows (the file does not shrink, and it does not
 //! grow again until that space is used).
 
-use db::{new_id, now_ms, sqlx::Row};
+use db::{
+    new_id, now_ms,
+    sqlx::{FromRow, Row},
+};
 use serde_json::{Value, json};
 
 use crate::{BatchError, Batches};
@@ -58,9 +61,24 @@ impl Purpose {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored purpose this build does not know: a row it cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown file purpose {0:?} in storage")]
+pub struct UnknownPurpose(String);
+
+impl TryFrom<String> for Purpose {
+    type Error = UnknownPurpose;
+
+    fn try_from(code: String) -> Result<Purpose, UnknownPurpose> {
+        Purpose::parse(&code).ok_or(UnknownPurpose(code))
+    }
+}
+
+/// Read from rows of `files` by column name.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FileObject {
     pub id: String,
+    #[sqlx(try_from = "String")]
     pub purpose: Purpose,
     pub filename: String,
     pub bytes: i64,
@@ -81,18 +99,6 @@ impl FileObject {
             "status_details": null,
         })
     }
-}
-
-fn file_from_row(r: &db::sqlx::any::AnyRow) -> Result<FileObject, BatchError> {
-    let purpose: String = r.try_get("purpose").map_err(BatchError::storage)?;
-    Ok(FileObject {
-        id: r.try_get("id").map_err(BatchError::storage)?,
-        purpose: Purpose::parse(&purpose)
-            .ok_or_else(|| BatchError::Storage(format!("unknown purpose {purpose}")))?,
-        filename: r.try_get("filename").map_err(BatchError::storage)?,
-        bytes: r.try_get("bytes").map_err(BatchError::storage)?,
-        created_at: r.try_get("created_at").map_err(BatchError::storage)?,
-    })
 }
 
 /// A file name as shown back: the last path component, without control characters.
@@ -260,7 +266,7 @@ impl Batches {
         .fetch_optional(self.db.pool())
         .await
         .map_err(BatchError::storage)?
-        .map(|r| file_from_row(&r))
+        .map(|r| FileObject::from_row(&r).map_err(BatchError::storage))
         .transpose()
     }
 
@@ -282,7 +288,8 @@ impl Batches {
             return Ok(None);
         };
         let content = row.try_get("content").map_err(BatchError::storage)?;
-        Ok(Some((file_from_row(&row)?, content)))
+        let file = FileObject::from_row(&row).map_err(BatchError::storage)?;
+        Ok(Some((file, content)))
     }
 
     /// The organisation's files, newest first.
@@ -303,7 +310,9 @@ impl Batches {
         .fetch_all(self.db.pool())
         .await
         .map_err(BatchError::storage)?;
-        rows.iter().map(file_from_row).collect()
+        rows.iter()
+            .map(|r| FileObject::from_row(r).map_err(BatchError::storage))
+            .collect()
     }
 
     /// Deletes a file (its content is dropped; a batch made from it keeps its lines).
