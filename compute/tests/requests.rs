@@ -559,6 +559,7 @@ db::storage_test!(
 );
 
 db::storage_test!(
+    threads = 4;
     async fn concurrent_approvals_decide_once_and_grant_once(t) {
         let w = world(&t.db).await;
         let r = w.compute.submit(&w.tenant, &form(&w), NOW).await.unwrap();

@@ -30,6 +30,7 @@ fn spec(name: &str, grant: i64, budget: i64) -> ProgramSpec {
 }
 
 db::storage_test!(
+    threads = 4;
     async fn a_program_never_grants_beyond_its_budget_even_concurrently(t) {
         let credits = Credits::new(t.db.clone());
         let program = credits

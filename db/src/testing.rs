@@ -120,25 +120,35 @@ fn replace_database(url: &str, name: &str) -> String {
 ///     let ledger = Ledger::new(t.db.clone());
 ///     // …
 /// });
+/// // On a runtime of 4 threads, for a test of concurrent writers:
+/// db::storage_test!(threads = 4; async fn debits_never_overdraw(t) { … });
 /// ```
 ///
-/// The test's module sees everything of the file it is in (`use super::*`). The caller
-/// depends on tokio (with its test macro), as every async test does.
+/// Without `threads`, each runs on tokio's single-threaded test runtime. The test's module
+/// sees everything of the file it is in (`use super::*`). The caller depends on tokio (with
+/// its test macro), as every async test does.
 #[macro_export]
 macro_rules! storage_test {
+    (threads = $n:literal; $(#[$attr:meta])* async fn $name:ident($t:ident) $body:block) => {
+        $crate::storage_test!(@on [flavor = "multi_thread", worker_threads = $n]
+            $(#[$attr])* async fn $name($t) $body);
+    };
     ($(#[$attr:meta])* async fn $name:ident($t:ident) $body:block) => {
+        $crate::storage_test!(@on [flavor = "current_thread"] $(#[$attr])* async fn $name($t) $body);
+    };
+    (@on [$($runtime:tt)*] $(#[$attr:meta])* async fn $name:ident($t:ident) $body:block) => {
         $(#[$attr])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[::tokio::test($($runtime)*)]
             async fn sqlite() {
                 let $t = $crate::testing::TestDb::sqlite().await;
                 $body
             }
 
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[::tokio::test($($runtime)*)]
             async fn postgres() {
                 let Some($t) = $crate::testing::TestDb::postgres().await else {
                     eprintln!("TEST_DATABASE_URL is not set: not run on PostgreSQL");

@@ -708,6 +708,7 @@ async fn the_jobs_of_a_stopped_instance_are_failed_and_their_holds_voided() {
 }
 
 db::storage_test!(
+    threads = 2;
     /// Holds started at once for one wallet never reserve more than it has, however its accounts
     /// share them. On PostgreSQL each hold reads the wallet unlocked and its writes check every
     /// account again: a hold that lost a race for an account is planned again or refused, never

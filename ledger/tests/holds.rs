@@ -344,6 +344,7 @@ db::storage_test!(
 );
 
 db::storage_test!(
+    threads = 4;
     /// N concurrent reservations of x against a balance B: exactly ⌊B/x⌋ succeed.
     async fn concurrent_reservations_never_overcommit(t) {
         let w = wallet(&t).await;
@@ -376,6 +377,7 @@ db::storage_test!(
 );
 
 db::storage_test!(
+    threads = 4;
     /// Settlements and voids of holds that span the same two accounts, all at once, where burn
     /// order is the reverse of id order: each locks the accounts in id order (PostgreSQL), so none
     /// waits on another in a cycle and every one resolves; what was settled is charged once.

@@ -109,6 +109,7 @@ db::storage_test!(
 );
 
 db::storage_test!(
+    threads = 4;
     /// M4: N concurrent debits of x against balance B: exactly ⌊B/x⌋ succeed.
     async fn concurrent_debits_never_overdraw(t) {
         let ledger = Ledger::new(t.db.clone());
@@ -143,6 +144,7 @@ db::storage_test!(
 );
 
 db::storage_test!(
+    threads = 4;
     /// K concurrent replays of one posting (a webhook delivered many times): one credit.
     async fn concurrent_replays_credit_once(t) {
         let ledger = Ledger::new(t.db.clone());

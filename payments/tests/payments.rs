@@ -380,6 +380,7 @@ db::storage_test!(
 );
 
 db::storage_test!(
+    threads = 4;
     async fn concurrent_replays_of_one_webhook_credit_once(t) {
         let s = setup(&t.db).await;
         let (ours, cs) = s.checkout("40").await;
