@@ -261,24 +261,21 @@ impl Ledger {
                 },
             );
         }
-        let mut sql = String::from(
-            "INSERT INTO ledger_hold_parts (hold_id, account_id, position, amount) VALUES ",
-        );
-        let mut values = Vec::with_capacity(parts.len() * 4);
+        let mut rows = Rows::new(&[
+            ("hold_id", Column::Text),
+            ("account_id", Column::Text),
+            ("position", Column::Int),
+            ("amount", Column::Int),
+        ]);
         for (position, (account, part)) in parts.iter().enumerate() {
-            let n = position * 4;
-            if position > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
-            values.extend([
+            rows.push([
                 hold_id.as_str().into(),
                 account.into(),
                 (position as i64).into(),
                 (*part).into(),
             ]);
         }
-        writes.push(sql, values);
+        writes.insert_rows("ledger_hold_parts", rows);
         Ok(Reserved {
             id: hold_id,
             amount,
