@@ -62,6 +62,14 @@ ensure_chromium() {
   fi
 }
 
+ensure_nats_server() {
+  if ! command -v nats-server >/dev/null; then
+    log "Installing Debian's nats-server for the fleet tests"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server
+  fi
+}
+
 ensure_node_deps() {
   if [ ! -d end2end/node_modules/@playwright/test ] ||
     [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then

@@ -28,6 +28,9 @@ pub struct Factory {
     pub gpu_class: GpuClass,
     pub models: Vec<String>,
     pub created_at: i64,
+    /// Worker tokens were ever made for it: its jobs run only on its own enrolled nodes,
+    /// never on the portal's in-process pool.
+    pub fleet: bool,
 }
 
 impl Factory {
@@ -37,7 +40,9 @@ impl Factory {
 }
 
 const FACTORY_SELECT: &str = "SELECT f.id, f.partner_org_id, o.name AS partner_name, f.name, \
-     f.region, f.gpu_class, f.models, f.created_at \
+     f.region, f.gpu_class, f.models, f.created_at, \
+     CAST(CASE WHEN EXISTS (SELECT 1 FROM worker_tokens t WHERE t.factory_id = f.id) \
+     THEN 1 ELSE 0 END AS BIGINT) AS fleet \
      FROM factories f JOIN organizations o ON o.id = f.partner_org_id";
 
 fn factory_from_row(r: &db::sqlx::any::AnyRow) -> Result<Factory, ComputeError> {
@@ -64,6 +69,7 @@ fn factory_from_row(r: &db::sqlx::any::AnyRow) -> Result<Factory, ComputeError> 
             .map(str::to_string)
             .collect(),
         created_at: r.try_get("created_at")?,
+        fleet: r.try_get::<i64, _>("fleet")? == 1,
     })
 }
 

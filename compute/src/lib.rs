@@ -14,6 +14,7 @@ mod factories;
 mod prices;
 mod requests;
 mod types;
+mod worker_tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ pub use factories::{Factory, FactorySpec};
 pub use prices::ModelPrice;
 pub use requests::{Allocation, ComputeRequest, GrantRef, RequestForm, Support, TimelineEvent};
 pub use types::{Capacity, Commitment, Day, GpuClass, Status};
+pub use worker_tokens::{Enrolled, WorkerToken, factory_of as worker_token_factory};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {

@@ -8,7 +8,9 @@ use crate::chat::ChatMessage;
 use crate::sampling::{SamplingParams, TokenLogprob};
 
 /// Scheduling class, most urgent first. Within a class tenants share by weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Priority {
     Production = 0,
     Playground = 1,
@@ -62,7 +64,7 @@ impl Request {
 pub const MAX_STOP: usize = 4;
 pub const MAX_STOP_LEN: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// An end-of-sequence token or a stop string.
     Stop,
@@ -81,7 +83,7 @@ impl FinishReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finish {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
@@ -99,7 +101,7 @@ pub struct Finish {
     pub preemptions: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// One generated token; `text` is the new final text (empty while a multi-byte character
     /// or a possible stop string is incomplete).

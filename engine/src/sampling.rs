@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::request::InvalidRequest;
 
 /// How one request samples. `temperature == 0` is greedy decoding.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     pub temperature: f32,
     /// 0 keeps every token.
@@ -100,7 +100,7 @@ impl SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenLogprob {
     pub token: u32,
     pub logprob: f32,

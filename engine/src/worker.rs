@@ -100,6 +100,10 @@ impl Canceller {
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// A request's event stream and a way to cancel it.
@@ -111,6 +115,24 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// A generation whose events come from elsewhere (a remote worker): whoever sends them
+    /// watches the returned canceller and the channel's closing.
+    pub fn new(
+        id: u64,
+        prompt_tokens: usize,
+        events: UnboundedReceiver<Event>,
+    ) -> (Generation, Canceller) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let canceller = Canceller(Arc::clone(&cancel));
+        let generation = Generation {
+            id,
+            prompt_tokens,
+            events,
+            cancel,
+        };
+        (generation, canceller)
+    }
+
     /// Stops the request; it finishes with `Cancelled` at the next step.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
@@ -142,6 +164,16 @@ pub struct Prepared {
 impl Prepared {
     pub fn prompt_tokens(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The prompt's token ids.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The request as submitted (its prompt as given, before tokenization).
+    pub fn request(&self) -> &Request {
+        &self.request
     }
 
     /// The most tokens this request can generate (its `max_tokens`, or what the context

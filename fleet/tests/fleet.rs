@@ -1,0 +1,437 @@
+//! A portal's fleet and worker nodes over a real NATS server (started here on a free port),
+//! each node running the tiny test model on the CPU.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine::fixture::{FixtureSpec, write_fixture};
+use engine::{Event, FinishReason, Pool, Prompt, Request, SamplingParams, SubmitError, WorkerSpec};
+use fleet::node::Ended;
+use fleet::{Auth, Connect, Enrolled, Enrolment, Fleet, Node, RemoteJob};
+
+const MODEL: &str = "tiny";
+
+/// A `nats-server` of this test's own, stopped when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    async fn start() -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs it)");
+        let url = format!("nats://127.0.0.1:{port}");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Nats { child, url }
+    }
+
+    async fn client(&self, name: &str) -> async_nats::Client {
+        Connect {
+            url: self.url.clone(),
+            auth: Auth::None,
+        }
+        .connect(name)
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tokens known to the portal: token → (token id, factory), and those revoked.
+#[derive(Default)]
+struct Tokens {
+    known: Mutex<HashMap<String, (String, String)>>,
+    revoked: Mutex<Vec<String>>,
+}
+
+impl Tokens {
+    fn issue(&self, id: &str, factory: &str) -> String {
+        let token = format!("tmw_{factory}_{:0>32}", id);
+        self.known
+            .lock()
+            .unwrap()
+            .insert(token.clone(), (id.to_string(), factory.to_string()));
+        token
+    }
+}
+
+#[async_trait::async_trait]
+impl Enrolment for Tokens {
+    async fn enrol(&self, token: &str) -> Result<Option<Enrolled>, String> {
+        let revoked = self.revoked.lock().unwrap().clone();
+        Ok(self
+            .known
+            .lock()
+            .unwrap()
+            .get(token)
+            .filter(|(id, _)| !revoked.contains(id))
+            .map(|(id, f)| Enrolled {
+                token_id: id.clone(),
+                factory_id: f.clone(),
+            }))
+    }
+
+    async fn revoked(&self, ids: &[String]) -> Result<Vec<String>, String> {
+        let revoked = self.revoked.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter(|i| revoked.contains(i))
+            .cloned()
+            .collect())
+    }
+}
+
+struct World {
+    nats: Nats,
+    tokens: Arc<Tokens>,
+    fleet: Fleet,
+    _model: tempfile::TempDir,
+    model_dir: std::path::PathBuf,
+    /// A pool of this process, to prepare requests as a portal does.
+    local: Arc<Pool>,
+}
+
+fn spec(dir: &std::path::Path) -> WorkerSpec {
+    let mut spec = WorkerSpec::new(MODEL, dir);
+    spec.device = engine::Device::Cpu;
+    spec.threads = 1;
+    spec.cpu_kv_bytes = 4 << 20;
+    spec
+}
+
+impl World {
+    async fn new() -> World {
+        let nats = Nats::start().await;
+        let model = tempfile::tempdir().unwrap();
+        write_fixture(model.path(), &FixtureSpec::default()).unwrap();
+        let tokens = Arc::new(Tokens::default());
+        let fleet = Fleet::start(nats.client("portal").await, tokens.clone())
+            .await
+            .unwrap();
+        let local = Arc::new(Pool::start(vec![spec(model.path())]).unwrap());
+        World {
+            nats,
+            tokens,
+            fleet,
+            model_dir: model.path().to_path_buf(),
+            _model: model,
+            local,
+        }
+    }
+
+    /// A node serving the tiny model for the factory `token` names, running until the
+    /// returned sender fires (or is dropped).
+    async fn node(
+        &self,
+        token: &str,
+        name: &str,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Ended>,
+        async_nats::Client,
+    ) {
+        let pool = Arc::new(Pool::start(vec![spec(&self.model_dir)]).unwrap());
+        let client = self.nats.client(name).await;
+        let node = Node::join(client.clone(), token.to_string(), name.to_string(), pool)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            node.serve(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+        });
+        (stop, serving, client)
+    }
+
+    fn prepared(&self, max_tokens: usize) -> engine::Prepared {
+        let mut r = Request::new(Prompt::Text("the quick brown fox".into()));
+        r.sampling = SamplingParams::greedy();
+        r.max_tokens = Some(max_tokens);
+        r.ignore_eos = true;
+        r.tenant = "t1".into();
+        self.local.worker_for(MODEL).unwrap().prepare(r).unwrap()
+    }
+
+    async fn until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < until, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn tokens_of(events: &[Event]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token { token, .. } => Some(*token),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_factorys_jobs_run_on_its_own_nodes_and_match_a_local_run() {
+    let w = World::new().await;
+    let (ta, tb) = (w.tokens.issue("a", "fa"), w.tokens.issue("b", "fb"));
+    let _a = w.node(&ta, "node-a").await;
+    let _b = w.node(&tb, "node-b").await;
+    w.until("both nodes are live", || {
+        w.fleet.serves("fa", MODEL) && w.fleet.serves("fb", MODEL)
+    })
+    .await;
+
+    let prepared = w.prepared(12);
+    let local = w
+        .local
+        .worker_for(MODEL)
+        .unwrap()
+        .enqueue(w.prepared(12))
+        .unwrap()
+        .collect()
+        .await;
+    for (factory, node) in [("fa", "node-a"), ("fb", "node-b")] {
+        let job = RemoteJob {
+            factory_id: factory,
+            job_id: &format!("job-{factory}"),
+            model: MODEL,
+            prepared: &prepared,
+        };
+        let (generation, placement) = w.fleet.submit(job).await.unwrap();
+        assert_eq!(placement.node, node);
+        assert_eq!(placement.device, "cpu");
+        let events = generation.collect().await;
+        assert_eq!(
+            tokens_of(&events),
+            tokens_of(&local),
+            "greedy output as run here"
+        );
+        match events.last() {
+            Some(Event::Finished(f)) => {
+                assert_eq!(f.completion_tokens, 12);
+                assert_eq!(f.reason, FinishReason::Length);
+            }
+            other => panic!("ended with {other:?}"),
+        }
+    }
+    // A factory with no node of its own gets nothing, whatever other factories have.
+    let job = RemoteJob {
+        factory_id: "fc",
+        job_id: "job-fc",
+        model: MODEL,
+        prepared: &prepared,
+    };
+    assert!(matches!(
+        w.fleet.submit(job).await,
+        Err(SubmitError::Unavailable)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_of_one_factory_share_its_jobs() {
+    let w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    let _one = w.node(&t, "one").await;
+    let _two = w.node(&t, "two").await;
+    w.until("both nodes are live", || w.fleet.list(None).len() == 2)
+        .await;
+    let prepared = w.prepared(40);
+    let mut running = Vec::new();
+    for i in 0..6 {
+        let job = RemoteJob {
+            factory_id: "fa",
+            job_id: &format!("job{i}"),
+            model: MODEL,
+            prepared: &prepared,
+        };
+        running.push(w.fleet.submit(job).await.unwrap());
+    }
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for (g, p) in running {
+        *per_node.entry(p.node).or_default() += 1;
+        assert!(matches!(g.collect().await.last(), Some(Event::Finished(_))));
+    }
+    assert_eq!(per_node.len(), 2, "{per_node:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_that_do_not_enrol_into_the_subjects_factory_are_refused() {
+    let w = World::new().await;
+    let tb = w.tokens.issue("b", "fb");
+    // Unknown token: the node is refused at its announcement.
+    let pool = Arc::new(Pool::start(vec![spec(&w.model_dir)]).unwrap());
+    let unknown = format!("tmw_fa_{}", "x".repeat(32));
+    let joined = Node::join(w.nats.client("n").await, unknown, "n".into(), pool).await;
+    assert!(
+        matches!(joined, Err(fleet::FleetError::Refused(_))),
+        "{:?}",
+        joined.err()
+    );
+
+    // Factory B's token announced on factory A's subject.
+    let client = w.nats.client("intruder").await;
+    let report = fleet::protocol::NodeReport {
+        token: tb,
+        node: "intruder".into(),
+        boot: "1".into(),
+        version: "0".into(),
+        devices: vec![],
+        engines: vec![fleet::protocol::EngineReport {
+            index: 0,
+            model: MODEL.into(),
+            device: "cpu".into(),
+            state: "ready".into(),
+            waiting: 0,
+            running: 0,
+            kv_blocks_used: 0,
+            kv_blocks_total: 1,
+            tokens_generated: 0,
+        }],
+    };
+    let reply = client
+        .request(
+            fleet::protocol::Subjects::new("fa").announce(),
+            fleet::protocol::encode(&report),
+        )
+        .await
+        .unwrap();
+    let answer: fleet::protocol::AnnounceReply = fleet::protocol::decode(&reply.payload).unwrap();
+    assert_eq!(
+        answer,
+        fleet::protocol::AnnounceReply::Refused(
+            "the worker token belongs to another factory".into()
+        )
+    );
+    assert!(!w.fleet.serves("fa", MODEL));
+    assert!(w.fleet.list(None).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tokens_node_is_dropped_and_stops() {
+    let w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    let (_stop, serving, _client) = w.node(&t, "node-a").await;
+    w.until("the node is live", || w.fleet.serves("fa", MODEL))
+        .await;
+    w.tokens.revoked.lock().unwrap().push("a".into());
+    let ended = tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended, Ended::Refused);
+    assert!(!w.fleet.serves("fa", MODEL));
+    let job = RemoteJob {
+        factory_id: "fa",
+        job_id: "late",
+        model: MODEL,
+        prepared: &w.prepared(4),
+    };
+    assert!(matches!(
+        w.fleet.submit(job).await,
+        Err(SubmitError::Unavailable)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_frees_its_sequence_on_the_node() {
+    let w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    let _node = w.node(&t, "node-a").await;
+    w.until("the node is live", || w.fleet.serves("fa", MODEL))
+        .await;
+    let job = RemoteJob {
+        factory_id: "fa",
+        job_id: "long",
+        model: MODEL,
+        prepared: &w.prepared(400),
+    };
+    let (mut generation, _) = w.fleet.submit(job).await.unwrap();
+    // A few tokens, then the client goes away.
+    for _ in 0..3 {
+        assert!(matches!(
+            generation.events.recv().await,
+            Some(Event::Token { .. })
+        ));
+    }
+    drop(generation);
+    // (running, KV blocks in use, tokens generated) as the node reports them.
+    let engine_load = |w: &World| {
+        w.fleet.list(None)[0]
+            .engines
+            .iter()
+            .map(|e| (e.running, e.kv_blocks_used, e.tokens_generated))
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    };
+    w.until("the node's report shows its blocks freed", || {
+        let (running, blocks, generated) = engine_load(&w);
+        running == 0 && blocks == 0 && generated > 0
+    })
+    .await;
+    let generated = engine_load(&w).2;
+    assert!(
+        generated < 400,
+        "the sequence ran to its end ({generated} tokens): not cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_silent_ends_its_jobs_with_an_error() {
+    let w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    let (_stop, serving, client) = w.node(&t, "node-a").await;
+    w.until("the node is live", || w.fleet.serves("fa", MODEL))
+        .await;
+    let job = RemoteJob {
+        factory_id: "fa",
+        job_id: "cut",
+        model: MODEL,
+        prepared: &w.prepared(400),
+    };
+    let (mut generation, _) = w.fleet.submit(job).await.unwrap();
+    assert!(matches!(
+        generation.events.recv().await,
+        Some(Event::Token { .. })
+    ));
+    // Cut off: no goodbye, no more heartbeats, nothing more on the wire.
+    serving.abort();
+    client.drain().await.unwrap();
+    let cut_at = Instant::now();
+    let last = loop {
+        match generation.events.recv().await {
+            Some(Event::Token { .. }) => continue,
+            other => break other,
+        }
+    };
+    match last {
+        Some(Event::Failed(m)) => assert!(m.contains("node-a"), "{m}"),
+        other => panic!("ended with {other:?}"),
+    }
+    assert!(cut_at.elapsed() < fleet::dispatch::DEAD_AFTER + Duration::from_secs(2));
+}
