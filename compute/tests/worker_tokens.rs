@@ -47,14 +47,14 @@ db::storage_test!(
         assert_eq!(p.compute.authenticate_worker("tmw_").await.unwrap(), None);
 
         assert_eq!(
-            p.compute.revoked_worker_tokens(&[token.id.clone()]).await.unwrap(),
+            p.compute.revoked_worker_tokens(std::slice::from_ref(&token.id)).await.unwrap(),
             Vec::<String>::new()
         );
         let revoked = p.compute.revoke_worker_token(&partner, &token.id).await.unwrap();
         assert!(revoked.revoked_at.is_some());
         assert_eq!(p.compute.authenticate_worker(&secret).await.unwrap(), None);
         assert_eq!(
-            p.compute.revoked_worker_tokens(&[token.id.clone()]).await.unwrap(),
+            p.compute.revoked_worker_tokens(std::slice::from_ref(&token.id)).await.unwrap(),
             vec![token.id.clone()]
         );
         // Revoked again: done, nothing changes.

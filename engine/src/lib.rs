@@ -30,7 +30,7 @@ pub use request::{Event, Finish, FinishReason, Priority, Prompt, Request, Submit
 pub use sampling::SamplingParams;
 /// The tokenizer type models load (callers render token ids with it).
 pub use tokenizers::Tokenizer;
-pub use worker::{Canceller, Generation, Prepared, Worker, WorkerSpec};
+pub use worker::{Canceller, Generation, ModelInfo, Prepared, Worker, WorkerSpec};
 
 use std::path::PathBuf;
 

@@ -88,20 +88,49 @@ pub enum ControlError {
 pub const RESTART_DRAIN: Duration = Duration::from_secs(60);
 
 impl Pool {
-    /// Starts every worker; the first that fails to load fails the pool (the others stop).
+    /// Starts every worker, all loading at once (each on its own device and thread); one that
+    /// fails to load fails the pool (the others stop).
     pub fn start(specs: Vec<WorkerSpec>) -> Result<Pool, EngineError> {
+        let started: Vec<Result<Worker, EngineError>> = std::thread::scope(|scope| {
+            let loading: Vec<_> = specs
+                .iter()
+                .map(|spec| scope.spawn(|| Worker::start(spec.clone())))
+                .collect();
+            loading
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EngineError::Device(
+                            "a worker panicked while loading".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
         let mut slots = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let id = spec.model_id.clone();
-            let w = Worker::start(spec.clone())
-                .map_err(|e| EngineError::Device(format!("model {id}: {e}")))?;
-            slots.push(Slot {
-                spec,
-                worker: RwLock::new(Some(Arc::new(w))),
-                draining: AtomicBool::new(false),
-                restarting: AtomicBool::new(false),
-                failed: AtomicBool::new(false),
-            });
+        let mut failure = None;
+        for (spec, w) in specs.into_iter().zip(started) {
+            match w {
+                Ok(w) => slots.push(Slot {
+                    spec,
+                    worker: RwLock::new(Some(Arc::new(w))),
+                    draining: AtomicBool::new(false),
+                    restarting: AtomicBool::new(false),
+                    failed: AtomicBool::new(false),
+                }),
+                Err(e) if failure.is_none() => {
+                    failure = Some(EngineError::Device(format!("model {}: {e}", spec.model_id)));
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(e) = failure {
+            for s in &slots {
+                if let Some(w) = s.current() {
+                    w.stop();
+                }
+            }
+            return Err(e);
         }
         Ok(Pool { slots })
     }
@@ -128,6 +157,16 @@ impl Pool {
             }
         }
         out
+    }
+
+    /// The tokenizer, template and limits of `model`, from any of its workers (draining or
+    /// not): what a caller needs to prepare a request that runs elsewhere.
+    pub fn info(&self, model: &str) -> Option<Arc<crate::ModelInfo>> {
+        self.slots
+            .iter()
+            .filter(|s| s.spec.model_id == model)
+            .find_map(Slot::current)
+            .map(|w| Arc::clone(&w.info))
     }
 
     /// The least-loaded worker that takes requests for `model`.

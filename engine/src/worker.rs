@@ -92,6 +92,114 @@ pub struct ModelInfo {
     pub context: usize,
 }
 
+impl ModelInfo {
+    /// Validates and tokenizes without queueing anything, so that a caller can pay for the
+    /// request's largest possible size (its prompt and how many tokens it may generate) before
+    /// any work starts.
+    pub fn prepare(&self, request: Request) -> Result<Prepared, SubmitError> {
+        let tokens = self.tokenize(&request)?;
+        let info = self;
+        if tokens.is_empty() {
+            return Err(InvalidRequest {
+                param: "prompt",
+                message: "the prompt is empty".into(),
+            }
+            .into());
+        }
+        request.sampling.validate()?;
+        if request.stop.len() > MAX_STOP
+            || request
+                .stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_LEN)
+        {
+            return Err(InvalidRequest {
+                param: "stop",
+                message: format!(
+                    "stop takes at most {MAX_STOP} non-empty strings of up to {MAX_STOP_LEN} bytes"
+                ),
+            }
+            .into());
+        }
+        if request.max_tokens == Some(0) {
+            return Err(InvalidRequest {
+                param: "max_tokens",
+                message: "max_tokens must be at least 1".into(),
+            }
+            .into());
+        }
+        let max_len = match request.max_tokens {
+            Some(m) if m > info.context.saturating_sub(tokens.len()) => {
+                return Err(SubmitError::ContextLength {
+                    prompt: tokens.len(),
+                    max_tokens: m,
+                    context: info.context,
+                });
+            }
+            Some(m) => tokens.len() + m,
+            None if tokens.len() >= info.context => {
+                return Err(SubmitError::ContextLength {
+                    prompt: tokens.len(),
+                    max_tokens: 1,
+                    context: info.context,
+                });
+            }
+            None => info.context,
+        };
+        Ok(Prepared {
+            tokens,
+            request,
+            max_len,
+        })
+    }
+
+    /// The prompt's token ids, each checked against the model's vocabulary (a tokenizer with
+    /// added tokens beyond the embedding table must not reach the forward pass).
+    fn tokenize(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
+        let ids = self.encode(request)?;
+        let vocab = self.config.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(InvalidRequest {
+                param: "prompt",
+                message: format!("token id {bad} is outside the model's vocabulary of {vocab}"),
+            }
+            .into());
+        }
+        Ok(ids)
+    }
+
+    fn encode(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
+        let tok = &self.tokenizer;
+        let encode = |text: &str, special: bool| {
+            tok.encode(text, special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| InvalidRequest {
+                    param: "prompt",
+                    message: format!("the prompt cannot be tokenized: {e}"),
+                })
+        };
+        Ok(match &request.prompt {
+            Prompt::Text(t) => encode(t, true)?,
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Chat(messages) => {
+                let template = self.chat_template.as_ref().ok_or(InvalidRequest {
+                    param: "messages",
+                    message: "this model has no chat template; use completions".into(),
+                })?;
+                if messages.is_empty() {
+                    return Err(InvalidRequest {
+                        param: "messages",
+                        message: "messages must not be empty".into(),
+                    }
+                    .into());
+                }
+                // The template writes the special tokens itself.
+                encode(&template.render(messages)?, false)?
+            }
+        })
+    }
+}
+
 /// Cancels a request without holding its event stream (a shutdown cancels every running job).
 #[derive(Debug, Clone)]
 pub struct Canceller(Arc<AtomicBool>);
@@ -310,64 +418,9 @@ impl Worker {
         self.enqueue(self.prepare(request)?)
     }
 
-    /// Validates and tokenizes without queueing anything, so that a caller can pay for the
-    /// request's largest possible size (its prompt and how many tokens it may generate) before
-    /// any work starts.
+    /// Validates and tokenizes without queueing anything (see [`ModelInfo::prepare`]).
     pub fn prepare(&self, request: Request) -> Result<Prepared, SubmitError> {
-        let tokens = self.tokenize(&request)?;
-        let info = &self.info;
-        if tokens.is_empty() {
-            return Err(InvalidRequest {
-                param: "prompt",
-                message: "the prompt is empty".into(),
-            }
-            .into());
-        }
-        request.sampling.validate()?;
-        if request.stop.len() > MAX_STOP
-            || request
-                .stop
-                .iter()
-                .any(|s| s.is_empty() || s.len() > MAX_STOP_LEN)
-        {
-            return Err(InvalidRequest {
-                param: "stop",
-                message: format!(
-                    "stop takes at most {MAX_STOP} non-empty strings of up to {MAX_STOP_LEN} bytes"
-                ),
-            }
-            .into());
-        }
-        if request.max_tokens == Some(0) {
-            return Err(InvalidRequest {
-                param: "max_tokens",
-                message: "max_tokens must be at least 1".into(),
-            }
-            .into());
-        }
-        let max_len = match request.max_tokens {
-            Some(m) if m > info.context.saturating_sub(tokens.len()) => {
-                return Err(SubmitError::ContextLength {
-                    prompt: tokens.len(),
-                    max_tokens: m,
-                    context: info.context,
-                });
-            }
-            Some(m) => tokens.len() + m,
-            None if tokens.len() >= info.context => {
-                return Err(SubmitError::ContextLength {
-                    prompt: tokens.len(),
-                    max_tokens: 1,
-                    context: info.context,
-                });
-            }
-            None => info.context,
-        };
-        Ok(Prepared {
-            tokens,
-            request,
-            max_len,
-        })
+        self.info.prepare(request)
     }
 
     /// Queues a prepared request, or refuses it when the queue is full or the worker stopped.
@@ -413,52 +466,6 @@ impl Worker {
             prompt_tokens,
             events: rx,
             cancel,
-        })
-    }
-
-    /// The prompt's token ids, each checked against the model's vocabulary (a tokenizer with
-    /// added tokens beyond the embedding table must not reach the forward pass).
-    fn tokenize(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
-        let ids = self.encode(request)?;
-        let vocab = self.info.config.vocab_size;
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(InvalidRequest {
-                param: "prompt",
-                message: format!("token id {bad} is outside the model's vocabulary of {vocab}"),
-            }
-            .into());
-        }
-        Ok(ids)
-    }
-
-    fn encode(&self, request: &Request) -> Result<Vec<u32>, SubmitError> {
-        let tok = &self.info.tokenizer;
-        let encode = |text: &str, special: bool| {
-            tok.encode(text, special)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| InvalidRequest {
-                    param: "prompt",
-                    message: format!("the prompt cannot be tokenized: {e}"),
-                })
-        };
-        Ok(match &request.prompt {
-            Prompt::Text(t) => encode(t, true)?,
-            Prompt::Tokens(ids) => ids.clone(),
-            Prompt::Chat(messages) => {
-                let template = self.info.chat_template.as_ref().ok_or(InvalidRequest {
-                    param: "messages",
-                    message: "this model has no chat template; use completions".into(),
-                })?;
-                if messages.is_empty() {
-                    return Err(InvalidRequest {
-                        param: "messages",
-                        message: "messages must not be empty".into(),
-                    }
-                    .into());
-                }
-                // The template writes the special tokens itself.
-                encode(&template.render(messages)?, false)?
-            }
         })
     }
 

@@ -18,6 +18,9 @@ use crate::protocol::{
 /// How often a node reports its load (portals dispatch on reports at most 1 s old).
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
+/// What usage events call the portal's in-process pool; no node may take the name.
+pub const LOCAL: &str = "local";
+
 /// How long a node waits for a portal to answer its announcement.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,6 +61,11 @@ impl Node {
         if !is_subject_token(&name) {
             return Err(FleetError::Config(format!(
                 "the node name {name:?} must be 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if name == LOCAL {
+            return Err(FleetError::Config(format!(
+                "the node name {LOCAL:?} is taken by the portal's own pool; choose another"
             )));
         }
         let node = Node {

@@ -2,8 +2,6 @@
 //! each node running the tiny test model on the CPU.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,49 +12,21 @@ use fleet::{Auth, Connect, Enrolled, Enrolment, Fleet, Node, RemoteJob};
 
 const MODEL: &str = "tiny";
 
-/// A `nats-server` of this test's own, stopped when dropped.
-struct Nats {
-    child: Child,
-    url: String,
-}
+struct Nats(testkit::nats::NatsServer);
 
 impl Nats {
     async fn start() -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (scripts/test installs it)");
-        let url = format!("nats://127.0.0.1:{port}");
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Nats { child, url }
+        Nats(testkit::nats::NatsServer::start())
     }
 
     async fn client(&self, name: &str) -> async_nats::Client {
         Connect {
-            url: self.url.clone(),
+            url: self.0.url.clone(),
             auth: Auth::None,
         }
         .connect(name)
         .await
         .unwrap()
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

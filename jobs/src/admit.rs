@@ -7,7 +7,7 @@ use ledger::LedgerError;
 
 use crate::limits::Refusal;
 use crate::running::{JobContext, RunningJob};
-use crate::{HOLD_TTL_MS, JobError, JobKind, Jobs, ON_DEMAND_WEIGHT, Principal, Rates};
+use crate::{HOLD_TTL_MS, JobError, JobKind, Jobs, LOCAL_NODE, ON_DEMAND_WEIGHT, Principal, Rates};
 
 /// Prompts longer than this are tokenized (and their template rendered) on a blocking thread:
 /// a megabyte of text takes milliseconds, which would stall every other request sharing the
@@ -15,7 +15,7 @@ use crate::{HOLD_TTL_MS, JobError, JobKind, Jobs, ON_DEMAND_WEIGHT, Principal, R
 const INLINE_PROMPT_BYTES: usize = 16 * 1024;
 
 async fn prepare(
-    worker: &Arc<engine::Worker>,
+    info: &Arc<engine::ModelInfo>,
     request: engine::Request,
 ) -> Result<engine::Prepared, JobError> {
     let bytes = match &request.prompt {
@@ -24,13 +24,29 @@ async fn prepare(
         engine::Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
     };
     if bytes <= INLINE_PROMPT_BYTES {
-        return Ok(worker.prepare(request)?);
+        return Ok(info.prepare(request)?);
     }
-    let worker = Arc::clone(worker);
-    tokio::task::spawn_blocking(move || worker.prepare(request))
+    let info = Arc::clone(info);
+    tokio::task::spawn_blocking(move || info.prepare(request))
         .await
         .map_err(JobError::storage)?
         .map_err(JobError::from)
+}
+
+/// Where an admitted job runs: this process's pool, or a node of its factory's fleet (the
+/// model's tokenizer and limits here, to count and pay for the prompt before it leaves).
+enum Route {
+    Local(Arc<engine::Worker>),
+    Remote(Arc<engine::ModelInfo>),
+}
+
+impl Route {
+    fn info(&self) -> &Arc<engine::ModelInfo> {
+        match self {
+            Route::Local(w) => &w.info,
+            Route::Remote(info) => info,
+        }
+    }
 }
 
 impl Jobs {
@@ -45,7 +61,6 @@ impl Jobs {
     ) -> Result<RunningJob, JobError> {
         let inner = &self.inner;
         let admitting = self.busy()?;
-        let pool = inner.pool.as_ref().ok_or(JobError::Unavailable)?;
         let unknown = || JobError::UnknownModel(model.to_string());
         // A model without a list price is not sold, whatever the pool has loaded.
         let prices = self.prices_cached().await?;
@@ -54,27 +69,17 @@ impl Jobs {
             .find(|p| p.model_id == model)
             .ok_or_else(unknown)?;
         let rates = Rates::from(price);
-        let worker = pool.worker_for(model)?;
         let now = now_ms();
         let allocation = self.allocation_cached(&who.org_id, model, now).await?;
-        // The allocation's factory while it still serves the model; else the first that does.
-        let factories = self.factories_cached().await?;
-        let allocated = allocation.as_ref().and_then(|a| {
-            factories
-                .iter()
-                .find(|f| f.id == a.factory_id && f.serves(model))
-        });
-        let factory = allocated
-            .or_else(|| factories.iter().find(|f| f.serves(model)))
-            .ok_or_else(unknown)?
-            .clone();
+        let factory = self.factory_for(allocation.as_ref(), model).await?;
+        let route = self.route(&factory, model)?;
 
         request.priority = kind.priority();
         request.tenant = who.org_id.clone();
         request.weight = allocation
             .as_ref()
             .map_or(ON_DEMAND_WEIGHT, |a| a.share_weight.clamp(1, 1_000) as u32);
-        let prepared = prepare(&worker, request).await?;
+        let prepared = prepare(route.info(), request).await?;
         let prompt_tokens = prepared.prompt_tokens();
         let max_tokens = prepared.max_new_tokens();
         let max_cost =
@@ -131,11 +136,12 @@ impl Jobs {
             created_at: now,
             tpm_taken,
             tpm_returned: Arc::default(),
+            placement: None,
         };
         // From the hold on, admission runs as a task of its own: a caller that goes away
         // meanwhile cannot leave a hold or a job row half made (a job it never receives is
         // dropped, which cancels and settles it).
-        let (jobs, worker) = (self.clone(), worker);
+        let jobs = self.clone();
         // Every line logged for the job carries its id (and, as a child of the request's
         // span, the request id).
         let span = tracing::info_span!("job", job = %ctx.id);
@@ -143,7 +149,7 @@ impl Jobs {
             async move {
                 let _admitting = admitting; // a shutdown waits for this admission to end
                 let refund = ctx.clone();
-                let admitted = jobs.commit(ctx, worker, prepared).await;
+                let admitted = jobs.commit(ctx, route, prepared).await;
                 if admitted.is_err() {
                     refund.give_back_tokens(&jobs, 0);
                 }
@@ -160,12 +166,34 @@ impl Jobs {
     async fn commit(
         &self,
         mut ctx: JobContext,
-        worker: Arc<engine::Worker>,
+        route: Route,
         prepared: engine::Prepared,
     ) -> Result<RunningJob, JobError> {
         self.record(&mut ctx).await?;
-        match worker.enqueue(prepared) {
-            Ok(generation) => {
+        let queued = match route {
+            Route::Local(worker) => worker.enqueue(prepared).map(|g| {
+                let placement = fleet::Placement {
+                    node: LOCAL_NODE.to_string(),
+                    device: worker.info.device.id.clone(),
+                };
+                (g, placement)
+            }),
+            Route::Remote(_) => match self.fleet() {
+                None => Err(engine::SubmitError::Unavailable),
+                Some(fleet) => {
+                    let job = fleet::RemoteJob {
+                        factory_id: &ctx.factory_id,
+                        job_id: &ctx.id,
+                        model: &ctx.model,
+                        prepared: &prepared,
+                    };
+                    fleet.submit(job).await
+                }
+            },
+        };
+        match queued {
+            Ok((generation, placement)) => {
+                ctx.placement = Some(placement);
                 self.track(&ctx.id, generation.canceller());
                 Ok(RunningJob::new(self.clone(), ctx, generation))
             }
@@ -175,6 +203,50 @@ impl Jobs {
                 Err(e)
             }
         }
+    }
+
+    /// The allocation's factory while it still serves the model; else the first that can run
+    /// it now; else the first that lists it (whose route then says why it cannot).
+    async fn factory_for(
+        &self,
+        allocation: Option<&compute::Allocation>,
+        model: &str,
+    ) -> Result<compute::Factory, JobError> {
+        let factories = self.factories_cached().await?;
+        let allocated = allocation.and_then(|a| {
+            factories
+                .iter()
+                .find(|f| f.id == a.factory_id && f.serves(model))
+        });
+        allocated
+            .or_else(|| {
+                factories
+                    .iter()
+                    .find(|f| f.serves(model) && self.route(f, model).is_ok())
+            })
+            .or_else(|| factories.iter().find(|f| f.serves(model)))
+            .cloned()
+            .ok_or_else(|| JobError::UnknownModel(model.to_string()))
+    }
+
+    /// Where a job of `factory` for `model` can run now: a fleet factory only on its own
+    /// live nodes, any other on this process's pool.
+    fn route(&self, factory: &compute::Factory, model: &str) -> Result<Route, JobError> {
+        let pool = self.inner.pool.as_ref();
+        if !factory.fleet {
+            let pool = pool.ok_or(JobError::Unavailable)?;
+            return Ok(Route::Local(pool.worker_for(model)?));
+        }
+        let fleet = self.fleet().ok_or(JobError::Unavailable)?;
+        if !fleet.serves(&factory.id, model) {
+            return Err(JobError::Unavailable);
+        }
+        // The prompt is tokenized here with the model's own tokenizer, so that what is paid
+        // for is counted by the portal, never taken from a node.
+        let info = pool
+            .and_then(|p| p.info(model))
+            .ok_or_else(|| JobError::UnknownModel(model.to_string()))?;
+        Ok(Route::Remote(info))
     }
 
     /// The hold for the job's largest cost, in burn order, and the job row, together.

@@ -32,6 +32,9 @@ use db::Db;
 pub use activity::{Activity, Cursor, UsageShare};
 pub use drain::{Busy, Drained};
 pub use engine::Pool as WorkerPool;
+
+/// The node name usage events carry for jobs this process's own pool ran.
+pub const LOCAL_NODE: &str = fleet::node::LOCAL;
 pub use pricing::Rates;
 pub use running::{Charged, Receipt, RunningJob};
 pub use usage::{DailyUsage, UsageEvent};
@@ -220,6 +223,8 @@ struct Inner {
     wallets: wallets::Wallets,
     /// Finished jobs waiting to be settled together (see [`settlement`]).
     settler: settlement::Settler,
+    /// The worker nodes of fleet factories, when this portal is connected to NATS.
+    fleet: std::sync::OnceLock<fleet::Fleet>,
 }
 
 impl Jobs {
@@ -245,6 +250,7 @@ impl Jobs {
                 drain: drain::DrainState::default(),
                 wallets: wallets::Wallets::default(),
                 settler: settlement::Settler::default(),
+                fleet: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -275,17 +281,36 @@ impl Jobs {
         self.inner.pool.as_ref()
     }
 
+    /// Sends fleet factories' jobs to their nodes through `fleet` (once, at start).
+    pub fn attach_fleet(&self, fleet: fleet::Fleet) {
+        let _ = self.inner.fleet.set(fleet);
+    }
+
+    pub fn fleet(&self) -> Option<&fleet::Fleet> {
+        self.inner.fleet.get()
+    }
+
     /// This process's job metrics (latency histograms, jobs by outcome).
     pub fn metrics(&self) -> &metrics::JobMetrics {
         &self.inner.metrics
     }
 
-    /// Models a tenant may use: priced, served by a factory, and loaded by a worker here.
+    /// Models a tenant may use: priced, served by a factory, and loaded by a worker here or
+    /// on a live node of a fleet.
     pub async fn available_models(&self) -> Result<Vec<String>, JobError> {
-        let Some(pool) = &self.inner.pool else {
-            return Ok(Vec::new());
-        };
-        let served = pool.models();
+        let mut served = self
+            .inner
+            .pool
+            .as_ref()
+            .map(|p| p.models())
+            .unwrap_or_default();
+        if let Some(fleet) = self.fleet() {
+            for m in fleet.models() {
+                if !served.contains(&m) {
+                    served.push(m);
+                }
+            }
+        }
         let prices = self.prices_cached().await?;
         let factories = self.factories_cached().await?;
         Ok(served

@@ -235,6 +235,7 @@ impl Jobs {
             created_at: get_i("created_at")?,
             tpm_taken: 0,
             tpm_returned: Arc::new(AtomicBool::new(true)),
+            placement: None,
         };
         let delivered = (entry.delivered as usize).min(ctx.max_tokens);
         tracing::warn!(

@@ -31,9 +31,18 @@ pub(crate) struct JobContext {
     pub tpm_taken: u64,
     /// Whether the unused part was given back (once, whichever way the job ends).
     pub tpm_returned: Arc<AtomicBool>,
+    /// The node and device that run it (`None` for a job recovered from a journal).
+    pub placement: Option<fleet::Placement>,
 }
 
 impl JobContext {
+    /// Whether a node of a fleet ran it (not this process's pool).
+    pub fn ran_remotely(&self) -> bool {
+        self.placement
+            .as_ref()
+            .is_some_and(|p| p.node != crate::LOCAL_NODE)
+    }
+
     /// Gives back to the tokens-per-minute bucket what the job took beyond `used`.
     pub fn give_back_tokens(&self, jobs: &Jobs, used: usize) {
         if self.tpm_taken > 0 && !self.tpm_returned.swap(true, Ordering::SeqCst) {
@@ -55,7 +64,8 @@ pub enum Charged {
     /// Cancelled or abandoned by the client: the prompt (once it was processed) and only the
     /// tokens delivered are charged; the usage event is marked partial.
     Partial,
-    /// The engine failed: the hold was voided, nothing charged, no usage event.
+    /// The engine failed: the hold was voided, nothing charged, no usage event; or a fleet
+    /// node was lost mid-stream, and the prompt and the tokens delivered were charged.
     Failed(String),
 }
 

@@ -35,6 +35,10 @@ pub enum Command {
     /// Revenue-share statements.
     #[command(subcommand)]
     Statements(StatementsCommand),
+    /// Run the engine as a worker node of a factory's fleet (no database, no web portal):
+    /// `TOKENMILL_NATS_URL`, `TOKENMILL_WORKER_TOKEN`, and the models and devices as for the
+    /// portal.
+    Worker(crate::fleet_link::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +215,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             reason,
         }) => reset_two_factor(config, &email, &operator, &reason).await,
         Command::Bench(args) => bench(args).await,
+        Command::Worker(args) => {
+            crate::fleet_link::run_worker(args, &config.engine, config.nats.as_ref()).await
+        }
         Command::Statements(StatementsCommand::Verify {
             file,
             previous_hash,

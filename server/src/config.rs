@@ -56,6 +56,10 @@ pub struct Config {
     /// `TOKENMILL_FILES_MAX_COUNT` (default 200) and `TOKENMILL_FILES_MAX_MIB` (default 512):
     /// each organisation's files (uploads and batch results) at once.
     pub file_quota: batches::FileQuota,
+    /// `TOKENMILL_NATS_URL` (`nats://` or `tls://`; a user and password, or a token, in the
+    /// URL where the server asks for them) and `TOKENMILL_NATS_CREDS` (a `.creds` file): the
+    /// NATS server of the fleet. Unset: no fleet, only the in-process pool.
+    pub nats: Option<fleet::Connect>,
 }
 
 /// Where the portal's letters go.
@@ -132,8 +136,10 @@ pub struct EngineSettings {
     pub models: Vec<(String, PathBuf)>,
     /// Write the test model into the first directory if it holds no model yet.
     pub write_fixture: bool,
-    /// `TOKENMILL_DEVICE`: `auto` (default), `cpu`, `cuda` or `cuda:N`.
-    pub device: engine::Device,
+    /// `TOKENMILL_DEVICE`: `auto` (default), `cpu`, `cuda`, `cuda:N`, a comma-separated list
+    /// (`cuda:0,cuda:1`), or `all` (every GPU, else the CPU). One engine worker per model and
+    /// device, each on its own thread and CUDA context.
+    pub devices: Vec<engine::Device>,
     /// `TOKENMILL_CPU_KV_MIB`: KV cache memory per model on the CPU, default 256.
     pub cpu_kv_mib: usize,
     /// `TOKENMILL_MAX_RUNNING`: sequences a worker runs in one step, default 64.
@@ -154,7 +160,7 @@ impl Default for EngineSettings {
         EngineSettings {
             models: vec![(DEFAULT_MODEL_ID.into(), PathBuf::from(DEFAULT_MODEL_DIR))],
             write_fixture: true,
-            device: engine::Device::Auto,
+            devices: vec![engine::Device::Auto],
             cpu_kv_mib: 256,
             max_running: 64,
             max_waiting: 256,
@@ -208,9 +214,9 @@ impl EngineSettings {
             };
         }
         if let Some(d) = var("TOKENMILL_DEVICE") {
-            s.device = d.parse().map_err(|e: engine::EngineError| ConfigError {
+            s.devices = parse_devices(&d).map_err(|message| ConfigError {
                 name: "TOKENMILL_DEVICE",
-                message: e.to_string(),
+                message,
             })?;
         }
         s.cpu_kv_mib = number("TOKENMILL_CPU_KV_MIB", s.cpu_kv_mib as u64)? as usize;
@@ -228,6 +234,39 @@ impl EngineSettings {
         }
         Ok(s)
     }
+}
+
+/// The fleet's NATS connection, when `TOKENMILL_NATS_URL` is set.
+pub fn nats_from_env() -> Option<fleet::Connect> {
+    let url = var("TOKENMILL_NATS_URL")?.trim().to_string();
+    let auth = match var("TOKENMILL_NATS_CREDS") {
+        Some(path) => fleet::Auth::CredsFile(PathBuf::from(path.trim())),
+        None => fleet::Auth::None,
+    };
+    Some(fleet::Connect { url, auth })
+}
+
+/// `all`, or devices separated by commas, each once.
+pub fn parse_devices(text: &str) -> Result<Vec<engine::Device>, String> {
+    if text.trim() == "all" {
+        let gpus = engine::cuda::device_count();
+        return Ok(if gpus == 0 {
+            vec![engine::Device::Cpu]
+        } else {
+            (0..gpus).map(engine::Device::Cuda).collect()
+        });
+    }
+    let mut out: Vec<engine::Device> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let d: engine::Device = part
+            .parse()
+            .map_err(|e: engine::EngineError| e.to_string())?;
+        if out.contains(&d) {
+            return Err(format!("{part} is named twice"));
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for Config {
@@ -248,6 +287,7 @@ impl std::fmt::Debug for Config {
             .field("durable_metering", &self.durable_metering)
             .field("mail", &self.mail)
             .field("file_quota", &self.file_quota)
+            .field("nats", &self.nats.as_ref().map(|n| db::redact_url(&n.url)))
             .finish()
     }
 }
@@ -285,6 +325,7 @@ impl Default for Config {
             durable_metering: false,
             mail: MailSettings::default(),
             file_quota: batches::FileQuota::default(),
+            nats: None,
         }
     }
 }
@@ -394,6 +435,7 @@ impl Config {
                 )? as i64
                     * (1 << 20),
             },
+            nats: nats_from_env(),
         })
     }
 

@@ -38,19 +38,18 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
                     .with_context(|| format!("writing the test model to {}", dir.display()))?;
             }
         }
-        let specs = settings
-            .models
-            .iter()
-            .map(|(id, dir)| {
-                tracing::info!(model = %id, dir = %dir.display(), device = ?settings.device, "loading model");
+        let mut specs = Vec::new();
+        for (id, dir) in &settings.models {
+            for &device in &settings.devices {
+                tracing::info!(model = %id, dir = %dir.display(), ?device, "loading model");
                 let mut spec = engine::WorkerSpec::new(id.clone(), dir.clone());
-                spec.device = settings.device;
+                spec.device = device;
                 spec.cpu_kv_bytes = settings.cpu_kv_mib << 20;
                 spec.max_running = settings.max_running;
                 spec.max_waiting = settings.max_waiting;
-                spec
-            })
-            .collect();
+                specs.push(spec);
+            }
+        }
         let started = Instant::now();
         let pool = engine::Pool::start(specs).context("starting the inference workers")?;
         for w in pool.workers() {

@@ -7,6 +7,7 @@ mod bootstrap;
 pub mod cli;
 pub mod config;
 mod downloads;
+pub mod fleet_link;
 pub mod inference;
 mod metrics;
 pub mod openai;
@@ -98,6 +99,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Portal> {
     let compute = compute::Compute::new(db.clone(), accounts.clone(), credits.clone());
     let pool = inference::start_pool(&config.engine).await?;
     let jobs = jobs::Jobs::new(db.clone(), credits.clone(), compute.clone(), pool.clone());
+    if let Some(nats) = &config.nats {
+        fleet_link::attach(nats, &jobs, &compute).await?;
+    }
     let batches = batches::Batches::new(db.clone()).with_quota(config.file_quota);
     let app_state = AppState {
         compute,

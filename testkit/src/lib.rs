@@ -6,6 +6,8 @@
 //! cycle because it runs through dev-dependencies, and integration tests link the same
 //! library the kit does.
 
+pub mod nats;
+
 use accounts::{Accounts, SignUpForm, SignUpOutcome, User};
 use compute::{Compute, Factory, FactorySpec};
 use credits::{Credits, Program, ProgramSpec};
@@ -105,6 +107,44 @@ impl Platform {
             )
             .await
             .expect("create the factory")
+    }
+
+    /// An active allocation of `model` on `factory_id` for `tenant`'s organisation, from
+    /// today for 30 days (weight 1, a million tokens a minute), approved by the operator.
+    pub async fn allocate(&self, tenant: &User, factory_id: &str, model: &str) {
+        let now = db::now_ms();
+        let request = self
+            .compute
+            .submit(
+                tenant,
+                &compute::RequestForm {
+                    factory_id: factory_id.to_string(),
+                    what: model.into(),
+                    amount: "60000".into(),
+                    starts_on: compute::Day::containing(now).to_string(),
+                    ends_on: compute::Day::containing(now + 30 * 86_400_000).to_string(),
+                    commitment: "reserved".into(),
+                    program_id: String::new(),
+                    support_amount: String::new(),
+                    justification: String::new(),
+                },
+                now,
+            )
+            .await
+            .expect("submit the compute request");
+        let decision = compute::Decision {
+            share_weight: "1".into(),
+            rate_limit_tpm: "1000000".into(),
+            ..Default::default()
+        };
+        self.compute
+            .approve(&self.operator, &request.id, &decision, now)
+            .await
+            .expect("approve the compute request");
+        self.compute
+            .advance(now)
+            .await
+            .expect("activate the allocation");
     }
 
     /// A tenant organisation of `kind` (`startup`, `enterprise`, …) signed up by `email`,

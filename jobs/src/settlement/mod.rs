@@ -96,6 +96,11 @@ async fn charge_end(
     delivered: usize,
 ) -> Result<Receipt, JobError> {
     let f = match end {
+        // A node of the fleet lost after tokens reached the client: those are charged (the
+        // node's work cannot be undone, and the client has it); otherwise nothing is.
+        End::Failed(message) if delivered > 0 && ctx.ran_remotely() => {
+            return charge_lost(jobs, ctx, message, delivered).await;
+        }
         End::Failed(message) => return void_and_fail(jobs, ctx, message).await,
         // Cancelled by a shutdown before anything reached the client: the client gets an
         // error and pays nothing (a batch line runs again elsewhere).
@@ -192,6 +197,35 @@ pub(crate) struct Settlement<'a> {
     /// When the job ended (milliseconds): its row's `finished_at`, and where its usage
     /// event's duration ends. Not when the settlement is written, which may be later.
     pub ended_at: i64,
+}
+
+/// A job whose node was lost after `delivered` tokens reached its client: charged as one the
+/// client left (the prompt and what it received), recorded as failed with why.
+async fn charge_lost(
+    jobs: &Jobs,
+    ctx: &JobContext,
+    message: String,
+    delivered: usize,
+) -> Result<Receipt, JobError> {
+    tracing::warn!(job = ctx.id, error = %message, delivered, "job's node lost; charged for what was delivered");
+    let f = Finish {
+        reason: FinishReason::Cancelled,
+        prompt_tokens: ctx.prompt_tokens,
+        completion_tokens: delivered,
+        queue_time: Duration::ZERO,
+        time_to_first_token: Duration::ZERO,
+        decode_time: Duration::ZERO,
+        device_seconds: 0.0,
+        preemptions: 0,
+    };
+    let mut s = what_is_charged(&f, delivered, now_ms());
+    s.status = "failed";
+    s.error = Some(message.clone());
+    ctx.give_back_tokens(jobs, s.prompt_tokens + s.completion_tokens);
+    let amount = write_settlement(jobs, ctx, &s).await?;
+    let mut r = receipt(jobs, ctx, &f, &s, amount);
+    r.charged = Charged::Failed(message);
+    Ok(r)
 }
 
 async fn void_and_fail(

@@ -129,7 +129,7 @@ struct Charge {
 /// The usage events of a settlement, each with its split by grant, queued as two statements
 /// of one text whatever the number of jobs (see `db::Rows`).
 struct UsageRows {
-    events: db::Rows<23>,
+    events: db::Rows<25>,
     grants: db::Rows<4>,
 }
 
@@ -161,6 +161,8 @@ impl UsageRows {
                 ("finish_reason", Text),
                 ("transaction_id", Text),
                 ("created_at", Int),
+                ("node", Text),
+                ("device", Text),
             ]),
             grants: db::Rows::new(&[
                 ("usage_event_id", Text),
@@ -198,6 +200,8 @@ impl UsageRows {
             s.finish_reason.into(),
             (&c.transaction_id).into(),
             c.now.into(),
+            ctx.placement.as_ref().map(|p| p.node.as_str()).into(),
+            ctx.placement.as_ref().map(|p| p.device.as_str()).into(),
         ]);
         for (grant_id, program_id, part) in &c.grants {
             self.grants.push([

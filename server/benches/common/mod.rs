@@ -21,7 +21,7 @@ pub async fn portal(
     let mut settings = server::config::EngineSettings {
         models: vec![(model.into(), dir.to_path_buf())],
         write_fixture: false,
-        device: engine::Device::Cpu,
+        devices: vec![engine::Device::Cpu],
         cpu_kv_mib: 64,
         ..server::config::EngineSettings::default()
     };

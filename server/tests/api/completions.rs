@@ -36,7 +36,7 @@ pub async fn api_with(configure: impl FnOnce(&mut server::Config)) -> Api {
     let app = spawn_app_with(move |c| {
         c.engine.models = vec![(MODEL.into(), dir)];
         c.engine.write_fixture = false;
-        c.engine.device = engine::Device::Cpu;
+        c.engine.devices = vec![engine::Device::Cpu];
         c.engine.cpu_kv_mib = 8;
         configure(c);
     })
@@ -633,7 +633,7 @@ async fn the_first_start_sets_up_once_and_can_be_switched_off() {
         engine: server::config::EngineSettings {
             models: vec![(MODEL.into(), api._model.path().to_path_buf())],
             write_fixture: false,
-            device: engine::Device::Cpu,
+            devices: vec![engine::Device::Cpu],
             cpu_kv_mib: 8,
             ..server::config::EngineSettings::default()
         },
@@ -721,7 +721,7 @@ async fn a_first_start_that_stopped_half_way_is_finished_by_the_next() {
         engine: server::config::EngineSettings {
             models: vec![(MODEL.into(), model.path().to_path_buf())],
             write_fixture: false,
-            device: engine::Device::Cpu,
+            devices: vec![engine::Device::Cpu],
             cpu_kv_mib: 8,
             ..server::config::EngineSettings::default()
         },

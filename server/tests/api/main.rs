@@ -13,6 +13,7 @@ mod batches;
 mod completions;
 mod compute;
 mod faults;
+mod fleet;
 mod helpers;
 mod metrics;
 mod openai_client;

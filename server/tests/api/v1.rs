@@ -27,7 +27,7 @@ async fn models_are_listed_for_a_valid_key_and_refused_otherwise() {
     let app = spawn_app_with(move |c| {
         c.engine.models = vec![("tiny-chat".into(), dir)];
         c.engine.write_fixture = false;
-        c.engine.device = engine::Device::Cpu;
+        c.engine.devices = vec![engine::Device::Cpu];
         c.engine.cpu_kv_mib = 8;
     })
     .await;

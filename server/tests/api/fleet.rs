@@ -1,0 +1,360 @@
+//! Factories as fleets, end to end: a portal connected to a NATS server of the test's own,
+//! and `tokenmill worker` processes of two partners' factories on the CPU. Each tenant's jobs
+//! run on its allocation's factory's node (the usage events say which); a worker killed with
+//! SIGKILL mid-stream ends the stream with an error, the job is charged only for the tokens
+//! delivered and no hold stays open; a restarted worker rejoins; a revoked token's worker is
+//! dropped and exits, and its factory's tenants get 503.
+//!
+//! The model is SmolLM2-135M-shaped with random weights: tens of milliseconds a token on the
+//! CPU, so a stream is still running when its worker is killed.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use db::sqlx::Row;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::nats::NatsServer;
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+const MODEL: &str = "smol";
+
+struct Worker {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fleet {
+    app: TestApp,
+    nats: NatsServer,
+    dir: tempfile::TempDir,
+    platform: testkit::Platform,
+    http: reqwest::Client,
+}
+
+/// A tenant with an API key and an allocation on one factory.
+struct Tenant {
+    key: String,
+    org_id: String,
+}
+
+impl Fleet {
+    async fn new() -> Fleet {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        let m = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let spec = engine::fixture::FixtureSpec {
+                shape: engine::fixture::Shape::SmolLm2_135M,
+                dtype: engine::DType::BF16,
+                ..Default::default()
+            };
+            engine::fixture::write_fixture(&m, &spec).unwrap();
+        })
+        .await
+        .unwrap();
+        let url = nats.url.clone();
+        let app = spawn_app_with(move |c| {
+            c.engine.models = vec![(MODEL.into(), model)];
+            c.engine.write_fixture = false;
+            c.engine.devices = vec![engine::Device::Cpu];
+            c.engine.cpu_kv_mib = 64;
+            c.nats = Some(fleet::Connect {
+                url,
+                auth: fleet::Auth::None,
+            });
+        })
+        .await;
+        let platform = testkit::Platform::new(app.db()).await;
+        Fleet {
+            app,
+            nats,
+            dir,
+            platform,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// A partner, its factory serving the model, and a worker token for it.
+    async fn factory(&self, partner: &str, name: &str) -> (accounts::User, String, String) {
+        let owner = self.platform.partner(partner).await;
+        let factory = self.platform.factory(&owner.org_id, name, MODEL).await;
+        let (_, secret) = self
+            .platform
+            .compute
+            .create_worker_token(&owner, &factory.id, "rack 1")
+            .await
+            .unwrap();
+        (owner, factory.id, secret)
+    }
+
+    fn worker(&self, token: &str, node: &str) -> Worker {
+        let log = self.dir.path().join(format!("{node}.log"));
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let home = self.dir.path().join(node);
+        std::fs::create_dir_all(&home).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenmill"))
+            .arg("worker")
+            .args(["--node", node])
+            .current_dir(&home)
+            .env("TOKENMILL_NATS_URL", &self.nats.url)
+            .env("TOKENMILL_WORKER_TOKEN", token)
+            .env(
+                "TOKENMILL_MODELS",
+                format!("{MODEL}={}", self.dir.path().join("model").display()),
+            )
+            .env("TOKENMILL_DEVICE", "cpu")
+            .env("TOKENMILL_CPU_KV_MIB", "64")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    }
+
+    /// Waits until the portal sees a live node of `factory` serving the model.
+    async fn live(&self, factory: &str, worker: &mut Worker) {
+        let fleet = self.app.jobs.fleet().expect("the portal is on NATS");
+        let until = Instant::now() + Duration::from_secs(60);
+        while !fleet.serves(factory, MODEL) {
+            if let Some(status) = worker.child.try_wait().unwrap() {
+                panic!("the worker exited ({status}):\n{}", worker.log());
+            }
+            assert!(Instant::now() < until, "no live node:\n{}", worker.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn tenant(&self, email: &str, org: &str, factory: &str) -> Tenant {
+        let owner = self.app.owner(email, org).await;
+        let (status, created) = owner
+            .json(
+                "/api/create_api_key",
+                &[("name", "ci"), ("expires_in_days", "")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let key = created["secret"].as_str().unwrap().to_string();
+        let identity = keys::ApiKeys::new(self.app.db().clone())
+            .authenticate(&key)
+            .await
+            .unwrap();
+        let user = self
+            .platform
+            .accounts
+            .user(&identity.created_by)
+            .await
+            .unwrap()
+            .unwrap();
+        self.platform.allocate(&user, factory, MODEL).await;
+        Tenant {
+            key,
+            org_id: identity.org_id,
+        }
+    }
+
+    async fn complete(&self, t: &Tenant, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/completions", self.app.base))
+            .bearer_auth(&t.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// (node, device, factory, completion tokens, partial) of a job's usage event.
+    async fn usage(&self, job_id: &str) -> (String, String, String, i64, i64) {
+        self.app.settled().await;
+        let r = db::sqlx::query(
+            "SELECT node, device, factory_id, completion_tokens, partial FROM usage_events WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(self.app.db().pool())
+        .await
+        .unwrap();
+        let Some(r) = r else {
+            let jobs: Vec<(String, String, Option<String>)> =
+                db::sqlx::query_as("SELECT id, status, error FROM jobs")
+                    .fetch_all(self.app.db().pool())
+                    .await
+                    .unwrap();
+            panic!("no usage event for {job_id}; jobs: {jobs:?}");
+        };
+        (
+            r.get("node"),
+            r.get("device"),
+            r.get("factory_id"),
+            r.get("completion_tokens"),
+            r.get("partial"),
+        )
+    }
+
+    async fn open_holds(&self, org_id: &str) -> i64 {
+        self.app.settled().await;
+        db::sqlx::query_scalar(
+            "SELECT COUNT(*) FROM ledger_holds WHERE status = 'open' AND org_id = $1",
+        )
+        .bind(org_id)
+        .fetch_one(self.app.db().pool())
+        .await
+        .unwrap()
+    }
+}
+
+fn job_of(response_id: &str) -> &str {
+    response_id.rsplit('-').next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenants_jobs_run_on_its_factorys_workers_and_survive_their_failures() {
+    let f = Fleet::new().await;
+    let (_, fa, token_a) = f.factory("Savanna Cloud", "Nairobi 1").await;
+    let (owner_b, fb, token_b) = f.factory("Fjord Compute", "Oslo 1").await;
+    let mut node_a = f.worker(&token_a, "node-a");
+    let mut node_b = f.worker(&token_b, "node-b");
+    let ta = f.tenant("dev@a.example", "Tenant A", &fa).await;
+    let tb = f.tenant("dev@b.example", "Tenant B", &fb).await;
+    f.live(&fa, &mut node_a).await;
+    f.live(&fb, &mut node_b).await;
+    // What admission read of factories before the tokens existed expires (2 s).
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+
+    for (tenant, factory, node) in [(&ta, &fa, "node-a"), (&tb, &fb, "node-b")] {
+        let r = f
+            .complete(
+                tenant,
+                &json!({"model": MODEL, "prompt": "abc", "max_tokens": 3, "ignore_eos": true}),
+            )
+            .await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+        let (n, device, fid, completion, partial) =
+            f.usage(job_of(v["id"].as_str().unwrap())).await;
+        assert_eq!((n.as_str(), device.as_str(), &fid), (node, "cpu", factory));
+        assert_eq!((completion, partial), (3, 0));
+    }
+
+    // SIGKILL of A's worker mid-stream: the stream ends with an error, the job is charged
+    // for what was delivered, its hold is closed.
+    let r = f
+        .complete(
+            &ta,
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 400, "ignore_eos": true, "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    while text.matches("\"text\"").count() < 3 {
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    node_a.child.kill().unwrap();
+    node_a.child.wait().unwrap();
+    let killed = Instant::now();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "the error came late"
+    );
+    assert!(text.contains("\"error\""), "{text}");
+    assert!(text.contains("node-a"), "{text}");
+    let id = text
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let (_, _, _, completion, partial) = f.usage(job_of(&id)).await;
+    assert_eq!(partial, 1);
+    assert!((3..400).contains(&completion), "{completion}");
+    assert_eq!(f.open_holds(&ta.org_id).await, 0);
+    let status: String = db::sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+        .bind(job_of(&id))
+        .fetch_one(f.app.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+    // No node of A: 503, never B's node.
+    let r = f
+        .complete(
+            &ta,
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // A restarted worker rejoins and serves.
+    let mut node_a = f.worker(&token_a, "node-a");
+    f.live(&fa, &mut node_a).await;
+    let r = f
+        .complete(
+            &ta,
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 2, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // B's token revoked: its worker is dropped and exits with an error; B's tenant gets 503.
+    let tokens = f
+        .platform
+        .compute
+        .worker_tokens(&owner_b, &fb)
+        .await
+        .unwrap();
+    f.platform
+        .compute
+        .revoke_worker_token(&owner_b, &tokens[0].id)
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        if let Some(status) = node_b.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < until,
+            "the revoked worker still runs:\n{}",
+            node_b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!exited.success());
+    assert!(node_b.log().contains("revoked"), "{}", node_b.log());
+    let r = f
+        .complete(
+            &tb,
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
