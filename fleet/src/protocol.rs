@@ -56,6 +56,11 @@ impl Subjects {
         format!("{ROOT}.{}.node.{node}.refused", self.factory)
     }
 
+    /// Where a node's requests get their replies (its NATS inbox prefix).
+    pub fn inbox(&self) -> String {
+        format!("{ROOT}.{}.inbox", self.factory)
+    }
+
     /// Node → the portal that submitted the job: its events, in order.
     pub fn events(&self, job_id: &str) -> String {
         format!("{ROOT}.{}.events.{job_id}", self.factory)
@@ -211,6 +216,7 @@ mod tests {
             s.control("n"),
             s.refused("n"),
             s.events("j"),
+            s.inbox(),
         ] {
             assert!(subject.starts_with("tokenmill.f1."), "{subject}");
             assert_eq!(factory_of_subject(&subject), Some("f1"));

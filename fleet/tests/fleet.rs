@@ -405,3 +405,132 @@ async fn a_node_that_goes_silent_ends_its_jobs_with_an_error() {
     }
     assert!(cut_at.elapsed() < fleet::dispatch::DEAD_AFTER + Duration::from_secs(2));
 }
+
+/// The documented NATS configuration (docs/nats-fleet.conf) with factories `fa` and `fb`.
+fn documented_config() -> String {
+    let conf = include_str!("../../docs/nats-fleet.conf");
+    conf.replace("FACTORY_A", "fa")
+        .replace("FACTORY_B", "fb")
+        .replace("PORTAL_PASSWORD", "p0rtal")
+        .replace("SAVANNA_PASSWORD", "s4vanna")
+        .replace("FJORD_PASSWORD", "fj0rd")
+}
+
+fn as_user(nats: &testkit::nats::NatsServer, user: &str, password: &str) -> Connect {
+    Connect {
+        url: format!("nats://{user}:{password}@127.0.0.1:{}", nats.port),
+        auth: Auth::None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partners_nats_user_reaches_only_its_own_factorys_subjects() {
+    let nats = testkit::nats::NatsServer::with_config(Some(&documented_config()));
+    let tokens = Arc::new(Tokens::default());
+    let portal = as_user(&nats, "portal", "p0rtal")
+        .connect("portal")
+        .await
+        .unwrap();
+    let fleet = Fleet::start(portal, tokens.clone()).await.unwrap();
+    let model = tempfile::tempdir().unwrap();
+    write_fixture(model.path(), &FixtureSpec::default()).unwrap();
+
+    // Savanna's node, on Savanna's user, works end to end.
+    let ta = tokens.issue("a", "fa");
+    let client = as_user(&nats, "savanna", "s4vanna")
+        .connect_node("node-a", "fa")
+        .await
+        .unwrap();
+    let pool = Arc::new(Pool::start(vec![spec(model.path())]).unwrap());
+    let node = Node::join(client, ta, "node-a".into(), pool.clone())
+        .await
+        .unwrap();
+    let _serving = tokio::spawn(async move { node.serve(std::future::pending()).await });
+    let until = Instant::now() + Duration::from_secs(10);
+    while !fleet.serves("fa", MODEL) {
+        assert!(Instant::now() < until, "Savanna's node never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut r = Request::new(Prompt::Tokens(vec![1, 2, 3]));
+    r.sampling = SamplingParams::greedy();
+    r.max_tokens = Some(4);
+    let prepared = pool.worker_for(MODEL).unwrap().prepare(r).unwrap();
+    let job = RemoteJob {
+        factory_id: "fa",
+        job_id: "j1",
+        model: MODEL,
+        prepared: &prepared,
+    };
+    let (generation, _) = fleet.submit(job).await.unwrap();
+    assert!(matches!(
+        generation.collect().await.last(),
+        Some(Event::Finished(_))
+    ));
+
+    // Fjord's user hears nothing of Savanna's factory, though its node heartbeats four
+    // times a second, and cannot announce into it.
+    let fjord = as_user(&nats, "fjord", "fj0rd")
+        .connect("fjord")
+        .await
+        .unwrap();
+    let mut snoop = fjord.subscribe("tokenmill.fa.>").await.unwrap();
+    let heard = tokio::time::timeout(
+        Duration::from_secs(1),
+        futures_util::StreamExt::next(&mut snoop),
+    )
+    .await;
+    assert!(heard.is_err(), "Fjord's user received {heard:?}");
+    let tb = tokens.issue("b", "fb");
+    let report = fleet::protocol::NodeReport {
+        token: tb,
+        node: "intruder".into(),
+        boot: "1".into(),
+        version: "0".into(),
+        devices: vec![],
+        engines: vec![],
+    };
+    let asked = fjord.request(
+        fleet::protocol::Subjects::new("fa").announce(),
+        fleet::protocol::encode(&report),
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(1), asked).await;
+    assert!(
+        !matches!(answered, Ok(Ok(_))),
+        "Fjord's user announced into Savanna's factory"
+    );
+    assert_eq!(fleet.list(None).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_resumes_by_itself_after_the_nats_server_restarts() {
+    let mut w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    let _node = w.node(&t, "node-a").await;
+    w.until("the node is live", || w.fleet.serves("fa", MODEL))
+        .await;
+    w.nats.0.stop();
+    w.until("the node is seen gone", || !w.fleet.serves("fa", MODEL))
+        .await;
+    w.nats.0.resume();
+    let restarted = Instant::now();
+    let prepared = w.prepared(4);
+    let finished = loop {
+        let job = RemoteJob {
+            factory_id: "fa",
+            job_id: &format!("after{}", restarted.elapsed().as_millis()),
+            model: MODEL,
+            prepared: &prepared,
+        };
+        if let Ok((g, _)) = w.fleet.submit(job).await
+            && let Some(Event::Finished(f)) = g.collect().await.last()
+        {
+            break f.clone();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "no job served within 10 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(finished.completion_tokens, 4);
+}

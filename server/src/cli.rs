@@ -201,6 +201,20 @@ pub enum AdminCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Make a worker token for a factory (its nodes join its fleet with it; from then on the
+    /// factory's jobs run only on its own nodes) and print it: it is shown once, and only its
+    /// hash is kept. Recorded in the audit log as done by the operator named.
+    CreateWorkerToken {
+        /// The factory's name.
+        #[arg(long)]
+        factory: String,
+        /// A name for the token (a rack, a site).
+        #[arg(long)]
+        name: String,
+        /// The operator doing it (their email).
+        #[arg(long)]
+        operator: String,
+    },
 }
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
@@ -214,6 +228,11 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             operator,
             reason,
         }) => reset_two_factor(config, &email, &operator, &reason).await,
+        Command::Admin(AdminCommand::CreateWorkerToken {
+            factory,
+            name,
+            operator,
+        }) => create_worker_token(config, &factory, &name, &operator).await,
         Command::Bench(args) => bench(args).await,
         Command::Worker(args) => {
             crate::fleet_link::run_worker(args, &config.engine, config.nats.as_ref()).await
@@ -380,6 +399,61 @@ async fn create_operator(config: Config, email: &str) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("Operator {} created.", user.email);
+    db.close().await;
+    Ok(())
+}
+
+async fn create_worker_token(
+    config: Config,
+    factory: &str,
+    name: &str,
+    operator: &str,
+) -> anyhow::Result<()> {
+    let db = db::Db::connect(&config.database_url).await?;
+    let accounts = accounts::Accounts::new(db.clone(), config.login_limits);
+    let actor = accounts
+        .user_by_email(operator)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .filter(|u| u.is_operator)
+        .with_context(|| format!("{operator} is not an operator"))?;
+    let compute = compute::Compute::new(
+        db.clone(),
+        accounts.clone(),
+        credits::Credits::new(db.clone()),
+    );
+    let found = compute
+        .factories()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .into_iter()
+        .find(|f| f.name == factory.trim())
+        .with_context(|| format!("no factory is named {factory:?}"))?;
+    let (token, secret) = compute
+        .create_worker_token(&actor, &found.id, name)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let after =
+        serde_json::json!({ "factory": found.name, "name": token.name, "display": token.display });
+    accounts
+        .audit(
+            &actor,
+            accounts::Change {
+                action: "worker_token.create",
+                target_kind: "factory",
+                target_id: &found.id,
+                target_org_id: Some(&found.partner_org_id),
+                before: None,
+                after: Some(after.to_string()),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "Worker token {:?} for factory {:?}; give it to the node as TOKENMILL_WORKER_TOKEN (it is not shown again):",
+        token.name, found.name
+    );
+    println!("{secret}");
     db.close().await;
     Ok(())
 }

@@ -95,7 +95,11 @@ pub async fn run_worker(
     let token = worker_token(&args)?;
     let name = node_name(&args);
     let nats = nats.context("TOKENMILL_NATS_URL is not set: a worker needs the fleet's NATS")?;
-    let client = nats.connect(&format!("tokenmill-worker-{name}")).await?;
+    let factory = fleet::node::token_factory(&token)
+        .context("the worker token is not one a portal makes (tmw_…)")?;
+    let client = nats
+        .connect_node(&format!("tokenmill-worker-{name}"), factory)
+        .await?;
     let pool = crate::inference::start_pool(engine)
         .await?
         .context("no models configured (TOKENMILL_MODELS): a worker needs at least one")?;

@@ -251,3 +251,55 @@ fn bench_reports_prefill_decode_by_batch_and_bandwidth() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cuda:7"));
 }
+
+#[tokio::test]
+async fn create_worker_token_prints_a_token_that_enrols_into_the_factory() {
+    let t = TestDb::sqlite().await;
+    let p = testkit::Platform::new(&t.db).await;
+    let partner = p.partner("Savanna Cloud").await;
+    let factory = p.factory(&partner.org_id, "Nairobi 1", "tiny/llama").await;
+    let run = |factory: &str, operator: &str| {
+        tokenmill()
+            .args(["admin", "create-worker-token", "--factory", factory])
+            .args(["--name", "rack 1", "--operator", operator])
+            .env("DATABASE_URL", &t.url)
+            .output()
+            .unwrap()
+    };
+    let out = run("Nairobi 1", "ops@tokenmill.example");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let enrolled = p
+        .compute
+        .authenticate_worker(&token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(enrolled.factory_id, factory.id);
+    assert!(p.compute.factory(&factory.id).await.unwrap().unwrap().fleet);
+
+    // Not an operator, or no such factory: an error, no token.
+    for (factory, operator, says) in [
+        (
+            "Nairobi 1",
+            "owner@savanna-cloud.example",
+            "is not an operator",
+        ),
+        ("Nairobi 9", "ops@tokenmill.example", "no factory is named"),
+    ] {
+        let out = run(factory, operator);
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says));
+    }
+    let tokens = p
+        .compute
+        .worker_tokens(&partner, &factory.id)
+        .await
+        .unwrap();
+    assert_eq!(tokens.len(), 1);
+}
