@@ -87,6 +87,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("/approvals") view=pages::approvals::Approvals />
                         <Route path=path!("/statements") view=pages::statements::Statements />
                         <Route path=path!("/audit") view=pages::audit::AuditLog />
+                        <Route path=path!("/fleet") view=pages::fleet::Fleet />
                         <Route
                             path=path!("/statements/:partner/:period")
                             view=pages::statements::StatementPage

@@ -109,6 +109,7 @@ fn SignedIn(me: Profile) -> impl IntoView {
                 <Show when=move || me.is_operator || me.is_partner>
                     <A href="/approvals">"Approvals"</A>
                     <A href="/statements">"Statements"</A>
+                    <A href="/fleet">"Fleet"</A>
                     <A href="/audit">"Audit log"</A>
                 </Show>
                 <Show when=move || !me.is_operator>

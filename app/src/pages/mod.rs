@@ -14,6 +14,7 @@ pub mod compute;
 pub mod compute_detail;
 pub mod credits;
 pub mod dashboard;
+pub mod fleet;
 pub mod home;
 pub mod keys;
 pub mod members;

@@ -260,6 +260,53 @@ async fn each_tenants_jobs_run_on_its_factorys_workers_and_survive_their_failure
         assert_eq!((completion, partial), (3, 0));
     }
 
+    // The Fleet page's data: Savanna's owner sees its own factory's node and tokens only,
+    // makes a token there but not on Fjord's factory; a tenant sees nothing.
+    let savanna = f.app.browser();
+    let r = savanna
+        .login("owner@savanna-cloud.example", crate::helpers::PASSWORD)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    savanna.enrol_two_factor().await;
+    let (status, page) = savanna.json("/api/fleet", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let nodes = page["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{page}");
+    assert_eq!(nodes[0]["node"], "node-a");
+    assert_eq!(nodes[0]["factory"], "Nairobi 1");
+    assert_eq!(nodes[0]["state"], "ready");
+    assert_eq!(nodes[0]["engines"][0]["model"], MODEL);
+    let factories = page["factories"].as_array().unwrap();
+    assert_eq!(factories.len(), 1);
+    assert_eq!(factories[0]["tokens"].as_array().unwrap().len(), 1);
+    assert_eq!(factories[0]["manage"], true);
+    let (status, made) = savanna
+        .json(
+            "/api/create_worker_token",
+            &[("factory_id", &fa), ("name", "rack 2")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    assert!(
+        made["secret"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("tmw_{fa}_"))
+    );
+    let (status, _) = savanna
+        .json(
+            "/api/create_worker_token",
+            &[("factory_id", &fb), ("name", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let tenant = f.app.browser();
+    tenant
+        .login("dev@a.example", crate::helpers::PASSWORD)
+        .await;
+    let (status, _) = tenant.json("/api/fleet", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
     // SIGKILL of A's worker mid-stream: the stream ends with an error, the job is charged
     // for what was delivered, its hold is closed.
     let r = f
