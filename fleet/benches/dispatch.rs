@@ -109,6 +109,7 @@ async fn run(
                         job_id: &id,
                         model: MODEL,
                         prepared: &p,
+                        avoid: None,
                     };
                     fleet.submit(job).await.unwrap().0
                 }

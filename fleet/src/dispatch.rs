@@ -76,6 +76,8 @@ pub struct RemoteJob<'a> {
     pub job_id: &'a str,
     pub model: &'a str,
     pub prepared: &'a Prepared,
+    /// A node not to use (the one a job was lost on).
+    pub avoid: Option<&'a str>,
 }
 
 /// A node as the Workers page shows it.
@@ -346,11 +348,21 @@ impl Fleet {
     }
 
     /// The least-loaded node of the factory serving `model` on a fresh report.
-    fn choose(&self, factory_id: &str, model: &str) -> Option<(String, String)> {
+    fn choose(
+        &self,
+        factory_id: &str,
+        model: &str,
+        avoid: Option<&str>,
+    ) -> Option<(String, String)> {
         let mut nodes = self.nodes();
         let chosen = nodes
             .iter()
-            .filter(|((f, _), n)| f == factory_id && n.alive() && n.seen.elapsed() <= FRESH)
+            .filter(|((f, node), n)| {
+                f == factory_id
+                    && avoid != Some(node.as_str())
+                    && n.alive()
+                    && n.seen.elapsed() <= FRESH
+            })
             .filter_map(|(k, n)| n.load_for(model).map(|load| (load, k.clone())))
             .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
             .map(|(_, k)| k)?;
@@ -378,7 +390,7 @@ impl Fleet {
     /// Sends `job` to a node of its factory; its events arrive on the returned generation.
     pub async fn submit(&self, job: RemoteJob<'_>) -> Result<(Generation, Placement), SubmitError> {
         let (node, boot) = self
-            .choose(job.factory_id, job.model)
+            .choose(job.factory_id, job.model, job.avoid)
             .ok_or(SubmitError::Unavailable)?;
         let placed = self.place(&job, &node, &boot).await;
         if placed.is_err() {

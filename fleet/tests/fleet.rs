@@ -193,6 +193,7 @@ async fn each_factorys_jobs_run_on_its_own_nodes_and_match_a_local_run() {
             job_id: &format!("job-{factory}"),
             model: MODEL,
             prepared: &prepared,
+            avoid: None,
         };
         let (generation, placement) = w.fleet.submit(job).await.unwrap();
         assert_eq!(placement.node, node);
@@ -217,6 +218,7 @@ async fn each_factorys_jobs_run_on_its_own_nodes_and_match_a_local_run() {
         job_id: "job-fc",
         model: MODEL,
         prepared: &prepared,
+        avoid: None,
     };
     assert!(matches!(
         w.fleet.submit(job).await,
@@ -240,6 +242,7 @@ async fn two_nodes_of_one_factory_share_its_jobs() {
             job_id: &format!("job{i}"),
             model: MODEL,
             prepared: &prepared,
+            avoid: None,
         };
         running.push(w.fleet.submit(job).await.unwrap());
     }
@@ -322,6 +325,7 @@ async fn a_revoked_tokens_node_is_dropped_and_stops() {
         job_id: "late",
         model: MODEL,
         prepared: &w.prepared(4),
+        avoid: None,
     };
     assert!(matches!(
         w.fleet.submit(job).await,
@@ -341,6 +345,7 @@ async fn a_dropped_stream_frees_its_sequence_on_the_node() {
         job_id: "long",
         model: MODEL,
         prepared: &w.prepared(400),
+        avoid: None,
     };
     let (mut generation, _) = w.fleet.submit(job).await.unwrap();
     // A few tokens, then the client goes away.
@@ -383,6 +388,7 @@ async fn a_node_that_goes_silent_ends_its_jobs_with_an_error() {
         job_id: "cut",
         model: MODEL,
         prepared: &w.prepared(400),
+        avoid: None,
     };
     let (mut generation, _) = w.fleet.submit(job).await.unwrap();
     assert!(matches!(
@@ -460,6 +466,7 @@ async fn a_partners_nats_user_reaches_only_its_own_factorys_subjects() {
         job_id: "j1",
         model: MODEL,
         prepared: &prepared,
+        avoid: None,
     };
     let (generation, _) = fleet.submit(job).await.unwrap();
     assert!(matches!(
@@ -520,6 +527,7 @@ async fn service_resumes_by_itself_after_the_nats_server_restarts() {
             job_id: &format!("after{}", restarted.elapsed().as_millis()),
             model: MODEL,
             prepared: &prepared,
+            avoid: None,
         };
         if let Ok((g, _)) = w.fleet.submit(job).await
             && let Some(Event::Finished(f)) = g.collect().await.last()

@@ -170,13 +170,14 @@ impl Jobs {
         prepared: engine::Prepared,
     ) -> Result<RunningJob, JobError> {
         self.record(&mut ctx).await?;
+        let remote = matches!(route, Route::Remote(_));
         let queued = match route {
             Route::Local(worker) => worker.enqueue(prepared).map(|g| {
                 let placement = fleet::Placement {
                     node: LOCAL_NODE.to_string(),
                     device: worker.info.device.id.clone(),
                 };
-                (g, placement)
+                (g, placement, None)
             }),
             Route::Remote(_) => match self.fleet() {
                 None => Err(engine::SubmitError::Unavailable),
@@ -186,16 +187,21 @@ impl Jobs {
                         job_id: &ctx.id,
                         model: &ctx.model,
                         prepared: &prepared,
+                        avoid: None,
                     };
-                    fleet.submit(job).await
+                    fleet.submit(job).await.map(|(g, p)| (g, p, Some(prepared)))
                 }
             },
         };
         match queued {
-            Ok((generation, placement)) => {
+            Ok((generation, placement, rerun)) => {
                 ctx.placement = Some(placement);
                 self.track(&ctx.id, generation.canceller());
-                Ok(RunningJob::new(self.clone(), ctx, generation))
+                let job = RunningJob::new(self.clone(), ctx, generation);
+                Ok(match rerun {
+                    Some(prepared) if remote => job.with_rerun(prepared),
+                    _ => job,
+                })
             }
             Err(e) => {
                 let e = JobError::from(e);

@@ -98,6 +98,11 @@ pub struct RunningJob {
     /// response is still being assembled: the client has received nothing yet).
     streaming: bool,
     end: Option<End>,
+    /// A fleet job's prompt, to run it once more on another node if its node is lost before
+    /// the first token (taken when used).
+    rerun: Option<engine::Prepared>,
+    /// Whether the engine produced a token yet: a job that has is never run again.
+    produced: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +131,48 @@ impl RunningJob {
             slot: None,
             streaming: true,
             end: None,
+            rerun: None,
+            produced: false,
+        }
+    }
+
+    /// Lets a fleet job run once more on another node of its factory if its node is lost
+    /// before the first token.
+    pub(crate) fn with_rerun(mut self, prepared: engine::Prepared) -> RunningJob {
+        self.rerun = Some(prepared);
+        self
+    }
+
+    /// Sends the job to another live node of its factory (not the one lost); `None` when
+    /// there is none or it refuses.
+    async fn run_again(&mut self, prepared: engine::Prepared, why: &str) -> Option<Generation> {
+        let fleet = self.jobs.fleet()?;
+        let lost = self.ctx.placement.as_ref().map(|p| p.node.clone());
+        let id = format!("{}r", self.ctx.id);
+        let job = fleet::RemoteJob {
+            factory_id: &self.ctx.factory_id,
+            job_id: &id,
+            model: &self.ctx.model,
+            prepared: &prepared,
+            avoid: lost.as_deref(),
+        };
+        match fleet.submit(job).await {
+            Ok((generation, placement)) => {
+                tracing::warn!(
+                    job = self.ctx.id,
+                    lost = lost.as_deref().unwrap_or(""),
+                    node = placement.node,
+                    why,
+                    "node lost before the first token: the job runs again on another node"
+                );
+                self.ctx.placement = Some(placement);
+                self.jobs.track(&self.ctx.id, generation.canceller());
+                Some(generation)
+            }
+            Err(e) => {
+                tracing::warn!(job = self.ctx.id, why, error = %e, "node lost and no other node took the job");
+                None
+            }
         }
     }
 
@@ -152,12 +199,26 @@ impl RunningJob {
         if self.end.is_some() {
             return None;
         }
-        let generation = self.generation.as_mut()?;
-        let event = match generation.events.recv().await {
-            Some(e) => e,
-            // The worker went away without a last event (it stopped).
-            None => Event::Failed("the worker stopped".into()),
+        let event = loop {
+            let generation = self.generation.as_mut()?;
+            let event = match generation.events.recv().await {
+                Some(e) => e,
+                // The worker went away without a last event (it stopped).
+                None => Event::Failed("the worker stopped".into()),
+            };
+            if let Event::Failed(why) = &event
+                && !self.produced
+                && let Some(prepared) = self.rerun.take()
+                && let Some(again) = self.run_again(prepared, why).await
+            {
+                self.generation = Some(again);
+                continue;
+            }
+            break event;
         };
+        if matches!(event, Event::Token { .. }) {
+            self.produced = true;
+        }
         match &event {
             Event::Token { .. } if self.streaming => {
                 self.delivered += 1;

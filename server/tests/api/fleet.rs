@@ -108,6 +108,10 @@ impl Fleet {
     }
 
     fn worker(&self, token: &str, node: &str) -> Worker {
+        self.worker_with(token, node, &[])
+    }
+
+    fn worker_with(&self, token: &str, node: &str, env: &[(&str, &str)]) -> Worker {
         let log = self.dir.path().join(format!("{node}.log"));
         let file = std::fs::File::options()
             .create(true)
@@ -129,6 +133,7 @@ impl Fleet {
             .env("TOKENMILL_DEVICE", "cpu")
             .env("TOKENMILL_CPU_KV_MIB", "64")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -404,4 +409,88 @@ async fn each_tenants_jobs_run_on_its_factorys_workers_and_survive_their_failure
         )
         .await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_lost_before_its_first_token_runs_again_on_another_node() {
+    let f = Fleet::new().await;
+    let (_, fa, token) = f.factory("Savanna Cloud", "Nairobi 1").await;
+    // One sequence at a time on the first node, so that a second job waits in its queue.
+    let mut first = f.worker_with(&token, "first", &[("TOKENMILL_MAX_RUNNING", "1")]);
+    let tenant = f.tenant("dev@a.example", "Tenant A", &fa).await;
+    f.live(&fa, &mut first).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+
+    let r = f
+        .complete(
+            &tenant,
+            &json!({"model": MODEL, "prompt": "abc", "max_tokens": 400, "ignore_eos": true, "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut long = r.bytes_stream();
+    long.next().await.unwrap().unwrap();
+    let waiting = {
+        let http = f.http.clone();
+        let (base, key) = (f.app.base.clone(), tenant.key.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/completions"))
+                .bearer_auth(key)
+                .json(
+                    &json!({"model": MODEL, "prompt": "abc", "max_tokens": 5, "ignore_eos": true}),
+                )
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let fleet = f.app.jobs.fleet().unwrap();
+    let queued = |node: &str| {
+        fleet
+            .list(None)
+            .iter()
+            .filter(|n| n.node == node)
+            .flat_map(|n| n.engines.iter().map(|e| e.waiting))
+            .sum::<usize>()
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while queued("first") == 0 {
+        assert!(
+            Instant::now() < until,
+            "the second job never queued on the first node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = f.worker(&token, "second");
+    let until = Instant::now() + Duration::from_secs(60);
+    while fleet
+        .list(None)
+        .iter()
+        .filter(|n| n.state == "ready")
+        .count()
+        < 2
+    {
+        if let Some(status) = second.child.try_wait().unwrap() {
+            panic!("the second worker exited ({status}):\n{}", second.log());
+        }
+        assert!(Instant::now() < until, "the second node never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // The waiting job had produced nothing: it ran again on the second node and succeeded.
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 5, "{v}");
+    let (node, _, _, completion, partial) = f.usage(job_of(v["id"].as_str().unwrap())).await;
+    assert_eq!((node.as_str(), completion, partial), ("second", 5, 0));
+    // The running one had streamed tokens: it ends with an error, not run again.
+    let mut text = String::new();
+    while let Some(chunk) = long.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(text.contains("\"error\""), "{text}");
+    assert_eq!(f.open_holds(&tenant.org_id).await, 0);
 }
