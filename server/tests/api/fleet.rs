@@ -55,13 +55,17 @@ struct Tenant {
 
 impl Fleet {
     async fn new() -> Fleet {
+        Fleet::with_shape(engine::fixture::Shape::SmolLm2_135M).await
+    }
+
+    async fn with_shape(shape: engine::fixture::Shape) -> Fleet {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model");
         let m = model.clone();
         tokio::task::spawn_blocking(move || {
             let spec = engine::fixture::FixtureSpec {
-                shape: engine::fixture::Shape::SmolLm2_135M,
+                shape,
                 dtype: engine::DType::BF16,
                 ..Default::default()
             };
@@ -493,4 +497,140 @@ async fn a_job_lost_before_its_first_token_runs_again_on_another_node() {
     }
     assert!(text.contains("\"error\""), "{text}");
     assert_eq!(f.open_holds(&tenant.org_id).await, 0);
+}
+
+/// A second portal process's worth of the app on the same database and NATS: its own
+/// instance, journal and worker pool; returns its base URL.
+async fn second_portal(f: &Fleet, journal: &std::path::Path) -> (String, jobs::Jobs) {
+    let config = server::Config {
+        database_url: f.app.test_db.url.clone(),
+        journal_dir: Some(journal.to_path_buf()),
+        engine: server::config::EngineSettings {
+            models: vec![(MODEL.into(), f.dir.path().join("model"))],
+            write_fixture: false,
+            devices: vec![engine::Device::Cpu],
+            cpu_kv_mib: 64,
+            ..server::config::EngineSettings::default()
+        },
+        nats: Some(fleet::Connect {
+            url: f.nats.url.clone(),
+            auth: fleet::Auth::None,
+        }),
+        ..server::Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server::Portal { router, jobs, .. } = server::build(&config).await.unwrap();
+    tokio::spawn(server::serve(listener, router, std::future::pending()));
+    (base, jobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_portals_share_one_fleet_and_settle_every_job_once() {
+    let f = Fleet::with_shape(engine::fixture::Shape::Tiny).await;
+    let journal = tempfile::tempdir().unwrap();
+    let (second, second_jobs) = second_portal(&f, journal.path()).await;
+    let (_, fa, token) = f.factory("Savanna Cloud", "Nairobi 1").await;
+    let mut one = f.worker(&token, "one");
+    let mut two = f.worker(&token, "two");
+    let tenant = f.tenant("dev@a.example", "Tenant A", &fa).await;
+    f.live(&fa, &mut one).await;
+    f.live(&fa, &mut two).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while !second_jobs.fleet().unwrap().serves(&fa, MODEL) {
+        assert!(
+            Instant::now() < until,
+            "the second portal never saw the fleet"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let before = credits::Credits::new(f.app.db().clone())
+        .wallet(&tenant.org_id, db::now_ms())
+        .await
+        .unwrap()
+        .available()
+        .get();
+
+    // 200 streams at once, every other one through the second portal.
+    let mut streams = Vec::new();
+    for i in 0..200 {
+        let base = if i % 2 == 0 {
+            f.app.base.clone()
+        } else {
+            second.clone()
+        };
+        let (http, key) = (f.http.clone(), tenant.key.clone());
+        streams.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": MODEL, "prompt": "abc", "max_tokens": 8, "ignore_eos": true, "stream": true}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let text = r.text().await.unwrap();
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+            assert!(!text.contains("\"error\""), "{text}");
+        }));
+    }
+    for s in streams {
+        s.await.unwrap();
+    }
+    f.app.settled().await;
+    for _ in 0..10_000 {
+        if second_jobs.unsettled() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(second_jobs.unsettled(), 0);
+
+    let db = f.app.db();
+    let count = |sql: &'static str| {
+        let org = tenant.org_id.clone();
+        async move {
+            db::sqlx::query_scalar::<_, i64>(sql)
+                .bind(org)
+                .fetch_one(db.pool())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM jobs WHERE org_id = $1 AND status = 'succeeded'").await,
+        200
+    );
+    assert_eq!(
+        count("SELECT COUNT(DISTINCT job_id) FROM usage_events WHERE org_id = $1").await,
+        200
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM usage_events WHERE org_id = $1 AND node NOT IN ('one', 'two')")
+            .await,
+        0
+    );
+    assert!(
+        count("SELECT COUNT(*) FROM usage_events WHERE org_id = $1 AND node = 'one'").await > 0
+    );
+    assert!(
+        count("SELECT COUNT(*) FROM usage_events WHERE org_id = $1 AND node = 'two'").await > 0
+    );
+    assert_eq!(f.open_holds(&tenant.org_id).await, 0);
+    let charged = count(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM usage_events WHERE org_id = $1",
+    )
+    .await;
+    let after = credits::Credits::new(db.clone())
+        .wallet(&tenant.org_id, db::now_ms())
+        .await
+        .unwrap()
+        .available()
+        .get();
+    assert_eq!(before - after, charged);
+    assert_eq!(
+        ledger::Ledger::new(db.clone()).verify().await.unwrap(),
+        Ok(())
+    );
 }
