@@ -92,7 +92,45 @@ pub struct ModelInfo {
     pub context: usize,
 }
 
+/// A checkpoint's tokenizer and chat template.
+fn text_side(ck: &Checkpoint) -> Result<(Arc<Tokenizer>, Option<ChatTemplate>), EngineError> {
+    let tokenizer = Arc::new(
+        Tokenizer::from_bytes(ck.tokenizer_json.as_bytes())
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+    );
+    let chat_template = match &ck.chat_template {
+        Some(t) => Some(
+            ChatTemplate::new(t, ck.bos_token.as_deref(), ck.eos_token.as_deref())
+                .map_err(EngineError::Config)?,
+        ),
+        None => None,
+    };
+    Ok((tokenizer, chat_template))
+}
+
 impl ModelInfo {
+    /// A model's tokenizer, template and limits without its weights on a device: what a
+    /// portal needs to count and pay for prompts that worker nodes run. Its context is the
+    /// model's own (a node with a smaller KV cache refuses what does not fit).
+    pub fn open(model_id: &str, dir: &std::path::Path) -> Result<ModelInfo, EngineError> {
+        let ck = Checkpoint::open(dir)?;
+        let (tokenizer, chat_template) = text_side(&ck)?;
+        Ok(ModelInfo {
+            model_id: model_id.to_string(),
+            context: ck.config.max_position_embeddings,
+            config: ck.config.clone(),
+            tokenizer,
+            chat_template,
+            device: DeviceInfo {
+                id: String::new(),
+                name: "none".into(),
+                memory_bytes: None,
+                bandwidth_bytes_per_s: None,
+            },
+            weight_bytes: 0,
+        })
+    }
+
     /// Validates and tokenizes without queueing anything, so that a caller can pay for the
     /// request's largest possible size (its prompt and how many tokens it may generate) before
     /// any work starts.
@@ -365,17 +403,7 @@ impl Worker {
                 let _stopped = Stopped(thread_counters.clone());
                 let loaded = (|| {
                     let ck = Checkpoint::open(&spec.dir)?;
-                    let tokenizer = Arc::new(
-                        Tokenizer::from_bytes(ck.tokenizer_json.as_bytes())
-                            .map_err(|e| EngineError::Tokenizer(e.to_string()))?,
-                    );
-                    let chat_template = match &ck.chat_template {
-                        Some(t) => Some(
-                            ChatTemplate::new(t, ck.bos_token.as_deref(), ck.eos_token.as_deref())
-                                .map_err(EngineError::Config)?,
-                        ),
-                        None => None,
-                    };
+                    let (tokenizer, chat_template) = text_side(&ck)?;
                     let backend = open_backend(&ck, &spec)?;
                     let capacity = backend.kv_blocks() * backend.block_size();
                     let info = ModelInfo {

@@ -238,9 +238,8 @@ impl Jobs {
     /// Where a job of `factory` for `model` can run now: a fleet factory only on its own
     /// live nodes, any other on this process's pool.
     fn route(&self, factory: &compute::Factory, model: &str) -> Result<Route, JobError> {
-        let pool = self.inner.pool.as_ref();
         if !factory.fleet {
-            let pool = pool.ok_or(JobError::Unavailable)?;
+            let pool = self.inner.pool.as_ref().ok_or(JobError::Unavailable)?;
             return Ok(Route::Local(pool.worker_for(model)?));
         }
         let fleet = self.fleet().ok_or(JobError::Unavailable)?;
@@ -249,8 +248,8 @@ impl Jobs {
         }
         // The prompt is tokenized here with the model's own tokenizer, so that what is paid
         // for is counted by the portal, never taken from a node.
-        let info = pool
-            .and_then(|p| p.info(model))
+        let info = self
+            .model_info(model)
             .ok_or_else(|| JobError::UnknownModel(model.to_string()))?;
         Ok(Route::Remote(info))
     }

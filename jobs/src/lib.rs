@@ -225,6 +225,9 @@ struct Inner {
     settler: settlement::Settler,
     /// The worker nodes of fleet factories, when this portal is connected to NATS.
     fleet: std::sync::OnceLock<fleet::Fleet>,
+    /// Models opened for their tokenizer only (a portal without engine workers of its own,
+    /// whose models only fleets run).
+    catalog: std::sync::OnceLock<Vec<Arc<engine::ModelInfo>>>,
 }
 
 impl Jobs {
@@ -251,6 +254,7 @@ impl Jobs {
                 wallets: wallets::Wallets::default(),
                 settler: settlement::Settler::default(),
                 fleet: std::sync::OnceLock::new(),
+                catalog: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -288,6 +292,27 @@ impl Jobs {
 
     pub fn fleet(&self) -> Option<&fleet::Fleet> {
         self.inner.fleet.get()
+    }
+
+    /// Models this portal prepares requests for without running them (once, at start).
+    pub fn attach_catalog(&self, models: Vec<Arc<engine::ModelInfo>>) {
+        let _ = self.inner.catalog.set(models);
+    }
+
+    /// The tokenizer, template and limits of `model`: from a worker here, else the catalog.
+    pub(crate) fn model_info(&self, model: &str) -> Option<Arc<engine::ModelInfo>> {
+        self.inner
+            .pool
+            .as_ref()
+            .and_then(|p| p.info(model))
+            .or_else(|| {
+                self.inner
+                    .catalog
+                    .get()?
+                    .iter()
+                    .find(|m| m.model_id == model)
+                    .cloned()
+            })
     }
 
     /// This process's job metrics (latency histograms, jobs by outcome).

@@ -138,7 +138,8 @@ pub struct EngineSettings {
     pub write_fixture: bool,
     /// `TOKENMILL_DEVICE`: `auto` (default), `cpu`, `cuda`, `cuda:N`, a comma-separated list
     /// (`cuda:0,cuda:1`), or `all` (every GPU, else the CPU). One engine worker per model and
-    /// device, each on its own thread and CUDA context.
+    /// device, each on its own thread and CUDA context. `none` (an empty list): no engine
+    /// workers here; the models are opened for their tokenizers only and fleets run them.
     pub devices: Vec<engine::Device>,
     /// `TOKENMILL_CPU_KV_MIB`: KV cache memory per model on the CPU, default 256.
     pub cpu_kv_mib: usize,
@@ -246,8 +247,11 @@ pub fn nats_from_env() -> Option<fleet::Connect> {
     Some(fleet::Connect { url, auth })
 }
 
-/// `all`, or devices separated by commas, each once.
+/// `all`, `none`, or devices separated by commas, each once.
 pub fn parse_devices(text: &str) -> Result<Vec<engine::Device>, String> {
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
     if text.trim() == "all" {
         let gpus = engine::cuda::device_count();
         return Ok(if gpus == 0 {

@@ -35,18 +35,25 @@ impl fleet::Enrolment for ComputeEnrolment {
     }
 }
 
-/// Connects the portal to the fleet's NATS (an unreachable server fails the start) and
-/// lets `jobs` dispatch to the nodes.
+/// Connects the portal to the fleet's NATS when `TOKENMILL_NATS_URL` is set (an unreachable
+/// server fails the start) and lets `jobs` dispatch to the nodes; without engine workers here
+/// (`TOKENMILL_DEVICE=none`), opens the models for their tokenizers so that it can.
 pub async fn attach(
-    connect: &fleet::Connect,
+    config: &crate::Config,
     jobs: &jobs::Jobs,
     compute: &compute::Compute,
-) -> anyhow::Result<fleet::Fleet> {
+) -> anyhow::Result<()> {
+    if config.engine.devices.is_empty() {
+        jobs.attach_catalog(crate::inference::open_models(&config.engine).await?);
+    }
+    let Some(connect) = &config.nats else {
+        return Ok(());
+    };
     let client = connect.connect("tokenmill-portal").await?;
     let fleet = fleet::Fleet::start(client, Arc::new(ComputeEnrolment(compute.clone()))).await?;
-    jobs.attach_fleet(fleet.clone());
+    jobs.attach_fleet(fleet);
     tracing::info!(url = %db::redact_url(&connect.url), "fleet: listening for worker nodes");
-    Ok(fleet)
+    Ok(())
 }
 
 /// `tokenmill worker`'s settings besides the engine's.
@@ -93,6 +100,9 @@ pub async fn run_worker(
     nats: Option<&fleet::Connect>,
 ) -> anyhow::Result<()> {
     let token = worker_token(&args)?;
+    if engine.devices.is_empty() {
+        bail!("TOKENMILL_DEVICE=none: a worker needs a device to run its models on");
+    }
     let name = node_name(&args);
     let nats = nats.context("TOKENMILL_NATS_URL is not set: a worker needs the fleet's NATS")?;
     let factory = fleet::node::token_factory(&token)

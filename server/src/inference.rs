@@ -17,6 +17,10 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
         tracing::info!("no models configured (TOKENMILL_MODELS=none): the API will answer 503");
         return Ok(None);
     }
+    if settings.devices.is_empty() {
+        tracing::info!("no engine workers here (TOKENMILL_DEVICE=none): fleets run the models");
+        return Ok(None);
+    }
     if settings.write_fixture
         && !settings
             .models
@@ -63,6 +67,24 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
             );
         }
         Ok(Some(Arc::new(pool)))
+    })
+    .await?
+}
+
+/// The configured models' tokenizers, templates and limits without their weights on a device
+/// (`TOKENMILL_DEVICE=none`: a portal whose models only fleets run).
+pub async fn open_models(settings: &EngineSettings) -> anyhow::Result<Vec<Arc<engine::ModelInfo>>> {
+    let models = settings.models.clone();
+    tokio::task::spawn_blocking(move || {
+        models
+            .iter()
+            .map(|(id, dir)| {
+                let info = engine::ModelInfo::open(id, dir)
+                    .with_context(|| format!("opening model {id} at {}", dir.display()))?;
+                tracing::info!(model = %id, context = info.context, "model opened for its tokenizer (no engine worker here)");
+                Ok(Arc::new(info))
+            })
+            .collect()
     })
     .await?
 }

@@ -99,9 +99,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Portal> {
     let compute = compute::Compute::new(db.clone(), accounts.clone(), credits.clone());
     let pool = inference::start_pool(&config.engine).await?;
     let jobs = jobs::Jobs::new(db.clone(), credits.clone(), compute.clone(), pool.clone());
-    if let Some(nats) = &config.nats {
-        fleet_link::attach(nats, &jobs, &compute).await?;
-    }
+    fleet_link::attach(config, &jobs, &compute).await?;
     let batches = batches::Batches::new(db.clone()).with_quota(config.file_quota);
     let app_state = AppState {
         compute,

@@ -67,7 +67,14 @@ impl ApiState {
                 }
             }
         });
-        let capacity = jobs.pool().map_or(1, |p| p.capacity().max(1));
+        // With a fleet, the nodes' own queues bound what they take (their refusals are 429
+        // `queue_full` too); this only bounds what one portal holds for them at once.
+        let fleet = if jobs.fleet().is_some() {
+            FLEET_IN_FLIGHT
+        } else {
+            0
+        };
+        let capacity = (jobs.pool().map_or(0, |p| p.capacity()) + fleet).max(1);
         ApiState {
             admission: Arc::new(tokio::sync::Semaphore::new(capacity)),
             keys,
@@ -79,6 +86,9 @@ impl ApiState {
         }
     }
 }
+
+/// Generation requests one portal admits at once for fleet nodes, beyond its own pool's.
+const FLEET_IN_FLIGHT: usize = 1024;
 
 /// The organisation a request's API key acts for.
 pub struct Caller {

@@ -499,17 +499,18 @@ async fn a_job_lost_before_its_first_token_runs_again_on_another_node() {
     assert_eq!(f.open_holds(&tenant.org_id).await, 0);
 }
 
-/// A second portal process's worth of the app on the same database and NATS: its own
-/// instance, journal and worker pool; returns its base URL.
+/// A second portal process's worth of the app on the same database and NATS, with no engine
+/// workers (`TOKENMILL_DEVICE=none`): its own instance and journal; returns its base URL.
 async fn second_portal(f: &Fleet, journal: &std::path::Path) -> (String, jobs::Jobs) {
     let config = server::Config {
         database_url: f.app.test_db.url.clone(),
         journal_dir: Some(journal.to_path_buf()),
+        // No engine workers of its own: it prepares requests with the model's tokenizer and
+        // only the fleet runs them.
         engine: server::config::EngineSettings {
             models: vec![(MODEL.into(), f.dir.path().join("model"))],
             write_fixture: false,
-            devices: vec![engine::Device::Cpu],
-            cpu_kv_mib: 64,
+            devices: Vec::new(),
             ..server::config::EngineSettings::default()
         },
         nats: Some(fleet::Connect {
