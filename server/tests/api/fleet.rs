@@ -243,7 +243,7 @@ fn job_of(response_id: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenants_jobs_run_on_its_factorys_workers_and_survive_their_failures() {
     let f = Fleet::new().await;
-    let (_, fa, token_a) = f.factory("Savanna Cloud", "Nairobi 1").await;
+    let (owner_a, fa, token_a) = f.factory("Savanna Cloud", "Nairobi 1").await;
     let (owner_b, fb, token_b) = f.factory("Fjord Compute", "Oslo 1").await;
     let mut node_a = f.worker(&token_a, "node-a");
     let mut node_b = f.worker(&token_b, "node-b");
@@ -315,6 +315,27 @@ async fn each_tenants_jobs_run_on_its_factorys_workers_and_survive_their_failure
         .await;
     let (status, _) = tenant.json("/api/fleet", &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Each partner's statement of the month counts what its own factory's node produced.
+    let statements = statements::Statements::new(f.app.db().clone());
+    let now = db::now_ms();
+    for (partner, factory) in [(&owner_a, &fa), (&owner_b, &fb)] {
+        let doc = statements
+            .statement(&partner.org_id, statements::Period::of_ms(now), now)
+            .await
+            .unwrap()
+            .document;
+        let (requests, gross): (i64, i64) = db::sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM usage_events WHERE factory_id = $1",
+        )
+        .bind(factory)
+        .fetch_one(f.app.db().pool())
+        .await
+        .unwrap();
+        assert_eq!((doc.total.requests, doc.total.gross), (requests, gross));
+        assert_eq!(requests, 1);
+        assert!(gross > 0);
+    }
 
     // SIGKILL of A's worker mid-stream: the stream ends with an error, the job is charged
     // for what was delivered, its hold is closed.
