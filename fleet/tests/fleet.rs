@@ -542,3 +542,45 @@ async fn service_resumes_by_itself_after_the_nats_server_restarts() {
     };
     assert_eq!(finished.completion_tokens, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_full_queue_is_overloaded_not_unavailable() {
+    let w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    // One running and one waiting at most.
+    let mut s = spec(&w.model_dir);
+    s.max_running = 1;
+    s.max_waiting = 1;
+    let pool = Arc::new(Pool::start(vec![s]).unwrap());
+    let client = w.nats.client("small").await;
+    let node = Node::join(client, t, "small".into(), pool).await.unwrap();
+    let _serving = tokio::spawn(async move { node.serve(std::future::pending()).await });
+    w.until("the node is live", || w.fleet.serves("fa", MODEL))
+        .await;
+    let prepared = w.prepared(400);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..4 {
+        let job = RemoteJob {
+            factory_id: "fa",
+            job_id: &format!("q{i}"),
+            model: MODEL,
+            prepared: &prepared,
+            avoid: None,
+        };
+        match w.fleet.submit(job).await {
+            Ok(g) => held.push(g),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(SubmitError::Overloaded),
+        "after {} accepted",
+        held.len()
+    );
+    assert!(held.len() >= 2);
+}
