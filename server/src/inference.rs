@@ -126,7 +126,13 @@ pub async fn ready(State(r): State<Readiness>) -> (StatusCode, &'static str) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let Some(pool) = r.pool else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no models configured\n");
+        // No engine workers here: ready while a fleet node serves a model (its heartbeats,
+        // at most 3 s old, show it works).
+        return match r.jobs.fleet() {
+            Some(fleet) if !fleet.models().is_empty() => (StatusCode::OK, "ready (fleet)\n"),
+            Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "no live worker node\n"),
+            None => (StatusCode::SERVICE_UNAVAILABLE, "no models configured\n"),
+        };
     };
     let mut v = r.verdict.lock().await;
     let now = db::now_ms();

@@ -566,6 +566,9 @@ async fn two_portals_share_one_fleet_and_settle_every_job_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Without engine workers of its own, the second portal is ready while the fleet serves.
+    let ready = f.http.get(format!("{second}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let before = credits::Credits::new(f.app.db().clone())
         .wallet(&tenant.org_id, db::now_ms())
