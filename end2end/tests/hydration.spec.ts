@@ -12,10 +12,11 @@ const tenantPages = [
 const operatorPages = [
   "/dashboard", "/approvals", "/statements", "/audit", "/models", "/keys", "/members", "/account",
   "/admin", "/admin/factories", "/admin/programs", "/admin/organizations", "/admin/workers",
+  "/fleet",
 ];
 const partnerPages = [
   "/dashboard", "/credits", "/approvals", "/statements", "/audit", "/playground", "/batches",
-  "/usage", "/models", "/keys", "/members", "/account",
+  "/usage", "/models", "/keys", "/members", "/account", "/fleet",
 ];
 
 /** Loads `path` fresh and follows a navigation link from it without a page load. */

@@ -50,7 +50,7 @@ test("an operator's pages fit a phone, the audit log included", async ({ page })
   await expect(page.getByTestId("partner-link")).toContainText("/invite/");
   await page.goto("/audit");
   await expect(page.getByRole("table")).toContainText("partner.create");
-  for (const path of ["/dashboard", "/approvals", "/statements", "/audit", "/admin", "/admin/factories", "/admin/programs", "/admin/organizations", "/admin/workers"]) {
+  for (const path of ["/dashboard", "/approvals", "/statements", "/audit", "/admin", "/admin/factories", "/admin/programs", "/admin/organizations", "/admin/workers", "/fleet"]) {
     await fits(page, path);
   }
 });

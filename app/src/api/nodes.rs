@@ -128,8 +128,16 @@ fn node_row(n: fleet::NodeView, factory: &str, now_ms: i64) -> NodeRow {
 pub async fn fleet_view() -> Result<FleetPage, AppError> {
     let (app, user) = signed_in().await?;
     let visible = visible_factories(&app, &user).await?;
+    // A partner without factories sees an empty page; a tenant has no fleet to see.
     if !user.is_operator && visible.is_empty() {
-        return Err(with_status(AppError::Forbidden));
+        let partner = app
+            .accounts
+            .org(&user.org_id)
+            .await?
+            .is_some_and(|o| o.kind == accounts::OrgKind::Partner);
+        if !partner {
+            return Err(with_status(AppError::Forbidden));
+        }
     }
     let now = db::now_ms();
     let ids: Vec<String> = visible.iter().map(|(f, _)| f.id.clone()).collect();
