@@ -157,6 +157,17 @@ impl World {
     }
 }
 
+/// A job of the tiny model for `factory`'s nodes.
+fn job<'a>(factory: &'a str, id: &'a str, prepared: &'a engine::Prepared) -> RemoteJob<'a> {
+    RemoteJob {
+        factory_id: factory,
+        job_id: id,
+        model: MODEL,
+        prepared,
+        avoid: None,
+    }
+}
+
 fn tokens_of(events: &[Event]) -> Vec<u32> {
     events
         .iter()
@@ -188,14 +199,11 @@ async fn each_factorys_jobs_run_on_its_own_nodes_and_match_a_local_run() {
         .collect()
         .await;
     for (factory, node) in [("fa", "node-a"), ("fb", "node-b")] {
-        let job = RemoteJob {
-            factory_id: factory,
-            job_id: &format!("job-{factory}"),
-            model: MODEL,
-            prepared: &prepared,
-            avoid: None,
-        };
-        let (generation, placement) = w.fleet.submit(job).await.unwrap();
+        let (generation, placement) = w
+            .fleet
+            .submit(job(factory, &format!("job-{factory}"), &prepared))
+            .await
+            .unwrap();
         assert_eq!(placement.node, node);
         assert_eq!(placement.device, "cpu");
         let events = generation.collect().await;
@@ -213,15 +221,8 @@ async fn each_factorys_jobs_run_on_its_own_nodes_and_match_a_local_run() {
         }
     }
     // A factory with no node of its own gets nothing, whatever other factories have.
-    let job = RemoteJob {
-        factory_id: "fc",
-        job_id: "job-fc",
-        model: MODEL,
-        prepared: &prepared,
-        avoid: None,
-    };
     assert!(matches!(
-        w.fleet.submit(job).await,
+        w.fleet.submit(job("fc", "job-fc", &prepared)).await,
         Err(SubmitError::Unavailable)
     ));
 }
@@ -237,14 +238,12 @@ async fn two_nodes_of_one_factory_share_its_jobs() {
     let prepared = w.prepared(40);
     let mut running = Vec::new();
     for i in 0..6 {
-        let job = RemoteJob {
-            factory_id: "fa",
-            job_id: &format!("job{i}"),
-            model: MODEL,
-            prepared: &prepared,
-            avoid: None,
-        };
-        running.push(w.fleet.submit(job).await.unwrap());
+        running.push(
+            w.fleet
+                .submit(job("fa", &format!("job{i}"), &prepared))
+                .await
+                .unwrap(),
+        );
     }
     let mut per_node: HashMap<String, usize> = HashMap::new();
     for (g, p) in running {
@@ -320,15 +319,8 @@ async fn a_revoked_tokens_node_is_dropped_and_stops() {
         .unwrap();
     assert_eq!(ended, Ended::Refused);
     assert!(!w.fleet.serves("fa", MODEL));
-    let job = RemoteJob {
-        factory_id: "fa",
-        job_id: "late",
-        model: MODEL,
-        prepared: &w.prepared(4),
-        avoid: None,
-    };
     assert!(matches!(
-        w.fleet.submit(job).await,
+        w.fleet.submit(job("fa", "late", &w.prepared(4))).await,
         Err(SubmitError::Unavailable)
     ));
 }
@@ -340,14 +332,11 @@ async fn a_dropped_stream_frees_its_sequence_on_the_node() {
     let _node = w.node(&t, "node-a").await;
     w.until("the node is live", || w.fleet.serves("fa", MODEL))
         .await;
-    let job = RemoteJob {
-        factory_id: "fa",
-        job_id: "long",
-        model: MODEL,
-        prepared: &w.prepared(400),
-        avoid: None,
-    };
-    let (mut generation, _) = w.fleet.submit(job).await.unwrap();
+    let (mut generation, _) = w
+        .fleet
+        .submit(job("fa", "long", &w.prepared(400)))
+        .await
+        .unwrap();
     // A few tokens, then the client goes away.
     for _ in 0..3 {
         assert!(matches!(
@@ -383,14 +372,11 @@ async fn a_node_that_goes_silent_ends_its_jobs_with_an_error() {
     let (_stop, serving, client) = w.node(&t, "node-a").await;
     w.until("the node is live", || w.fleet.serves("fa", MODEL))
         .await;
-    let job = RemoteJob {
-        factory_id: "fa",
-        job_id: "cut",
-        model: MODEL,
-        prepared: &w.prepared(400),
-        avoid: None,
-    };
-    let (mut generation, _) = w.fleet.submit(job).await.unwrap();
+    let (mut generation, _) = w
+        .fleet
+        .submit(job("fa", "cut", &w.prepared(400)))
+        .await
+        .unwrap();
     assert!(matches!(
         generation.events.recv().await,
         Some(Event::Token { .. })
@@ -461,14 +447,7 @@ async fn a_partners_nats_user_reaches_only_its_own_factorys_subjects() {
     r.sampling = SamplingParams::greedy();
     r.max_tokens = Some(4);
     let prepared = pool.worker_for(MODEL).unwrap().prepare(r).unwrap();
-    let job = RemoteJob {
-        factory_id: "fa",
-        job_id: "j1",
-        model: MODEL,
-        prepared: &prepared,
-        avoid: None,
-    };
-    let (generation, _) = fleet.submit(job).await.unwrap();
+    let (generation, _) = fleet.submit(job("fa", "j1", &prepared)).await.unwrap();
     assert!(matches!(
         generation.collect().await.last(),
         Some(Event::Finished(_))
@@ -522,14 +501,14 @@ async fn service_resumes_by_itself_after_the_nats_server_restarts() {
     let restarted = Instant::now();
     let prepared = w.prepared(4);
     let finished = loop {
-        let job = RemoteJob {
-            factory_id: "fa",
-            job_id: &format!("after{}", restarted.elapsed().as_millis()),
-            model: MODEL,
-            prepared: &prepared,
-            avoid: None,
-        };
-        if let Ok((g, _)) = w.fleet.submit(job).await
+        if let Ok((g, _)) = w
+            .fleet
+            .submit(job(
+                "fa",
+                &format!("after{}", restarted.elapsed().as_millis()),
+                &prepared,
+            ))
+            .await
             && let Some(Event::Finished(f)) = g.collect().await.last()
         {
             break f.clone();
@@ -561,14 +540,7 @@ async fn a_nodes_full_queue_is_overloaded_not_unavailable() {
     let mut held = Vec::new();
     let mut refused = None;
     for i in 0..4 {
-        let job = RemoteJob {
-            factory_id: "fa",
-            job_id: &format!("q{i}"),
-            model: MODEL,
-            prepared: &prepared,
-            avoid: None,
-        };
-        match w.fleet.submit(job).await {
+        match w.fleet.submit(job("fa", &format!("q{i}"), &prepared)).await {
             Ok(g) => held.push(g),
             Err(e) => {
                 refused = Some(e);

@@ -170,7 +170,6 @@ impl Jobs {
         prepared: engine::Prepared,
     ) -> Result<RunningJob, JobError> {
         self.record(&mut ctx).await?;
-        let remote = matches!(route, Route::Remote(_));
         let queued = match route {
             Route::Local(worker) => worker.enqueue(prepared).map(|g| {
                 let placement = fleet::Placement {
@@ -198,9 +197,10 @@ impl Jobs {
                 ctx.placement = Some(placement);
                 self.track(&ctx.id, generation.canceller());
                 let job = RunningJob::new(self.clone(), ctx, generation);
+                // A fleet job may run once more elsewhere if its node is lost early.
                 Ok(match rerun {
-                    Some(prepared) if remote => job.with_rerun(prepared),
-                    _ => job,
+                    Some(prepared) => job.with_rerun(prepared),
+                    None => job,
                 })
             }
             Err(e) => {

@@ -87,40 +87,9 @@ impl World {
     /// Gives `user`'s organisation an approved, active allocation of the model with this share
     /// weight.
     async fn allocate(&self, user: &User, weight: u32, tokens_per_minute: u32) {
-        let now = db::now_ms();
-        let today = compute::Day::containing(now);
-        let r = self
-            .compute
-            .submit(
-                user,
-                &compute::RequestForm {
-                    factory_id: self.factory_id.clone(),
-                    what: MODEL.into(),
-                    amount: "60000".into(),
-                    starts_on: today.to_string(),
-                    ends_on: compute::Day::containing(now + 30 * 86_400_000).to_string(),
-                    commitment: "reserved".into(),
-                    program_id: String::new(),
-                    support_amount: String::new(),
-                    justification: String::new(),
-                },
-                now,
-            )
-            .await
-            .unwrap();
-        let decision = compute::Decision {
-            share_weight: weight.to_string(),
-            rate_limit_tpm: tokens_per_minute.to_string(),
-            starts_on: String::new(),
-            ends_on: String::new(),
-            grant_program_id: String::new(),
-            grant_amount: String::new(),
-        };
-        self.compute
-            .approve(&self.operator, &r.id, &decision, now)
-            .await
-            .unwrap();
-        self.compute.advance(now).await.unwrap();
+        self.platform
+            .allocate(user, &self.factory_id, MODEL, (weight, tokens_per_minute))
+            .await;
     }
 
     /// Another tenant organisation, with $10 of paid credit.

@@ -403,6 +403,19 @@ async fn create_operator(config: Config, email: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operator whose email is `email`, who does what the command records.
+async fn operator_by_email(
+    accounts: &accounts::Accounts,
+    email: &str,
+) -> anyhow::Result<accounts::User> {
+    accounts
+        .user_by_email(email)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .filter(|u| u.is_operator)
+        .with_context(|| format!("{email} is not an operator"))
+}
+
 async fn create_worker_token(
     config: Config,
     factory: &str,
@@ -411,12 +424,7 @@ async fn create_worker_token(
 ) -> anyhow::Result<()> {
     let db = db::Db::connect(&config.database_url).await?;
     let accounts = accounts::Accounts::new(db.clone(), config.login_limits);
-    let actor = accounts
-        .user_by_email(operator)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .filter(|u| u.is_operator)
-        .with_context(|| format!("{operator} is not an operator"))?;
+    let actor = operator_by_email(&accounts, operator).await?;
     let compute = compute::Compute::new(
         db.clone(),
         accounts.clone(),
@@ -470,12 +478,7 @@ async fn reset_two_factor(
     }
     let db = db::Db::connect(&config.database_url).await?;
     let accounts = accounts::Accounts::new(db.clone(), config.login_limits);
-    let actor = accounts
-        .user_by_email(operator)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .filter(|u| u.is_operator)
-        .with_context(|| format!("{operator} is not an operator"))?;
+    let actor = operator_by_email(&accounts, operator).await?;
     let user = accounts
         .reset_two_factor(email)
         .await

@@ -110,8 +110,15 @@ impl Platform {
     }
 
     /// An active allocation of `model` on `factory_id` for `tenant`'s organisation, from
-    /// today for 30 days (weight 1, a million tokens a minute), approved by the operator.
-    pub async fn allocate(&self, tenant: &User, factory_id: &str, model: &str) {
+    /// today for 30 days, with this share weight and tokens-per-minute limit, approved by the
+    /// operator.
+    pub async fn allocate(
+        &self,
+        tenant: &User,
+        factory_id: &str,
+        model: &str,
+        (weight, tokens_per_minute): (u32, u32),
+    ) {
         let now = db::now_ms();
         let request = self
             .compute
@@ -133,8 +140,8 @@ impl Platform {
             .await
             .expect("submit the compute request");
         let decision = compute::Decision {
-            share_weight: "1".into(),
-            rate_limit_tpm: "1000000".into(),
+            share_weight: weight.to_string(),
+            rate_limit_tpm: tokens_per_minute.to_string(),
             ..Default::default()
         };
         self.compute

@@ -192,6 +192,43 @@ pub struct NewWorkerToken {
     pub secret: String,
 }
 
+/// A worker token's making or revocation in the audit log, under its factory (which its
+/// partner sees there); returns the factory.
+#[cfg(feature = "ssr")]
+async fn audit_token(
+    app: &AppState,
+    user: &accounts::User,
+    action: &str,
+    token: &compute::WorkerToken,
+    revoked: bool,
+) -> Result<compute::Factory, AppError> {
+    let factory = app
+        .compute
+        .factory(&token.factory_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let named = serde_json::json!({ "name": token.name, "display": token.display });
+    let (before, after) = if revoked {
+        (Some(named), serde_json::json!({ "revoked": true }))
+    } else {
+        (None, named)
+    };
+    audited(
+        app,
+        user,
+        accounts::Change {
+            action,
+            target_kind: "factory",
+            target_id: &factory.id,
+            target_org_id: Some(&factory.partner_org_id),
+            before: before.and_then(audit_json),
+            after: audit_json(after),
+        },
+    )
+    .await;
+    Ok(factory)
+}
+
 /// Makes a worker token for a factory; the secret is in the answer and nowhere else.
 #[server(endpoint = "create_worker_token")]
 pub async fn create_worker_token(
@@ -204,24 +241,7 @@ pub async fn create_worker_token(
         .create_worker_token(&user, &factory_id, &name)
         .await
         .map_err(with_status)?;
-    let factory = app
-        .compute
-        .factory(&factory_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    audited(
-        &app,
-        &user,
-        accounts::Change {
-            action: "worker_token.create",
-            target_kind: "factory",
-            target_id: &factory.id,
-            target_org_id: Some(&factory.partner_org_id),
-            before: None,
-            after: audit_json(serde_json::json!({ "name": token.name, "display": token.display })),
-        },
-    )
-    .await;
+    let factory = audit_token(&app, &user, "worker_token.create", &token, false).await?;
     Ok(NewWorkerToken {
         factory: factory.name,
         secret,
@@ -240,24 +260,7 @@ pub async fn revoke_worker_token(token_id: String) -> Result<(), AppError> {
     if let Some(fleet) = app.jobs.fleet() {
         fleet.revoked(&token.id).await;
     }
-    let factory = app
-        .compute
-        .factory(&token.factory_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    audited(
-        &app,
-        &user,
-        accounts::Change {
-            action: "worker_token.revoke",
-            target_kind: "factory",
-            target_id: &factory.id,
-            target_org_id: Some(&factory.partner_org_id),
-            before: audit_json(serde_json::json!({ "name": token.name, "display": token.display })),
-            after: audit_json(serde_json::json!({ "revoked": true })),
-        },
-    )
-    .await;
+    audit_token(&app, &user, "worker_token.revoke", &token, true).await?;
     Ok(())
 }
 

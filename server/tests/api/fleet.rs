@@ -180,7 +180,9 @@ impl Fleet {
             .await
             .unwrap()
             .unwrap();
-        self.platform.allocate(&user, factory, MODEL).await;
+        self.platform
+            .allocate(&user, factory, MODEL, (1, 1_000_000))
+            .await;
         Tenant {
             key,
             org_id: identity.org_id,
