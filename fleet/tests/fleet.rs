@@ -74,6 +74,16 @@ impl Enrolment for Tokens {
     }
 }
 
+/// A node serving in this process until `_stop` fires or is dropped. Its engine pool lives
+/// as long as this does, so that aborting `serving` cuts the node off the wire without
+/// ending its sequences (as a lost connection does).
+struct RunningNode {
+    _stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Ended>,
+    client: async_nats::Client,
+    _pool: Arc<Pool>,
+}
+
 struct World {
     nats: Nats,
     tokens: Arc<Tokens>,
@@ -112,22 +122,19 @@ impl World {
         }
     }
 
-    /// A node serving the tiny model for the factory `token` names, running until the
-    /// returned sender fires (or is dropped).
-    async fn node(
-        &self,
-        token: &str,
-        name: &str,
-    ) -> (
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Ended>,
-        async_nats::Client,
-    ) {
+    /// A node serving the tiny model for the factory `token` names, for as long as the
+    /// returned handle lives.
+    async fn node(&self, token: &str, name: &str) -> RunningNode {
         let pool = Arc::new(Pool::start(vec![spec(&self.model_dir)]).unwrap());
         let client = self.nats.client(name).await;
-        let node = Node::join(client.clone(), token.to_string(), name.to_string(), pool)
-            .await
-            .unwrap();
+        let node = Node::join(
+            client.clone(),
+            token.to_string(),
+            name.to_string(),
+            pool.clone(),
+        )
+        .await
+        .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(async move {
             node.serve(async {
@@ -136,7 +143,12 @@ impl World {
             .await
             .unwrap()
         });
-        (stop, serving, client)
+        RunningNode {
+            _stop: stop,
+            serving,
+            client,
+            _pool: pool,
+        }
     }
 
     fn prepared(&self, max_tokens: usize) -> engine::Prepared {
@@ -309,11 +321,11 @@ async fn tokens_that_do_not_enrol_into_the_subjects_factory_are_refused() {
 async fn a_revoked_tokens_node_is_dropped_and_stops() {
     let w = World::new().await;
     let t = w.tokens.issue("a", "fa");
-    let (_stop, serving, _client) = w.node(&t, "node-a").await;
+    let node = w.node(&t, "node-a").await;
     w.until("the node is live", || w.fleet.serves("fa", MODEL))
         .await;
     w.tokens.revoked.lock().unwrap().push("a".into());
-    let ended = tokio::time::timeout(Duration::from_secs(5), serving)
+    let ended = tokio::time::timeout(Duration::from_secs(5), node.serving)
         .await
         .unwrap()
         .unwrap();
@@ -369,7 +381,7 @@ async fn a_dropped_stream_frees_its_sequence_on_the_node() {
 async fn a_node_that_goes_silent_ends_its_jobs_with_an_error() {
     let w = World::new().await;
     let t = w.tokens.issue("a", "fa");
-    let (_stop, serving, client) = w.node(&t, "node-a").await;
+    let node = w.node(&t, "node-a").await;
     w.until("the node is live", || w.fleet.serves("fa", MODEL))
         .await;
     let (mut generation, _) = w
@@ -382,8 +394,8 @@ async fn a_node_that_goes_silent_ends_its_jobs_with_an_error() {
         Some(Event::Token { .. })
     ));
     // Cut off: no goodbye, no more heartbeats, nothing more on the wire.
-    serving.abort();
-    client.drain().await.unwrap();
+    node.serving.abort();
+    node.client.drain().await.unwrap();
     let cut_at = Instant::now();
     let last = loop {
         match generation.events.recv().await {
