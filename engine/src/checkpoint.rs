@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::Mmap;
 use safetensors::SafeTensors;
@@ -133,6 +135,29 @@ pub struct Checkpoint {
     pub eos_token: Option<String>,
     files: Vec<Mmap>,
     tensors: HashMap<String, Entry>,
+    tracking: Option<Tracking>,
+}
+
+/// How far a model's load has got, in thousandths of its tensors' bytes taken from the
+/// checkpoint; shared with whoever shows it (a worker's log, the Workers page).
+#[derive(Debug, Default)]
+pub struct LoadProgress(AtomicU32);
+
+impl LoadProgress {
+    pub fn permille(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, permille: u32) {
+        self.0.store(permille.min(1000), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Tracking {
+    progress: Arc<LoadProgress>,
+    read: AtomicU64,
+    total: u64,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -354,7 +379,20 @@ impl Checkpoint {
             eos_token,
             files,
             tensors,
+            tracking: None,
         })
+    }
+
+    /// Counts the tensors taken from here on into `progress` (up to 99.9 %: the backend's
+    /// own set-up comes after the last tensor).
+    pub fn track(&mut self, progress: Arc<LoadProgress>) {
+        progress.set(0);
+        let total = self.tensors.values().map(|e| e.range.len() as u64).sum();
+        self.tracking = Some(Tracking {
+            progress,
+            read: AtomicU64::new(0),
+            total,
+        });
     }
 
     pub fn tensor(&self, name: &str) -> Result<Tensor<'_>, EngineError> {
@@ -362,6 +400,12 @@ impl Checkpoint {
             .tensors
             .get(name)
             .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
+        if let Some(t) = &self.tracking {
+            let len = e.range.len() as u64;
+            let read = t.read.fetch_add(len, Ordering::Relaxed) + len;
+            t.progress
+                .set((read.saturating_mul(1000) / t.total.max(1)).min(999) as u32);
+        }
         Ok(Tensor {
             dtype: e.dtype,
             quant: e.quant,

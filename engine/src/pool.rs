@@ -70,6 +70,8 @@ pub struct WorkerStatus {
     pub steps: u64,
     pub last_step: Duration,
     pub preemptions: u64,
+    /// How far the load has got, in thousandths (1000 once loaded).
+    pub loaded_permille: u32,
 }
 
 /// Why a drain or restart was refused.
@@ -291,6 +293,7 @@ impl Pool {
                         steps: 0,
                         last_step: Duration::ZERO,
                         preemptions: 0,
+                        loaded_permille: slot.spec.progress.permille(),
                     };
                 };
                 let c = &w.counters;
@@ -319,6 +322,7 @@ impl Pool {
                     steps: c.steps.load(Ordering::Relaxed),
                     last_step: Duration::from_micros(c.last_step_micros.load(Ordering::Relaxed)),
                     preemptions: c.preemptions.load(Ordering::Relaxed),
+                    loaded_permille: 1000,
                 }
             })
             .collect()

@@ -29,6 +29,9 @@ impl Enrolment for AnyToken {
     async fn revoked(&self, _ids: &[String]) -> Result<Vec<String>, String> {
         Ok(Vec::new())
     }
+    async fn priced_models(&self) -> Result<Vec<String>, String> {
+        Ok(vec![MODEL.to_string()])
+    }
 }
 
 /// One stream's times: to its first token, and between its tokens.

@@ -31,6 +31,8 @@ pub trait Enrolment: Send + Sync + 'static {
     async fn enrol(&self, token: &str) -> Result<Option<Enrolled>, String>;
     /// Of `token_ids`, those revoked since.
     async fn revoked(&self, token_ids: &[String]) -> Result<Vec<String>, String>;
+    /// The models that have a price: a node serves only these (the portal admits no other).
+    async fn priced_models(&self) -> Result<Vec<String>, String>;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,14 +30,23 @@ impl Nats {
     }
 }
 
-/// Tokens known to the portal: token → (token id, factory), and those revoked.
+/// Tokens known to the portal: token → (token id, factory), those revoked, and the models
+/// priced.
 #[derive(Default)]
 struct Tokens {
     known: Mutex<HashMap<String, (String, String)>>,
     revoked: Mutex<Vec<String>>,
+    priced: Mutex<Vec<String>>,
 }
 
 impl Tokens {
+    /// The tiny model priced, no tokens yet.
+    fn new() -> Arc<Tokens> {
+        let tokens = Tokens::default();
+        tokens.priced.lock().unwrap().push(MODEL.to_string());
+        Arc::new(tokens)
+    }
+
     fn issue(&self, id: &str, factory: &str) -> String {
         let token = format!("tmw_{factory}_{:0>32}", id);
         self.known
@@ -71,6 +80,10 @@ impl Enrolment for Tokens {
             .filter(|i| revoked.contains(i))
             .cloned()
             .collect())
+    }
+
+    async fn priced_models(&self) -> Result<Vec<String>, String> {
+        Ok(self.priced.lock().unwrap().clone())
     }
 }
 
@@ -107,7 +120,7 @@ impl World {
         let nats = Nats::start().await;
         let model = tempfile::tempdir().unwrap();
         write_fixture(model.path(), &FixtureSpec::default()).unwrap();
-        let tokens = Arc::new(Tokens::default());
+        let tokens = Tokens::new();
         let fleet = Fleet::start(nats.client("portal").await, tokens.clone())
             .await
             .unwrap();
@@ -297,6 +310,7 @@ async fn tokens_that_do_not_enrol_into_the_subjects_factory_are_refused() {
             kv_blocks_used: 0,
             kv_blocks_total: 1,
             tokens_generated: 0,
+            loaded_percent: 100,
         }],
     };
     let reply = client
@@ -430,7 +444,7 @@ fn as_user(nats: &testkit::nats::NatsServer, user: &str, password: &str) -> Conn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partners_nats_user_reaches_only_its_own_factorys_subjects() {
     let nats = testkit::nats::NatsServer::with_config(Some(&documented_config()));
-    let tokens = Arc::new(Tokens::default());
+    let tokens = Tokens::new();
     let portal = as_user(&nats, "portal", "p0rtal")
         .connect("portal")
         .await
@@ -567,4 +581,59 @@ async fn a_nodes_full_queue_is_overloaded_not_unavailable() {
         held.len()
     );
     assert!(held.len() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_only_models_with_a_price() {
+    let w = World::new().await;
+    let t = w.tokens.issue("a", "fa");
+    let other = || {
+        let mut s = spec(&w.model_dir);
+        s.model_id = "other".into();
+        s
+    };
+    // A node with no priced model is refused at its announcement, saying why.
+    let pool = Arc::new(Pool::start(vec![other()]).unwrap());
+    let joined = Node::join(w.nats.client("n").await, t.clone(), "n".into(), pool).await;
+    match joined {
+        Err(fleet::FleetError::Refused(why)) => {
+            assert!(why.contains("(other)") && why.contains("price"), "{why}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a node of unpriced models joined"),
+    }
+
+    // With one priced model it joins; the unpriced engine gets no jobs until it is priced.
+    let pool = Arc::new(Pool::start(vec![spec(&w.model_dir), other()]).unwrap());
+    let node = Node::join(w.nats.client("m").await, t, "m".into(), pool)
+        .await
+        .unwrap();
+    let _serving = tokio::spawn(async move { node.serve(std::future::pending()).await });
+    w.until("the node is live", || w.fleet.serves("fa", MODEL))
+        .await;
+    assert!(!w.fleet.serves("fa", "other"));
+    let states: Vec<(String, String)> = w.fleet.list(None)[0]
+        .engines
+        .iter()
+        .map(|e| (e.model.clone(), e.state.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (MODEL.to_string(), "ready".to_string()),
+            ("other".to_string(), "unpriced".to_string())
+        ]
+    );
+    let prepared = w.prepared(2);
+    let mut unpriced = job("fa", "u1", &prepared);
+    unpriced.model = "other";
+    assert!(matches!(
+        w.fleet.submit(unpriced).await,
+        Err(SubmitError::Unavailable)
+    ));
+    w.tokens.priced.lock().unwrap().push("other".into());
+    w.until("the other model is served", || {
+        w.fleet.serves("fa", "other")
+    })
+    .await;
 }

@@ -33,6 +33,11 @@ impl fleet::Enrolment for ComputeEnrolment {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn priced_models(&self) -> Result<Vec<String>, String> {
+        let prices = self.0.prices().await.map_err(|e| e.to_string())?;
+        Ok(prices.into_iter().map(|p| p.model_id).collect())
+    }
 }
 
 /// Connects the portal to the fleet's NATS when `TOKENMILL_NATS_URL` is set (an unreachable

@@ -32,8 +32,25 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
             "SmolLM2-135M-Instruct is not there, so only the test model (random weights) is served: scripts/dev fetches it"
         );
     }
+    let mut specs = Vec::new();
+    for (id, dir) in &settings.models {
+        for &device in &settings.devices {
+            let mut spec = engine::WorkerSpec::new(id.clone(), dir.clone());
+            spec.device = device;
+            spec.cpu_kv_bytes = settings.cpu_kv_mib << 20;
+            spec.max_running = settings.max_running;
+            spec.max_waiting = settings.max_waiting;
+            specs.push(spec);
+        }
+    }
+    let progress = tokio::spawn(log_load_progress(
+        specs
+            .iter()
+            .map(|s| (s.model_id.clone(), s.device, s.progress.clone()))
+            .collect(),
+    ));
     let settings = settings.clone();
-    tokio::task::spawn_blocking(move || {
+    let started = tokio::task::spawn_blocking(move || {
         if settings.write_fixture {
             let (id, dir) = &settings.models[0];
             if !dir.join("config.json").exists() {
@@ -42,17 +59,8 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
                     .with_context(|| format!("writing the test model to {}", dir.display()))?;
             }
         }
-        let mut specs = Vec::new();
-        for (id, dir) in &settings.models {
-            for &device in &settings.devices {
-                tracing::info!(model = %id, dir = %dir.display(), ?device, "loading model");
-                let mut spec = engine::WorkerSpec::new(id.clone(), dir.clone());
-                spec.device = device;
-                spec.cpu_kv_bytes = settings.cpu_kv_mib << 20;
-                spec.max_running = settings.max_running;
-                spec.max_waiting = settings.max_waiting;
-                specs.push(spec);
-            }
+        for s in &specs {
+            tracing::info!(model = %s.model_id, dir = %s.dir.display(), device = ?s.device, "loading model");
         }
         let started = Instant::now();
         let pool = engine::Pool::start(specs).context("starting the inference workers")?;
@@ -68,7 +76,30 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
         }
         Ok(Some(Arc::new(pool)))
     })
-    .await?
+    .await;
+    progress.abort();
+    started?
+}
+
+/// Every second while models load (all at once, one engine worker per model and device):
+/// how far each has got.
+async fn log_load_progress(engines: Vec<(String, engine::Device, Arc<engine::LoadProgress>)>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (model, device, progress) in &engines {
+            let permille = progress.permille();
+            if permille < 1000 {
+                tracing::info!(
+                    %model,
+                    ?device,
+                    percent = format!("{:.1}", f64::from(permille) / 10.0),
+                    "loading model"
+                );
+            }
+        }
+    }
 }
 
 /// The configured models' tokenizers, templates and limits without their weights on a device

@@ -111,7 +111,11 @@ fn node_row(n: fleet::NodeView, factory: &str, now_ms: i64) -> NodeRow {
                 index: e.index,
                 model: e.model,
                 device: e.device,
-                state: e.state,
+                state: if e.state == "loading" {
+                    format!("loading {}%", e.loaded_percent)
+                } else {
+                    e.state
+                },
                 running: e.running,
                 waiting: e.waiting,
                 kv: format!("{} / {}", e.kv_blocks_used, e.kv_blocks_total),
