@@ -93,10 +93,10 @@ ensure_nvrtc() {
 
 # The official openai Python client, for the test that drives /v1 with it.
 ensure_openai_python() {
-  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/openai-python-1"
-  if [ ! -e "$dir/openai/__init__.py" ]; then
-    log "Installing the openai Python package from PyPI (API compatibility test)"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "openai>=1.50,<2"
+  local dir="${XDG_CACHE_HOME:-${HOME:-$ROOT}/.cache}/tokenmill/openai-python-2"
+  if [ ! -e "$dir/openai/__init__.py" ] || [ ! -e "$dir/jsonschema/__init__.py" ]; then
+    log "Installing the openai and jsonschema Python packages from PyPI (API compatibility test)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dir" "openai>=1.50,<2" "jsonschema>=4.20,<5"
   fi
   export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
   export TOKENMILL_REQUIRE_OPENAI_PYTHON=1

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod constraint;
 pub mod cpu;
 pub mod cuda;
 pub mod detok;
@@ -23,8 +24,9 @@ pub mod worker;
 
 pub use backend::Device;
 pub use chat::ChatMessage;
-pub use checkpoint::{Checkpoint, DType, Tensor};
+pub use checkpoint::{Checkpoint, DType, LoadProgress, Tensor};
 pub use config::{Architecture, Llama3Scaling, ModelConfig};
+pub use constraint::Constraint;
 pub use pool::{ControlError, Pool, WorkerState, WorkerStatus};
 pub use request::{Event, Finish, FinishReason, Priority, Prompt, Request, SubmitError};
 pub use sampling::SamplingParams;

@@ -43,6 +43,8 @@ pub struct Request {
     /// Whose share this request counts against, and that tenant's weight (at least 1).
     pub tenant: String,
     pub weight: u32,
+    /// A grammar the output must match.
+    pub constraint: Option<crate::Constraint>,
 }
 
 impl Request {
@@ -56,6 +58,7 @@ impl Request {
             priority: Priority::Playground,
             tenant: String::new(),
             weight: 1,
+            constraint: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::constraint::SeqConstraint;
 use crate::request::InvalidRequest;
 
 /// How one request samples. `temperature == 0` is greedy decoding.
@@ -26,6 +27,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Log-probabilities: `None` none; `Some(n)` the chosen token's and the `n` most likely.
     pub logprobs: Option<usize>,
+    /// OpenAI's `logit_bias`: added to a token's logit after the penalties, before
+    /// temperature (−100 bans a token, +100 all but forces it). Sorted by token, each once.
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -40,9 +45,14 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             seed: None,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
+
+/// The most tokens one request may bias (OpenAI documents no limit; this keeps a request's
+/// per-step work small).
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// Temperatures below this are greedy decoding (as vLLM treats them): dividing by them would
 /// overflow to infinity.
@@ -84,6 +94,22 @@ impl SamplingParams {
                 return bad(param, format!("{param} must be between -2 and 2"));
             }
         }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return bad(
+                "logit_bias",
+                format!("logit_bias takes at most {MAX_LOGIT_BIAS} tokens"),
+            );
+        }
+        if let Some((t, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return bad(
+                "logit_bias",
+                format!("logit_bias of token {t} is {b}; biases must be between -100 and 100"),
+            );
+        }
         if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
             return bad(
                 "top_logprobs",
@@ -116,6 +142,8 @@ pub struct SeqSampler {
     counts: HashMap<u32, u32>,
     /// Prompt tokens (repetition penalty applies to them too).
     prompt: Vec<u32>,
+    /// The grammar the output must match, if any.
+    constraint: Option<SeqConstraint>,
 }
 
 impl SeqSampler {
@@ -134,40 +162,59 @@ impl SeqSampler {
             rng: ChaCha8Rng::seed_from_u64(seed),
             counts: HashMap::new(),
             prompt,
+            constraint: None,
         }
+    }
+
+    /// Samples only what `constraint` allows from here on.
+    pub fn with_constraint(mut self, constraint: Option<SeqConstraint>) -> SeqSampler {
+        self.constraint = constraint;
+        self
     }
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
-    /// Counts a produced token. A sequence recomputed after preemption keeps its sampler, so
-    /// its counts and its random stream go on where they were.
-    pub fn record(&mut self, token: u32) {
+    /// Counts a produced token and moves the grammar past it; `Ok(true)` once the grammar
+    /// is complete (nothing may follow). A sequence recomputed after preemption keeps its
+    /// sampler, so its counts, grammar and random stream go on where they were.
+    pub fn record(&mut self, token: u32) -> Result<bool, String> {
         if self.params.penalised() {
             *self.counts.entry(token).or_default() += 1;
         }
+        match &mut self.constraint {
+            Some(c) => c.advance(token),
+            None => Ok(false),
+        }
     }
 
-    /// Picks the next token from `logits` (modified in place).
+    /// Picks the next token from `logits` (modified in place). Log-probabilities are the
+    /// model's own, before penalties, bias and grammar. Fails only when the grammar fails.
     pub fn sample(
         &mut self,
         logits: &mut [f32],
         scratch: &mut Scratch,
-    ) -> (u32, Option<TokenLogprob>) {
+    ) -> Result<(u32, Option<TokenLogprob>), String> {
         let want = self.params.logprobs;
         if want.is_some() {
             scratch.raw.clear();
             scratch.raw.extend_from_slice(logits);
         }
         self.apply_penalties(logits);
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits)?;
+            if !logits.iter().any(|l| l.is_finite()) {
+                return Err("the grammar allows no token here".into());
+            }
+        }
         let token = if self.params.temperature < GREEDY_BELOW {
             argmax(logits)
         } else {
             self.draw(logits, &mut scratch.cand)
         };
         let lp = want.map(|n| logprobs(&scratch.raw, token, n, &mut scratch.cand));
-        (token, lp)
+        Ok((token, lp))
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -191,6 +238,12 @@ impl SeqSampler {
         if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
             for (&t, &c) in &self.counts {
                 logits[t as usize] -= p.frequency_penalty * c as f32 + p.presence_penalty;
+            }
+        }
+        // Token ids are checked against the vocabulary when the request is prepared.
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += bias;
             }
         }
     }
@@ -323,7 +376,9 @@ mod tests {
             let mut logits = vec![f32::NEG_INFINITY; 1000];
             logits[3] = 0.5;
             logits[7] = 0.5;
-            let (t, _) = sampler(seed, SamplingParams::default()).sample(&mut logits, &mut scratch);
+            let (t, _) = sampler(seed, SamplingParams::default())
+                .sample(&mut logits, &mut scratch)
+                .unwrap();
             assert!(t == 3 || t == 7, "seed {seed}: {t}");
         }
     }
@@ -337,7 +392,13 @@ mod tests {
         };
         assert!(tiny.validate().is_ok());
         let mut logits = vec![0.0, 2.0, 1.0];
-        assert_eq!(sampler(1, tiny).sample(&mut logits, &mut scratch).0, 1);
+        assert_eq!(
+            sampler(1, tiny)
+                .sample(&mut logits, &mut scratch)
+                .unwrap()
+                .0,
+            1
+        );
 
         // Token 1 is in the prompt and in the output: divided by 2 once, not twice.
         let params = SamplingParams {
@@ -345,9 +406,44 @@ mod tests {
             ..SamplingParams::greedy()
         };
         let mut s = SeqSampler::new(params, &[1]);
-        s.record(1);
+        s.record(1).unwrap();
         let mut logits = vec![0.0, 4.0, 1.9];
         s.apply_penalties(&mut logits);
         assert_eq!(logits[1], 2.0);
+    }
+
+    #[test]
+    fn logit_bias_forces_and_bans_tokens() {
+        let mut scratch = Scratch::default();
+        let biased = |bias: Vec<(u32, f32)>| SamplingParams {
+            logit_bias: bias,
+            ..SamplingParams::greedy()
+        };
+        let mut logits = vec![0.0, 5.0, 1.0];
+        assert_eq!(
+            sampler(1, biased(vec![(1, -100.0)]))
+                .sample(&mut logits, &mut scratch)
+                .unwrap()
+                .0,
+            2
+        );
+        let mut logits = vec![0.0, 5.0, 1.0];
+        assert_eq!(
+            sampler(1, biased(vec![(0, 100.0)]))
+                .sample(&mut logits, &mut scratch)
+                .unwrap()
+                .0,
+            0
+        );
+        // Logprobs stay the model's own, before the bias.
+        let mut p = biased(vec![(0, 100.0)]);
+        p.logprobs = Some(0);
+        let mut logits = vec![0.0, 0.0];
+        let (_, lp) = sampler(1, p).sample(&mut logits, &mut scratch).unwrap();
+        assert!((lp.unwrap().logprob - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(
+            biased(vec![(0, 100.5)]).validate().unwrap_err().param,
+            "logit_bias"
+        );
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::backend::{Backend, Device, DeviceInfo, SeqStep};
 use crate::chat::ChatTemplate;
+use crate::constraint::{Grammars, SeqConstraint};
 use crate::cpu::{CpuBackend, CpuConfig};
 use crate::cuda::{self, CudaBackend, CudaConfig};
 use crate::detok::{Delta, Detokenizer};
@@ -24,7 +25,7 @@ use crate::request::{
 };
 use crate::sampling::{Scratch, SeqSampler};
 use crate::scheduler::{Limits, Planned, Scheduler};
-use crate::{Checkpoint, EngineError, ModelConfig};
+use crate::{Checkpoint, EngineError, LoadProgress, ModelConfig};
 
 /// How to start a worker.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct WorkerSpec {
     pub max_waiting: usize,
     pub max_running: usize,
     pub step_tokens: usize,
+    /// How far the load has got, each time the worker starts.
+    pub progress: Arc<LoadProgress>,
 }
 
 impl WorkerSpec {
@@ -59,6 +62,7 @@ impl WorkerSpec {
             max_waiting: 256,
             max_running: 64,
             step_tokens: 512,
+            progress: Arc::default(),
         }
     }
 }
@@ -90,6 +94,11 @@ pub struct ModelInfo {
     pub weight_bytes: u64,
     /// Longest sequence (prompt plus output) this worker runs.
     pub context: usize,
+    /// The grammar compiler, built on the first constrained request (it walks the whole
+    /// vocabulary once).
+    grammars: std::sync::OnceLock<Result<Arc<Grammars>, String>>,
+    /// Every token's own bytes, built on first use.
+    token_bytes: std::sync::OnceLock<Vec<Vec<u8>>>,
 }
 
 /// A checkpoint's tokenizer and chat template.
@@ -128,6 +137,8 @@ impl ModelInfo {
                 bandwidth_bytes_per_s: None,
             },
             weight_bytes: 0,
+            grammars: std::sync::OnceLock::new(),
+            token_bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -145,6 +156,21 @@ impl ModelInfo {
             .into());
         }
         request.sampling.validate()?;
+        let vocab = info.config.vocab_size;
+        if let Some(&(t, _)) = request
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= vocab)
+        {
+            return Err(InvalidRequest {
+                param: "logit_bias",
+                message: format!(
+                    "logit_bias names token {t}, but the model's vocabulary has {vocab} tokens"
+                ),
+            }
+            .into());
+        }
         if request.stop.len() > MAX_STOP
             || request
                 .stop
@@ -184,11 +210,52 @@ impl ModelInfo {
             }
             None => info.context,
         };
+        let constraint = match &request.constraint {
+            None => None,
+            Some(c) => Some(
+                info.grammars()
+                    .and_then(|g| g.compile(c))
+                    .map_err(|message| InvalidRequest {
+                        param: "response_format",
+                        message,
+                    })?,
+            ),
+        };
         Ok(Prepared {
             tokens,
             request,
             max_len,
+            constraint,
         })
+    }
+
+    /// A token's own bytes: a byte token's one byte (where its text alone would be U+FFFD),
+    /// a special token's text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let table = self
+            .token_bytes
+            .get_or_init(|| crate::constraint::token_bytes(&self.tokenizer).unwrap_or_default());
+        match table.get(id as usize) {
+            Some(b) if !b.is_empty() => b.clone(),
+            _ => self
+                .tokenizer
+                .decode(&[id], false)
+                .unwrap_or_default()
+                .into_bytes(),
+        }
+    }
+
+    fn grammars(&self) -> Result<Arc<Grammars>, String> {
+        self.grammars
+            .get_or_init(|| {
+                Grammars::new(
+                    &self.tokenizer,
+                    self.config.vocab_size,
+                    &self.config.eos_token_ids,
+                )
+                .map(Arc::new)
+            })
+            .clone()
     }
 
     /// The prompt's token ids, each checked against the model's vocabulary (a tokenizer with
@@ -305,6 +372,7 @@ pub struct Prepared {
     tokens: Vec<u32>,
     request: Request,
     max_len: usize,
+    constraint: Option<SeqConstraint>,
 }
 
 impl Prepared {
@@ -334,6 +402,7 @@ struct Submission {
     tokens: Vec<u32>,
     request: Request,
     max_len: usize,
+    constraint: Option<SeqConstraint>,
     events: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
     submitted: Instant,
@@ -402,7 +471,9 @@ impl Worker {
                 }
                 let _stopped = Stopped(thread_counters.clone());
                 let loaded = (|| {
-                    let ck = Checkpoint::open(&spec.dir)?;
+                    spec.progress.set(0);
+                    let mut ck = Checkpoint::open(&spec.dir)?;
+                    ck.track(spec.progress.clone());
                     let (tokenizer, chat_template) = text_side(&ck)?;
                     let backend = open_backend(&ck, &spec)?;
                     let capacity = backend.kv_blocks() * backend.block_size();
@@ -414,6 +485,8 @@ impl Worker {
                         chat_template,
                         device: backend.device(),
                         weight_bytes: backend.weight_bytes_per_token(),
+                        grammars: std::sync::OnceLock::new(),
+                        token_bytes: std::sync::OnceLock::new(),
                     };
                     Ok::<_, EngineError>((backend, Arc::new(info)))
                 })();
@@ -422,6 +495,7 @@ impl Worker {
                         let _ = ready_tx.send(Err(e));
                     }
                     Ok((backend, info)) => {
+                        spec.progress.set(1000);
                         let _ = ready_tx.send(Ok(info.clone()));
                         run(backend, &info, &spec, rx, &thread_counters);
                     }
@@ -457,6 +531,7 @@ impl Worker {
             tokens,
             request,
             max_len,
+            constraint,
         } = prepared;
         if self.counters.stopped.load(Ordering::Relaxed) {
             return Err(SubmitError::Unavailable);
@@ -477,6 +552,7 @@ impl Worker {
             tokens,
             request,
             max_len,
+            constraint,
             events,
             cancel: cancel.clone(),
             submitted: Instant::now(),
@@ -528,6 +604,8 @@ struct Gen {
     last_token: Option<Instant>,
     device_seconds: f64,
     finished: Option<FinishReason>,
+    /// The grammar failed: the sequence ends with this error instead.
+    failed: Option<String>,
 }
 
 impl Gen {
@@ -689,7 +767,8 @@ fn take_commands(
                 let sub = *sub;
                 let r = sub.request;
                 let state = Gen {
-                    sampler: SeqSampler::new(r.sampling, &sub.tokens),
+                    sampler: SeqSampler::new(r.sampling, &sub.tokens)
+                        .with_constraint(sub.constraint),
                     detok: Detokenizer::new(info.tokenizer.clone(), &sub.tokens, r.stop),
                     events: sub.events,
                     cancel: sub.cancel,
@@ -701,6 +780,7 @@ fn take_commands(
                     last_token: None,
                     device_seconds: 0.0,
                     finished: None,
+                    failed: None,
                 };
                 sched.add(sub.id, r.priority, r.tenant, r.weight, sub.tokens, state);
             }
@@ -725,7 +805,11 @@ fn retire(sched: &mut Scheduler<Gen>, counters: &Counters, stopping: bool) {
     publish(counters, sched);
     for s in gone {
         let reason = s.state.finished.unwrap_or(FinishReason::Cancelled);
-        let _ = s.state.events.send(finish(&s, reason));
+        let event = match &s.state.failed {
+            Some(why) => Event::Failed(format!("constrained decoding failed: {why}")),
+            None => finish(&s, reason),
+        };
+        let _ = s.state.events.send(event);
     }
 }
 
@@ -804,8 +888,22 @@ fn sample_step(
         row.extend_from_slice(&logits[out * vocab..(out + 1) * vocab]);
         out += 1;
         let g = &mut s.state;
-        let (token, logprob) = g.sampler.sample(row, &mut sampling.scratch);
-        g.sampler.record(token);
+        let (token, logprob) = match g.sampler.sample(row, &mut sampling.scratch) {
+            Ok(sampled) => sampled,
+            Err(why) => {
+                g.failed = Some(why);
+                g.finished = Some(FinishReason::Stop);
+                continue;
+            }
+        };
+        // The grammar is complete: nothing may follow this token.
+        let complete = match g.sampler.record(token) {
+            Ok(complete) => complete,
+            Err(why) => {
+                g.failed = Some(why);
+                false
+            }
+        };
         s.tokens.push(token);
         counters.tokens_generated.fetch_add(1, Ordering::Relaxed);
         g.first_token.get_or_insert(done);
@@ -823,10 +921,13 @@ fn sample_step(
                 }
             }
         }
+        if g.finished.is_none() && (complete || g.failed.is_some()) {
+            g.finished = Some(FinishReason::Stop);
+        }
         if g.finished.is_none() && s.tokens.len() >= g.max_len {
             g.finished = Some(FinishReason::Length);
         }
-        if matches!(g.finished, Some(FinishReason::Length)) || is_eos {
+        if matches!(g.finished, Some(FinishReason::Length)) || is_eos || complete {
             text.push_str(&g.detok.finish());
         }
         let _ = g.events.send(Event::Token {

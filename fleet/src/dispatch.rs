@@ -4,7 +4,7 @@
 //! A job's events come back on its own subject; a node that stops heartbeating ends its jobs
 //! with an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,8 @@ struct Inner {
     nodes: Mutex<HashMap<NodeKey, NodeEntry>>,
     /// What each presented token was found to be (refused: `None`).
     verdicts: Mutex<HashMap<String, Option<Enrolled>>>,
+    /// The models with a price, as last read: a node's engines of any other model get no jobs.
+    priced: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -137,8 +139,12 @@ impl Fleet {
                 enrolment,
                 nodes: Mutex::default(),
                 verdicts: Mutex::default(),
+                priced: Mutex::default(),
             }),
         };
+        if let Err(e) = fleet.refresh_priced().await {
+            tracing::warn!("model prices not read: {e}");
+        }
         let c = &fleet.inner.client;
         let announces = c
             .subscribe(format!("{ROOT}.*.announce"))
@@ -155,7 +161,7 @@ impl Fleet {
         tokio::spawn(fleet.clone().listen(announces, Listen::Announce));
         tokio::spawn(fleet.clone().listen(beats, Listen::Heartbeat));
         tokio::spawn(fleet.clone().listen(byes, Listen::Bye));
-        tokio::spawn(fleet.clone().check_revocations());
+        tokio::spawn(fleet.clone().check_enrolments());
         Ok(fleet)
     }
 
@@ -197,8 +203,32 @@ impl Fleet {
         }
     }
 
+    async fn refresh_priced(&self) -> Result<(), String> {
+        let priced = self.inner.enrolment.priced_models().await?;
+        *lock(&self.inner.priced) = priced.into_iter().collect();
+        Ok(())
+    }
+
+    /// Why a node announcing `engines` cannot serve here: none of its models has a price
+    /// (read afresh, so that a price just set counts).
+    async fn unpriced(&self, engines: &[EngineReport]) -> Option<String> {
+        if let Err(e) = self.refresh_priced().await {
+            tracing::warn!("model prices not read: {e}");
+        }
+        let priced = lock(&self.inner.priced);
+        if engines.iter().any(|e| priced.contains(&e.model)) {
+            return None;
+        }
+        let mut models: Vec<&str> = engines.iter().map(|e| e.model.as_str()).collect();
+        models.dedup();
+        Some(format!(
+            "none of this node's models ({}) has a price on this portal: an operator prices a model on the Prices page before nodes serve it",
+            models.join(", ")
+        ))
+    }
+
     /// Takes a node's report (when `record`) if its token enrols it into `factory` (the
-    /// subject's); otherwise tells the node it is refused.
+    /// subject's) and it serves a priced model; otherwise tells the node it is refused.
     async fn accept(
         &self,
         factory: &str,
@@ -222,23 +252,38 @@ impl Fleet {
             Some(e) if e.factory_id == factory => {
                 if record {
                     self.record(factory, e.token_id, report);
+                    return Ok(());
                 }
-                return Ok(());
+                match self.unpriced(&report.engines).await {
+                    None => return Ok(()),
+                    Some(why) => why,
+                }
             }
             // A token of another factory presented on this factory's subjects.
-            Some(_) => "the worker token belongs to another factory",
-            None => "the worker token is not valid (unknown or revoked)",
+            Some(_) => "the worker token belongs to another factory".to_string(),
+            None => "the worker token is not valid (unknown or revoked)".to_string(),
         };
         tracing::warn!(factory, node = report.node, "node refused: {refused}");
         let _ = self
             .inner
             .client
-            .publish(Subjects::new(factory).refused(&report.node), refused.into())
+            .publish(
+                Subjects::new(factory).refused(&report.node),
+                refused.clone().into(),
+            )
             .await;
-        Err(refused.to_string())
+        Err(refused)
     }
 
-    fn record(&self, factory: &str, token_id: String, report: NodeReport) {
+    fn record(&self, factory: &str, token_id: String, mut report: NodeReport) {
+        {
+            let priced = lock(&self.inner.priced);
+            for e in &mut report.engines {
+                if !priced.contains(&e.model) {
+                    e.state = "unpriced".to_string();
+                }
+            }
+        }
         let now = Instant::now();
         let generated: u64 = report.engines.iter().map(|e| e.tokens_generated).sum();
         let mut nodes = self.nodes();
@@ -275,10 +320,14 @@ impl Fleet {
         entry.placed = 0;
     }
 
-    async fn check_revocations(self) {
+    /// Every second: drops the nodes of revoked tokens, and rereads the prices.
+    async fn check_enrolments(self) {
         let mut tick = tokio::time::interval(REVOCATION_CHECK);
         loop {
             tick.tick().await;
+            if let Err(e) = self.refresh_priced().await {
+                tracing::warn!("model prices not read: {e}");
+            }
             let ids: Vec<String> = {
                 let nodes = self.nodes();
                 let mut ids: Vec<String> = nodes
@@ -426,6 +475,7 @@ impl Fleet {
             priority: request.priority,
             tenant: request.tenant.clone(),
             weight: request.weight,
+            constraint: request.constraint.clone(),
         };
         let asked = client.request(subjects.submit(node), encode(&wire));
         let reply = match tokio::time::timeout(SUBMIT_TIMEOUT, asked).await {

@@ -139,6 +139,7 @@ impl Node {
                     kv_blocks_used: s.kv_blocks_used,
                     kv_blocks_total: s.kv_blocks_total,
                     tokens_generated: s.tokens_generated,
+                    loaded_percent: s.loaded_permille / 10,
                 })
                 .collect(),
         }
@@ -245,6 +246,7 @@ impl Node {
         request.priority = job.priority;
         request.tenant = job.tenant;
         request.weight = job.weight;
+        request.constraint = job.constraint;
         let worker = match self.pool.worker_for(&job.model) {
             Ok(w) => w,
             Err(e) => return SubmitReply::Refused(refusal(e)),

@@ -105,6 +105,9 @@ pub struct EngineReport {
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
     pub tokens_generated: u64,
+    /// How far a loading engine has got, in percent.
+    #[serde(default)]
+    pub loaded_percent: u32,
 }
 
 /// What a node says of itself: in its announcement and in every heartbeat, so that a portal
@@ -140,6 +143,9 @@ pub struct JobRequest {
     pub priority: Priority,
     pub tenant: String,
     pub weight: u32,
+    /// The grammar the output must match (the node compiles it again).
+    #[serde(default)]
+    pub constraint: Option<engine::Constraint>,
 }
 
 /// Why a node would not take a job.

@@ -300,7 +300,7 @@ impl Jobs {
     }
 
     /// The tokenizer, template and limits of `model`: from a worker here, else the catalog.
-    pub(crate) fn model_info(&self, model: &str) -> Option<Arc<engine::ModelInfo>> {
+    pub fn model_info(&self, model: &str) -> Option<Arc<engine::ModelInfo>> {
         self.inner
             .pool
             .as_ref()

@@ -3,7 +3,7 @@
 //! any work or hold: wrong types (with the JSON path), values out of range, features this
 //! server does not offer (several choices, tools, echo).
 
-use engine::{ChatMessage, Prompt, Request, SamplingParams};
+use engine::{ChatMessage, Constraint, Prompt, Request, SamplingParams};
 use serde::Deserialize;
 
 use super::error::ApiError;
@@ -31,6 +31,8 @@ pub struct Parsed {
     pub include_usage: bool,
     pub logprobs: Logprobs,
     pub request: Request,
+    /// The field the request's constraint came from (`response_format`, `guided_json`, …).
+    pub constraint_param: Option<&'static str>,
 }
 
 #[derive(Deserialize)]
@@ -100,13 +102,47 @@ struct Body {
     top_k: Option<i64>,
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
+    /// Token id (as a string key) → bias, −100 to 100.
+    logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    tool_choice: Option<serde_json::Value>,
+    parallel_tool_calls: Option<bool>,
     // Features not offered: refused by name rather than silently ignored.
     echo: Option<bool>,
     best_of: Option<u64>,
     suffix: Option<String>,
     tools: Option<serde_json::Value>,
     functions: Option<serde_json::Value>,
-    response_format: Option<serde_json::Value>,
+    response_format: Option<ResponseFormat>,
+    // vLLM's structured-output extensions.
+    guided_json: Option<GuidedJson>,
+    guided_regex: Option<String>,
+    guided_grammar: Option<String>,
+    guided_choice: Option<Vec<String>>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaFormat {
+    #[allow(dead_code)]
+    name: Option<String>,
+    schema: Option<serde_json::Value>,
+    strict: Option<bool>,
+}
+
+/// vLLM takes `guided_json` as a schema or as a string holding one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GuidedJson {
+    Text(String),
+    Schema(serde_json::Value),
 }
 
 fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
@@ -115,7 +151,7 @@ fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
 
 /// The top-level parameter a JSON path starts with, as a `'static` name for the error body.
 fn param_of(path: &serde_path_to_error::Path) -> &'static str {
-    const KNOWN: [&str; 27] = [
+    const KNOWN: [&str; 34] = [
         "model",
         "messages",
         "prompt",
@@ -136,12 +172,19 @@ fn param_of(path: &serde_path_to_error::Path) -> &'static str {
         "top_k",
         "min_p",
         "repetition_penalty",
+        "logit_bias",
+        "tool_choice",
+        "parallel_tool_calls",
         "echo",
         "best_of",
         "suffix",
         "tools",
         "functions",
         "response_format",
+        "guided_json",
+        "guided_regex",
+        "guided_grammar",
+        "guided_choice",
         "user",
     ];
     let first = path
@@ -199,6 +242,20 @@ fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
     if b.suffix.is_some() {
         return Err(invalid("suffix", "suffix is not supported."));
     }
+    // Without tools there is nothing to choose from or call in parallel.
+    let no_tools = b.tools.as_ref().is_none_or(serde_json::Value::is_null);
+    if no_tools && b.tool_choice.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(invalid(
+            "tool_choice",
+            "tool_choice is only allowed when tools are specified.",
+        ));
+    }
+    if no_tools && b.parallel_tool_calls.is_some() {
+        return Err(invalid(
+            "parallel_tool_calls",
+            "parallel_tool_calls is only allowed when tools are specified.",
+        ));
+    }
     for (param, value) in [("tools", &b.tools), ("functions", &b.functions)] {
         if value.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(invalid(
@@ -207,16 +264,69 @@ fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(f) = &b.response_format
-        && !f.is_null()
-        && f.get("type").and_then(|t| t.as_str()) != Some("text")
-    {
-        return Err(invalid(
-            "response_format",
-            "Only response_format {\"type\": \"text\"} is supported.",
+    Ok(())
+}
+
+/// The grammar the output must match, from `response_format` or one of vLLM's `guided_*`
+/// fields (at most one of them), and the field it came from (which a compile error names).
+fn constraint_of(b: &mut Body) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+    let mut found: Vec<(Constraint, &'static str)> = Vec::new();
+    match b.response_format.take() {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => found.push((Constraint::JsonObject, "response_format")),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let schema = json_schema.schema.ok_or_else(|| {
+                invalid(
+                    "response_format",
+                    "response_format.json_schema.schema is missing: give the JSON schema the answer must follow.",
+                )
+            })?;
+            found.push((
+                Constraint::JsonSchema {
+                    schema,
+                    strict: json_schema.strict.unwrap_or(false),
+                },
+                "response_format",
+            ));
+        }
+    }
+    if let Some(j) = b.guided_json.take() {
+        let schema = match j {
+            GuidedJson::Schema(s) => s,
+            GuidedJson::Text(t) => serde_json::from_str(&t)
+                .map_err(|e| invalid("guided_json", format!("guided_json is not JSON: {e}.")))?,
+        };
+        found.push((
+            Constraint::JsonSchema {
+                schema,
+                strict: false,
+            },
+            "guided_json",
         ));
     }
-    Ok(())
+    if let Some(pattern) = b.guided_regex.take() {
+        found.push((Constraint::Regex { pattern }, "guided_regex"));
+    }
+    if let Some(grammar) = b.guided_grammar.take() {
+        found.push((Constraint::Lark { grammar }, "guided_grammar"));
+    }
+    if let Some(choices) = b.guided_choice.take() {
+        if choices.is_empty() {
+            return Err(invalid("guided_choice", "guided_choice must not be empty."));
+        }
+        found.push((Constraint::Choice { choices }, "guided_choice"));
+    }
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(_, p)| *p).collect();
+        return Err(invalid(
+            found[1].1,
+            format!(
+                "Give one structured-output constraint; this request gives {}.",
+                names.join(" and ")
+            ),
+        ));
+    }
+    Ok(found.pop())
 }
 
 /// The prompt: chat messages for chat, a prompt (text or token ids) for completions, never
@@ -307,10 +417,42 @@ fn logprobs_of(endpoint: Endpoint, b: &Body) -> Result<Logprobs, ApiError> {
     })
 }
 
+/// `logit_bias`'s keys are token ids written as strings (JSON keys are strings).
+fn logit_bias_of(
+    bias: Option<&std::collections::BTreeMap<String, f32>>,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(bias) = bias else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(bias.len());
+    for (key, &value) in bias {
+        let token: u32 = key.trim().parse().map_err(|_| {
+            invalid(
+                "logit_bias",
+                format!("logit_bias keys must be token ids; '{key}' is not one."),
+            )
+        })?;
+        if !(-100.0..=100.0).contains(&value) {
+            return Err(invalid(
+                "logit_bias",
+                format!("logit_bias['{key}'] is {value}; a bias must be between -100 and 100."),
+            ));
+        }
+        out.push((token, value));
+    }
+    out.sort_by_key(|&(t, _)| t);
+    // "07" and "7" name one token: refuse rather than pick one.
+    if out.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(invalid("logit_bias", "logit_bias names a token twice."));
+    }
+    Ok(out)
+}
+
 fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
     refuse_unsupported(&b)?;
     let prompt = prompt_of(endpoint, b.prompt.take(), b.messages.take())?;
     let logprobs = logprobs_of(endpoint, &b)?;
+    let constraint = constraint_of(&mut b)?;
     let max_tokens = match (b.max_completion_tokens, b.max_tokens) {
         (Some(m), _) | (None, Some(m)) => {
             if m == 0 {
@@ -341,6 +483,7 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
         frequency_penalty: b.frequency_penalty.unwrap_or(0.0),
         presence_penalty: b.presence_penalty.unwrap_or(0.0),
         seed: b.seed.map(|s| s as u64),
+        logit_bias: logit_bias_of(b.logit_bias.as_ref())?,
         logprobs: match logprobs {
             Logprobs::Off => None,
             Logprobs::Chat { top } | Logprobs::Legacy { top } => Some(top),
@@ -351,6 +494,8 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
     request.max_tokens = max_tokens;
     request.stop = stop;
     request.ignore_eos = b.ignore_eos.unwrap_or(false);
+    let constraint_param = constraint.as_ref().map(|(_, p)| *p);
+    request.constraint = constraint.map(|(c, _)| c);
     let stream = b.stream.unwrap_or(false);
     if b.stream_options.is_some() && !stream {
         return Err(invalid(
@@ -367,6 +512,7 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
             .unwrap_or(false),
         logprobs,
         request,
+        constraint_param,
     })
 }
 
@@ -470,11 +616,36 @@ mod tests {
         .unwrap();
         assert_eq!(p.request.prompt, Prompt::Tokens(vec![1, 2, 3]));
         assert_eq!(p.logprobs, Logprobs::Legacy { top: 2 });
+        let p = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":"x","logit_bias":{"65":100,"7":-100}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.request.sampling.logit_bias,
+            vec![(7, -100.0), (65, 100.0)]
+        );
     }
 
     #[test]
     fn errors_name_the_parameter() {
-        let cases: [(&str, &str); 12] = [
+        let cases: [(&str, &str); 16] = [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+                "tool_choice",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"parallel_tool_calls":false}"#,
+                "parallel_tool_calls",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"x":1}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"5":101}}"#,
+                "logit_bias",
+            ),
             (r#"{"model":"m","messages":[]"#, "body"),
             (r#"{"messages":[{"role":"user","content":"x"}]}"#, "body"),
             (

@@ -12,7 +12,7 @@ use axum::{
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
 };
-use engine::Tokenizer;
+use engine::ModelInfo;
 use engine::sampling::TokenLogprob;
 use engine::{Event, FinishReason};
 use jobs::{Charged, JobError, JobKind, Jobs, Principal, Receipt, RunningJob};
@@ -29,7 +29,8 @@ struct Shape {
     model: String,
     logprobs: Logprobs,
     include_usage: bool,
-    tokenizer: Option<Arc<Tokenizer>>,
+    /// The model's tokenizer, for logprobs' token texts and bytes.
+    info: Option<Arc<ModelInfo>>,
 }
 
 impl Shape {
@@ -42,23 +43,51 @@ impl Shape {
     }
 
     fn token_text(&self, id: u32) -> String {
-        self.tokenizer
+        self.info
             .as_ref()
-            .and_then(|t| t.decode(&[id], false).ok())
+            .and_then(|i| i.tokenizer.decode(&[id], false).ok())
+            .unwrap_or_default()
+    }
+
+    /// The token's own bytes: one byte of a character split over tokens is that byte, not
+    /// the U+FFFD its text alone shows.
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.info
+            .as_ref()
+            .map(|i| i.token_bytes(id))
             .unwrap_or_default()
     }
 
     fn chat_entry(&self, lp: &TokenLogprob) -> Value {
-        let text = self.token_text(lp.token);
-        json!({
-            "token": text,
-            "logprob": lp.logprob,
-            "bytes": text.as_bytes(),
-            "top_logprobs": lp.top.iter().map(|(id, l)| {
-                let t = self.token_text(*id);
-                json!({ "token": t, "logprob": l, "bytes": t.as_bytes() })
-            }).collect::<Vec<_>>(),
-        })
+        let entry = |id: u32, logprob: f32| json!({ "token": self.token_text(id), "logprob": logprob, "bytes": self.token_bytes(id) });
+        let mut v = entry(lp.token, lp.logprob);
+        v["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+        v
+    }
+
+    /// Legacy `top_logprobs` of one position, keyed by token text; distinct tokens with the
+    /// same text (byte tokens all show U+FFFD) are never merged: after the first, each is
+    /// keyed `token_id:N`, as vLLM names tokens by id.
+    fn legacy_top(&self, top: &[(u32, f32)]) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for &(id, lp) in top {
+            let text = self.token_text(id);
+            let key = if out.contains_key(&text) {
+                format!("token_id:{id}")
+            } else {
+                text
+            };
+            out.insert(key, json!(lp));
+        }
+        out
+    }
+
+    /// How far a token moves `text_offset`: its text's length in characters, the same whether
+    /// the answer is streamed or whole.
+    fn offset_step(&self, lps: &[TokenLogprob]) -> usize {
+        lps.iter()
+            .map(|l| self.token_text(l.token).chars().count())
+            .sum()
     }
 
     /// The `logprobs` of a choice for these tokens, in the endpoint's format; `offset` is
@@ -82,10 +111,7 @@ impl Shape {
                 json!({
                     "tokens": tokens,
                     "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": lps.iter().map(|l| {
-                        l.top.iter().map(|(id, lp)| (self.token_text(*id), json!(lp)))
-                            .collect::<serde_json::Map<String, Value>>()
-                    }).collect::<Vec<_>>(),
+                    "top_logprobs": lps.iter().map(|l| self.legacy_top(&l.top)).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })
             }
@@ -219,12 +245,13 @@ pub async fn admit(
             if context && endpoint == Endpoint::Completions {
                 e.param = Some("prompt");
             }
+            // A grammar the compiler refused: name the field it came in.
+            if e.param == Some("response_format") {
+                e.param = parsed.constraint_param.or(e.param);
+            }
             e
         })?;
-    let tokenizer = jobs
-        .pool()
-        .and_then(|p| p.worker_for(&parsed.model).ok())
-        .map(|w| w.info.tokenizer.clone());
+    let info = jobs.model_info(&parsed.model);
     let shape = Shape {
         endpoint,
         id: match endpoint {
@@ -235,7 +262,7 @@ pub async fn admit(
         model: parsed.model,
         logprobs: parsed.logprobs,
         include_usage: parsed.include_usage,
-        tokenizer,
+        info,
     };
     Ok(Admitted {
         job,
@@ -346,7 +373,7 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                     }
                     let lps: Vec<TokenLogprob> = logprob.into_iter().collect();
                     let lp = shape.logprobs_value(&lps, offset);
-                    offset += text.chars().count();
+                    offset += shape.offset_step(&lps);
                     let choice = shape.choice(&text, lp, None, true);
                     yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
                 }
@@ -414,4 +441,37 @@ fn strip_usage(mut v: Value, shape: &Shape) -> Value {
         o.remove("usage");
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_that_share_a_text_keep_their_own_top_logprobs_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        engine::fixture::write_fixture(dir.path(), &engine::fixture::FixtureSpec::default())
+            .unwrap();
+        let info = Arc::new(ModelInfo::open("tiny", dir.path()).unwrap());
+        // Two tokens that are single bytes of multi-byte characters: both read U+FFFD alone.
+        let pair: Vec<u32> = (0..info.config.vocab_size as u32)
+            .filter(|&i| matches!(info.token_bytes(i).as_slice(), [b] if *b >= 0x80))
+            .take(2)
+            .collect();
+        let shape = Shape {
+            endpoint: Endpoint::Completions,
+            id: "cmpl-1".into(),
+            created: 0,
+            model: "tiny".into(),
+            logprobs: Logprobs::Legacy { top: 3 },
+            include_usage: false,
+            info: Some(info),
+        };
+        let ids = [pair[0], 7, pair[1]];
+        let top = shape.legacy_top(&[(ids[0], -0.5), (ids[1], -1.0), (ids[2], -2.0)]);
+        let keys: Vec<&String> = top.keys().collect();
+        assert_eq!(keys.len(), 3, "{top:?}");
+        assert_eq!(top["\u{fffd}"], json!(-0.5));
+        assert_eq!(top[&format!("token_id:{}", pair[1])], json!(-2.0));
+    }
 }

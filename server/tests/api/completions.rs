@@ -377,6 +377,99 @@ async fn logprobs_stop_strings_and_seeds() {
 }
 
 #[tokio::test]
+async fn logit_bias_forces_and_bans_tokens() {
+    let api = api().await;
+    let tokenizer = engine::Tokenizer::from_file(api._model.path().join("tokenizer.json")).unwrap();
+    let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap();
+    let vocab = tokenizer.get_vocab_size(false) as u32;
+    // The ids that decode, alone, to `text`.
+    let ids_of =
+        |text: &str| -> Vec<u32> { (0..vocab).filter(|&i| decode(&[i]) == text).collect() };
+    let body = |bias: Value| {
+        json!({"model": MODEL, "prompt": "The mill", "max_tokens": 4, "temperature": 0,
+               "ignore_eos": true, "logit_bias": bias})
+    };
+    let text = |v: &Value| v["choices"][0]["text"].as_str().unwrap().to_string();
+
+    // +100 on a plain word: every token is that one.
+    let forced = (0..vocab)
+        .find(|&i| {
+            let t = decode(&[i]);
+            t.len() > 2 && t.chars().all(|c| c.is_ascii_alphabetic()) && ids_of(&t).len() == 1
+        })
+        .unwrap();
+    let v = api
+        .ok("/v1/completions", &body(json!({forced.to_string(): 100})))
+        .await;
+    assert_eq!(text(&v), decode(&[forced; 4]));
+
+    // −100 on what greedy decoding picks first: another token comes first.
+    let one = |bias: Value| {
+        let mut b = body(bias);
+        b["max_tokens"] = json!(1);
+        b
+    };
+    let first = text(&api.ok("/v1/completions", &one(json!({}))).await);
+    let banned = ids_of(&first);
+    assert!(!banned.is_empty(), "{first:?}");
+    let bans: serde_json::Map<String, Value> = banned
+        .iter()
+        .map(|i| (i.to_string(), json!(-100)))
+        .collect();
+    let other = text(&api.ok("/v1/completions", &one(Value::Object(bans))).await);
+    assert_ne!(other, first);
+    assert_eq!(api.open_holds().await, 0);
+}
+
+#[tokio::test]
+async fn byte_tokens_have_their_own_bytes_and_streams_keep_the_offsets() {
+    let api = api().await;
+    let info = engine::ModelInfo::open(MODEL, api._model.path()).unwrap();
+    // Tokens that are one byte of a multi-byte character: alone, each decodes to U+FFFD.
+    let bytes: Vec<(u32, u8)> = (0..info.config.vocab_size as u32)
+        .filter_map(|i| match info.token_bytes(i).as_slice() {
+            [b] if *b >= 0x80 => Some((i, *b)),
+            _ => None,
+        })
+        .collect();
+    assert!(bytes.len() >= 2, "{bytes:?}");
+    let (id, byte) = bytes[0];
+    let forced = json!({id.to_string(): 100});
+
+    let v = api
+        .ok(
+            "/v1/chat/completions",
+            &chat("x", json!({"max_tokens": 3, "ignore_eos": true, "logprobs": true, "logit_bias": forced})),
+        )
+        .await;
+    for entry in v["choices"][0]["logprobs"]["content"].as_array().unwrap() {
+        assert_eq!(entry["bytes"], json!([byte]), "{entry}");
+    }
+
+    let body = |stream: bool| {
+        json!({"model": MODEL, "prompt": "abc", "max_tokens": 5, "temperature": 0, "ignore_eos": true,
+               "logprobs": 5, "logit_bias": forced, "stream": stream})
+    };
+    let whole = api.ok("/v1/completions", &body(false)).await;
+    let lp = &whole["choices"][0]["logprobs"];
+    let r = api.post("/v1/completions", &body(true)).await;
+    let mut offsets = Vec::new();
+    for e in sse_data(&r.text().await.unwrap()) {
+        if let Ok(c) = serde_json::from_str::<Value>(&e)
+            && let Some(o) = c["choices"][0]["logprobs"]["text_offset"].as_array()
+        {
+            offsets.extend(o.iter().cloned());
+        }
+    }
+    assert_eq!(Value::Array(offsets), lp["text_offset"]);
+    assert_eq!(lp["text_offset"], json!([0, 1, 2, 3, 4]));
+    // Five alternatives at every position, however many share a text.
+    for top in lp["top_logprobs"].as_array().unwrap() {
+        assert_eq!(top.as_object().unwrap().len(), 5, "{top}");
+    }
+}
+
+#[tokio::test]
 async fn refusals_have_the_right_status_and_leave_no_hold() {
     let api = api().await;
     let before = api.available().await;
@@ -439,6 +532,42 @@ async fn refusals_have_the_right_status_and_leave_no_hold() {
             StatusCode::BAD_REQUEST,
             "param",
             "n",
+        ),
+        // A grammar the compiler refuses names the field it came in; so do two constraints.
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "guided_regex": "(?=look-ahead)"}),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "guided_regex",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                "x",
+                json!({"response_format": {"type": "json_object"}, "guided_choice": ["a"]}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "guided_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                "x",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 5, "maximum": 1}}, "required": ["a"]}}}}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "response_format",
+        ),
+        // A token beyond the model's vocabulary.
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logit_bias": {"99999999": 5}}),
+            StatusCode::BAD_REQUEST,
+            "param",
+            "logit_bias",
         ),
     ];
     for (path, body, status, field, value) in cases {

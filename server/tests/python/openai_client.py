@@ -73,9 +73,65 @@ try:
 except openai.BadRequestError as e:
     check(e.status_code == 400, f"status {e.status_code}")
 
+# Structured outputs: the fixture's random weights write valid JSON only because of the mask.
+import json
+
+import jsonschema
+
+person = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "colour": {"enum": ["red", "green", "blue"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 2},
+    },
+    "required": ["name", "age", "colour", "tags"],
+    "additionalProperties": False,
+}
+fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": person, "strict": True}}
+for seed in (1, 2, 3):
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Describe someone."}], max_tokens=300,
+        seed=seed, response_format=fmt,
+    )
+    check(r.choices[0].finish_reason == "stop", f"schema finish {r.choices[0].finish_reason}")
+    jsonschema.validate(json.loads(r.choices[0].message.content), person)
+streamed = "".join(
+    c.choices[0].delta.content or ""
+    for c in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Describe someone."}], max_tokens=300,
+        seed=1, response_format=fmt, stream=True,
+    )
+    if c.choices
+)
+first = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Describe someone."}], max_tokens=300,
+    seed=1, response_format=fmt,
+)
+check(streamed == first.choices[0].message.content, f"streamed schema {streamed!r}")
+code = client.completions.create(
+    model=model, prompt="Code:", max_tokens=20, seed=5, extra_body={"guided_regex": "[A-Z]{2}[0-9]{3}"}
+).choices[0].text
+import re
+
+check(re.fullmatch("[A-Z]{2}[0-9]{3}", code) is not None, f"regex {code!r}")
+pick = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Pick."}], max_tokens=10, seed=6,
+    extra_body={"guided_choice": ["alpha", "beta", "gamma"]},
+).choices[0].message.content
+check(pick in ("alpha", "beta", "gamma"), f"choice {pick!r}")
+try:
+    client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "x"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "wibble"}}},
+    )
+    sys.exit("FAILED: an impossible schema was accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400 and "response_format" in str(e.body), f"bad schema {e.body}")
+
 # Batches: upload a JSONL file, run it, read the results, as the client's Batch API does.
 import io
-import json
 import time
 
 lines = [

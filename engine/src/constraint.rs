@@ -1,0 +1,269 @@
+//! Constrained decoding: a grammar (a JSON schema, any JSON object, a regex, a Lark grammar or
+//! a list of choices) that the output must match. `llguidance` compiles it against the
+//! model's vocabulary into a matcher; at each step the matcher gives the tokens that keep the
+//! output matchable, and sampling sees only those. The mask is a sequence's own, so it never
+//! changes what a batch neighbour samples.
+
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
+use serde::{Deserialize, Serialize};
+use tokenizers::{NormalizerWrapper, PreTokenizerWrapper, Tokenizer, normalizers, pre_tokenizers};
+
+/// What the output must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `json_object`).
+    JsonObject,
+    /// A JSON document valid against `schema`. `strict` refuses schema keywords the compiler
+    /// cannot enforce, rather than ignoring them.
+    JsonSchema {
+        schema: serde_json::Value,
+        strict: bool,
+    },
+    /// The whole output matches this regular expression (Rust syntax, no look-around).
+    Regex { pattern: String },
+    /// A Lark grammar with a `start` rule.
+    Lark { grammar: String },
+    /// Exactly one of these strings.
+    Choice { choices: Vec<String> },
+}
+
+impl Constraint {
+    fn grammar(&self) -> Result<TopLevelGrammar, String> {
+        Ok(match self {
+            Constraint::JsonObject => json(serde_json::json!({"type": "object"}), false)?,
+            Constraint::JsonSchema { schema, strict } => json(schema.clone(), *strict)?,
+            Constraint::Regex { pattern } => TopLevelGrammar::from_regex(pattern),
+            Constraint::Lark { grammar } => TopLevelGrammar::from_lark(grammar.clone()),
+            Constraint::Choice { choices } => {
+                if choices.is_empty() {
+                    return Err("give at least one choice".into());
+                }
+                // Lark string literals are JSON strings, except that DEL must be escaped.
+                let alternatives: Vec<String> = choices
+                    .iter()
+                    .map(|c| {
+                        serde_json::to_string(c)
+                            .unwrap_or_default()
+                            .replace('\u{7f}', "\\u007f")
+                    })
+                    .collect();
+                TopLevelGrammar::from_lark(format!("start: {}", alternatives.join(" | ")))
+            }
+        })
+    }
+}
+
+fn json(mut schema: serde_json::Value, strict: bool) -> Result<TopLevelGrammar, String> {
+    if !schema.is_object() {
+        return Err("the schema must be a JSON object".into());
+    }
+    // One space after separators, no free whitespace: a model cannot pad its answer forever.
+    let options = JsonCompileOptions {
+        whitespace_flexible: false,
+        lenient: !strict,
+        ..JsonCompileOptions::default()
+    };
+    options.apply_to(&mut schema);
+    Ok(TopLevelGrammar::from_json_schema(schema))
+}
+
+/// Every token id's bytes as the model writes them (a special token: its text); ids the
+/// tokenizer does not have are empty.
+pub fn token_bytes(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>, String> {
+    let mut words = vocabulary(tokenizer)?;
+    for w in &mut words {
+        if w.first() == Some(&TokTrie::SPECIAL_TOKEN_MARKER) {
+            w.remove(0);
+        }
+    }
+    Ok(words)
+}
+
+/// The tokenizer's vocabulary as llguidance reads it: special tokens marked with a leading
+/// 0xFF, so that no grammar can spell them.
+fn vocabulary(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>, String> {
+    let json = tokenizer
+        .to_string(false)
+        .map_err(|e| format!("the tokenizer: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&json).map_err(|e| format!("the tokenizer: {e}"))?;
+    llguidance::token_bytes_from_tokenizer_json(&value)
+        .map_err(|e| format!("the tokenizer's vocabulary: {e}"))
+}
+
+/// One model's grammar compiler: its vocabulary as bytes, built once.
+pub struct Grammars {
+    factory: Arc<ParserFactory>,
+}
+
+impl std::fmt::Debug for Grammars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grammars").finish_non_exhaustive()
+    }
+}
+
+impl Grammars {
+    /// `vocab` is the model's logit count (its embedding rows, at least the tokenizer's ids);
+    /// ids beyond the tokenizer's are never allowed.
+    pub fn new(tokenizer: &Tokenizer, vocab: usize, eos: &[u32]) -> Result<Grammars, String> {
+        let mut words = vocabulary(tokenizer)?;
+        if words.len() > vocab {
+            return Err(format!(
+                "the tokenizer has {} ids, more than the model's {vocab} logits",
+                words.len()
+            ));
+        }
+        words.resize(vocab, Vec::new());
+        let eos: Vec<TokenId> = eos
+            .iter()
+            .copied()
+            .filter(|&t| (t as usize) < vocab)
+            .collect();
+        let Some(&first) = eos.first() else {
+            return Err("the model has no end-of-sequence token".into());
+        };
+        let trie =
+            TokTrie::from(&TokRxInfo::new(vocab as u32, first), &words).with_eos_tokens(&eos);
+        let env: TokEnv = Arc::new(Env {
+            trie,
+            tokenizer: plain_tokenizer(tokenizer)?,
+        });
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+        factory.quiet();
+        factory.limits_mut().verbose_errors = false;
+        Ok(Grammars {
+            factory: Arc::new(factory),
+        })
+    }
+
+    /// Compiles `constraint`; the error says what is wrong with it, for the client.
+    pub fn compile(&self, constraint: &Constraint) -> Result<SeqConstraint, String> {
+        let grammar = constraint.grammar()?;
+        let parser = self
+            .factory
+            .create_parser(grammar)
+            .map_err(|e| e.to_string())?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(e);
+        }
+        Ok(SeqConstraint { matcher })
+    }
+}
+
+/// The tokenizer llguidance re-tokenizes forced text with: the model's own, without the
+/// leading space SentencePiece vocabularies add to a text's start (forced text is a middle).
+fn plain_tokenizer(tokenizer: &Tokenizer) -> Result<Tokenizer, String> {
+    let mut t = tokenizer.clone();
+    if let Some(n) = t.get_normalizer().cloned() {
+        t.with_normalizer(without_prepend(n))
+            .map_err(|e| format!("the tokenizer: {e}"))?;
+    }
+    if let Some(p) = t.get_pre_tokenizer().cloned() {
+        t.with_pre_tokenizer(Some(without_metaspace_prefix(p)));
+    }
+    Ok(t)
+}
+
+fn without_prepend(n: NormalizerWrapper) -> Option<NormalizerWrapper> {
+    match n {
+        NormalizerWrapper::Prepend(_) => None,
+        NormalizerWrapper::Sequence(s) => {
+            let kept: Vec<NormalizerWrapper> = s
+                .as_ref()
+                .iter()
+                .filter_map(|n| without_prepend(n.clone()))
+                .collect();
+            (!kept.is_empty())
+                .then(|| NormalizerWrapper::Sequence(normalizers::Sequence::new(kept)))
+        }
+        n => Some(n),
+    }
+}
+
+fn without_metaspace_prefix(p: PreTokenizerWrapper) -> PreTokenizerWrapper {
+    match p {
+        PreTokenizerWrapper::Metaspace(mut m) => {
+            m.prepend_scheme = pre_tokenizers::metaspace::PrependScheme::Never;
+            PreTokenizerWrapper::Metaspace(m)
+        }
+        PreTokenizerWrapper::Sequence(s) => {
+            PreTokenizerWrapper::Sequence(pre_tokenizers::sequence::Sequence::new(
+                s.as_ref()
+                    .iter()
+                    .map(|p| without_metaspace_prefix(p.clone()))
+                    .collect(),
+            ))
+        }
+        p => p,
+    }
+}
+
+struct Env {
+    trie: TokTrie,
+    tokenizer: Tokenizer,
+}
+
+impl TokenizerEnv for Env {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        self.trie
+            .tokenize_with_greedy_fallback(s, |s| match self.tokenizer.encode(s, false) {
+                Ok(e) => e.get_ids().to_vec(),
+                Err(_) => self.trie.greedy_tokenize(s.as_bytes()),
+            })
+    }
+}
+
+/// One sequence's matcher.
+#[derive(Clone)]
+pub struct SeqConstraint {
+    matcher: Matcher,
+}
+
+impl std::fmt::Debug for SeqConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeqConstraint").finish_non_exhaustive()
+    }
+}
+
+impl SeqConstraint {
+    /// Sets every logit the grammar does not allow next to −∞.
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        let mask: SimpleVob = self.matcher.compute_mask().map_err(|e| e.to_string())?;
+        apply(&mask, logits);
+        Ok(())
+    }
+
+    /// Takes the sampled token; `true` once the output is complete (nothing may follow).
+    pub fn advance(&mut self, token: u32) -> Result<bool, String> {
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| e.to_string())?;
+        Ok(self.matcher.is_stopped())
+    }
+}
+
+fn apply(mask: &SimpleVob, logits: &mut [f32]) {
+    let words = mask.as_slice();
+    let allowed = mask.len();
+    for (i, l) in logits.iter_mut().enumerate() {
+        if i >= allowed || (words[i >> 5] >> (i & 31)) & 1 == 0 {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+// Matchers move with their sequence into the worker thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<SeqConstraint>();
+};
