@@ -10,7 +10,7 @@ use crate::backend::Device;
 use crate::request::{Event, Priority, Prompt, Request};
 use crate::sampling::SamplingParams;
 use crate::worker::{Worker, WorkerSpec};
-use crate::{EngineError, Finish};
+use crate::{Constraint, EngineError, Finish};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -21,6 +21,9 @@ pub struct BenchOptions {
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
     pub kv_bytes: usize,
+    /// When set, each decode run is repeated with every sequence constrained to this grammar,
+    /// side by side with the plain run.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +32,16 @@ pub struct DecodeResult {
     pub tokens_per_s: f64,
     /// Median time between a sequence's tokens.
     pub inter_token: Duration,
+    /// The same run with the grammar's mask on every sequence.
+    pub masked: Option<Masked>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Masked {
+    pub tokens_per_s: f64,
+    pub inter_token: Duration,
+    /// Tokens generated per sequence on average (a grammar may end an answer early).
+    pub mean_tokens: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +80,16 @@ impl std::fmt::Display for BenchReport {
                 d.tokens_per_s,
                 d.inter_token.as_secs_f64() * 1e3
             )?;
+            if let Some(m) = &d.masked {
+                writeln!(
+                    f,
+                    "  with the grammar {:.1} tok/s ({:.2} ms between tokens, {:+.1}%; {:.1} tokens a sequence)",
+                    m.tokens_per_s,
+                    m.inter_token.as_secs_f64() * 1e3,
+                    100.0 * (m.inter_token.as_secs_f64() / d.inter_token.as_secs_f64() - 1.0),
+                    m.mean_tokens
+                )?;
+            }
         }
         write!(
             f,
@@ -121,6 +144,58 @@ fn prompt(len: usize, vocab: usize, salt: usize) -> Vec<u32> {
         .collect()
 }
 
+/// One decode run of `batch` sequences: tokens/s after each sequence's first token, the
+/// median time between a sequence's tokens, and the mean tokens a sequence.
+fn decode_run(
+    worker: &Worker,
+    opts: &BenchOptions,
+    batch: usize,
+    constraint: Option<&Constraint>,
+) -> Result<(f64, Duration, f64), EngineError> {
+    let vocab = worker.info.config.vocab_size;
+    let gens = (0..batch)
+        .map(|i| {
+            let mut r = request(prompt(16, vocab, 100 + i), opts.decode_tokens);
+            r.constraint = constraint.cloned();
+            worker.submit(r)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::Device(e.to_string()))?;
+    let start = Instant::now();
+    let mut finishes = Vec::new();
+    let mut first = None::<Instant>;
+    for g in gens {
+        let mut events = g.events;
+        let mut all = Vec::new();
+        while let Some(e) = events.blocking_recv() {
+            if first.is_none() && matches!(e, Event::Token { .. }) {
+                first = Some(Instant::now());
+            }
+            all.push(e);
+        }
+        finishes.push(finish_of(all)?);
+    }
+    let end = Instant::now();
+    // Tokens after each sequence's first, over the time from the first token to the end.
+    let tokens: usize = finishes
+        .iter()
+        .map(|f| f.completion_tokens.saturating_sub(1))
+        .sum();
+    let span = end - first.unwrap_or(start);
+    let mut gaps: Vec<Duration> = finishes
+        .iter()
+        .map(|f| f.decode_time / (f.completion_tokens as u32).saturating_sub(1).max(1))
+        .collect();
+    gaps.sort();
+    let mean = finishes.iter().map(|f| f.completion_tokens).sum::<usize>() as f64
+        / finishes.len().max(1) as f64;
+    Ok((
+        tokens as f64 / span.as_secs_f64(),
+        gaps[gaps.len() / 2],
+        mean,
+    ))
+}
+
 /// Runs the benchmark (blocking; minutes for real model shapes).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
     let max_batch = opts.batches.iter().copied().max().unwrap_or(1);
@@ -150,37 +225,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
 
     let mut decode = Vec::new();
     for &batch in &opts.batches {
-        let gens = (0..batch)
-            .map(|i| worker.submit(request(prompt(16, vocab, 100 + i), opts.decode_tokens)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EngineError::Device(e.to_string()))?;
-        let start = Instant::now();
-        let mut finishes = Vec::new();
-        let mut first = None::<Instant>;
-        for g in gens {
-            let mut events = g.events;
-            let mut all = Vec::new();
-            while let Some(e) = events.blocking_recv() {
-                if first.is_none() && matches!(e, Event::Token { .. }) {
-                    first = Some(Instant::now());
-                }
-                all.push(e);
+        let (tokens_per_s, inter_token, _) = decode_run(&worker, opts, batch, None)?;
+        let masked = match &opts.constraint {
+            None => None,
+            Some(c) => {
+                let (tokens_per_s, inter_token, mean_tokens) =
+                    decode_run(&worker, opts, batch, Some(c))?;
+                Some(Masked {
+                    tokens_per_s,
+                    inter_token,
+                    mean_tokens,
+                })
             }
-            finishes.push(finish_of(all)?);
-        }
-        let end = Instant::now();
-        // Tokens after each sequence's first, over the time from the first token to the end.
-        let tokens: usize = finishes.iter().map(|f| f.completion_tokens - 1).sum();
-        let span = end - first.unwrap_or(start);
-        let mut gaps: Vec<Duration> = finishes
-            .iter()
-            .map(|f| f.decode_time / (f.completion_tokens as u32 - 1).max(1))
-            .collect();
-        gaps.sort();
+        };
         decode.push(DecodeResult {
             batch,
-            tokens_per_s: tokens as f64 / span.as_secs_f64(),
-            inter_token: gaps[gaps.len() / 2],
+            tokens_per_s,
+            inter_token,
+            masked,
         });
     }
     let weight_bytes = worker.info.weight_bytes;

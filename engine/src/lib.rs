@@ -23,7 +23,7 @@ pub mod scheduler;
 pub mod worker;
 
 pub use backend::Device;
-pub use chat::ChatMessage;
+pub use chat::{ChatMessage, FunctionCall, ToolCall, ToolFormat};
 pub use checkpoint::{Checkpoint, DType, LoadProgress, Tensor};
 pub use config::{Architecture, Llama3Scaling, ModelConfig};
 pub use constraint::Constraint;

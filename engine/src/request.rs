@@ -45,6 +45,8 @@ pub struct Request {
     pub weight: u32,
     /// A grammar the output must match.
     pub constraint: Option<crate::Constraint>,
+    /// Tools on offer (OpenAI's tool objects), rendered by the chat template.
+    pub tools: Vec<serde_json::Value>,
 }
 
 impl Request {
@@ -59,6 +61,7 @@ impl Request {
             tenant: String::new(),
             weight: 1,
             constraint: None,
+            tools: Vec::new(),
         }
     }
 }

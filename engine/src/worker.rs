@@ -299,7 +299,10 @@ impl ModelInfo {
                     .into());
                 }
                 // The template writes the special tokens itself.
-                encode(&template.render(messages)?, false)?
+                encode(
+                    &template.render_with_tools(messages, &request.tools)?,
+                    false,
+                )?
             }
         })
     }

@@ -51,10 +51,7 @@ json.dump({"template": source, "renders": out}, sys.stdout)
 "#;
 
 fn message(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage::new(role, content)
 }
 
 /// Conversations that differ where templates branch: a system prompt or none, several turns,

@@ -41,10 +41,7 @@ fn worker(path: &Path) -> Worker {
 }
 
 fn chat(text: &str) -> Prompt {
-    Prompt::Chat(vec![ChatMessage {
-        role: "user".into(),
-        content: text.into(),
-    }])
+    Prompt::Chat(vec![ChatMessage::new("user", text)])
 }
 
 #[tokio::test]

@@ -97,10 +97,7 @@ async fn greedy_tokens_are_llama_cpps() {
     assert_eq!(pins.greedy.len(), 3);
     for g in pins.greedy {
         let prompt = template
-            .render(&[ChatMessage {
-                role: "user".into(),
-                content: g.question.clone(),
-            }])
+            .render(&[ChatMessage::new("user", g.question.clone())])
             .unwrap();
         let ids = tok.encode(prompt.as_str(), false).unwrap();
         assert_eq!(ids.get_ids(), g.prompt_ids, "{}", g.question);

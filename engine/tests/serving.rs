@@ -302,14 +302,8 @@ async fn chat_requests_render_the_template_and_count_its_tokens() {
     let dir = fixture();
     let w = Worker::start(spec(dir.path())).unwrap();
     let messages = vec![
-        ChatMessage {
-            role: "system".into(),
-            content: "Be brief.".into(),
-        },
-        ChatMessage {
-            role: "user".into(),
-            content: " What is 2 + 2? ".into(),
-        },
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", " What is 2 + 2? "),
     ];
     let rendered = w
         .info

@@ -135,10 +135,7 @@ fn a_possible_stop_string_is_held_back_until_it_cannot_be_one() {
 }
 
 fn m(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage::new(role, content)
 }
 
 #[test]

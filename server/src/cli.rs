@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// KV cache memory on the CPU, in MiB.
     #[arg(long, default_value_t = 2048)]
     kv_mib: usize,
+    /// A JSON schema file: each decode run is repeated with every sequence constrained to it
+    /// (structured outputs), side by side with the plain run.
+    #[arg(long)]
+    json_schema: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,6 +364,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         prompt_tokens: args.prompt,
         decode_tokens: args.tokens.max(2),
         kv_bytes: args.kv_mib << 20,
+        constraint: match &args.json_schema {
+            None => None,
+            Some(path) => Some(engine::Constraint::JsonSchema {
+                schema: serde_json::from_str(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                )
+                .with_context(|| format!("{} is not JSON", path.display()))?,
+                strict: false,
+            }),
+        },
     };
     println!("Benchmarking {} ...", opts.dir.display());
     let report = tokio::task::spawn_blocking(move || engine::bench::run(&opts)).await??;

@@ -9,6 +9,7 @@ mod idempotency;
 mod limits;
 mod params;
 mod respond;
+mod tools;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

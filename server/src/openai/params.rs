@@ -3,10 +3,11 @@
 //! any work or hold: wrong types (with the JSON path), values out of range, features this
 //! server does not offer (several choices, tools, echo).
 
-use engine::{ChatMessage, Constraint, Prompt, Request, SamplingParams};
+use engine::{ChatMessage, Constraint, FunctionCall, Prompt, Request, SamplingParams, ToolCall};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::tools::{Choice, ToolRequest};
 
 /// Which endpoint a body came to; decides the response's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Parsed {
     pub request: Request,
     /// The field the request's constraint came from (`response_format`, `guided_json`, …).
     pub constraint_param: Option<&'static str>,
+    /// Tools on offer (chat only).
+    pub tools: Option<ToolRequest>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +63,23 @@ struct Part {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant turn's calls.
+    tool_calls: Option<Vec<MessageCall>>,
+    /// A `tool` turn: the call it answers.
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageCall {
+    id: String,
+    function: MessageFunction,
+}
+
+#[derive(Deserialize)]
+struct MessageFunction {
+    name: String,
+    /// A JSON text, as OpenAI sends it.
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -256,13 +276,11 @@ fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
             "parallel_tool_calls is only allowed when tools are specified.",
         ));
     }
-    for (param, value) in [("tools", &b.tools), ("functions", &b.functions)] {
-        if value.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(invalid(
-                param,
-                format!("{param} are not supported by this server."),
-            ));
-        }
+    if b.functions.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(invalid(
+            "functions",
+            "functions (deprecated by OpenAI) are not supported; send tools.",
+        ));
     }
     Ok(())
 }
@@ -453,6 +471,25 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
     let prompt = prompt_of(endpoint, b.prompt.take(), b.messages.take())?;
     let logprobs = logprobs_of(endpoint, &b)?;
     let constraint = constraint_of(&mut b)?;
+    let tools = match b.tools.take().filter(|t| !t.is_null()) {
+        None => None,
+        Some(_) if endpoint == Endpoint::Completions => {
+            return Err(invalid("tools", "tools belong to /v1/chat/completions."));
+        }
+        Some(t) => Some(ToolRequest::parse(
+            t,
+            b.tool_choice.take(),
+            b.parallel_tool_calls,
+        )?),
+    };
+    if let (Some(t), Some((_, param))) = (&tools, &constraint)
+        && matches!(t.choice, Choice::Required | Choice::Named(_))
+    {
+        return Err(invalid(
+            param,
+            format!("{param} cannot be combined with a tool_choice that forces a call."),
+        ));
+    }
     let max_tokens = match (b.max_completion_tokens, b.max_tokens) {
         (Some(m), _) | (None, Some(m)) => {
             if m == 0 {
@@ -513,6 +550,7 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
         logprobs,
         request,
         constraint_param,
+        tools,
     })
 }
 
@@ -529,16 +567,26 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                 "developer" | "system" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
                     return Err(invalid(
                         "messages",
                         format!(
-                            "messages[{i}].role '{other}' is not supported; use system, developer, user or assistant."
+                            "messages[{i}].role '{other}' is not supported; use system, developer, user, assistant or tool."
                         ),
                     ));
                 }
             };
+            let tool_calls = calls_of(i, m.tool_calls.unwrap_or_default())?;
+            if role == "tool" && m.tool_call_id.is_none() {
+                return Err(invalid(
+                    "messages",
+                    format!("messages[{i}] is a tool result without tool_call_id."),
+                ));
+            }
             let content = match m.content {
+                // An assistant turn that only calls tools has no content.
+                None if !tool_calls.is_empty() => String::new(),
                 Some(Content::Text(t)) => t,
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
@@ -567,6 +615,34 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
             Ok(ChatMessage {
                 role: role.to_string(),
                 content,
+                tool_calls,
+                tool_call_id: m.tool_call_id,
+            })
+        })
+        .collect()
+}
+
+/// An assistant turn's calls, their arguments parsed (chat templates take them as objects).
+fn calls_of(i: usize, calls: Vec<MessageCall>) -> Result<Vec<ToolCall>, ApiError> {
+    calls
+        .into_iter()
+        .map(|c| {
+            let arguments = serde_json::from_str(&c.function.arguments).map_err(|e| {
+                invalid(
+                    "messages",
+                    format!(
+                        "messages[{i}].tool_calls: the arguments of '{}' are not JSON ({e}).",
+                        c.function.name
+                    ),
+                )
+            })?;
+            Ok(ToolCall {
+                id: c.id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: c.function.name,
+                    arguments,
+                },
             })
         })
         .collect()
@@ -629,7 +705,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_parameter() {
-        let cases: [(&str, &str); 16] = [
+        let cases: [(&str, &str); 17] = [
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
                 "tool_choice",
@@ -665,7 +741,7 @@ mod tests {
                 "n",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
                 "messages",
             ),
             (
@@ -679,6 +755,10 @@ mod tests {
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{}]}"#,
                 "tools",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                "messages",
             ),
             (r#"{"model":"m","prompt":"x"}"#, "prompt"),
             (

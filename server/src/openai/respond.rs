@@ -14,12 +14,13 @@ use axum::{
 };
 use engine::ModelInfo;
 use engine::sampling::TokenLogprob;
-use engine::{Event, FinishReason};
+use engine::{Event, FinishReason, ToolFormat};
 use jobs::{Charged, JobError, JobKind, Jobs, Principal, Receipt, RunningJob};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::params::{Endpoint, Logprobs, Parsed};
+use super::tools::{Call, ToolRequest, ToolStream, tool_calls_value};
 
 /// What every chunk of one response repeats.
 struct Shape {
@@ -31,6 +32,8 @@ struct Shape {
     include_usage: bool,
     /// The model's tokenizer, for logprobs' token texts and bytes.
     info: Option<Arc<ModelInfo>>,
+    /// Tools on offer whose calls answers are searched for, in the model family's syntax.
+    tools: Option<(ToolRequest, ToolFormat)>,
 }
 
 impl Shape {
@@ -116,6 +119,40 @@ impl Shape {
                 })
             }
         }
+    }
+
+    /// A whole chat answer's choice: its calls, if it made any, as `message.tool_calls` with
+    /// `finish_reason: "tool_calls"`.
+    fn whole_choice(&self, text: &str, logprobs: Value, finish: &str) -> Value {
+        let Some((tools, format)) = &self.tools else {
+            return self.choice(text, logprobs, Some(finish), false);
+        };
+        let (content, calls) = tools.calls_in(*format, text);
+        if calls.is_empty() {
+            return self.choice(text, logprobs, Some(finish), false);
+        }
+        json!({
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": content,
+                "refusal": null,
+                "tool_calls": tool_calls_value(&self.id, &calls, false),
+            },
+            "logprobs": logprobs,
+            "finish_reason": if finish == "stop" { "tool_calls" } else { finish },
+        })
+    }
+
+    /// A stream chunk carrying an answer's calls.
+    fn calls_chunk(&self, calls: &[Call]) -> Value {
+        let choice = json!({
+            "index": 0,
+            "delta": {"tool_calls": tool_calls_value(&self.id, calls, true)},
+            "logprobs": null,
+            "finish_reason": null,
+        });
+        self.envelope(vec![choice], Value::Null, true)
     }
 
     fn choice(&self, text: &str, logprobs: Value, finish: Option<&str>, chunk: bool) -> Value {
@@ -234,8 +271,23 @@ pub async fn admit(
     who: &Principal,
     kind: JobKind,
     endpoint: Endpoint,
-    parsed: Parsed,
+    mut parsed: Parsed,
 ) -> Result<Admitted, ApiError> {
+    let info = jobs.model_info(&parsed.model);
+    let tools = parsed.tools.take().map(|t| {
+        let format = info
+            .as_ref()
+            .and_then(|i| i.chat_template.as_ref())
+            .map_or(ToolFormat::Hermes, |c| c.tool_format());
+        parsed.request.tools = t.specs.clone();
+        if let Some(forced) = t.forced(format, |s| {
+            info.as_ref().and_then(|i| i.tokenizer.token_to_id(s))
+        }) {
+            parsed.request.constraint = Some(forced);
+            parsed.constraint_param = Some("tool_choice");
+        }
+        (t, format)
+    });
     let job = jobs
         .start(who, kind, &parsed.model, parsed.request)
         .await
@@ -251,7 +303,6 @@ pub async fn admit(
             }
             e
         })?;
-    let info = jobs.model_info(&parsed.model);
     let shape = Shape {
         endpoint,
         id: match endpoint {
@@ -263,6 +314,7 @@ pub async fn admit(
         logprobs: parsed.logprobs,
         include_usage: parsed.include_usage,
         info,
+        tools: tools.filter(|(t, _)| t.calls_expected()),
     };
     Ok(Admitted {
         job,
@@ -338,12 +390,7 @@ fn whole_body(
             lps.extend(logprob.iter().cloned());
         }
     }
-    let choice = shape.choice(
-        &text,
-        shape.logprobs_value(&lps, 0),
-        Some(finish_name(reason)),
-        false,
-    );
+    let choice = shape.whole_choice(&text, shape.logprobs_value(&lps, 0), finish_name(reason));
     shape.envelope(vec![choice], usage(prompt_tokens, completion_tokens), false)
 }
 
@@ -365,9 +412,15 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
             yield data(&strip_usage(shape.envelope(vec![first], Value::Null, true), &shape));
         }
         let mut offset = 0usize;
+        // With tools on offer, text that may be a call waits for the end.
+        let mut calls_stream = shape.tools.as_ref().map(|(_, format)| ToolStream::new(*format));
         while let Some(event) = job.next().await {
             match event {
                 Event::Token { text, logprob, .. } => {
+                    let text = match &mut calls_stream {
+                        Some(s) => s.push(&text),
+                        None => text,
+                    };
                     if text.is_empty() && logprob.is_none() {
                         continue;
                     }
@@ -380,7 +433,21 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                 // Cut by a shutdown: no finish chunk, the error event below says why.
                 Event::Finished(f) if f.reason == FinishReason::Cancelled && job.shutting_down() => {}
                 Event::Finished(f) => {
-                    let choice = shape.choice("", Value::Null, Some(finish_name(Some(f.reason))), true);
+                    let mut finish = finish_name(Some(f.reason));
+                    if let (Some(s), Some((tools, _))) = (calls_stream.take(), &shape.tools) {
+                        let (rest, calls) = s.finish(tools);
+                        if !rest.is_empty() {
+                            let choice = shape.choice(&rest, Value::Null, None, true);
+                            yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
+                        }
+                        if !calls.is_empty() {
+                            yield data(&strip_usage(shape.calls_chunk(&calls), &shape));
+                            if finish == "stop" {
+                                finish = "tool_calls";
+                            }
+                        }
+                    }
+                    let choice = shape.choice("", Value::Null, Some(finish), true);
                     yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
                 }
                 Event::Failed(_) => {}
@@ -466,6 +533,7 @@ mod tests {
             logprobs: Logprobs::Legacy { top: 3 },
             include_usage: false,
             info: Some(info),
+            tools: None,
         };
         let ids = [pair[0], 7, pair[1]];
         let top = shape.legacy_top(&[(ids[0], -0.5), (ids[1], -1.0), (ids[2], -2.0)]);

@@ -72,6 +72,20 @@ pub async fn api() -> Api {
     api_with(|_| {}).await
 }
 
+/// The API on the fixture model with a 2 048-token context, for prompts that carry tool
+/// definitions (the tiny fixture's own is 512); the directory lives as long as the tuple.
+pub async fn api_long_context() -> (Api, tempfile::TempDir) {
+    let model = tempfile::tempdir().unwrap();
+    engine::fixture::write_fixture(model.path(), &engine::fixture::FixtureSpec::default()).unwrap();
+    let config = model.path().join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["max_position_embeddings"] = json!(2048);
+    std::fs::write(&config, c.to_string()).unwrap();
+    let dir = model.path().to_path_buf();
+    let api = api_with(move |c| c.engine.models = vec![(MODEL.into(), dir)]).await;
+    (api, model)
+}
+
 impl Api {
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http

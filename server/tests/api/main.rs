@@ -22,5 +22,6 @@ mod payments;
 mod playground;
 mod security;
 mod smtp;
+mod tools;
 mod usage;
 mod v1;

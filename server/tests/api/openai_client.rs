@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::completions::api;
+use crate::completions::api_long_context;
 
 fn openai_importable() -> bool {
     Command::new("python3")
@@ -24,7 +24,7 @@ async fn the_official_python_client_works_unmodified() {
         eprintln!("skipped: the openai Python package is not installed");
         return;
     }
-    let api = api().await;
+    let (api, _model) = api_long_context().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
     let (base, key) = (api.app.base.clone(), api.key.clone());
     let out = tokio::task::spawn_blocking(move || {

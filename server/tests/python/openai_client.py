@@ -130,6 +130,43 @@ try:
 except openai.BadRequestError as e:
     check(e.status_code == 400 and "response_format" in str(e.body), f"bad schema {e.body}")
 
+# Tools: a forced call whose arguments validate, whole and streamed, then the tool's turn.
+weather = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
+ask = [{"role": "user", "content": "Weather in Nairobi?"}]
+named = {"type": "function", "function": {"name": "get_weather"}}
+r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice=named, max_tokens=200, seed=2)
+check(r.choices[0].finish_reason == "tool_calls", f"tool finish {r.choices[0].finish_reason}")
+call = r.choices[0].message.tool_calls[0]
+check(call.function.name == "get_weather", f"tool name {call.function.name}")
+jsonschema.validate(json.loads(call.function.arguments), weather)
+deltas = [
+    d
+    for c in client.chat.completions.create(
+        model=model, messages=ask, tools=tools, tool_choice=named, max_tokens=200, seed=2, stream=True
+    )
+    if c.choices and c.choices[0].delta.tool_calls
+    for d in c.choices[0].delta.tool_calls
+]
+check(len(deltas) == 1 and deltas[0].function.arguments == call.function.arguments, f"streamed call {deltas}")
+after = client.chat.completions.create(
+    model=model,
+    messages=ask
+    + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 24})},
+    ],
+    tools=tools,
+    max_tokens=4,
+    extra_body={"ignore_eos": True},
+)
+check(after.usage.completion_tokens == 4, f"tool turn {after.usage}")
+
 # Batches: upload a JSONL file, run it, read the results, as the client's Batch API does.
 import io
 import time
