@@ -152,7 +152,7 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(e);
         }
-        Ok(SeqConstraint { matcher })
+        Ok(SeqConstraint::new(matcher))
     }
 }
 
@@ -223,10 +223,17 @@ impl TokenizerEnv for Env {
     }
 }
 
-/// One sequence's matcher.
-#[derive(Clone)]
+/// What a mask computed ahead hands back: the matcher and its mask.
+/// (A mutex only so that a prepared request stays `Sync`; one thread takes it.)
+type Ahead = std::sync::Mutex<std::sync::mpsc::Receiver<(Matcher, Result<SimpleVob, String>)>>;
+
+/// One sequence's matcher. Its next mask is computed as soon as its last token is known, on
+/// rayon's global pool, so that it is ready when the step that needs it has run: the step's
+/// critical path only waits for it if the grammar is slower than the forward pass.
 pub struct SeqConstraint {
-    matcher: Matcher,
+    /// Here between a mask and the token it constrains; away while the next mask is computed.
+    matcher: Option<Matcher>,
+    ahead: Option<Ahead>,
 }
 
 impl std::fmt::Debug for SeqConstraint {
@@ -236,19 +243,56 @@ impl std::fmt::Debug for SeqConstraint {
 }
 
 impl SeqConstraint {
+    fn new(matcher: Matcher) -> SeqConstraint {
+        let mut c = SeqConstraint {
+            matcher: Some(matcher),
+            ahead: None,
+        };
+        c.compute_ahead();
+        c
+    }
+
+    fn compute_ahead(&mut self) {
+        let Some(mut matcher) = self.matcher.take() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rayon::spawn(move || {
+            let mask = matcher.compute_mask().map_err(|e| e.to_string());
+            let _ = tx.send((matcher, mask));
+        });
+        self.ahead = Some(std::sync::Mutex::new(rx));
+    }
+
     /// Sets every logit the grammar does not allow next to −∞.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
-        let mask: SimpleVob = self.matcher.compute_mask().map_err(|e| e.to_string())?;
-        apply(&mask, logits);
+        let (matcher, mask) = match self.ahead.take() {
+            Some(rx) => rx
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv()
+                .map_err(|_| "the grammar's mask was not computed".to_string())?,
+            None => {
+                let mut m = self.matcher.take().ok_or("the grammar is gone")?;
+                let mask = m.compute_mask().map_err(|e| e.to_string());
+                (m, mask)
+            }
+        };
+        self.matcher = Some(matcher);
+        apply(&mask?, logits);
         Ok(())
     }
 
     /// Takes the sampled token; `true` once the output is complete (nothing may follow).
+    /// Otherwise the next mask starts at once.
     pub fn advance(&mut self, token: u32) -> Result<bool, String> {
-        self.matcher
-            .consume_token(token)
-            .map_err(|e| e.to_string())?;
-        Ok(self.matcher.is_stopped())
+        let m = self.matcher.as_mut().ok_or("the grammar is gone")?;
+        m.consume_token(token).map_err(|e| e.to_string())?;
+        if m.is_stopped() {
+            return Ok(true);
+        }
+        self.compute_ahead();
+        Ok(false)
     }
 }
 
@@ -262,8 +306,9 @@ fn apply(mask: &SimpleVob, logits: &mut [f32]) {
     }
 }
 
-// Matchers move with their sequence into the worker thread.
+// Matchers move with their sequence into the worker thread, and prepared requests are
+// shared across awaits.
 const _: fn() = || {
-    fn send<T: Send>() {}
-    send::<SeqConstraint>();
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SeqConstraint>();
 };
