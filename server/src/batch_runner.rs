@@ -220,6 +220,15 @@ async fn try_line(
             batches.finish_with(line, &refused(line, &e)).await?;
             return Ok(Outcome::Ended);
         }
+        // Each line is one job with one hold: several prompts go on several lines.
+        Ok(p) if !p.more_prompts.is_empty() => {
+            let e = ApiError::invalid(
+                "prompt",
+                "A batch line takes one prompt; put each prompt on its own line.",
+            );
+            batches.finish_with(line, &refused(line, &e)).await?;
+            return Ok(Outcome::Ended);
+        }
         Ok(p) => p,
         Err(e) => {
             batches.finish_with(line, &refused(line, &e)).await?;

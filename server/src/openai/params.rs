@@ -25,7 +25,7 @@ pub enum Logprobs {
     Legacy { top: usize },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Parsed {
     pub model: String,
     pub stream: bool,
@@ -36,7 +36,13 @@ pub struct Parsed {
     pub constraint_param: Option<&'static str>,
     /// Tools on offer (chat only).
     pub tools: Option<ToolRequest>,
+    /// Completions' further prompts, after the request's own: each is its own job and hold,
+    /// and its own choice of one answer.
+    pub more_prompts: Vec<Prompt>,
 }
+
+/// The most prompts one completions request may carry.
+pub const MAX_PROMPTS: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -353,7 +359,7 @@ fn prompt_of(
     endpoint: Endpoint,
     prompt: Option<PromptField>,
     messages: Option<Vec<Message>>,
-) -> Result<Prompt, ApiError> {
+) -> Result<Vec<Prompt>, ApiError> {
     Ok(match endpoint {
         Endpoint::Chat => {
             if prompt.is_some() {
@@ -364,7 +370,7 @@ fn prompt_of(
             }
             let messages = messages
                 .ok_or_else(|| invalid("messages", "Missing required parameter: 'messages'."))?;
-            Prompt::Chat(chat_messages(messages)?)
+            vec![Prompt::Chat(chat_messages(messages)?)]
         }
         Endpoint::Completions => {
             if messages.is_some() {
@@ -373,20 +379,21 @@ fn prompt_of(
                     "messages belong to /v1/chat/completions; completions take a prompt.",
                 ));
             }
-            match prompt
+            let prompts: Vec<Prompt> = match prompt
                 .ok_or_else(|| invalid("prompt", "Missing required parameter: 'prompt'."))?
             {
-                PromptField::Text(t) => Prompt::Text(t),
-                PromptField::Tokens(ids) => Prompt::Tokens(ids),
-                PromptField::Texts(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
-                PromptField::TokenLists(mut v) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
-                _ => {
-                    return Err(invalid(
-                        "prompt",
-                        "Send one prompt per request (a string or a list of token ids).",
-                    ));
-                }
+                PromptField::Text(t) => vec![Prompt::Text(t)],
+                PromptField::Tokens(ids) => vec![Prompt::Tokens(ids)],
+                PromptField::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
+                PromptField::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
+            };
+            if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+                return Err(invalid(
+                    "prompt",
+                    format!("Send 1 to {MAX_PROMPTS} prompts (strings or lists of token ids)."),
+                ));
             }
+            prompts
         }
     })
 }
@@ -468,7 +475,8 @@ fn logit_bias_of(
 
 fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
     refuse_unsupported(&b)?;
-    let prompt = prompt_of(endpoint, b.prompt.take(), b.messages.take())?;
+    let mut prompts = prompt_of(endpoint, b.prompt.take(), b.messages.take())?;
+    let prompt = prompts.remove(0);
     let logprobs = logprobs_of(endpoint, &b)?;
     let constraint = constraint_of(&mut b)?;
     let tools = match b.tools.take().filter(|t| !t.is_null()) {
@@ -534,6 +542,12 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
     let constraint_param = constraint.as_ref().map(|(_, p)| *p);
     request.constraint = constraint.map(|(c, _)| c);
     let stream = b.stream.unwrap_or(false);
+    if stream && !prompts.is_empty() {
+        return Err(invalid(
+            "stream",
+            "Several prompts are answered whole; send stream: false, or one prompt per streamed request.",
+        ));
+    }
     if b.stream_options.is_some() && !stream {
         return Err(invalid(
             "stream_options",
@@ -551,6 +565,7 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
         request,
         constraint_param,
         tools,
+        more_prompts: prompts,
     })
 }
 
@@ -771,12 +786,20 @@ mod tests {
             assert_eq!(e.param.unwrap_or("body"), param, "{body}: {}", e.message);
             assert_eq!(e.status, http::StatusCode::BAD_REQUEST);
         }
-        let e = parse(
+        let p = parse(
             Endpoint::Completions,
             br#"{"model":"m","prompt":["a","b"]}"#,
         )
-        .unwrap_err();
+        .unwrap();
+        assert_eq!(p.more_prompts, vec![Prompt::Text("b".into())]);
+        let e = parse(Endpoint::Completions, br#"{"model":"m","prompt":[]}"#).unwrap_err();
         assert_eq!(e.param, Some("prompt"));
+        let e = parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":[[1],[2]],"stream":true}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param, Some("stream"));
         let e = parse(
             Endpoint::Completions,
             br#"{"model":"m","prompt":"a","logprobs":9}"#,

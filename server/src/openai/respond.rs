@@ -265,7 +265,26 @@ impl Admitted {
     }
 }
 
-/// Admits the job (validation, price, allocation, hold, queue).
+/// A refused admission as the client is told it, naming the field at fault.
+fn admission_error(
+    e: JobError,
+    endpoint: Endpoint,
+    constraint_param: Option<&'static str>,
+) -> ApiError {
+    let context = matches!(e, JobError::ContextLength { .. });
+    let mut e = ApiError::from(e);
+    if context && endpoint == Endpoint::Completions {
+        e.param = Some("prompt");
+    }
+    // A grammar the compiler refused: name the field it came in.
+    if e.param == Some("response_format") {
+        e.param = constraint_param.or(e.param);
+    }
+    e
+}
+
+/// Admits the job of the request's prompt (validation, price, allocation, hold, queue); a
+/// completions request with several prompts goes through [`generate`].
 pub async fn admit(
     jobs: &Jobs,
     who: &Principal,
@@ -291,18 +310,7 @@ pub async fn admit(
     let job = jobs
         .start(who, kind, &parsed.model, parsed.request)
         .await
-        .map_err(|e| {
-            let context = matches!(e, JobError::ContextLength { .. });
-            let mut e = ApiError::from(e);
-            if context && endpoint == Endpoint::Completions {
-                e.param = Some("prompt");
-            }
-            // A grammar the compiler refused: name the field it came in.
-            if e.param == Some("response_format") {
-                e.param = parsed.constraint_param.or(e.param);
-            }
-            e
-        })?;
+        .map_err(|e| admission_error(e, endpoint, parsed.constraint_param))?;
     let shape = Shape {
         endpoint,
         id: match endpoint {
@@ -331,6 +339,9 @@ pub async fn generate(
     endpoint: Endpoint,
     parsed: Parsed,
 ) -> Result<Response, ApiError> {
+    if !parsed.more_prompts.is_empty() {
+        return generate_many(jobs, who, kind, endpoint, parsed).await;
+    }
     let a = admit(jobs, who, kind, endpoint, parsed).await?;
     if a.stream {
         Ok(stream(a.job, a.shape))
@@ -339,20 +350,66 @@ pub async fn generate(
     }
 }
 
-async fn complete(mut job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
+/// Completions with several prompts: every prompt is checked (tokenized, against the
+/// context) before any is held for; then each is its own job and hold, run at once, and
+/// answered as choice `index` of one whole answer whose usage is their sum.
+async fn generate_many(
+    jobs: &Jobs,
+    who: &Principal,
+    kind: JobKind,
+    endpoint: Endpoint,
+    mut parsed: Parsed,
+) -> Result<Response, ApiError> {
+    let more = std::mem::take(&mut parsed.more_prompts);
+    let mut each = vec![parsed.clone()];
+    for prompt in more {
+        let mut one = parsed.clone();
+        one.request.prompt = prompt;
+        each.push(one);
+    }
+    if let Some(info) = jobs.model_info(&parsed.model) {
+        for one in &each {
+            info.prepare(one.request.clone())
+                .map_err(|e| admission_error(JobError::from(e), endpoint, one.constraint_param))?;
+        }
+    }
+    let mut admitted = Vec::with_capacity(each.len());
+    for one in each {
+        admitted.push(admit(jobs, who, kind, endpoint, one).await?);
+    }
+    let ran = futures_util::future::join_all(
+        admitted
+            .into_iter()
+            .map(|a| async move { (run_whole(a.job).await, a.shape) }),
+    )
+    .await;
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut choices = Vec::with_capacity(ran.len());
+    let mut first = None;
+    for (i, (result, shape)) in ran.into_iter().enumerate() {
+        let (events, p, c, reason) = result?;
+        prompt_tokens += p;
+        completion_tokens += c;
+        let mut choice = whole_choice_of(&shape, &events, reason);
+        choice["index"] = json!(i);
+        choices.push(choice);
+        first.get_or_insert(shape);
+    }
+    let shape = first.ok_or_else(|| failed("no prompt was run"))?;
+    let body = shape.envelope(choices, usage(prompt_tokens, completion_tokens), false);
+    Ok(Json(body).into_response())
+}
+
+/// Runs a job to its end: its events, prompt and completion tokens, and how it ended.
+async fn run_whole(
+    mut job: RunningJob,
+) -> Result<(Vec<Event>, usize, usize, Option<FinishReason>), ApiError> {
     let events = job.run_buffered().await;
     // The usual end: the charge is the engine's counts (the answer goes out while the
     // settlement commits).
     if let Some(f) = job.completed().cloned() {
         job.settle_without_waiting();
-        let body = whole_body(
-            &shape,
-            &events,
-            f.prompt_tokens,
-            f.completion_tokens,
-            Some(f.reason),
-        );
-        return Ok(Json(body).into_response());
+        return Ok((events, f.prompt_tokens, f.completion_tokens, Some(f.reason)));
     }
     let receipt = job.settle().await?;
     if receipt.shut_down {
@@ -361,14 +418,17 @@ async fn complete(mut job: RunningJob, shape: Shape) -> Result<Response, ApiErro
     if let Charged::Failed(m) = &receipt.charged {
         return Err(failed(m));
     }
-    let body = whole_body(
-        &shape,
-        &events,
+    Ok((
+        events,
         receipt.prompt_tokens,
         receipt.completion_tokens,
         receipt.finish_reason,
-    );
-    Ok(Json(body).into_response())
+    ))
+}
+
+async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
+    let (events, p, c, reason) = run_whole(job).await?;
+    Ok(Json(whole_body(&shape, &events, p, c, reason)).into_response())
 }
 
 /// The non-streaming response for these events.
@@ -379,6 +439,12 @@ fn whole_body(
     completion_tokens: usize,
     reason: Option<FinishReason>,
 ) -> Value {
+    let choice = whole_choice_of(shape, events, reason);
+    shape.envelope(vec![choice], usage(prompt_tokens, completion_tokens), false)
+}
+
+/// The choice of a whole answer made of these events.
+fn whole_choice_of(shape: &Shape, events: &[Event], reason: Option<FinishReason>) -> Value {
     let mut text = String::new();
     let mut lps = Vec::new();
     for e in events {
@@ -390,8 +456,7 @@ fn whole_body(
             lps.extend(logprob.iter().cloned());
         }
     }
-    let choice = shape.whole_choice(&text, shape.logprobs_value(&lps, 0), finish_name(reason));
-    shape.envelope(vec![choice], usage(prompt_tokens, completion_tokens), false)
+    shape.whole_choice(&text, shape.logprobs_value(&lps, 0), finish_name(reason))
 }
 
 fn data(v: &Value) -> Result<SseEvent, Infallible> {

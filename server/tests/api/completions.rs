@@ -484,6 +484,63 @@ async fn byte_tokens_have_their_own_bytes_and_streams_keep_the_offsets() {
 }
 
 #[tokio::test]
+async fn several_prompts_are_each_their_own_choice_job_and_charge() {
+    let api = api().await;
+    let one = |prompt: Value| json!({"model": MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0, "ignore_eos": true});
+    let a = api.ok("/v1/completions", &one(json!("The mill"))).await;
+    let b = api.ok("/v1/completions", &one(json!([5, 6, 7]))).await;
+    let before = api.available().await;
+    let both = api
+        .ok(
+            "/v1/completions",
+            &one(json!(["The mill", "The mill", "A river"])),
+        )
+        .await;
+    let choices = both["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
+    assert_eq!(choices[0]["text"], a["choices"][0]["text"]);
+    assert_eq!(choices[1]["text"], a["choices"][0]["text"]);
+    let tokens = api
+        .ok("/v1/completions", &one(json!([[5, 6, 7], [5, 6, 7]])))
+        .await;
+    assert_eq!(tokens["choices"][1]["text"], b["choices"][0]["text"]);
+
+    // Each prompt is its own job and charge; the usage is their sum.
+    let p = both["usage"]["prompt_tokens"].as_i64().unwrap();
+    let c = both["usage"]["completion_tokens"].as_i64().unwrap();
+    assert_eq!(c, 18);
+    assert_eq!(
+        p,
+        2 * a["usage"]["prompt_tokens"].as_i64().unwrap()
+            + api.ok("/v1/completions", &one(json!("A river"))).await["usage"]["prompt_tokens"]
+                .as_i64()
+                .unwrap()
+    );
+    let jobs = api
+        .scalar("SELECT COUNT(*) FROM usage_events WHERE completion_tokens = 6")
+        .await;
+    assert_eq!(jobs, 2 + 3 + 2 + 1);
+    assert!(before - api.available().await >= cost(p, c));
+    assert_eq!(api.open_holds().await, 0);
+
+    // One prompt too long refuses the whole request before anything is held.
+    let before = api.available().await;
+    let e = api
+        .refused(
+            "/v1/completions",
+            &one(json!(["fine", "word ".repeat(2_000)])),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert_eq!(e["param"], "prompt");
+    assert_eq!(api.available().await, before);
+    assert_eq!(api.open_holds().await, 0);
+}
+
+#[tokio::test]
 async fn refusals_have_the_right_status_and_leave_no_hold() {
     let api = api().await;
     let before = api.available().await;

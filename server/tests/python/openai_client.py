@@ -59,6 +59,10 @@ done = client.completions.create(
 )
 check(done.usage.completion_tokens == 3, f"completions usage {done.usage}")
 check(len(done.choices[0].logprobs.tokens) == 3, "completions logprobs")
+two = client.completions.create(
+    model=model, prompt=["The mill", "A river"], max_tokens=3, temperature=0, extra_body={"ignore_eos": True}
+)
+check([c.index for c in two.choices] == [0, 1] and two.usage.completion_tokens == 6, f"two prompts {two}")
 
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
