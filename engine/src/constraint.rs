@@ -72,21 +72,16 @@ fn json(mut schema: serde_json::Value, strict: bool) -> Result<TopLevelGrammar, 
     Ok(TopLevelGrammar::from_json_schema(schema))
 }
 
-/// Every token id's bytes as the model writes them (a special token: its text); ids the
-/// tokenizer does not have are empty.
-pub fn token_bytes(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>, String> {
-    let mut words = vocabulary(tokenizer)?;
-    for w in &mut words {
-        if w.first() == Some(&TokTrie::SPECIAL_TOKEN_MARKER) {
-            w.remove(0);
-        }
-    }
-    Ok(words)
+/// Whether an entry of [`vocabulary`] is a special token: its name after a 0xFF byte. (A
+/// byte-level vocabulary's token for the byte 0xFF alone is that one byte.)
+pub fn is_special(word: &[u8]) -> bool {
+    word.len() > 1 && word[0] == TokTrie::SPECIAL_TOKEN_MARKER
 }
 
-/// The tokenizer's vocabulary as llguidance reads it: special tokens marked with a leading
-/// 0xFF, so that no grammar can spell them.
-fn vocabulary(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>, String> {
+/// Every token id's bytes as the model writes them, as llguidance reads the vocabulary:
+/// special tokens marked with a leading 0xFF byte ([`is_special`]; so that no grammar can
+/// spell them), ids the tokenizer does not have empty.
+pub fn vocabulary(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>, String> {
     let json = tokenizer
         .to_string(false)
         .map_err(|e| format!("the tokenizer: {e}"))?;

@@ -3,6 +3,10 @@
 //! ends in a replacement character means a delta never carries half a character. Stop strings
 //! are matched across token boundaries, and text that could still become a stop string is held
 //! back until it cannot, so the caller never receives part of one.
+//!
+//! A byte-level tokenizer's text is the lossy UTF-8 of its tokens' bytes; given those bytes,
+//! the text is decoded from them directly, so that invalid bytes become exactly the
+//! replacement characters that decoding all the ids at once gives.
 
 use std::sync::Arc;
 
@@ -19,6 +23,10 @@ pub struct Detokenizer {
     /// All text produced, and how much of it has been handed to the caller.
     text: String,
     sent: usize,
+    /// A byte-level vocabulary's bytes (special tokens marked, and skipped), and the bytes
+    /// of a character not yet complete.
+    bytes: Option<Arc<Vec<Vec<u8>>>>,
+    pending: Vec<u8>,
 }
 
 /// What a step of detokenization yields.
@@ -44,7 +52,16 @@ impl Detokenizer {
             stop,
             text: String::new(),
             sent: 0,
+            bytes: None,
+            pending: Vec::new(),
         }
+    }
+
+    /// Decodes from the tokens' bytes (a byte-level vocabulary, as
+    /// `ModelInfo::byte_level_vocab` gives it) rather than from windows of ids.
+    pub fn with_bytes(mut self, vocab: Option<Arc<Vec<Vec<u8>>>>) -> Detokenizer {
+        self.bytes = vocab;
+        self
     }
 
     fn decode(&self, ids: &[u32]) -> String {
@@ -52,9 +69,52 @@ impl Detokenizer {
     }
 
     pub fn push(&mut self, id: u32) -> Delta {
-        self.ids.push(id);
-        self.advance(false);
+        match &self.bytes {
+            Some(vocab) => {
+                let word = vocab.get(id as usize).map_or(&[][..], Vec::as_slice);
+                if !crate::constraint::is_special(word) {
+                    self.pending.extend_from_slice(word);
+                }
+                self.decode_bytes(false);
+            }
+            None => {
+                self.ids.push(id);
+                self.advance(false);
+            }
+        }
         self.release()
+    }
+
+    /// Moves the complete characters of `pending` into `text`, each invalid sequence as one
+    /// U+FFFD (as `String::from_utf8_lossy` does on the whole); an incomplete character at
+    /// the end waits for more bytes, or, at the `end`, is one U+FFFD.
+    fn decode_bytes(&mut self, end: bool) {
+        loop {
+            let (valid, invalid) = match std::str::from_utf8(&self.pending) {
+                Ok(_) => (self.pending.len(), None),
+                Err(e) => (e.valid_up_to(), Some(e.error_len())),
+            };
+            self.text
+                .push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+            match invalid {
+                None => {
+                    self.pending.clear();
+                    return;
+                }
+                Some(Some(n)) => {
+                    self.text.push('\u{FFFD}');
+                    self.pending.drain(..valid + n);
+                }
+                Some(None) => {
+                    self.pending.drain(..valid);
+                    if end {
+                        self.text.push('\u{FFFD}');
+                        self.pending.clear();
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// Moves newly decoded text into `text`. A trailing replacement character means a
@@ -86,7 +146,11 @@ impl Detokenizer {
     /// Flushes what is held back for a possible stop string or an incomplete character (the
     /// sequence ended otherwise).
     pub fn finish(&mut self) -> String {
-        self.advance(true);
+        if self.bytes.is_some() {
+            self.decode_bytes(true);
+        } else {
+            self.advance(true);
+        }
         let out = self.text[self.sent..].to_string();
         self.sent = self.text.len();
         out

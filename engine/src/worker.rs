@@ -97,8 +97,8 @@ pub struct ModelInfo {
     /// The grammar compiler, built on the first constrained request (it walks the whole
     /// vocabulary once).
     grammars: std::sync::OnceLock<Result<Arc<Grammars>, String>>,
-    /// Every token's own bytes, built on first use.
-    token_bytes: std::sync::OnceLock<Vec<Vec<u8>>>,
+    /// Every token's own bytes (special tokens marked), built at load.
+    vocab_bytes: std::sync::OnceLock<Arc<Vec<Vec<u8>>>>,
 }
 
 /// A checkpoint's tokenizer and chat template.
@@ -138,7 +138,7 @@ impl ModelInfo {
             },
             weight_bytes: 0,
             grammars: std::sync::OnceLock::new(),
-            token_bytes: std::sync::OnceLock::new(),
+            vocab_bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -232,10 +232,8 @@ impl ModelInfo {
     /// A token's own bytes: a byte token's one byte (where its text alone would be U+FFFD),
     /// a special token's text.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let table = self
-            .token_bytes
-            .get_or_init(|| crate::constraint::token_bytes(&self.tokenizer).unwrap_or_default());
-        match table.get(id as usize) {
+        match self.vocab_bytes().get(id as usize) {
+            Some(b) if crate::constraint::is_special(b) => b[1..].to_vec(),
             Some(b) if !b.is_empty() => b.clone(),
             _ => self
                 .tokenizer
@@ -243,6 +241,23 @@ impl ModelInfo {
                 .unwrap_or_default()
                 .into_bytes(),
         }
+    }
+
+    fn vocab_bytes(&self) -> &Arc<Vec<Vec<u8>>> {
+        self.vocab_bytes.get_or_init(|| {
+            Arc::new(crate::constraint::vocabulary(&self.tokenizer).unwrap_or_default())
+        })
+    }
+
+    /// The vocabulary's bytes when the tokenizer decodes byte-level (GPT-2 style: the text is
+    /// the lossy UTF-8 of the tokens' bytes), so that streamed text can be decoded from bytes.
+    pub fn byte_level_vocab(&self) -> Option<Arc<Vec<Vec<u8>>>> {
+        let byte_level = matches!(
+            self.tokenizer.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        );
+        let vocab = self.vocab_bytes();
+        (byte_level && !vocab.is_empty()).then(|| vocab.clone())
     }
 
     fn grammars(&self) -> Result<Arc<Grammars>, String> {
@@ -489,7 +504,7 @@ impl Worker {
                         device: backend.device(),
                         weight_bytes: backend.weight_bytes_per_token(),
                         grammars: std::sync::OnceLock::new(),
-                        token_bytes: std::sync::OnceLock::new(),
+                        vocab_bytes: std::sync::OnceLock::new(),
                     };
                     Ok::<_, EngineError>((backend, Arc::new(info)))
                 })();
@@ -498,6 +513,8 @@ impl Worker {
                         let _ = ready_tx.send(Err(e));
                     }
                     Ok((backend, info)) => {
+                        // Read the vocabulary's bytes now, not on the first request.
+                        let _ = info.byte_level_vocab();
                         spec.progress.set(1000);
                         let _ = ready_tx.send(Ok(info.clone()));
                         run(backend, &info, &spec, rx, &thread_counters);
@@ -772,7 +789,8 @@ fn take_commands(
                 let state = Gen {
                     sampler: SeqSampler::new(r.sampling, &sub.tokens)
                         .with_constraint(sub.constraint),
-                    detok: Detokenizer::new(info.tokenizer.clone(), &sub.tokens, r.stop),
+                    detok: Detokenizer::new(info.tokenizer.clone(), &sub.tokens, r.stop)
+                        .with_bytes(info.byte_level_vocab()),
                     events: sub.events,
                     cancel: sub.cancel,
                     max_len: sub.max_len,

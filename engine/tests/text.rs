@@ -43,6 +43,51 @@ fn multi_byte_characters_split_across_tokens_stream_whole() {
     );
 }
 
+/// Streams `ids` through a detokenizer reading the vocabulary's bytes.
+fn stream_bytes(tok: &Arc<Tokenizer>, ids: &[u32]) -> String {
+    let vocab = Arc::new(engine::constraint::vocabulary(tok).unwrap());
+    let mut d = Detokenizer::new(tok.clone(), &[], vec![]).with_bytes(Some(vocab));
+    let mut out = String::new();
+    for &id in ids {
+        let Delta::Text(t) = d.push(id) else { panic!() };
+        out.push_str(&t);
+    }
+    out + &d.finish()
+}
+
+#[test]
+fn streamed_text_is_the_decoding_of_the_ids_even_for_invalid_bytes() {
+    let tok = tokenizer();
+    assert!(matches!(
+        tok.get_decoder(),
+        Some(tokenizers::DecoderWrapper::ByteLevel(_))
+    ));
+    let vocab = engine::constraint::vocabulary(&tok).unwrap();
+    let byte = |b: u8| vocab.iter().position(|w| w.as_slice() == [b]).unwrap() as u32;
+    // Stray continuation bytes, a lead byte cut short, a valid pair, a dangling lead byte.
+    let ids: Vec<u32> = [0x92, 0xab, 0xdf, 0xdc, 0xab, 0xa8].map(byte).to_vec();
+    let whole = tok.decode(&ids, true).unwrap();
+    assert_eq!(whole.chars().filter(|&c| c == '\u{FFFD}').count(), 4);
+    assert_eq!(stream_bytes(&tok, &ids), whole);
+    // Random ids, special tokens and split characters included.
+    let mut x: u64 = 7;
+    for _ in 0..200 {
+        let ids: Vec<u32> = (0..24)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((x >> 33) % tok.get_vocab_size(true) as u64) as u32
+            })
+            .collect();
+        assert_eq!(
+            stream_bytes(&tok, &ids),
+            tok.decode(&ids, true).unwrap(),
+            "{ids:?}"
+        );
+    }
+}
+
 fn tok_decode_all_but_last(text: &str) -> String {
     let tok = tokenizer();
     let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
