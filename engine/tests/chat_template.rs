@@ -38,13 +38,19 @@ else:
 def raise_exception(message):
     raise TemplateError(message)
 
+# apply_chat_template's own tojson: json.dumps with its defaults, not Jinja2's HTML-safe one.
+def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
 env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
 env.globals["raise_exception"] = raise_exception
+env.filters["tojson"] = tojson
 template = env.from_string(source)
+extra = {"tools": job["tools"]} if "tools" in job else {}
 out = []
 for messages in job["conversations"]:
     try:
-        out.append({"text": template.render(messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True)})
+        out.append({"text": template.render(messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=True, **extra)})
     except TemplateError as e:
         out.append({"error": str(e)})
 json.dump({"template": source, "renders": out}, sys.stdout)
@@ -84,7 +90,10 @@ fn conversations() -> Vec<Vec<ChatMessage>> {
 
 /// Ours against Jinja2's for every conversation; returns the template Python read.
 fn same_as_jinja2(ours: impl Fn(&[ChatMessage]) -> Result<String, String>, job: Value) -> String {
-    let conversations = conversations();
+    let conversations: Vec<Vec<ChatMessage>> = match job.get("conversations") {
+        Some(given) => serde_json::from_value(given.clone()).unwrap(),
+        None => conversations(),
+    };
     let mut job = job;
     job["conversations"] = serde_json::to_value(&conversations).unwrap();
     let out = common::python(JINJA2, &[], job.to_string().as_bytes());
@@ -180,5 +189,110 @@ fn a_template_with_methods_filters_and_loop_controls_renders_as_jinja2_renders_i
     same_as_jinja2(
         render(&ours),
         json!({ "template": RICH, "bos": "<s>", "eos": "</s>" }),
+    );
+}
+
+/// Shaped like Qwen2.5's template with tools: the tool list as `tojson` lines in the system
+/// turn, an assistant's calls as `<tool_call>` blocks with `arguments | tojson`, consecutive
+/// tool results gathered in one user turn, `tojson(indent=4)` as Llama 3.1's uses.
+const WITH_TOOLS: &str = r#"
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nThe first tool, spelled out:\n" }}
+    {{- tools[0] | tojson(indent=4) }}
+    {{- "<|im_end|>\n" }}
+{%- elif messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == "user" or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;
+
+#[test]
+fn a_template_with_tools_renders_as_jinja2_renders_it() {
+    if !common::python_has("jinja2") {
+        return;
+    }
+    let tools = vec![
+        json!({"type": "function", "function": {
+            "name": "get_weather",
+            "description": "Weather at a <city>, in °C & 'degrees'",
+            "parameters": {"type": "object", "properties": {
+                "city": {"type": "string", "description": "Città"},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7}
+            }, "required": ["city"]}
+        }}),
+        json!({"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}),
+    ];
+    let call = |id: &str, name: &str, arguments: Value| json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}});
+    let conversations = json!([
+        [{"role": "user", "content": "Weather in Zürich?"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Zürich and Nairobi, and the time?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                call("c1", "get_weather", json!({"city": "Zürich", "days": 2})),
+                call("c2", "get_weather", json!({"city": "Nairobi", "note": "a \"quoted\" <b>"})),
+                call("c3", "now", json!({}))
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "{\"t\": 3}"},
+            {"role": "tool", "tool_call_id": "c2", "content": "{\"t\": 24}"},
+            {"role": "tool", "tool_call_id": "c3", "content": "12:00"},
+            {"role": "assistant", "content": "3 °C, 24 °C, noon."},
+            {"role": "user", "content": "Thanks"}
+        ]
+    ]);
+    let ours = ChatTemplate::new(WITH_TOOLS, None, Some("<|im_end|>")).unwrap();
+    let tools_given = tools.clone();
+    let render = move |messages: &[ChatMessage]| {
+        ours.render_with_tools(messages, &tools_given)
+            .map_err(|e| e.message)
+    };
+    same_as_jinja2(
+        render,
+        json!({ "template": WITH_TOOLS, "bos": "", "eos": "<|im_end|>", "tools": tools,
+                "conversations": conversations }),
     );
 }
