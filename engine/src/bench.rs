@@ -1,7 +1,8 @@
 //! The engine benchmark behind `tokenmill bench`: time to first token and prefill speed for a
 //! long prompt, decode throughput at several batch sizes through the real worker (scheduler,
 //! sampling and detokenization included), and the memory bandwidth batch-1 decode achieves
-//! against the bandwidth measured on the same device.
+//! against the bandwidth measured on the same device; optionally `n` choices of the long
+//! prompt sharing its KV blocks against `n` separate requests.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,6 +25,25 @@ pub struct BenchOptions {
     /// When set, each decode run is repeated with every sequence constrained to this grammar,
     /// side by side with the plain run.
     pub constraint: Option<Constraint>,
+    /// When set, this many choices of one long prompt, sharing its KV blocks, side by side
+    /// with as many separate requests for it.
+    pub choices: Option<usize>,
+}
+
+/// `n` answers to one long prompt, as the choices of one request and as separate requests.
+#[derive(Debug, Clone)]
+pub struct ChoicesResult {
+    pub n: usize,
+    pub shared: ChoicesRun,
+    pub separate: ChoicesRun,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChoicesRun {
+    /// Until every answer has its first token.
+    pub last_first_token: Duration,
+    /// Until every answer is complete.
+    pub all_done: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +75,7 @@ pub struct BenchReport {
     pub achieved_bandwidth: f64,
     /// The device's bandwidth as measured here (a plain streaming read or copy).
     pub measured_bandwidth: Option<f64>,
+    pub choices: Option<ChoicesResult>,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -104,7 +125,20 @@ impl std::fmt::Display for BenchReport {
                 gb(m)
             )?;
         }
-        writeln!(f)
+        writeln!(f)?;
+        if let Some(c) = &self.choices {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            writeln!(
+                f,
+                "choices {:<8} shared prompt: every first token {:.0} ms, all done {:.0} ms; separate requests: {:.0} ms, {:.0} ms",
+                c.n,
+                ms(c.shared.last_first_token),
+                ms(c.shared.all_done),
+                ms(c.separate.last_first_token),
+                ms(c.separate.all_done)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -196,9 +230,65 @@ fn decode_run(
     ))
 }
 
+/// `n` sampled answers to one long prompt, all queued at once: as the choices of one request
+/// (sharing the prompt's blocks) or as `n` requests that each compute the prompt.
+fn choices_run(
+    worker: &Worker,
+    opts: &BenchOptions,
+    n: usize,
+    shared: bool,
+) -> Result<ChoicesRun, EngineError> {
+    let refused = |e: crate::SubmitError| EngineError::Device(e.to_string());
+    let long = prompt(opts.prompt_tokens, worker.info.config.vocab_size, 99);
+    let sampled = |seed: u64| {
+        let mut r = request(long.clone(), opts.decode_tokens);
+        r.sampling = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
+        r
+    };
+    let prepared = if shared {
+        let first = worker.prepare(sampled(0)).map_err(refused)?;
+        worker.info.choices(first, n, 1).map_err(refused)?
+    } else {
+        (0..n as u64)
+            .map(|i| worker.prepare(sampled(i)))
+            .collect::<Result<_, _>>()
+            .map_err(refused)?
+    };
+    let start = Instant::now();
+    let gens = prepared
+        .into_iter()
+        .map(|p| worker.enqueue(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refused)?;
+    let mut last_first_token = Duration::ZERO;
+    for g in gens {
+        let mut events = g.events;
+        let mut all = Vec::new();
+        while let Some(e) = events.blocking_recv() {
+            all.push(e);
+        }
+        // Timed by the worker from the answer's submission.
+        last_first_token = last_first_token.max(finish_of(all)?.time_to_first_token);
+    }
+    Ok(ChoicesRun {
+        last_first_token,
+        all_done: start.elapsed(),
+    })
+}
+
 /// Runs the benchmark (blocking; minutes for real model shapes).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
-    let max_batch = opts.batches.iter().copied().max().unwrap_or(1);
+    let max_batch = opts
+        .batches
+        .iter()
+        .copied()
+        .chain(opts.choices)
+        .max()
+        .unwrap_or(1);
     let mut spec = WorkerSpec::new("bench", &opts.dir);
     spec.device = opts.device;
     spec.threads = opts.threads;
@@ -245,6 +335,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
             masked,
         });
     }
+    let choices = match opts.choices {
+        None => None,
+        Some(n) => Some(ChoicesResult {
+            n,
+            shared: choices_run(&worker, opts, n, true)?,
+            separate: choices_run(&worker, opts, n, false)?,
+        }),
+    };
     let weight_bytes = worker.info.weight_bytes;
     let b1 = decode
         .iter()
@@ -262,6 +360,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, EngineError> {
             .device
             .bandwidth_bytes_per_s
             .or_else(|| (worker.info.device.id == "cpu").then(|| cpu_read_bandwidth(opts.threads))),
+        choices,
     })
 }
 

@@ -47,6 +47,9 @@ pub struct Request {
     pub constraint: Option<crate::Constraint>,
     /// Tools on offer (OpenAI's tool objects), rendered by the chat template.
     pub tools: Vec<serde_json::Value>,
+    /// Requests with the same key and the same prompt share the KV-cache blocks of that
+    /// prompt on a worker: the prompt is computed once for the choices of an `n` > 1 request.
+    pub share_prompt: Option<u64>,
 }
 
 impl Request {
@@ -62,6 +65,7 @@ impl Request {
             weight: 1,
             constraint: None,
             tools: Vec::new(),
+            share_prompt: None,
         }
     }
 }

@@ -4,14 +4,21 @@
 //! share between tenants (least service per unit of weight first, FIFO within a tenant). KV
 //! blocks are allocated as sequences grow; when none is left, the lowest-priority sequence is
 //! preempted: its blocks are freed and it waits to be recomputed from its tokens.
+//!
+//! Sequences added with the same share key and the same prompt (the choices of one request)
+//! share the whole KV blocks of that prompt: the first admitted computes them, the others wait
+//! until it has, then start from them holding a reference, and compute only the prompt's tail
+//! in blocks of their own. A shared block is never written again, so sharing changes no
+//! output; a block returns to the free list when its last holder lets it go.
 
 use std::collections::HashMap;
 
 use crate::request::Priority;
 
-/// Free KV blocks.
+/// Free KV blocks, and how many sequences hold each block in use.
 pub struct BlockPool {
     free: Vec<u32>,
+    holders: Vec<u16>,
     total: usize,
 }
 
@@ -20,6 +27,7 @@ impl BlockPool {
         // Handed out lowest id first.
         BlockPool {
             free: (0..total as u32).rev().collect(),
+            holders: vec![0; total],
             total,
         }
     }
@@ -33,10 +41,23 @@ impl BlockPool {
         self.total
     }
     fn take(&mut self) -> Option<u32> {
-        self.free.pop()
+        let b = self.free.pop()?;
+        self.holders[b as usize] = 1;
+        Some(b)
     }
+    /// One more holder of a block in use.
+    fn share(&mut self, block: u32) {
+        self.holders[block as usize] += 1;
+    }
+    /// Lets the blocks go; each is free once its last holder has let it go.
     fn give_back(&mut self, blocks: &mut Vec<u32>) {
-        self.free.append(blocks);
+        for b in blocks.drain(..) {
+            let holders = &mut self.holders[b as usize];
+            *holders -= 1;
+            if *holders == 0 {
+                self.free.push(b);
+            }
+        }
     }
 }
 
@@ -44,6 +65,8 @@ pub struct Seq<T> {
     pub id: u64,
     pub priority: Priority,
     pub tenant: String,
+    /// Sequences with the same key and prompt share the prompt's blocks.
+    pub share: Option<u64>,
     /// Prompt, then every generated token.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
@@ -77,6 +100,16 @@ pub struct Limits {
     pub max_running: usize,
     /// Tokens in one step (prefill chunks plus one per decoding sequence).
     pub step_tokens: usize,
+}
+
+/// Whether a waiting sequence can start from a running sibling's prompt blocks.
+enum Sibling {
+    /// No running sibling computes the prompt's shared part: compute it alone.
+    None,
+    /// This running sequence has computed the shared part: take its first blocks.
+    Ready(usize),
+    /// A running sibling is still computing the shared part: wait for it.
+    Computing,
 }
 
 /// One sequence's part in the planned step: its index in `running` and how many tokens.
@@ -116,13 +149,15 @@ impl<T> Scheduler<T> {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Queues a new sequence.
+    /// Queues a new sequence; `share` is its share key (see the module's comment).
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         id: u64,
         priority: Priority,
         tenant: String,
         weight: u32,
+        share: Option<u64>,
         prompt: Vec<u32>,
         state: T,
     ) {
@@ -144,6 +179,7 @@ impl<T> Scheduler<T> {
             id,
             priority,
             tenant,
+            share,
             prompt_len: prompt.len(),
             tokens: prompt,
             computed: 0,
@@ -217,15 +253,51 @@ impl<T> Scheduler<T> {
         self.waiting.push(s);
     }
 
-    /// The next waiting sequence to admit: best class, least-served tenant, earliest arrival.
+    /// Tokens of a `prompt_len`-token prompt that its siblings can share: the whole blocks
+    /// before its last token (each sequence computes at least that one, for its logits, so
+    /// none writes into a shared block).
+    fn shareable(&self, prompt_len: usize) -> usize {
+        prompt_len.saturating_sub(1) / self.block_size * self.block_size
+    }
+
+    fn sibling(&self, s: &Seq<T>) -> Sibling {
+        let shared = self.shareable(s.prompt_len);
+        let Some(key) = s.share.filter(|_| shared > 0) else {
+            return Sibling::None;
+        };
+        let mut computing = false;
+        for (i, r) in self.running.iter().enumerate() {
+            // The key only finds candidates; the tokens decide.
+            if r.share != Some(key)
+                || r.prompt_len != s.prompt_len
+                || r.tokens[..shared] != s.tokens[..shared]
+            {
+                continue;
+            }
+            if r.computed >= shared {
+                return Sibling::Ready(i);
+            }
+            computing = true;
+        }
+        if computing {
+            Sibling::Computing
+        } else {
+            Sibling::None
+        }
+    }
+
+    /// The next waiting sequence to admit: best class, least-served tenant, earliest arrival;
+    /// not one whose sibling is still computing the prompt they share.
     fn next_waiting(&self) -> Option<usize> {
-        (0..self.waiting.len()).min_by(|&a, &b| {
-            let (x, y) = (&self.waiting[a], &self.waiting[b]);
-            x.priority
-                .cmp(&y.priority)
-                .then(self.vtime(&x.tenant).total_cmp(&self.vtime(&y.tenant)))
-                .then(x.arrival.cmp(&y.arrival))
-        })
+        (0..self.waiting.len())
+            .filter(|&i| !matches!(self.sibling(&self.waiting[i]), Sibling::Computing))
+            .min_by(|&a, &b| {
+                let (x, y) = (&self.waiting[a], &self.waiting[b]);
+                x.priority
+                    .cmp(&y.priority)
+                    .then(self.vtime(&x.tenant).total_cmp(&self.vtime(&y.tenant)))
+                    .then(x.arrival.cmp(&y.arrival))
+            })
     }
 
     /// Plans the next step into `plan`. Sequences admitted or preempted move between the lists
@@ -284,11 +356,23 @@ impl<T> Scheduler<T> {
         // Nothing is admitted in a step that had to preempt: memory is short.
         while !preempted && budget > 0 && self.running.len() < self.limits.max_running {
             let Some(w) = self.next_waiting() else { break };
-            let need = self.blocks_for(self.waiting[w].tokens.len());
+            let sibling = self.sibling(&self.waiting[w]);
+            let shared = match sibling {
+                Sibling::Ready(_) => self.shareable(self.waiting[w].prompt_len),
+                Sibling::None | Sibling::Computing => 0,
+            };
+            let need = self.blocks_for(self.waiting[w].tokens.len()) - shared / self.block_size;
             if need > self.blocks.free() {
                 break;
             }
             let mut s = self.waiting.remove(w);
+            if let Sibling::Ready(r) = sibling {
+                for &b in &self.running[r].blocks[..shared / self.block_size] {
+                    self.blocks.share(b);
+                    s.blocks.push(b);
+                }
+                s.computed = shared;
+            }
             for _ in 0..need {
                 // Checked above: enough blocks are free.
                 s.blocks.extend(self.blocks.take());
@@ -328,6 +412,7 @@ mod tests {
                     Priority::Playground,
                     tenant.into(),
                     weight,
+                    None,
                     vec![1, 2, 3],
                     (),
                 );
@@ -347,6 +432,83 @@ mod tests {
     }
 
     #[test]
+    fn siblings_share_the_prompts_whole_blocks_until_the_last_lets_go() {
+        // Blocks of 4 tokens; a 10-token prompt has two whole blocks before its last token.
+        let mut s: Scheduler<()> = Scheduler::new(
+            Limits {
+                max_running: 4,
+                step_tokens: 64,
+            },
+            4,
+            16,
+        );
+        let prompt: Vec<u32> = (0..10).collect();
+        for id in 1..=3 {
+            s.add(
+                id,
+                Priority::Production,
+                "a".into(),
+                1,
+                Some(7),
+                prompt.clone(),
+                (),
+            );
+        }
+        let mut plan = Vec::new();
+        s.plan(&mut plan);
+        // The first computes the prompt; its siblings wait for it.
+        assert_eq!(s.running.len(), 1);
+        assert_eq!(
+            plan,
+            [Planned {
+                index: 0,
+                tokens: 10
+            }]
+        );
+        s.running[0].computed = 10;
+        s.running[0].tokens.push(99);
+        s.plan(&mut plan);
+        assert_eq!(s.running.len(), 3);
+        for sibling in &s.running[1..] {
+            assert_eq!(sibling.blocks[..2], s.running[0].blocks[..2]);
+            assert_ne!(sibling.blocks[2], s.running[0].blocks[2]);
+            assert_eq!(sibling.computed, 8);
+        }
+        assert_eq!(
+            plan,
+            [
+                Planned {
+                    index: 0,
+                    tokens: 1
+                },
+                Planned {
+                    index: 1,
+                    tokens: 2
+                },
+                Planned {
+                    index: 2,
+                    tokens: 2
+                }
+            ]
+        );
+        // Three blocks for the first, one more for each sibling.
+        assert_eq!(s.blocks.used(), 5);
+        s.remove_where(|q| q.id == 1);
+        assert_eq!(s.blocks.used(), 4);
+        s.remove_where(|_| true);
+        assert_eq!(s.blocks.used(), 0);
+
+        // The same key on another prompt shares nothing.
+        let mut other = prompt.clone();
+        other[0] = 42;
+        s.add(5, Priority::Production, "a".into(), 1, Some(7), prompt, ());
+        s.add(6, Priority::Production, "a".into(), 1, Some(7), other, ());
+        s.plan(&mut plan);
+        assert_eq!(s.running.len(), 2);
+        assert_eq!(s.blocks.used(), 6);
+    }
+
+    #[test]
     fn a_full_cache_preempts_the_lowest_class_and_recomputes_it() {
         // Two blocks of 4 tokens: a batch sequence holds one, a production one needs both.
         let mut s: Scheduler<()> = Scheduler::new(
@@ -357,12 +519,20 @@ mod tests {
             4,
             2,
         );
-        s.add(1, Priority::Batch, "a".into(), 1, vec![1, 2, 3], ());
+        s.add(1, Priority::Batch, "a".into(), 1, None, vec![1, 2, 3], ());
         let mut plan = Vec::new();
         s.plan(&mut plan);
         s.running[0].computed = 3;
         s.running[0].tokens.push(9);
-        s.add(2, Priority::Production, "b".into(), 1, vec![1, 2, 3, 4], ());
+        s.add(
+            2,
+            Priority::Production,
+            "b".into(),
+            1,
+            None,
+            vec![1, 2, 3, 4],
+            (),
+        );
         s.plan(&mut plan);
         // The production prompt fits in the free block; both run.
         assert_eq!(s.running.len(), 2);

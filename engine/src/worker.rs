@@ -76,6 +76,8 @@ pub struct Counters {
     pub kv_blocks_total: AtomicUsize,
     pub tokens_generated: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens whose KV blocks a sequence took from a sibling instead of computing them.
+    pub prompt_tokens_shared: AtomicU64,
     pub steps: AtomicU64,
     pub last_step_micros: AtomicU64,
     pub preemptions: AtomicU64,
@@ -210,23 +212,56 @@ impl ModelInfo {
             }
             None => info.context,
         };
-        let constraint = match &request.constraint {
-            None => None,
-            Some(c) => Some(
-                info.grammars()
-                    .and_then(|g| g.compile(c))
-                    .map_err(|message| InvalidRequest {
-                        param: "response_format",
-                        message,
-                    })?,
-            ),
-        };
+        let constraint = self.compile(&request)?;
         Ok(Prepared {
             tokens,
             request,
             max_len,
             constraint,
         })
+    }
+
+    /// The request's grammar compiled for one sequence (each sequence has its own matcher).
+    fn compile(&self, request: &Request) -> Result<Option<SeqConstraint>, SubmitError> {
+        let Some(c) = &request.constraint else {
+            return Ok(None);
+        };
+        let compiled = self.grammars().and_then(|g| g.compile(c));
+        compiled.map(Some).map_err(|message| {
+            InvalidRequest {
+                param: "response_format",
+                message,
+            }
+            .into()
+        })
+    }
+
+    /// The `n` choices of a prepared request: each the same prompt under one share key
+    /// (their prompt's KV blocks are computed once, see [`crate::scheduler`]), choice `i`
+    /// seeded with the request's seed plus `i` (as vLLM seeds them), so that each is
+    /// reproducible on its own. The prompt is not tokenized again.
+    pub fn choices(
+        &self,
+        prepared: Prepared,
+        n: usize,
+        key: u64,
+    ) -> Result<Vec<Prepared>, SubmitError> {
+        let mut first = prepared;
+        first.request.share_prompt = Some(key);
+        let mut out = Vec::with_capacity(n);
+        for i in 1..n {
+            let mut request = first.request.clone();
+            request.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            let constraint = self.compile(&request)?;
+            out.push(Prepared {
+                tokens: first.tokens.clone(),
+                request,
+                max_len: first.max_len,
+                constraint,
+            });
+        }
+        out.insert(0, first);
+        Ok(out)
     }
 
     /// A token's own bytes: a byte token's one byte (where its text alone would be U+FFFD),
@@ -803,7 +838,15 @@ fn take_commands(
                     finished: None,
                     failed: None,
                 };
-                sched.add(sub.id, r.priority, r.tenant, r.weight, sub.tokens, state);
+                sched.add(
+                    sub.id,
+                    r.priority,
+                    r.tenant,
+                    r.weight,
+                    r.share_prompt,
+                    sub.tokens,
+                    state,
+                );
             }
         }
     }
@@ -846,6 +889,10 @@ fn start_planned(sched: &mut Scheduler<Gen>, plan: &[Planned], counters: &Counte
             counters
                 .prompt_tokens
                 .fetch_add(s.prompt_len as u64, Ordering::Relaxed);
+            // Admitted with a sibling's blocks: it starts past the shared part of the prompt.
+            counters
+                .prompt_tokens_shared
+                .fetch_add(s.computed as u64, Ordering::Relaxed);
         }
     }
     publish(counters, sched);

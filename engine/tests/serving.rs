@@ -226,6 +226,46 @@ async fn the_same_seed_gives_the_same_tokens() {
 }
 
 #[tokio::test]
+async fn choices_share_the_prompts_blocks_and_each_matches_its_seed_alone() {
+    let dir = fixture();
+    let w = Worker::start(spec(dir.path())).unwrap();
+    let sampled = |seed: u64| {
+        let mut r = greedy(prompt_of(100, 3), 32);
+        r.sampling = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
+        r
+    };
+    let mut alone = Vec::new();
+    for seed in 5..9 {
+        alone.push(run(&w, sampled(seed)).await.tokens);
+    }
+    let shared_before = w.counters.prompt_tokens_shared.load(Ordering::Relaxed);
+    assert_eq!(shared_before, 0);
+    let choices = w
+        .info
+        .choices(w.prepare(sampled(5)).unwrap(), 4, 77)
+        .unwrap();
+    let gens: Vec<_> = choices.into_iter().map(|c| w.enqueue(c).unwrap()).collect();
+    let mut together = Vec::new();
+    for g in gens {
+        together.push(outcome(g.collect().await));
+    }
+    for (i, (t, a)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(&t.tokens, a, "choice {i}");
+        assert_eq!(t.finish.prompt_tokens, 100);
+    }
+    // Blocks of 16: the three later choices took the first 96 prompt tokens' blocks.
+    assert_eq!(
+        w.counters.prompt_tokens_shared.load(Ordering::Relaxed),
+        3 * 96
+    );
+    assert_eq!(w.counters.kv_blocks_used.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
 async fn logprobs_are_a_distribution_and_name_the_chosen_token() {
     let dir = fixture();
     let w = Worker::start(spec(dir.path())).unwrap();

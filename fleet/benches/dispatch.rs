@@ -113,6 +113,7 @@ async fn run(
                         model: MODEL,
                         prepared: &p,
                         avoid: None,
+                        prefer: None,
                     };
                     fleet.submit(job).await.unwrap().0
                 }

@@ -80,6 +80,9 @@ pub struct RemoteJob<'a> {
     pub prepared: &'a Prepared,
     /// A node not to use (the one a job was lost on).
     pub avoid: Option<&'a str>,
+    /// The node to use while it can take the job (where the request's first choice runs, so
+    /// that the choices share their prompt's blocks).
+    pub prefer: Option<&'a str>,
 }
 
 /// A node as the Workers page shows it.
@@ -398,12 +401,14 @@ impl Fleet {
         out
     }
 
-    /// The least-loaded node of the factory serving `model` on a fresh report.
+    /// The preferred node, else the least-loaded node of the factory serving `model`, on a
+    /// fresh report.
     fn choose(
         &self,
         factory_id: &str,
         model: &str,
         avoid: Option<&str>,
+        prefer: Option<&str>,
     ) -> Option<(String, String)> {
         let mut nodes = self.nodes();
         let chosen = nodes
@@ -414,9 +419,12 @@ impl Fleet {
                     && n.alive()
                     && n.seen.elapsed() <= FRESH
             })
-            .filter_map(|(k, n)| n.load_for(model).map(|load| (load, k.clone())))
-            .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
-            .map(|(_, k)| k)?;
+            .filter_map(|(k, n)| {
+                let load = n.load_for(model)?;
+                Some((prefer != Some(k.1.as_str()), load, k.clone()))
+            })
+            .min()
+            .map(|(_, _, k)| k)?;
         let n = nodes.get_mut(&chosen)?;
         n.placed += 1;
         Some((chosen.1, n.report.boot.clone()))
@@ -441,7 +449,7 @@ impl Fleet {
     /// Sends `job` to a node of its factory; its events arrive on the returned generation.
     pub async fn submit(&self, job: RemoteJob<'_>) -> Result<(Generation, Placement), SubmitError> {
         let (node, boot) = self
-            .choose(job.factory_id, job.model, job.avoid)
+            .choose(job.factory_id, job.model, job.avoid, job.prefer)
             .ok_or(SubmitError::Unavailable)?;
         let placed = self.place(&job, &node, &boot).await;
         if placed.is_err() {
@@ -476,6 +484,7 @@ impl Fleet {
             tenant: request.tenant.clone(),
             weight: request.weight,
             constraint: request.constraint.clone(),
+            share_prompt: request.share_prompt,
         };
         let asked = client.request(subjects.submit(node), encode(&wire));
         let reply = match tokio::time::timeout(SUBMIT_TIMEOUT, asked).await {

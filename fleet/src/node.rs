@@ -247,6 +247,7 @@ impl Node {
         request.tenant = job.tenant;
         request.weight = job.weight;
         request.constraint = job.constraint;
+        request.share_prompt = job.share_prompt;
         let worker = match self.pool.worker_for(&job.model) {
             Ok(w) => w,
             Err(e) => return SubmitReply::Refused(refusal(e)),

@@ -146,6 +146,9 @@ pub struct JobRequest {
     /// The grammar the output must match (the node compiles it again).
     #[serde(default)]
     pub constraint: Option<engine::Constraint>,
+    /// The choices of one request share their prompt's KV blocks under this key.
+    #[serde(default)]
+    pub share_prompt: Option<u64>,
 }
 
 /// Why a node would not take a job.

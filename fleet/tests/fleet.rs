@@ -190,6 +190,7 @@ fn job<'a>(factory: &'a str, id: &'a str, prepared: &'a engine::Prepared) -> Rem
         model: MODEL,
         prepared,
         avoid: None,
+        prefer: None,
     }
 }
 

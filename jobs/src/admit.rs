@@ -57,9 +57,25 @@ impl Jobs {
         who: &Principal,
         kind: JobKind,
         model: &str,
-        mut request: engine::Request,
+        request: engine::Request,
     ) -> Result<RunningJob, JobError> {
-        let inner = &self.inner;
+        let mut jobs = self.start_choices(who, kind, model, request, 1).await?;
+        jobs.pop()
+            .ok_or_else(|| JobError::Storage("no job was started".into()))
+    }
+
+    /// Admits and queues the `n` choices of one request (OpenAI's `n`), each a job with its
+    /// own hold, charged for its own output; they share the prompt's KV blocks on the worker
+    /// (see `engine::scheduler`), so the first choice alone pays for the prompt. Every choice
+    /// is held for and recorded before any is queued; a refusal leaves nothing behind.
+    pub async fn start_choices(
+        &self,
+        who: &Principal,
+        kind: JobKind,
+        model: &str,
+        mut request: engine::Request,
+        n: usize,
+    ) -> Result<Vec<RunningJob>, JobError> {
         let admitting = self.busy()?;
         let unknown = || JobError::UnknownModel(model.to_string());
         // A model without a list price is not sold, whatever the pool has loaded.
@@ -82,76 +98,71 @@ impl Jobs {
         let prepared = prepare(route.info(), request).await?;
         let prompt_tokens = prepared.prompt_tokens();
         let max_tokens = prepared.max_new_tokens();
-        let max_cost =
-            rates
-                .cost(prompt_tokens as u64, max_tokens as u64)
-                .ok_or(JobError::Invalid {
-                    param: "max_tokens",
-                    message: "max_tokens is too large".into(),
-                })?;
+        let ids: Vec<String> = (0..n.max(1)).map(|_| new_id()).collect();
+        let choices = if ids.len() > 1 {
+            route
+                .info()
+                .choices(prepared, ids.len(), share_key(&ids[0]))?
+        } else {
+            vec![prepared]
+        };
+        // The first choice pays for the prompt; each pays for its own output.
+        let paid_prompt = |i: usize| if i == 0 { prompt_tokens } else { 0 };
+        let max_costs = (0..ids.len())
+            .map(|i| rates.cost(paid_prompt(i) as u64, max_tokens as u64))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(JobError::Invalid {
+                param: "max_tokens",
+                message: "max_tokens is too large".into(),
+            })?;
 
         // The allocation's tokens-per-minute limit counts the largest size; settlement gives
         // back what was not used.
-        let requested = (prompt_tokens + max_tokens) as u64;
-        let tpm_taken = match allocation.as_ref().map(|a| a.rate_limit_tpm) {
-            Some(limit) if limit > 0 => {
-                let limit = limit as u64;
-                inner
-                    .limits
-                    .take(
-                        &who.org_id,
-                        model,
-                        limit,
-                        requested,
-                        std::time::Instant::now(),
-                    )
-                    .map_err(|r| match r {
-                        Refusal::Wait(retry_after) => JobError::TokensPerMinute {
-                            limit,
-                            requested,
-                            retry_after,
-                        },
-                        Refusal::TooLarge => {
-                            JobError::LargerThanTokensPerMinute { limit, requested }
-                        }
-                    })?;
-                requested
-            }
-            _ => 0,
-        };
+        let requested = (prompt_tokens + max_tokens * ids.len()) as u64;
+        let tpm_limited = self.take_tokens(who, model, allocation.as_ref(), requested)?;
 
-        let job_id = new_id();
-        let ctx = JobContext {
-            id: job_id,
-            who: who.clone(),
-            kind,
-            model: model.to_string(),
-            factory_id: factory.id,
-            partner_org_id: factory.partner_org_id,
-            rates,
-            hold: None,
-            max_cost,
-            prompt_tokens,
-            max_tokens,
-            created_at: now,
-            tpm_taken,
-            tpm_returned: Arc::default(),
-            placement: None,
-        };
-        // From the hold on, admission runs as a task of its own: a caller that goes away
+        let mut ctxs = Vec::with_capacity(ids.len());
+        for (i, (id, max_cost)) in ids.into_iter().zip(max_costs).enumerate() {
+            let prompt = paid_prompt(i);
+            ctxs.push(JobContext {
+                id,
+                who: who.clone(),
+                kind,
+                model: model.to_string(),
+                factory_id: factory.id.clone(),
+                partner_org_id: factory.partner_org_id.clone(),
+                rates,
+                hold: None,
+                max_cost,
+                prompt_tokens,
+                pays_prompt: i == 0,
+                max_tokens,
+                created_at: now,
+                tpm_taken: if tpm_limited {
+                    (prompt + max_tokens) as u64
+                } else {
+                    0
+                },
+                tpm_returned: Arc::default(),
+                placement: None,
+            });
+        }
+        // From the holds on, admission runs as a task of its own: a caller that goes away
         // meanwhile cannot leave a hold or a job row half made (a job it never receives is
         // dropped, which cancels and settles it).
         let jobs = self.clone();
         // Every line logged for the job carries its id (and, as a child of the request's
         // span, the request id).
-        let span = tracing::info_span!("job", job = %ctx.id);
+        let span = tracing::info_span!("job", job = %ctxs[0].id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let _admitting = admitting; // a shutdown waits for this admission to end
-                let refund = ctx.clone();
-                let admitted = jobs.commit(ctx, route, prepared).await;
+                let refunds = ctxs.clone();
+                let admitted = jobs.commit(ctxs, route, choices).await;
                 if admitted.is_err() {
-                    refund.give_back_tokens(&jobs, 0);
+                    for ctx in refunds {
+                        ctx.give_back_tokens(&jobs, 0);
+                    }
                 }
                 admitted
             },
@@ -161,15 +172,86 @@ impl Jobs {
         .map_err(JobError::storage)?
     }
 
-    /// Reserves the hold and records the job (one transaction), then queues it; undoes both if
-    /// the queue refuses.
+    /// Takes `requested` tokens from the allocation's tokens-per-minute bucket; false when the
+    /// allocation sets no limit.
+    fn take_tokens(
+        &self,
+        who: &Principal,
+        model: &str,
+        allocation: Option<&compute::Allocation>,
+        requested: u64,
+    ) -> Result<bool, JobError> {
+        let Some(limit) = allocation.map(|a| a.rate_limit_tpm).filter(|&l| l > 0) else {
+            return Ok(false);
+        };
+        let limit = limit as u64;
+        self.inner
+            .limits
+            .take(
+                &who.org_id,
+                model,
+                limit,
+                requested,
+                std::time::Instant::now(),
+            )
+            .map_err(|r| match r {
+                Refusal::Wait(retry_after) => JobError::TokensPerMinute {
+                    limit,
+                    requested,
+                    retry_after,
+                },
+                Refusal::TooLarge => JobError::LargerThanTokensPerMinute { limit, requested },
+            })?;
+        Ok(true)
+    }
+
+    /// Reserves each choice's hold and records its job (one transaction each), then queues
+    /// them; undoes all if any is refused.
     async fn commit(
         &self,
-        mut ctx: JobContext,
+        mut ctxs: Vec<JobContext>,
         route: Route,
+        choices: Vec<engine::Prepared>,
+    ) -> Result<Vec<RunningJob>, JobError> {
+        for i in 0..ctxs.len() {
+            if let Err(e) = self.record(&mut ctxs[i]).await {
+                for recorded in &ctxs[..i] {
+                    self.refused(recorded, &e).await;
+                }
+                return Err(e);
+            }
+        }
+        let mut running: Vec<RunningJob> = Vec::with_capacity(ctxs.len());
+        let mut waiting = ctxs.into_iter().zip(choices);
+        while let Some((ctx, prepared)) = waiting.next() {
+            // The later choices go where the first runs, to share its prompt's blocks.
+            let prefer = running.first().and_then(|j| j.node()).map(str::to_string);
+            match self.queue(ctx, &route, prepared, prefer.as_deref()).await {
+                Ok(job) => running.push(job),
+                Err((ctx, e)) => {
+                    self.refused(&ctx, &e).await;
+                    for (ctx, _) in waiting {
+                        self.refused(&ctx, &e).await;
+                    }
+                    for job in running {
+                        let why = format!("another choice of the request was refused: {e}");
+                        job.withdraw(&why).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    /// Queues one recorded job on its route.
+    async fn queue(
+        &self,
+        mut ctx: JobContext,
+        route: &Route,
         prepared: engine::Prepared,
-    ) -> Result<RunningJob, JobError> {
-        self.record(&mut ctx).await?;
+        prefer: Option<&str>,
+    ) -> Result<RunningJob, (JobContext, JobError)> {
         let queued = match route {
             Route::Local(worker) => worker.enqueue(prepared).map(|g| {
                 let placement = fleet::Placement {
@@ -187,6 +269,7 @@ impl Jobs {
                         model: &ctx.model,
                         prepared: &prepared,
                         avoid: None,
+                        prefer,
                     };
                     fleet.submit(job).await.map(|(g, p)| (g, p, Some(prepared)))
                 }
@@ -203,11 +286,7 @@ impl Jobs {
                     None => job,
                 })
             }
-            Err(e) => {
-                let e = JobError::from(e);
-                self.refused(&ctx, &e).await;
-                Err(e)
-            }
+            Err(e) => Err((ctx, JobError::from(e))),
         }
     }
 
@@ -509,13 +588,15 @@ fn job_row(
         ctx.partner_org_id.as_str().into(),
         ctx.hold.as_ref().map(|h| h.id.as_str()).into(),
         (ctx.prompt_tokens as i64).into(),
+        i64::from(ctx.pays_prompt).into(),
         (ctx.max_tokens as i64).into(),
         ctx.created_at.into(),
         instance_id.into(),
     ];
     let columns = "INSERT INTO jobs (id, org_id, user_id, api_key_id, kind, model, factory_id, \
-                   partner_org_id, status, hold_id, prompt_tokens, max_tokens, created_at, instance_id) ";
-    let row = "$1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12, $13";
+                   partner_org_id, status, hold_id, prompt_tokens, pays_prompt, max_tokens, \
+                   created_at, instance_id) ";
+    let row = "$1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11, $12, $13, $14";
     if conditions.is_empty() {
         return (
             format!("{columns}VALUES ({row})"),
@@ -549,6 +630,15 @@ impl From<JobError> for NotRecorded {
     fn from(e: JobError) -> NotRecorded {
         NotRecorded::Refused(e)
     }
+}
+
+/// The key under which the choices of one request share their prompt's KV blocks, from the
+/// first choice's job id (unique; the engine compares the prompts' tokens as well).
+fn share_key(job_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    job_id.hash(&mut h);
+    h.finish()
 }
 
 /// Ends a metering transaction that admission refused; a failure is logged (the connection

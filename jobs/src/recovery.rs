@@ -172,7 +172,7 @@ impl Jobs {
     async fn settle_interrupted(&self, entry: &Entry) -> Result<bool, JobError> {
         let row = db::sqlx::query(
             "SELECT org_id, user_id, api_key_id, kind, model, factory_id, partner_org_id, \
-             hold_id, prompt_tokens, max_tokens, created_at FROM jobs \
+             hold_id, prompt_tokens, pays_prompt, max_tokens, created_at FROM jobs \
              WHERE id = $1 AND status = 'running'",
         )
         .bind(&entry.job_id)
@@ -231,6 +231,7 @@ impl Jobs {
                 .unwrap_or(Nanos::new(0)),
             hold: hold.flatten().map(ledger::Reserved::from),
             prompt_tokens: get_i("prompt_tokens")? as usize,
+            pays_prompt: get_i("pays_prompt")? != 0,
             max_tokens: max_tokens as usize,
             created_at: get_i("created_at")?,
             tpm_taken: 0,
@@ -247,7 +248,7 @@ impl Jobs {
             self,
             &ctx,
             &Settlement {
-                prompt_tokens: ctx.prompt_tokens,
+                prompt_tokens: ctx.paid_prompt(),
                 completion_tokens: delivered,
                 partial: true,
                 finish_reason: "abort",

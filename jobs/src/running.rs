@@ -25,6 +25,9 @@ pub(crate) struct JobContext {
     /// What the hold reserved: the largest possible charge.
     pub max_cost: Nanos,
     pub prompt_tokens: usize,
+    /// Whether this job pays for its prompt: not the later choices of an `n` > 1 request,
+    /// whose first choice pays for the prompt they share.
+    pub pays_prompt: bool,
     pub max_tokens: usize,
     pub created_at: i64,
     /// Tokens taken from the allocation's tokens-per-minute bucket (0: no limit).
@@ -36,6 +39,15 @@ pub(crate) struct JobContext {
 }
 
 impl JobContext {
+    /// The prompt tokens this job is charged for.
+    pub fn paid_prompt(&self) -> usize {
+        if self.pays_prompt {
+            self.prompt_tokens
+        } else {
+            0
+        }
+    }
+
     /// Whether a node of a fleet ran it (not this process's pool).
     pub fn ran_remotely(&self) -> bool {
         self.placement
@@ -143,6 +155,25 @@ impl RunningJob {
         self
     }
 
+    /// Withdraws a job that was queued with the other choices of its request when not all of
+    /// them could be: it is cancelled before anything was delivered, its hold voided and the
+    /// job marked failed with `why`; nothing is charged.
+    pub(crate) async fn withdraw(mut self, why: &str) {
+        if let Some(g) = self.generation.take() {
+            g.cancel();
+        }
+        let (jobs, ctx, slot) = (self.jobs.clone(), self.ctx.clone(), self.slot.take());
+        let end = End::Failed(why.to_string());
+        if let Err(e) = settle_or_void(&jobs, &ctx, end, 0, slot).await {
+            tracing::warn!(job = ctx.id, error = %e, "withdrawing a job failed");
+        }
+    }
+
+    /// The node the job was placed on.
+    pub(crate) fn node(&self) -> Option<&str> {
+        self.ctx.placement.as_ref().map(|p| p.node.as_str())
+    }
+
     /// Sends the job to another live node of its factory (not the one lost); `None` when
     /// there is none or it refuses.
     async fn run_again(&mut self, prepared: engine::Prepared, why: &str) -> Option<Generation> {
@@ -155,6 +186,7 @@ impl RunningJob {
             model: &self.ctx.model,
             prepared: &prepared,
             avoid: lost.as_deref(),
+            prefer: None,
         };
         match fleet.submit(job).await {
             Ok((generation, placement)) => {

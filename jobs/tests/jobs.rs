@@ -307,6 +307,78 @@ async fn a_finished_job_is_charged_exactly_once_with_its_funding_split() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choices_are_held_for_together_and_pay_for_the_prompt_once() {
+    each_db(async |w: &World| {
+        w.price().await;
+        let info = w.jobs.model_info(MODEL).unwrap();
+        let prompt = info.prepare(request(12)).unwrap().prompt_tokens() as u64;
+        let first = RATES.cost(prompt, 12).unwrap().get();
+        let later = RATES.cost(0, 12).unwrap().get();
+        let sampled = || {
+            let mut r = request(12);
+            r.sampling = SamplingParams {
+                temperature: 1.0,
+                seed: Some(3),
+                ..SamplingParams::default()
+            };
+            r
+        };
+        // Enough for two choices' holds, not three: none is held, recorded or run.
+        let funded = Nanos::new(first + later + 1_000);
+        w.credits
+            .credit_paid(&w.tenant.org_id, funded, "topup:choices", "test top-up")
+            .await
+            .unwrap();
+        let e = w
+            .jobs
+            .start_choices(&w.who(), JobKind::Production, MODEL, sampled(), 3)
+            .await;
+        assert!(
+            matches!(e, Err(JobError::InsufficientCredits { .. })),
+            "{e:?}"
+        );
+        assert_eq!(w.count("SELECT COUNT(*) FROM jobs").await, 0);
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(w.available().await, funded);
+
+        w.top_up(1).await;
+        let before = w.available().await;
+        let choices = w
+            .jobs
+            .start_choices(&w.who(), JobKind::Production, MODEL, sampled(), 3)
+            .await
+            .unwrap();
+        // Held for together: the prompt once, each choice's output.
+        assert_eq!(before.get() - w.available().await.get(), first + 2 * later);
+        let mut receipts = Vec::new();
+        for job in choices {
+            receipts.push(job.collect().await.unwrap().1);
+        }
+        let charged: Vec<_> = receipts
+            .iter()
+            .map(|r| (r.charged.clone(), r.prompt_tokens, r.completion_tokens))
+            .collect();
+        assert_eq!(
+            charged,
+            [
+                (Charged::Complete, prompt as usize, 12),
+                (Charged::Complete, 0, 12),
+                (Charged::Complete, 0, 12)
+            ]
+        );
+        assert_eq!(before.get() - w.available().await.get(), first + 2 * later);
+        assert_eq!(
+            w.count("SELECT CAST(SUM(prompt_tokens) AS BIGINT) FROM usage_events")
+                .await,
+            prompt as i64
+        );
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_and_abandoned_jobs_pay_for_what_was_delivered() {
     // A model slow enough that a job of 200 tokens is still running when the test cancels it:
     // the tiny one can finish them all while the test's task waits for a core.

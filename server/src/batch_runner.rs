@@ -229,6 +229,14 @@ async fn try_line(
             batches.finish_with(line, &refused(line, &e)).await?;
             return Ok(Outcome::Ended);
         }
+        Ok(p) if p.n > 1 => {
+            let e = ApiError::invalid(
+                "n",
+                "A batch line takes n = 1; repeat the line (with another seed) for more choices.",
+            );
+            batches.finish_with(line, &refused(line, &e)).await?;
+            return Ok(Outcome::Ended);
+        }
         Ok(p) => p,
         Err(e) => {
             batches.finish_with(line, &refused(line, &e)).await?;

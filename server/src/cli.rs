@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// (structured outputs), side by side with the plain run.
     #[arg(long)]
     json_schema: Option<std::path::PathBuf>,
+    /// Also time this many sampled answers to the long prompt as the choices of one request
+    /// (`n`, sharing the prompt's KV blocks) against as many separate requests.
+    #[arg(long)]
+    choices: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,6 +379,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 strict: false,
             }),
         },
+        choices: args.choices.filter(|&n| n > 1),
     };
     println!("Benchmarking {} ...", opts.dir.display());
     let report = tokio::task::spawn_blocking(move || engine::bench::run(&opts)).await??;

@@ -117,7 +117,7 @@ async fn settle_batch(batch: Vec<Finished>) {
     };
     let settlements: Vec<_> = batch
         .iter()
-        .map(|f| what_is_charged(&f.finish, f.delivered, f.ended_at))
+        .map(|f| what_is_charged(&f.finish, f.ctx.paid_prompt(), f.delivered, f.ended_at))
         .collect();
     for (f, s) in batch.iter().zip(&settlements) {
         f.ctx

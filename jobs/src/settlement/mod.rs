@@ -120,7 +120,7 @@ async fn charge_end(
         }
         End::Finished(f) => f,
     };
-    let s = what_is_charged(&f, delivered, now_ms());
+    let s = what_is_charged(&f, ctx.paid_prompt(), delivered, now_ms());
     ctx.give_back_tokens(jobs, s.prompt_tokens + s.completion_tokens);
     let amount = write_settlement(jobs, ctx, &s).await?;
     Ok(receipt(jobs, ctx, &f, &s, amount))
@@ -128,18 +128,21 @@ async fn charge_end(
 
 /// What a job that ended with `f` is charged for, `delivered` tokens having reached its
 /// client: every token when it ran to its end; when it was cut short, the prompt (once it was
-/// processed) and only the delivered output. It ended at `ended_at` (milliseconds).
-pub(crate) fn what_is_charged(f: &Finish, delivered: usize, ended_at: i64) -> Settlement<'static> {
+/// processed) and only the delivered output. `prompt` is what the job pays for its prompt, as
+/// the portal counted it at admission (none for the later choices of an `n` > 1 request,
+/// whose first choice pays for it). It ended at `ended_at` (milliseconds).
+pub(crate) fn what_is_charged(
+    f: &Finish,
+    prompt: usize,
+    delivered: usize,
+    ended_at: i64,
+) -> Settlement<'static> {
     let complete = f.reason != FinishReason::Cancelled;
     let (prompt_tokens, completion_tokens) = if complete {
-        (f.prompt_tokens, f.completion_tokens)
+        (prompt, f.completion_tokens)
     } else {
         // The prompt was processed when the first token came out.
-        let prompt = if f.completion_tokens > 0 {
-            f.prompt_tokens
-        } else {
-            0
-        };
+        let prompt = if f.completion_tokens > 0 { prompt } else { 0 };
         (prompt, delivered.min(f.completion_tokens))
     };
     Settlement {
@@ -218,7 +221,7 @@ async fn charge_lost(
         device_seconds: 0.0,
         preemptions: 0,
     };
-    let mut s = what_is_charged(&f, delivered, now_ms());
+    let mut s = what_is_charged(&f, ctx.paid_prompt(), delivered, now_ms());
     s.status = "failed";
     s.error = Some(message.clone());
     ctx.give_back_tokens(jobs, s.prompt_tokens + s.completion_tokens);

@@ -39,10 +39,15 @@ pub struct Parsed {
     /// Completions' further prompts, after the request's own: each is its own job and hold,
     /// and its own choice of one answer.
     pub more_prompts: Vec<Prompt>,
+    /// Choices per prompt (OpenAI's `n`), 1 to [`MAX_CHOICES`].
+    pub n: usize,
 }
 
 /// The most prompts one completions request may carry.
 pub const MAX_PROMPTS: usize = 64;
+
+/// The most choices (`n`) one prompt may ask for.
+pub const MAX_CHOICES: u64 = 8;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -247,8 +252,8 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<Parsed, ApiError> {
     into_parsed(endpoint, body)
 }
 
-/// Refuses what this server does not do, naming the parameter: a missing model, n or
-/// best_of above 1, echo, suffix, tools and functions, response formats other than text.
+/// Refuses what this server does not do, naming the parameter: a missing model, n outside
+/// 1 to 8, best_of above 1, echo, suffix, tools and functions, response formats other than text.
 fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
     if b.model.trim().is_empty() {
         return Err(invalid(
@@ -256,8 +261,11 @@ fn refuse_unsupported(b: &Body) -> Result<(), ApiError> {
             "model must name a model; see GET /v1/models.",
         ));
     }
-    if b.n.is_some_and(|n| n != 1) {
-        return Err(invalid("n", "Only n = 1 is supported."));
+    if b.n.is_some_and(|n| !(1..=MAX_CHOICES).contains(&n)) {
+        return Err(invalid(
+            "n",
+            format!("n must be between 1 and {MAX_CHOICES}."),
+        ));
     }
     if b.best_of.is_some_and(|n| n != 1) {
         return Err(invalid("best_of", "Only best_of = 1 is supported."));
@@ -542,12 +550,6 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
     let constraint_param = constraint.as_ref().map(|(_, p)| *p);
     request.constraint = constraint.map(|(c, _)| c);
     let stream = b.stream.unwrap_or(false);
-    if stream && !prompts.is_empty() {
-        return Err(invalid(
-            "stream",
-            "Several prompts are answered whole; send stream: false, or one prompt per streamed request.",
-        ));
-    }
     if b.stream_options.is_some() && !stream {
         return Err(invalid(
             "stream_options",
@@ -566,6 +568,7 @@ fn into_parsed(endpoint: Endpoint, mut b: Body) -> Result<Parsed, ApiError> {
         constraint_param,
         tools,
         more_prompts: prompts,
+        n: b.n.unwrap_or(1) as usize,
     })
 }
 
@@ -720,7 +723,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_parameter() {
-        let cases: [(&str, &str); 17] = [
+        let cases: [(&str, &str); 18] = [
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
                 "tool_choice",
@@ -752,7 +755,11 @@ mod tests {
                 "max_tokens",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":9}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#,
                 "n",
             ),
             (
@@ -794,12 +801,13 @@ mod tests {
         assert_eq!(p.more_prompts, vec![Prompt::Text("b".into())]);
         let e = parse(Endpoint::Completions, br#"{"model":"m","prompt":[]}"#).unwrap_err();
         assert_eq!(e.param, Some("prompt"));
-        let e = parse(
+        let p = parse(
             Endpoint::Completions,
-            br#"{"model":"m","prompt":[[1],[2]],"stream":true}"#,
+            br#"{"model":"m","prompt":[[1],[2]],"stream":true,"n":3}"#,
         )
-        .unwrap_err();
-        assert_eq!(e.param, Some("stream"));
+        .unwrap();
+        assert_eq!(p.more_prompts, vec![Prompt::Tokens(vec![2])]);
+        assert_eq!((p.stream, p.n), (true, 3));
         let e = parse(
             Endpoint::Completions,
             br#"{"model":"m","prompt":"a","logprobs":9}"#,

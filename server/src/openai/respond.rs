@@ -22,9 +22,12 @@ use super::error::ApiError;
 use super::params::{Endpoint, Logprobs, Parsed};
 use super::tools::{Call, ToolRequest, ToolStream, tool_calls_value};
 
-/// What every chunk of one response repeats.
+/// What every chunk of one choice of a response repeats.
+#[derive(Clone)]
 struct Shape {
     endpoint: Endpoint,
+    /// The choice's `index`.
+    index: usize,
     id: String,
     created: i64,
     model: String,
@@ -37,6 +40,14 @@ struct Shape {
 }
 
 impl Shape {
+    /// The same for choice `index`.
+    fn at(&self, index: usize) -> Shape {
+        Shape {
+            index,
+            ..self.clone()
+        }
+    }
+
     fn object(&self, chunk: bool) -> &'static str {
         match (self.endpoint, chunk) {
             (Endpoint::Chat, false) => "chat.completion",
@@ -132,12 +143,12 @@ impl Shape {
             return self.choice(text, logprobs, Some(finish), false);
         }
         json!({
-            "index": 0,
+            "index": self.index,
             "message": {
                 "role": "assistant",
                 "content": content,
                 "refusal": null,
-                "tool_calls": tool_calls_value(&self.id, &calls, false),
+                "tool_calls": tool_calls_value(&self.id, self.index, &calls, false),
             },
             "logprobs": logprobs,
             "finish_reason": if finish == "stop" { "tool_calls" } else { finish },
@@ -147,8 +158,8 @@ impl Shape {
     /// A stream chunk carrying an answer's calls.
     fn calls_chunk(&self, calls: &[Call]) -> Value {
         let choice = json!({
-            "index": 0,
-            "delta": {"tool_calls": tool_calls_value(&self.id, calls, true)},
+            "index": self.index,
+            "delta": {"tool_calls": tool_calls_value(&self.id, self.index, calls, true)},
             "logprobs": null,
             "finish_reason": null,
         });
@@ -158,19 +169,19 @@ impl Shape {
     fn choice(&self, text: &str, logprobs: Value, finish: Option<&str>, chunk: bool) -> Value {
         match self.endpoint {
             Endpoint::Chat if chunk => json!({
-                "index": 0,
+                "index": self.index,
                 "delta": if text.is_empty() && finish.is_some() { json!({}) } else { json!({ "content": text }) },
                 "logprobs": logprobs,
                 "finish_reason": finish,
             }),
             Endpoint::Chat => json!({
-                "index": 0,
+                "index": self.index,
                 "message": { "role": "assistant", "content": text, "refusal": null },
                 "logprobs": logprobs,
                 "finish_reason": finish,
             }),
             Endpoint::Completions => json!({
-                "index": 0,
+                "index": self.index,
                 "text": text,
                 "logprobs": logprobs,
                 "finish_reason": finish,
@@ -234,7 +245,6 @@ pub fn failed(message: &str) -> ApiError {
 pub struct Admitted {
     job: RunningJob,
     shape: Shape,
-    stream: bool,
 }
 
 impl Admitted {
@@ -283,8 +293,8 @@ fn admission_error(
     e
 }
 
-/// Admits the job of the request's prompt (validation, price, allocation, hold, queue); a
-/// completions request with several prompts goes through [`generate`].
+/// Admits the job of the request's prompt (validation, price, allocation, hold, queue), for a
+/// request of one choice; [`generate`] answers the others.
 pub async fn admit(
     jobs: &Jobs,
     who: &Principal,
@@ -292,6 +302,21 @@ pub async fn admit(
     endpoint: Endpoint,
     mut parsed: Parsed,
 ) -> Result<Admitted, ApiError> {
+    parsed.n = 1;
+    let (mut choices, shape, _) = admit_choices(jobs, who, kind, endpoint, parsed).await?;
+    let job = choices.pop().ok_or_else(|| failed("no job was started"))?;
+    Ok(Admitted { job, shape })
+}
+
+/// Admits the `n` choices of the request's prompt (see `Jobs::start_choices`): their jobs, the
+/// shape of the first choice's answer, and whether to stream.
+async fn admit_choices(
+    jobs: &Jobs,
+    who: &Principal,
+    kind: JobKind,
+    endpoint: Endpoint,
+    mut parsed: Parsed,
+) -> Result<(Vec<RunningJob>, Shape, bool), ApiError> {
     let info = jobs.model_info(&parsed.model);
     let tools = parsed.tools.take().map(|t| {
         let format = info
@@ -307,31 +332,31 @@ pub async fn admit(
         }
         (t, format)
     });
-    let job = jobs
-        .start(who, kind, &parsed.model, parsed.request)
+    let choices = jobs
+        .start_choices(who, kind, &parsed.model, parsed.request, parsed.n)
         .await
         .map_err(|e| admission_error(e, endpoint, parsed.constraint_param))?;
+    let first = choices
+        .first()
+        .ok_or_else(|| failed("no job was started"))?;
     let shape = Shape {
         endpoint,
+        index: 0,
         id: match endpoint {
-            Endpoint::Chat => format!("chatcmpl-{}", job.id()),
-            Endpoint::Completions => format!("cmpl-{}", job.id()),
+            Endpoint::Chat => format!("chatcmpl-{}", first.id()),
+            Endpoint::Completions => format!("cmpl-{}", first.id()),
         },
-        created: job.created_at() / 1000,
+        created: first.created_at() / 1000,
         model: parsed.model,
         logprobs: parsed.logprobs,
         include_usage: parsed.include_usage,
         info,
         tools: tools.filter(|(t, _)| t.calls_expected()),
     };
-    Ok(Admitted {
-        job,
-        shape,
-        stream: parsed.stream,
-    })
+    Ok((choices, shape, parsed.stream))
 }
 
-/// Admits the job and answers with the whole completion or a stream of it.
+/// Admits the request's jobs and answers with the whole completion or a stream of it.
 pub async fn generate(
     jobs: &Jobs,
     who: &Principal,
@@ -342,17 +367,20 @@ pub async fn generate(
     if !parsed.more_prompts.is_empty() {
         return generate_many(jobs, who, kind, endpoint, parsed).await;
     }
-    let a = admit(jobs, who, kind, endpoint, parsed).await?;
-    if a.stream {
-        Ok(stream(a.job, a.shape))
-    } else {
-        complete(a.job, a.shape).await
+    let n = parsed.n;
+    let (choices, shape, stream) = admit_choices(jobs, who, kind, endpoint, parsed).await?;
+    if stream {
+        return Ok(stream_choices(choices, shape, n));
     }
+    let (choices, prompt_tokens, completion_tokens) = run_choices(choices, &shape, 0).await?;
+    let body = shape.envelope(choices, usage(prompt_tokens, completion_tokens), false);
+    Ok(Json(body).into_response())
 }
 
 /// Completions with several prompts: every prompt is checked (tokenized, against the
-/// context) before any is held for; then each is its own job and hold, run at once, and
-/// answered as choice `index` of one whole answer whose usage is their sum.
+/// context) before any is held for; then each prompt's choices are their own jobs and holds,
+/// all run at once, and answered as choices `prompt × n + choice` of one answer (whole, or
+/// one stream) whose usage is their sum.
 async fn generate_many(
     jobs: &Jobs,
     who: &Principal,
@@ -375,29 +403,55 @@ async fn generate_many(
     }
     let mut admitted = Vec::with_capacity(each.len());
     for one in each {
-        admitted.push(admit(jobs, who, kind, endpoint, one).await?);
+        admitted.push(admit_choices(jobs, who, kind, endpoint, one).await?);
     }
-    let ran = futures_util::future::join_all(
-        admitted
-            .into_iter()
-            .map(|a| async move { (run_whole(a.job).await, a.shape) }),
-    )
+    let n = parsed.n;
+    if parsed.stream {
+        let mut shapes = admitted.iter().map(|(_, shape, _)| shape.clone());
+        let shape = shapes.next().ok_or_else(|| failed("no prompt was run"))?;
+        let all = admitted.into_iter().flat_map(|(choices, _, _)| choices);
+        return Ok(stream_choices(all.collect(), shape, n));
+    }
+    let ran = futures_util::future::join_all(admitted.into_iter().enumerate().map(
+        |(i, (choices, shape, _))| async move {
+            let ran = run_choices(choices, &shape, i * n).await;
+            (ran, shape)
+        },
+    ))
     .await;
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-    let mut choices = Vec::with_capacity(ran.len());
+    let mut choices = Vec::new();
     let mut first = None;
-    for (i, (result, shape)) in ran.into_iter().enumerate() {
-        let (events, p, c, reason) = result?;
+    for (result, shape) in ran {
+        let (some, p, c) = result?;
         prompt_tokens += p;
         completion_tokens += c;
-        let mut choice = whole_choice_of(&shape, &events, reason);
-        choice["index"] = json!(i);
-        choices.push(choice);
+        choices.extend(some);
         first.get_or_insert(shape);
     }
     let shape = first.ok_or_else(|| failed("no prompt was run"))?;
     let body = shape.envelope(choices, usage(prompt_tokens, completion_tokens), false);
     Ok(Json(body).into_response())
+}
+
+/// Runs one prompt's choices to their ends: each choice whole (numbered from `first`), the
+/// prompt's tokens (counted once, as the first choice pays for them) and the completions'.
+async fn run_choices(
+    jobs: Vec<RunningJob>,
+    shape: &Shape,
+    first: usize,
+) -> Result<(Vec<Value>, usize, usize), ApiError> {
+    let ran = futures_util::future::join_all(jobs.into_iter().map(run_whole)).await;
+    let mut prompt_tokens = None;
+    let mut completion_tokens = 0;
+    let mut choices = Vec::with_capacity(ran.len());
+    for (i, result) in ran.into_iter().enumerate() {
+        let (events, p, c, reason) = result?;
+        prompt_tokens.get_or_insert(p);
+        completion_tokens += c;
+        choices.push(whole_choice_of(&shape.at(first + i), &events, reason));
+    }
+    Ok((choices, prompt_tokens.unwrap_or(0), completion_tokens))
 }
 
 /// Runs a job to its end: its events, prompt and completion tokens, and how it ended.
@@ -424,11 +478,6 @@ async fn run_whole(
         receipt.completion_tokens,
         receipt.finish_reason,
     ))
-}
-
-async fn complete(job: RunningJob, shape: Shape) -> Result<Response, ApiError> {
-    let (events, p, c, reason) = run_whole(job).await?;
-    Ok(Json(whole_body(&shape, &events, p, c, reason)).into_response())
 }
 
 /// The non-streaming response for these events.
@@ -463,18 +512,72 @@ fn data(v: &Value) -> Result<SseEvent, Infallible> {
     Ok(SseEvent::default().data(v.to_string()))
 }
 
-/// Streams the job. When the client goes away the stream is dropped with the job in it, which
-/// cancels the sequence and settles only what was delivered.
-fn stream(mut job: RunningJob, shape: Shape) -> Response {
+/// What one choice's stream gives the response's stream.
+enum Out {
+    Chunk(Value),
+    /// The choice's end: its usage (prompt, completion) when it is to be shown, and an
+    /// error to send when it did not end well.
+    End {
+        index: usize,
+        usage: Option<(usize, usize)>,
+        error: Option<Value>,
+    },
+}
+
+/// Streams the choices (`n` per prompt), their chunks interleaved as they come; then one
+/// usage chunk (when asked) and the errors of choices that failed. When the client goes away
+/// the stream is dropped with the jobs in it, which cancels their sequences and settles only
+/// what was delivered.
+fn stream_choices(jobs: Vec<RunningJob>, shape: Shape, n: usize) -> Response {
+    let include_usage = shape.include_usage;
+    let choices = jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, job)| Box::pin(choice_stream(job, shape.at(i))));
+    let mut merged = futures_util::stream::select_all(choices);
     let events = async_stream::stream! {
+        let (mut prompt_tokens, mut completion_tokens, mut counted) = (0, 0, false);
+        let mut errors = Vec::new();
+        while let Some(out) = futures_util::StreamExt::next(&mut merged).await {
+            match out {
+                Out::Chunk(v) => yield data(&v),
+                Out::End { index, usage, error } => {
+                    if let Some((p, c)) = usage {
+                        // A prompt's first choice pays for the prompt its choices share.
+                        if index % n == 0 {
+                            prompt_tokens += p;
+                        }
+                        completion_tokens += c;
+                        counted = true;
+                    }
+                    errors.extend(error);
+                }
+            }
+        }
+        if include_usage && counted {
+            yield data(&shape.envelope(Vec::new(), usage(prompt_tokens, completion_tokens), true));
+        }
+        for e in errors {
+            yield data(&e);
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    };
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// One choice's chunks, then its end.
+fn choice_stream(mut job: RunningJob, shape: Shape) -> impl futures_util::Stream<Item = Out> {
+    async_stream::stream! {
         if shape.endpoint == Endpoint::Chat {
             let first = json!({
-                "index": 0,
+                "index": shape.index,
                 "delta": { "role": "assistant", "content": "" },
                 "logprobs": null,
                 "finish_reason": null,
             });
-            yield data(&strip_usage(shape.envelope(vec![first], Value::Null, true), &shape));
+            yield Out::Chunk(strip_usage(shape.envelope(vec![first], Value::Null, true), &shape));
         }
         let mut offset = 0usize;
         // With tools on offer, text that may be a call waits for the end.
@@ -493,9 +596,9 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                     let lp = shape.logprobs_value(&lps, offset);
                     offset += shape.offset_step(&lps);
                     let choice = shape.choice(&text, lp, None, true);
-                    yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
+                    yield Out::Chunk(strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
                 }
-                // Cut by a shutdown: no finish chunk, the error event below says why.
+                // Cut by a shutdown: no finish chunk, the error event says why.
                 Event::Finished(f) if f.reason == FinishReason::Cancelled && job.shutting_down() => {}
                 Event::Finished(f) => {
                     let mut finish = finish_name(Some(f.reason));
@@ -503,65 +606,49 @@ fn stream(mut job: RunningJob, shape: Shape) -> Response {
                         let (rest, calls) = s.finish(tools);
                         if !rest.is_empty() {
                             let choice = shape.choice(&rest, Value::Null, None, true);
-                            yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
+                            yield Out::Chunk(strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
                         }
                         if !calls.is_empty() {
-                            yield data(&strip_usage(shape.calls_chunk(&calls), &shape));
+                            yield Out::Chunk(strip_usage(shape.calls_chunk(&calls), &shape));
                             if finish == "stop" {
                                 finish = "tool_calls";
                             }
                         }
                     }
                     let choice = shape.choice("", Value::Null, Some(finish), true);
-                    yield data(&strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
+                    yield Out::Chunk(strip_usage(shape.envelope(vec![choice], Value::Null, true), &shape));
                 }
                 Event::Failed(_) => {}
             }
         }
+        let index = shape.index;
         // Ran to its end: usage is the engine's counts (settled while the stream ends).
         if let Some(f) = job.completed().cloned() {
             job.settle_without_waiting();
-            if shape.include_usage {
-                yield data(&shape.envelope(
-                    Vec::new(),
-                    usage(f.prompt_tokens, f.completion_tokens),
-                    true,
-                ));
-            }
-            yield Ok(SseEvent::default().data("[DONE]"));
+            yield Out::End { index, usage: Some((f.prompt_tokens, f.completion_tokens)), error: None };
             return;
         }
         match job.settle().await {
-            Ok(receipt) => {
-                if receipt.shut_down {
-                    if shape.include_usage && receipt.completion_tokens > 0 {
-                        yield data(&shape.envelope(
-                            Vec::new(),
-                            usage(receipt.prompt_tokens, receipt.completion_tokens),
-                            true,
-                        ));
-                    }
-                    yield data(&shut_down(&receipt).body());
-                } else if let Charged::Failed(m) = &receipt.charged {
-                    yield data(&failed(m).body());
-                } else if shape.include_usage {
-                    yield data(&shape.envelope(
-                        Vec::new(),
-                        usage(receipt.prompt_tokens, receipt.completion_tokens),
-                        true,
-                    ));
-                }
+            Ok(receipt) if receipt.shut_down => {
+                let usage = (receipt.completion_tokens > 0)
+                    .then_some((receipt.prompt_tokens, receipt.completion_tokens));
+                yield Out::End { index, usage, error: Some(shut_down(&receipt).body()) };
             }
+            Ok(receipt) => match &receipt.charged {
+                Charged::Failed(m) => {
+                    yield Out::End { index, usage: None, error: Some(failed(m).body()) };
+                }
+                _ => {
+                    let usage = Some((receipt.prompt_tokens, receipt.completion_tokens));
+                    yield Out::End { index, usage, error: None };
+                }
+            },
             Err(e) => {
                 tracing::error!(error = %e, "settling a streamed job failed");
-                yield data(&ApiError::from(e).body());
+                yield Out::End { index, usage: None, error: Some(ApiError::from(e).body()) };
             }
         }
-        yield Ok(SseEvent::default().data("[DONE]"));
-    };
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    }
 }
 
 /// With include_usage every chunk carries `"usage": null` and the last one the numbers;
@@ -592,6 +679,7 @@ mod tests {
             .collect();
         let shape = Shape {
             endpoint: Endpoint::Completions,
+            index: 0,
             id: "cmpl-1".into(),
             created: 0,
             model: "tiny".into(),

@@ -373,8 +373,9 @@ impl ToolStream {
     }
 }
 
-/// OpenAI's `tool_calls` of a message (`index` added for stream deltas).
-pub fn tool_calls_value(response_id: &str, calls: &[Call], indexed: bool) -> Value {
+/// The calls of choice `choice` of response `response_id` as a message's `tool_calls`, each
+/// with an id of its own (`index` added for stream deltas).
+pub fn tool_calls_value(response_id: &str, choice: usize, calls: &[Call], indexed: bool) -> Value {
     let suffix: String = response_id
         .chars()
         .rev()
@@ -389,7 +390,10 @@ pub fn tool_calls_value(response_id: &str, calls: &[Call], indexed: bool) -> Val
             .enumerate()
             .map(|(i, c)| {
                 let mut v = json!({
-                    "id": format!("call_{suffix}_{i}"),
+                    "id": match choice {
+                        0 => format!("call_{suffix}_{i}"),
+                        c => format!("call_{suffix}_{c}_{i}"),
+                    },
                     "type": "function",
                     "function": {"name": c.name, "arguments": c.arguments},
                 });

@@ -526,6 +526,37 @@ async fn several_prompts_are_each_their_own_choice_job_and_charge() {
     assert!(before - api.available().await >= cost(p, c));
     assert_eq!(api.open_holds().await, 0);
 
+    // Streamed: each prompt's chunks under its own index, one usage chunk with the sum.
+    let mut streamed = one(json!(["The mill", "A river"]));
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = sse_data(
+        &api.post("/v1/completions", &streamed)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text_of = |i: usize| -> String {
+        chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect()
+    };
+    assert_eq!(text_of(0), a["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(text_of(1), choices[2]["text"].as_str().unwrap());
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    // `p` counted "The mill" twice and "A river" once.
+    let mill = a["usage"]["prompt_tokens"].as_i64().unwrap();
+    assert_eq!(usage["prompt_tokens"].as_i64().unwrap(), p - mill);
+
     // One prompt too long refuses the whole request before anything is held.
     let before = api.available().await;
     let e = api
@@ -538,6 +569,134 @@ async fn several_prompts_are_each_their_own_choice_job_and_charge() {
     assert_eq!(e["param"], "prompt");
     assert_eq!(api.available().await, before);
     assert_eq!(api.open_holds().await, 0);
+}
+
+#[tokio::test]
+async fn n_choices_match_their_seeds_alone_and_pay_for_the_prompt_once() {
+    let api = api().await;
+    let body = |n: u64, seed: u64, extra: Value| {
+        let question = "Tell me about the mill by the river and the wheel that turns all day.";
+        chat(
+            question,
+            json!({"n": n, "seed": seed, "temperature": 1.0, "max_tokens": 8, "ignore_eos": true}),
+        )
+        .as_object()
+        .unwrap()
+        .clone()
+        .into_iter()
+        .chain(extra.as_object().unwrap().clone())
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+    };
+    let mut alone = Vec::new();
+    for seed in 40..43 {
+        let v = api
+            .ok("/v1/chat/completions", &body(1, seed, json!({})))
+            .await;
+        alone.push(v["choices"][0]["message"]["content"].clone());
+    }
+    assert_ne!(alone[0], alone[1], "different seeds, different answers");
+    let p = api
+        .ok("/v1/chat/completions", &body(1, 40, json!({})))
+        .await["usage"]["prompt_tokens"]
+        .as_i64()
+        .unwrap();
+
+    let sum = "SELECT COALESCE(SUM(prompt_tokens), 0) * 1000000000000 \
+               + COALESCE(SUM(completion_tokens), 0) * 1000000 + COUNT(*) FROM usage_events";
+    let (before, events_before) = (api.available().await, api.scalar(sum).await);
+    let three = api
+        .ok("/v1/chat/completions", &body(3, 40, json!({})))
+        .await;
+    let choices = three["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(
+            c["message"]["content"],
+            alone[i],
+            "choice {i} is seed {} alone",
+            40 + i
+        );
+        assert_eq!(c["finish_reason"], "length");
+    }
+    assert_eq!(
+        three["usage"],
+        json!({"prompt_tokens": p, "completion_tokens": 24, "total_tokens": p + 24})
+    );
+    // Three jobs: the prompt paid once, by the first; each pays for its own output.
+    assert_eq!(
+        api.scalar(sum).await - events_before,
+        p * 1_000_000_000_000 + 24 * 1_000_000 + 3
+    );
+    assert_eq!(before - api.available().await, cost(p, 8) + 2 * cost(0, 8));
+
+    // Streamed: each choice's chunks carry its index; one usage chunk for all.
+    let r = api
+        .post(
+            "/v1/chat/completions",
+            &body(
+                3,
+                40,
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+            ),
+        )
+        .await;
+    let events = sse_data(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    for (i, want) in alone.iter().enumerate() {
+        let of_choice: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .collect();
+        assert_eq!(of_choice[0]["choices"][0]["delta"]["role"], "assistant");
+        let text: String = of_choice
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(&Value::from(text), want, "streamed choice {i}");
+        let last = of_choice.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+    }
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], three["usage"]);
+    assert_eq!(api.open_holds().await, 0);
+
+    // Completions with two prompts and n = 2: choice prompt × n + j.
+    let v = api
+        .ok(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": ["The mill", "A river"], "n": 2, "seed": 7,
+                    "temperature": 1.0, "max_tokens": 4, "ignore_eos": true}),
+        )
+        .await;
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
+    let seed8 = api
+        .ok(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "A river", "seed": 8,
+                    "temperature": 1.0, "max_tokens": 4, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(choices[3]["text"], seed8["choices"][0]["text"]);
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    assert_eq!(api.open_holds().await, 0);
+    assert_eq!(
+        ledger::Ledger::new(api.app.db().clone())
+            .verify()
+            .await
+            .unwrap(),
+        Ok(())
+    );
 }
 
 #[tokio::test]
@@ -599,7 +758,7 @@ async fn refusals_have_the_right_status_and_leave_no_hold() {
         ),
         (
             "/v1/completions",
-            json!({"model": MODEL, "prompt": "x", "n": 3}),
+            json!({"model": MODEL, "prompt": "x", "n": 9}),
             StatusCode::BAD_REQUEST,
             "param",
             "n",

@@ -171,6 +171,30 @@ after = client.chat.completions.create(
 )
 check(after.usage.completion_tokens == 4, f"tool turn {after.usage}")
 
+# n = 3 with a seed: choice i is what seed + i gives alone; the prompt is counted once.
+ask_n = [{"role": "user", "content": "Tell me a short story about a mill by a river."}]
+three = client.chat.completions.create(
+    model=model, messages=ask_n, n=3, seed=11, temperature=1.0, max_tokens=5,
+    extra_body={"ignore_eos": True},
+)
+check([c.index for c in three.choices] == [0, 1, 2], f"n indexes {three.choices}")
+for i, c in enumerate(three.choices):
+    alone = client.chat.completions.create(
+        model=model, messages=ask_n, seed=11 + i, temperature=1.0, max_tokens=5,
+        extra_body={"ignore_eos": True},
+    )
+    check(c.message.content == alone.choices[0].message.content, f"choice {i} against seed {11 + i}")
+    check(three.usage.prompt_tokens == alone.usage.prompt_tokens, f"n prompt once {three.usage}")
+check(three.usage.completion_tokens == 15, f"n usage {three.usage}")
+streamed = {}
+for chunk in client.chat.completions.create(
+    model=model, messages=ask_n, n=3, seed=11, temperature=1.0, max_tokens=5, stream=True,
+    extra_body={"ignore_eos": True},
+):
+    for c in chunk.choices:
+        streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
+check([streamed[i] for i in range(3)] == [c.message.content for c in three.choices], f"n streamed {streamed}")
+
 # Batches: upload a JSONL file, run it, read the results, as the client's Batch API does.
 import io
 import time
