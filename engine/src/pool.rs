@@ -137,6 +137,52 @@ impl Pool {
         Ok(Pool { slots })
     }
 
+    /// Starts every worker loading at once, each on its own thread, and returns without
+    /// waiting: a worker shows as `loading` (with its progress) until its model is ready, and
+    /// as `dead` if it fails to load. The returned thread ends with each worker's outcome, in
+    /// order, once every load has ended. A node joins its fleet at once this way, so that its
+    /// models' loading shows on the Workers page.
+    pub fn start_loading(
+        specs: Vec<WorkerSpec>,
+    ) -> (
+        Arc<Pool>,
+        std::thread::JoinHandle<Vec<Result<(), EngineError>>>,
+    ) {
+        let slots = specs
+            .into_iter()
+            .map(|spec| Slot {
+                spec,
+                worker: RwLock::new(None),
+                draining: AtomicBool::new(false),
+                // Neither put back nor restarted while it loads.
+                restarting: AtomicBool::new(true),
+                failed: AtomicBool::new(false),
+            })
+            .collect();
+        let pool = Arc::new(Pool { slots });
+        let loading = Arc::clone(&pool);
+        let outcomes = std::thread::spawn(move || {
+            std::thread::scope(|scope| {
+                let loads: Vec<_> = loading
+                    .slots
+                    .iter()
+                    .map(|slot| scope.spawn(move || slot.load()))
+                    .collect();
+                loads
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(EngineError::Device(
+                                "a worker panicked while loading".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        });
+        (pool, outcomes)
+    }
+
     /// The workers running now (a restarting one is left out while it loads).
     pub fn workers(&self) -> Vec<Arc<Worker>> {
         self.slots.iter().filter_map(Slot::current).collect()
@@ -377,6 +423,27 @@ impl Pool {
 }
 
 impl Slot {
+    /// Loads the slot's worker (a slot made by [`Pool::start_loading`]); a failure leaves it
+    /// dead.
+    fn load(&self) -> Result<(), EngineError> {
+        let started = Worker::start(self.spec.clone());
+        let outcome = match started {
+            Ok(w) => {
+                *self.worker.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(w));
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::SeqCst);
+                Err(EngineError::Device(format!(
+                    "model {}: {e}",
+                    self.spec.model_id
+                )))
+            }
+        };
+        self.restarting.store(false, Ordering::SeqCst);
+        outcome
+    }
+
     fn current(&self) -> Option<Arc<Worker>> {
         self.worker
             .read()

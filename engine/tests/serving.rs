@@ -10,7 +10,7 @@ use engine::fixture::{FixtureSpec, write_fixture};
 use engine::request::InvalidRequest;
 use engine::{
     ChatMessage, Event, Finish, FinishReason, Pool, Priority, Prompt, Request, SamplingParams,
-    SubmitError, Worker, WorkerSpec,
+    SubmitError, Worker, WorkerSpec, WorkerState,
 };
 
 fn fixture() -> tempfile::TempDir {
@@ -263,6 +263,33 @@ async fn choices_share_the_prompts_blocks_and_each_matches_its_seed_alone() {
         3 * 96
     );
     assert_eq!(w.counters.kv_blocks_used.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_pool_started_loading_serves_once_loaded_and_names_what_failed() {
+    let dir = fixture();
+    let mut missing = spec(&dir.path().join("nowhere"));
+    missing.model_id = "missing".into();
+    let (pool, loading) = Pool::start_loading(vec![spec(dir.path()), missing]);
+    let outcomes = tokio::task::spawn_blocking(move || loading.join().unwrap())
+        .await
+        .unwrap();
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    let e = outcomes[1].as_ref().unwrap_err().to_string();
+    assert!(e.contains("model missing: "), "{e}");
+    let states: Vec<WorkerState> = pool.status().iter().map(|s| s.state).collect();
+    assert_eq!(states, [WorkerState::Ready, WorkerState::Dead]);
+    let out = outcome(
+        pool.submit("tiny", greedy(prompt_of(5, 1), 3))
+            .unwrap()
+            .collect()
+            .await,
+    );
+    assert_eq!(out.tokens.len(), 3);
+    assert!(matches!(
+        pool.worker_for("missing"),
+        Err(SubmitError::Unavailable)
+    ));
 }
 
 #[tokio::test]

@@ -115,12 +115,16 @@ pub async fn run_worker(
     let client = nats
         .connect_node(&format!("tokenmill-worker-{name}"), factory)
         .await?;
-    let pool = crate::inference::start_pool(engine)
-        .await?
-        .context("no models configured (TOKENMILL_MODELS): a worker needs at least one")?;
+    // The node joins while its models load: the Workers page shows their progress.
+    let (pool, loaded) = crate::inference::start_pool_loading(engine).await?;
     let node = fleet::Node::join(client, token, name, pool).await?;
     tracing::info!(node = node.name(), "worker serving");
-    match node.serve(crate::shutdown_signal()).await? {
+    let ended = tokio::select! {
+        ended = node.serve(crate::shutdown_signal()) => ended?,
+        // No model loaded: nothing to serve.
+        Ok(Err(e)) = loaded => return Err(e),
+    };
+    match ended {
         fleet::node::Ended::Shutdown => Ok(()),
         fleet::node::Ended::Refused => {
             bail!("the portal refused this node: its worker token was revoked")

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use axum::{extract::State, http::StatusCode};
 
 use crate::config::EngineSettings;
@@ -32,6 +32,65 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
             "SmolLM2-135M-Instruct is not there, so only the test model (random weights) is served: scripts/dev fetches it"
         );
     }
+    let specs = worker_specs(settings);
+    let progress = tokio::spawn(log_load_progress(progress_of(&specs)));
+    let settings = settings.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        write_test_model(&settings)?;
+        let started = Instant::now();
+        let pool = engine::Pool::start(specs).context("starting the inference workers")?;
+        log_ready(&pool, started);
+        Ok(Some(Arc::new(pool)))
+    })
+    .await;
+    progress.abort();
+    started?
+}
+
+/// A worker node's pool: every model starts loading at once and the pool comes back at once
+/// (see `engine::Pool::start_loading`), so that the node joins its fleet and shows its
+/// models loading. The task ends when every load has: with an error when none loaded (a
+/// model that failed beside others shows as dead, and its engine can be restarted).
+pub async fn start_pool_loading(
+    settings: &EngineSettings,
+) -> anyhow::Result<(
+    Arc<engine::Pool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    if settings.models.is_empty() {
+        bail!("no models configured (TOKENMILL_MODELS): a worker needs at least one");
+    }
+    let specs = worker_specs(settings);
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || write_test_model(&settings)).await??;
+    let progress = tokio::spawn(log_load_progress(progress_of(&specs)));
+    let started = Instant::now();
+    let (pool, loading) = engine::Pool::start_loading(specs);
+    let watched = Arc::clone(&pool);
+    let loaded = tokio::spawn(async move {
+        let outcomes = tokio::task::spawn_blocking(move || loading.join()).await?;
+        progress.abort();
+        let outcomes =
+            outcomes.map_err(|_| anyhow::anyhow!("the model loading thread panicked"))?;
+        log_ready(&watched, started);
+        let failed: Vec<String> = outcomes
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| e.to_string())
+            .collect();
+        for e in &failed {
+            tracing::error!(error = %e, "a model did not load; its engine shows as dead until restarted");
+        }
+        if !failed.is_empty() && watched.workers().is_empty() {
+            bail!("no model loaded: {}", failed.join("; "));
+        }
+        Ok(())
+    });
+    Ok((pool, loaded))
+}
+
+/// One engine worker per configured model and device.
+fn worker_specs(settings: &EngineSettings) -> Vec<engine::WorkerSpec> {
     let mut specs = Vec::new();
     for (id, dir) in &settings.models {
         for &device in &settings.devices {
@@ -40,49 +99,51 @@ pub async fn start_pool(settings: &EngineSettings) -> anyhow::Result<Option<Arc<
             spec.cpu_kv_bytes = settings.cpu_kv_mib << 20;
             spec.max_running = settings.max_running;
             spec.max_waiting = settings.max_waiting;
+            tracing::info!(model = %spec.model_id, dir = %spec.dir.display(), ?device, "loading model");
             specs.push(spec);
         }
     }
-    let progress = tokio::spawn(log_load_progress(
-        specs
-            .iter()
-            .map(|s| (s.model_id.clone(), s.device, s.progress.clone()))
-            .collect(),
-    ));
-    let settings = settings.clone();
-    let started = tokio::task::spawn_blocking(move || {
-        if settings.write_fixture {
-            let (id, dir) = &settings.models[0];
-            if !dir.join("config.json").exists() {
-                tracing::info!(model = %id, dir = %dir.display(), "writing the test model");
-                engine::fixture::write_fixture(dir, &engine::fixture::FixtureSpec::default())
-                    .with_context(|| format!("writing the test model to {}", dir.display()))?;
-            }
+    specs
+}
+
+/// Writes the test model where the configuration serves it and it is not there yet.
+fn write_test_model(settings: &EngineSettings) -> anyhow::Result<()> {
+    if settings.write_fixture {
+        let (id, dir) = &settings.models[0];
+        if !dir.join("config.json").exists() {
+            tracing::info!(model = %id, dir = %dir.display(), "writing the test model");
+            engine::fixture::write_fixture(dir, &engine::fixture::FixtureSpec::default())
+                .with_context(|| format!("writing the test model to {}", dir.display()))?;
         }
-        for s in &specs {
-            tracing::info!(model = %s.model_id, dir = %s.dir.display(), device = ?s.device, "loading model");
-        }
-        let started = Instant::now();
-        let pool = engine::Pool::start(specs).context("starting the inference workers")?;
-        for w in pool.workers() {
-            tracing::info!(
-                model = %w.info.model_id,
-                device = %w.info.device.id,
-                name = %w.info.device.name,
-                context = w.info.context,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "model ready"
-            );
-        }
-        Ok(Some(Arc::new(pool)))
-    })
-    .await;
-    progress.abort();
-    started?
+    }
+    Ok(())
+}
+
+fn log_ready(pool: &engine::Pool, started: Instant) {
+    for w in pool.workers() {
+        tracing::info!(
+            model = %w.info.model_id,
+            device = %w.info.device.id,
+            name = %w.info.device.name,
+            context = w.info.context,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model ready"
+        );
+    }
 }
 
 /// Every second while models load (all at once, one engine worker per model and device):
 /// how far each has got.
+/// What [`log_load_progress`] watches: each engine's model, device and progress.
+fn progress_of(
+    specs: &[engine::WorkerSpec],
+) -> Vec<(String, engine::Device, Arc<engine::LoadProgress>)> {
+    specs
+        .iter()
+        .map(|s| (s.model_id.clone(), s.device, s.progress.clone()))
+        .collect()
+}
+
 async fn log_load_progress(engines: Vec<(String, engine::Device, Arc<engine::LoadProgress>)>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;

@@ -439,6 +439,29 @@ async fn each_tenants_jobs_run_on_its_factorys_workers_and_survive_their_failure
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joins_while_loading_and_exits_when_no_model_loads() {
+    let f = Fleet::with_shape(engine::fixture::Shape::Tiny).await;
+    let (_, _, token) = f.factory("Savanna Cloud", "Nairobi 1").await;
+    let nowhere = format!("{MODEL}={}", f.dir.path().join("nowhere").display());
+    let mut w = f.worker_with(&token, "broken", &[("TOKENMILL_MODELS", &nowhere)]);
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = w.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < until, "still running:\n{}", w.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = w.log();
+    assert!(!status.success(), "{log}");
+    // It joined the fleet first (its models load while it is there), then gave up.
+    let joined = log.find("worker serving").expect(&log);
+    let gave_up = log.find("no model loaded").expect(&log);
+    assert!(joined < gave_up, "{log}");
+    assert!(log.contains("model smol: "), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_lost_before_its_first_token_runs_again_on_another_node() {
     let f = Fleet::new().await;
     let (_, fa, token) = f.factory("Savanna Cloud", "Nairobi 1").await;
