@@ -602,8 +602,9 @@ async fn n_choices_match_their_seeds_alone_and_pay_for_the_prompt_once() {
         .as_i64()
         .unwrap();
 
-    let sum = "SELECT COALESCE(SUM(prompt_tokens), 0) * 1000000000000 \
-               + COALESCE(SUM(completion_tokens), 0) * 1000000 + COUNT(*) FROM usage_events";
+    let sum = "SELECT CAST(COALESCE(SUM(prompt_tokens), 0) * 1000000000000 \
+               + COALESCE(SUM(completion_tokens), 0) * 1000000 + COUNT(*) AS BIGINT) \
+               FROM usage_events";
     let (before, events_before) = (api.available().await, api.scalar(sum).await);
     let three = api
         .ok("/v1/chat/completions", &body(3, 40, json!({})))
