@@ -93,7 +93,8 @@ pub struct NodeView {
     pub version: String,
     pub devices: Vec<DeviceReport>,
     pub engines: Vec<EngineReport>,
-    /// `ready`, `draining` (every engine drained), `disconnected`.
+    /// `loading` (no engine ready yet, one loading), `ready`, `draining` (every engine
+    /// drained), `disconnected`.
     pub state: &'static str,
     pub last_heartbeat_ms: i64,
     pub tokens_per_second: f64,
@@ -540,6 +541,11 @@ impl Fleet {
                     && n.report.engines.iter().all(|e| e.state == "draining")
                 {
                     "draining"
+                } else if n.report.engines.iter().any(|e| e.state == "loading")
+                    && !n.report.engines.iter().any(|e| e.state == "ready")
+                {
+                    // Joined while its models load: no engine takes jobs yet.
+                    "loading"
                 } else {
                     "ready"
                 },
