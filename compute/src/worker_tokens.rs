@@ -159,6 +159,31 @@ impl Compute {
         .await?)
     }
 
+    /// Every worker token `actor` may see, newest first: all of them for an operator, its
+    /// own factories' for a partner's member, none for anyone else. One query for a page that
+    /// lists every factory's tokens (the Fleet page, polled every second).
+    pub async fn visible_worker_tokens(
+        &self,
+        actor: &User,
+    ) -> Result<Vec<WorkerToken>, ComputeError> {
+        if actor.is_operator {
+            return Ok(db::sqlx::query_as::<_, WorkerToken>(&format!(
+                "SELECT {COLUMNS} FROM worker_tokens ORDER BY created_at DESC, id DESC"
+            ))
+            .fetch_all(self.db.pool())
+            .await?);
+        }
+        let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("t.{c}")).collect();
+        Ok(db::sqlx::query_as::<_, WorkerToken>(&format!(
+            "SELECT {} FROM worker_tokens t JOIN factories f ON f.id = t.factory_id \
+             WHERE f.partner_org_id = $1 ORDER BY t.created_at DESC, t.id DESC",
+            columns.join(", ")
+        ))
+        .bind(&actor.org_id)
+        .fetch_all(self.db.pool())
+        .await?)
+    }
+
     /// Revokes a token; revoking one already revoked is done. Its nodes are dropped by the
     /// fleet at their next heartbeat.
     pub async fn revoke_worker_token(

@@ -95,7 +95,26 @@ db::storage_test!(
                 p.compute.revoke_worker_token(outsider, &token.id).await,
                 Err(ComputeError::NotFound)
             ));
+            assert_eq!(p.compute.visible_worker_tokens(outsider).await.unwrap(), []);
         }
+        let theirs = p
+            .compute
+            .create_worker_token(&p.operator, &p.factory(&other.org_id, "Oslo 1", "tiny/llama").await.id, "x")
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(
+            p.compute.visible_worker_tokens(&partner).await.unwrap(),
+            std::slice::from_ref(&token)
+        );
+        assert_eq!(
+            p.compute.visible_worker_tokens(&other).await.unwrap(),
+            std::slice::from_ref(&theirs)
+        );
+        assert_eq!(
+            p.compute.visible_worker_tokens(&p.operator).await.unwrap(),
+            [theirs, token.clone()]
+        );
         assert!(p.compute.authenticate_worker("tmw_x").await.unwrap().is_none());
         for bad in ["", "   ", "two\nlines", &"n".repeat(65)] {
             assert!(matches!(

@@ -159,12 +159,14 @@ pub async fn fleet_view() -> Result<FleetPage, AppError> {
             })
             .collect()
     });
+    // Every visible factory's tokens in one query, not one per factory: the page polls.
+    let mut all_tokens = app.compute.visible_worker_tokens(&user).await?;
     let mut factories = Vec::new();
     for (f, manage) in visible {
-        let tokens = app
-            .compute
-            .worker_tokens(&user, &f.id)
-            .await?
+        let (own, rest): (Vec<_>, Vec<_>) =
+            all_tokens.into_iter().partition(|t| t.factory_id == f.id);
+        all_tokens = rest;
+        let tokens = own
             .into_iter()
             .map(|t| TokenRow {
                 id: t.id,
