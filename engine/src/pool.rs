@@ -93,48 +93,19 @@ impl Pool {
     /// Starts every worker, all loading at once (each on its own device and thread); one that
     /// fails to load fails the pool (the others stop).
     pub fn start(specs: Vec<WorkerSpec>) -> Result<Pool, EngineError> {
-        let started: Vec<Result<Worker, EngineError>> = std::thread::scope(|scope| {
-            let loading: Vec<_> = specs
-                .iter()
-                .map(|spec| scope.spawn(|| Worker::start(spec.clone())))
-                .collect();
-            loading
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(EngineError::Device(
-                            "a worker panicked while loading".into(),
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let mut slots = Vec::with_capacity(specs.len());
-        let mut failure = None;
-        for (spec, w) in specs.into_iter().zip(started) {
-            match w {
-                Ok(w) => slots.push(Slot {
-                    spec,
-                    worker: RwLock::new(Some(Arc::new(w))),
-                    draining: AtomicBool::new(false),
-                    restarting: AtomicBool::new(false),
-                    failed: AtomicBool::new(false),
-                }),
-                Err(e) if failure.is_none() => {
-                    failure = Some(EngineError::Device(format!("model {}: {e}", spec.model_id)));
-                }
-                Err(_) => {}
-            }
-        }
-        if let Some(e) = failure {
-            for s in &slots {
-                if let Some(w) = s.current() {
-                    w.stop();
-                }
+        let (pool, loading) = Pool::start_loading(specs);
+        let outcomes = loading
+            .join()
+            .map_err(|_| EngineError::Device("the loading thread panicked".into()))?;
+        if let Some(e) = outcomes.into_iter().find_map(Result::err) {
+            for w in pool.workers() {
+                w.stop();
             }
             return Err(e);
         }
-        Ok(Pool { slots })
+        // The loading thread, the only other holder, has ended.
+        Arc::try_unwrap(pool)
+            .map_err(|_| EngineError::Device("the pool is still shared after loading".into()))
     }
 
     /// Starts every worker loading at once, each on its own thread, and returns without
