@@ -374,6 +374,27 @@ async fn choices_are_held_for_together_and_pay_for_the_prompt_once() {
         );
         assert_eq!(w.open_holds().await, 0);
         assert_eq!(w.credits.ledger().verify().await.unwrap(), Ok(()));
+
+        // More choices than the worker's queue takes (4 waiting; the later choices wait for
+        // the first to compute their long prompt): those queued are withdrawn, nothing is
+        // charged, nothing stays held.
+        let before = w.available().await;
+        let mut long = sampled();
+        long.prompt =
+            Prompt::Text("The mill turns the wheel by the river all day long. ".repeat(4));
+        let e = w
+            .jobs
+            .start_choices(&w.who(), JobKind::Production, MODEL, long, 8)
+            .await;
+        assert!(matches!(e, Err(JobError::Overloaded)), "{e:?}");
+        assert_eq!(w.open_holds().await, 0);
+        assert_eq!(w.available().await, before);
+        assert_eq!(
+            w.count("SELECT COUNT(*) FROM jobs WHERE status = 'running'")
+                .await,
+            0
+        );
+        assert_eq!(w.count("SELECT COUNT(*) FROM usage_events").await, 3);
     })
     .await;
 }

@@ -187,6 +187,19 @@ pub fn sse_data(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON chunks of a stream's `data:` payloads, which must end with `[DONE]`.
+fn chunks_before_done(events: &[String]) -> Vec<Value> {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 fn chat(content: &str, extra: Value) -> Value {
     let mut body = json!({
         "model": MODEL,
@@ -282,11 +295,7 @@ async fn streams_match_the_whole_answer_and_end_with_usage_and_done() {
             .starts_with("text/event-stream")
     );
     let events = sse_data(&r.text().await.unwrap());
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = chunks_before_done(&events);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks
         .iter()
@@ -537,11 +546,7 @@ async fn several_prompts_are_each_their_own_choice_job_and_charge() {
             .await
             .unwrap(),
     );
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = chunks_before_done(&events);
     let text_of = |i: usize| -> String {
         chunks
             .iter()
@@ -644,11 +649,7 @@ async fn n_choices_match_their_seeds_alone_and_pay_for_the_prompt_once() {
         )
         .await;
     let events = sse_data(&r.text().await.unwrap());
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = chunks_before_done(&events);
     for (i, want) in alone.iter().enumerate() {
         let of_choice: Vec<&Value> = chunks
             .iter()
